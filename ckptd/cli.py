@@ -1,0 +1,52 @@
+"""Command line: parse, dispatch to the command registry. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import commands, exit_codes
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line that says what to do, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(exit_codes.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ckptd",
+        description="Supervise ML training: checkpoint on request, "
+        "final save on SIGTERM, resume from the newest valid checkpoint.",
+    )
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for command in commands.REGISTRY.values():
+        command.add_arguments(
+            sub.add_parser(command.name, help=command.summary, description=command.summary)
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job_command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, job_command = argv[:split], argv[split + 1 :]
+    args = build_parser().parse_args(argv)
+    args.command = job_command
+    try:
+        return commands.REGISTRY[args.command_name].handler(args)
+    except commands.CommandError as exc:
+        print(f"ckptd {args.command_name}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

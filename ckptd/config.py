@@ -1,0 +1,221 @@
+"""Configuration: the ``[job]`` table of ``ckptd.toml`` and its command-line flags.
+
+One table, :data:`JOB_OPTIONS`, defines every key: its kind, default and help.
+The TOML loader, the ``ckptd run`` flags and the README reference all come from it.
+Precedence: flags over the file, the file over the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .options import (
+    COUNT,
+    DURATION,
+    SIGNAL,
+    STRING,
+    STRING_LIST,
+    STRING_MAP,
+    ConfigError,
+    Kind,
+    choice,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["JOB_OPTIONS", "ConfigError", "JobConfig", "Option", "load"]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    kind: Kind
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+JOB_OPTIONS: tuple[Option, ...] = (
+    Option("name", STRING, None, "job name, used in paths and logs (default: the script's name)"),
+    Option("command", STRING_LIST, None, "the command to run (default: the arguments after --)"),
+    Option("cwd", STRING, None, "working directory of the job (default: the current one)"),
+    Option(
+        "env", STRING_MAP, {}, "extra environment of the job (flag: --env KEY=VALUE, repeatable)"
+    ),
+    Option(
+        "run_dir",
+        STRING,
+        None,
+        "sockets, lock, events.jsonl, signal files (default: .ckptd/<name>)",
+    ),
+    Option(
+        "checkpoint_dir",
+        STRING,
+        None,
+        "where checkpoints are committed (default: checkpoints/<name>)",
+    ),
+    Option("grace", DURATION, 25.0, "from SIGTERM to the hard deadline of the final save"),
+    Option("kill_timeout", DURATION, 5.0, "after signalling the process group, until SIGKILL"),
+    Option(
+        "restart", choice("on-failure", "always", "never"), "on-failure", "when to relaunch the job"
+    ),
+    Option(
+        "max_restarts", COUNT, 10, "restarts without a newly committed checkpoint before giving up"
+    ),
+    Option("restart_delay", DURATION, 1.0, "first backoff delay (0 allowed)"),
+    Option("restart_delay_max", DURATION, 60.0, "backoff ceiling (doubling, with jitter)"),
+    Option("every", DURATION, None, "periodic checkpoint interval (default: none)"),
+    Option("keep_last", COUNT, 3, "newest checkpoints kept (0 = keep all)"),
+    Option("keep_best", COUNT, 0, "best checkpoints kept by best_metric"),
+    Option("best_metric", STRING, None, "metric name in the manifest that ranks checkpoints"),
+    Option(
+        "best_mode", choice("min", "max"), "min", "whether a lower or a higher metric is better"
+    ),
+    Option("keep_every", DURATION, None, "also keep one checkpoint per this interval"),
+    Option("request_signal", SIGNAL, None, "signal sent to the job's main process on each request"),
+    Option(
+        "stop_signal", SIGNAL, "SIGTERM", "signal sent to a job without a connected client on stop"
+    ),
+    Option("hang_timeout", DURATION, None, "no ck.step() progress for this long = failed"),
+    Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
+    Option("poll_interval", DURATION, 1.0, 'signal-file polling interval with watch = "poll"'),
+)
+
+_BY_KEY = {option.key: option for option in JOB_OPTIONS}
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Effective configuration of one job; paths are absolute."""
+
+    name: str
+    command: list[str]
+    cwd: Path
+    env: dict[str, str]
+    run_dir: Path
+    checkpoint_dir: Path
+    grace: float = 25.0
+    kill_timeout: float = 5.0
+    restart: str = "on-failure"
+    max_restarts: int = 10
+    restart_delay: float = 1.0
+    restart_delay_max: float = 60.0
+    every: float | None = None
+    keep_last: int = 3
+    keep_best: int = 0
+    best_metric: str | None = None
+    best_mode: str = "min"
+    keep_every: float | None = None
+    request_signal: str | None = None
+    stop_signal: str = "SIGTERM"
+    hang_timeout: float | None = None
+    watch: str = "inotify"
+    poll_interval: float = 1.0
+    source: str = field(default="defaults", compare=False)
+
+
+def load(
+    config_file: str | os.PathLike[str] | None,
+    flags: dict[str, Any],
+    base: Path | None = None,
+) -> JobConfig:
+    """Merge defaults, the ``[job]`` table of ``config_file`` and ``flags`` into a JobConfig.
+
+    Raises ConfigError with a one-line message naming the key (or the file) at fault.
+    ``flags`` hold already-parsed values keyed by option key; None means "not given".
+    """
+    base = base or Path.cwd()
+    values = {option.key: option.default for option in JOB_OPTIONS}
+    if config_file is not None:
+        values.update(_read_job_table(Path(config_file)))
+    for key, value in flags.items():
+        if value is None:
+            continue
+        values[key] = {**values[key], **value} if key == "env" else value
+    return _finish(values, base, str(config_file) if config_file else "defaults")
+
+
+def _read_job_table(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for table in document:
+        if table != "job":
+            raise ConfigError(f"{path}: unknown table [{table}] (known: [job])")
+    job = document.get("job", {})
+    if not isinstance(job, dict):
+        raise ConfigError(f"{path}: job must be a table")
+    checked = {}
+    for key, value in job.items():
+        option = _BY_KEY.get(key)
+        if option is None:
+            raise ConfigError(f"{path}: [job].{key}: unknown key")
+        try:
+            checked[key] = option.kind.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [job].{key}: {exc}") from None
+    return checked
+
+
+def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
+    command = values["command"]
+    if not command:
+        raise ConfigError("command: nothing to run (give it after --, or as [job].command)")
+    name = values["name"] or default_name(command)
+    if not _SAFE_NAME.match(name):
+        raise ConfigError(f"name: {name!r} must be letters, digits, '.', '_' or '-'")
+    if values["keep_best"] and not values["best_metric"]:
+        raise ConfigError("keep_best: needs best_metric to rank checkpoints")
+    if values["restart_delay_max"] < values["restart_delay"]:
+        raise ConfigError("restart_delay_max: must not be below restart_delay")
+    if values["every"] == 0:
+        raise ConfigError("every: must be above zero (leave it out for no periodic checkpoints)")
+    state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    run_dir = values["run_dir"] or state_dir or f".ckptd/{name}"
+    values.update(
+        name=name,
+        command=list(command),
+        cwd=_absolute(values["cwd"] or ".", base),
+        run_dir=_absolute(run_dir, base),
+        checkpoint_dir=_absolute(values["checkpoint_dir"] or f"checkpoints/{name}", base),
+    )
+    return JobConfig(**values, source=source)
+
+
+def default_name(command: list[str]) -> str:
+    """``train`` for ``python train.py``, ``trainer`` for ``python -m pkg.trainer``."""
+    args = command[1:] if Path(command[0]).name.startswith("python") else command
+    for index, arg in enumerate(args):
+        if arg == "-m" and index + 1 < len(args):
+            return _sanitize(args[index + 1].rsplit(".", 1)[-1])
+        if not arg.startswith("-"):
+            return _sanitize(Path(arg).stem)
+    return _sanitize(Path(command[0]).stem)
+
+
+def _sanitize(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".-") or "job"
+    return cleaned[:64]
+
+
+def _absolute(path: str, base: Path) -> Path:
+    return Path(os.path.normpath(base / Path(path).expanduser()))

@@ -1,0 +1,123 @@
+"""The daemon's end of the job channel: a ROUTER socket on a private ipc path.
+
+Owned by the arbiter's thread only. Bad frames are dropped with a (rate-limited)
+warning; nothing a peer sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from ckptd_client import protocol
+
+from .log import get_logger
+from .run_dir import socket_path
+
+_HWM = 1000
+_WARN_EVERY = 10.0
+
+
+@dataclass
+class Peer:
+    """One connected training process (one rank)."""
+
+    identity: bytes
+    pid: int | None = None
+    rank: int | None = None
+
+
+class JobChannel:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.peers: dict[bytes, Peer] = {}
+        self._context = zmq.Context()
+        self.socket = self._context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        self.socket.setsockopt(zmq.SNDHWM, _HWM)
+        self.socket.setsockopt(zmq.RCVHWM, _HWM)
+        path = socket_path(endpoint)
+        if path is not None and (path.exists() or path.is_symlink()):
+            path.unlink()  # a stale socket of ours: the run-directory lock is held by us now
+        previous_umask = os.umask(0o177)
+        try:
+            self.socket.bind(endpoint)
+        finally:
+            os.umask(previous_umask)
+        if path is not None:
+            os.chmod(path, 0o600)
+        self._log = get_logger()
+        self._last_warning = -_WARN_EVERY
+
+    def receive(self) -> list[tuple[Peer, dict[str, Any]]]:
+        """Every message waiting now, with the peer that sent it (registered on first contact)."""
+        received = []
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return received
+            if len(frames) != 2:
+                self._warn("job_channel.bad_frame", reason=f"{len(frames)} frames")
+                continue
+            identity, frame = frames
+            try:
+                message = protocol.decode(frame, protocol.CLIENT_TYPES)
+            except protocol.ProtocolError as exc:
+                self._warn("job_channel.bad_frame", reason=str(exc))
+                continue
+            peer = self.peers.setdefault(identity, Peer(identity))
+            if message["type"] == "hello":
+                peer.pid = _int_or_none(message.get("pid"))
+                peer.rank = _int_or_none(message.get("rank"))
+            elif message["type"] == "bye":
+                self.peers.pop(identity, None)
+            received.append((peer, message))
+
+    def send(self, peer: Peer, kind: str, **fields: Any) -> bool:
+        """Send to one peer; a peer that is gone is forgotten and False returned."""
+        try:
+            self.socket.send_multipart(
+                [peer.identity, protocol.encode(kind, **fields)], zmq.NOBLOCK
+            )
+            return True
+        except zmq.ZMQError:
+            self.peers.pop(peer.identity, None)
+            return False
+
+    def broadcast(self, kind: str, *, skip: Peer | None = None, **fields: Any) -> int:
+        """Send to every connected peer but ``skip``; return how many got it."""
+        return sum(
+            self.send(peer, kind, **fields)
+            for peer in list(self.peers.values())
+            if peer is not skip
+        )
+
+    def forget_peers(self) -> None:
+        """The job's processes are gone: whoever connects next is a new peer."""
+        self.peers.clear()
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self._context.term()
+        path = socket_path(self.endpoint)
+        if path is not None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _warn(self, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            self._log.warning(event, **fields)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

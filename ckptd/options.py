@@ -1,0 +1,113 @@
+"""The value kinds of configuration keys: how each is checked in TOML and parsed from a flag."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"30m"``, ``"2h"``, ``"250ms"``, ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError(f'expected a duration like 90, "90s", "30m", got {value!r}')
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f'expected a duration like 90, "90s", "30m", "2h", got {value!r}')
+
+
+def parse_signal(value: Any) -> str:
+    """Canonical signal name (``"SIGUSR1"``) from ``"SIGUSR1"``, ``"usr1"`` or ``10``."""
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return signal.Signals(value).name
+        if isinstance(value, str):
+            name = value.strip().upper()
+            name = name if name.startswith("SIG") else "SIG" + name
+            return signal.Signals[name].name
+    except (KeyError, ValueError):
+        pass
+    raise ValueError(f'expected a signal name like "SIGUSR1", got {value!r}')
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a value of one key is validated (TOML) and parsed (command-line text)."""
+
+    describe: str
+    check: Callable[[Any], Any]
+    parse_text: Callable[[str], Any]
+
+
+def _strict(python_type: type, describe: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, python_type):
+            raise ValueError(f"expected {describe}, got {value!r}")
+        return value
+
+    return check
+
+
+def _non_negative(value: Any) -> int:
+    number = _strict(int, "a non-negative integer")(value)
+    if number < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return int(number)
+
+
+def _text_int(text: str) -> int:
+    try:
+        return _non_negative(int(text))
+    except ValueError:
+        raise ValueError(f"expected a non-negative integer, got {text!r}") from None
+
+
+def _string_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a non-empty list of strings, got {value!r}")
+    return list(value)
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"expected a table of strings, got {value!r}")
+    return dict(value)
+
+
+def _env_pairs(text: str) -> dict[str, str]:
+    key, sep, val = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return {key: val}
+
+
+def choice(*allowed: str) -> Kind:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return str(value)
+
+    return Kind(" | ".join(allowed), check, check)
+
+
+STRING = Kind("text", _strict(str, "a string"), str)
+COUNT = Kind("integer >= 0", _non_negative, _text_int)
+DURATION = Kind("duration", parse_duration, parse_duration)
+SIGNAL = Kind("signal name", parse_signal, parse_signal)
+STRING_LIST = Kind("list of strings", _string_list, lambda text: [text])
+STRING_MAP = Kind("table of strings", _string_map, _env_pairs)

@@ -1,0 +1,153 @@
+"""The run directory: its lock, its sockets, its signal files. Private to the user (0700).
+
+The lock is an ``flock`` on ``<run_dir>/lock`` whose descriptor the job
+inherits: while the daemon *or any process of its job* lives, a second daemon
+cannot take the run directory, even after the first was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+CHECKPOINT_FILE = "CHECKPOINT"
+STOP_FILE = "STOP"
+EVENTS_FILE = "events.jsonl"
+ENDPOINT_FILE = "endpoint"
+JOB_FILE = "job.json"
+_LOCK_FILE = "lock"
+_MAX_IPC_PATH = 100  # sun_path holds 107 bytes; keep a margin
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used; the message says why and what to do."""
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_fd(self) -> int:
+        if self._lock_fd is None:
+            raise RunDirError("run directory is not locked")
+        return self._lock_fd
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def prepare(self) -> None:
+        """Create the directory (0700) if needed; refuse a symlink or someone else's directory."""
+        if self.path.is_symlink():
+            raise RunDirError(f"run directory {self.path} is a symlink; ckptd does not follow it")
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror}") from None
+        info = self.path.lstat()
+        if info.st_uid != os.getuid():
+            raise RunDirError(f"run directory {self.path} belongs to another user")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(self.path, 0o700)
+
+    def lock(self) -> None:
+        """Take the run directory; raise RunDirError naming who holds it if it is taken."""
+        path = self.file(_LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunDirError(_busy_message(self.path, holder)) from None
+        self._lock_fd = fd
+        self.record_holder(job_pid=None)
+
+    def record_holder(self, job_pid: int | None) -> None:
+        """Write who holds the lock, so a refused second daemon can say so."""
+        data = json.dumps({"daemon_pid": os.getpid(), "job_pid": job_pid, "since": time.time()})
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, data.encode(), 0)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def job_endpoint(self) -> str:
+        """An ipc endpoint for the job channel, short enough for ``sun_path``; recorded on disk."""
+        path = self.file("job.sock")
+        if len(str(path)) > _MAX_IPC_PATH:
+            path = _short_socket_dir() / (
+                hashlib.sha256(bytes(self.path)).hexdigest()[:20] + ".sock"
+            )
+        endpoint = f"ipc://{path}"
+        write_private(self.file(ENDPOINT_FILE), endpoint + "\n")
+        return endpoint
+
+    def consume(self, name: str) -> bool:
+        """Remove a signal file; return whether it was there. Links are removed, never followed."""
+        try:
+            os.unlink(self.file(name))
+            return True
+        except FileNotFoundError:
+            return False
+
+
+def socket_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+
+
+def _short_socket_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    directory = Path(base) / f"ckptd-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create socket directory {directory}: {exc.strerror}") from None
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RunDirError(f"socket directory {directory} is not a directory owned by you")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(directory, 0o700)
+    return directory
+
+
+def write_private(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temp, path)
+
+
+def _read_holder(fd: int) -> dict[str, object]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _busy_message(path: Path, holder: dict[str, object]) -> str:
+    daemon, job = holder.get("daemon_pid"), holder.get("job_pid")
+    if isinstance(daemon, int) and psutil.pid_exists(daemon):
+        return (
+            f"run directory {path} is in use by ckptd pid {daemon}"
+            + (f" (job pid {job})" if job else "")
+            + "; stop it first (touch its STOP file or send it SIGTERM) or pick another --run-dir"
+        )
+    return (
+        f"run directory {path} is still locked by a process of an earlier job"
+        + (f" (job pid {job})" if job else "")
+        + " whose ckptd is gone; stop that process first or pick another --run-dir"
+    )

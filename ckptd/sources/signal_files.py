@@ -1,0 +1,73 @@
+"""``CHECKPOINT`` and ``STOP`` files in the run directory, watched with watchdog.
+
+inotify on local disks; a polling observer for network file systems, where
+inotify never hears of changes made on another host. A file already present at
+start counts as a request. Files are only tested for existence (lstat) and later
+unlinked by the arbiter: never opened, never followed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from ..log import get_logger
+from ..requests import Action, Origin, Request
+from ..run_dir import CHECKPOINT_FILE, STOP_FILE
+from . import Post
+
+_ACTIONS = {CHECKPOINT_FILE: Action.CHECKPOINT, STOP_FILE: Action.STOP}
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, directory: Path, post: Post) -> None:
+        self._directory = directory
+        self._post = post
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            name = os.path.basename(os.fsdecode(raw)) if raw else ""
+            if name in _ACTIONS and os.path.lexists(self._directory / name):
+                self._post(Request(_ACTIONS[name], Origin.FILE, f"{name} file"))
+
+
+class SignalFiles:
+    def __init__(self, directory: Path, watch: str = "inotify", poll_interval: float = 1.0) -> None:
+        self.directory = directory
+        self.watch = watch
+        self.poll_interval = poll_interval
+        self._observer: Any = None
+
+    def start(self, post: Post) -> None:
+        handler = _Handler(self.directory, post)
+        self._observer = self._start_observer(handler)
+        for name, action in _ACTIONS.items():
+            if os.path.lexists(self.directory / name):
+                post(Request(action, Origin.FILE, f"{name} file (present at start)"))
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def _start_observer(self, handler: _Handler) -> Any:
+        if self.watch == "inotify":
+            observer = Observer()
+            try:
+                observer.schedule(handler, str(self.directory), recursive=False)
+                observer.start()
+                return observer
+            except OSError as exc:  # e.g. the inotify watch limit is reached
+                get_logger().warning(
+                    "signal_files.inotify_unavailable", error=str(exc), fallback="poll"
+                )
+        observer = PollingObserver(timeout=self.poll_interval)
+        observer.schedule(handler, str(self.directory), recursive=False)
+        observer.start()
+        return observer

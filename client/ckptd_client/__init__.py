@@ -1,0 +1,64 @@
+"""ckptd_client: what a training script imports to checkpoint on request and resume.
+
+    ck = ckptd_client.connect()
+    last = ck.restore()
+    for step in range(last.step + 1 if last else 0, total):
+        ...
+        ck.step(step)
+        if ck.should_checkpoint():
+            with ck.checkpoint(step, metrics={"loss": loss}) as d:
+                save(d / "model.pt")
+        if ck.should_stop():
+            break
+
+Depends on pyzmq and the standard library only; never imports the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import protocol
+from ._channels import DaemonChannel, StandaloneChannel
+from ._client import Client
+from .manifest import CommitError, remove_temporaries
+from .store import Checkpoint, inspect, newest_valid
+
+__all__ = ["Checkpoint", "Client", "CommitError", "connect"]
+__version__ = "0.1.0"
+
+
+def connect(
+    run_dir: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> Client:
+    """Connect to the supervising ckptd, or run standalone when there is none.
+
+    Under ckptd (``CKPTD_ENDPOINT`` set) requests arrive over the job channel and
+    the daemon's verified ``CKPTD_RESUME_FROM`` is the resume point. Standalone,
+    SIGTERM/SIGINT (stop), SIGUSR1 and a ``CHECKPOINT`` file in ``run_dir`` (or
+    ``CKPTD_RUN_DIR``) are the request sources, checkpoints go to
+    ``checkpoint_dir``, ``CKPTD_CHECKPOINT_DIR`` or ``./checkpoints``, and the
+    newest valid checkpoint found there is the resume point.
+    """
+    env = os.environ
+    ckpt_dir = Path(checkpoint_dir or env.get(protocol.ENV_CHECKPOINT_DIR) or "checkpoints")
+    endpoint = env.get(protocol.ENV_ENDPOINT)
+    if endpoint:
+        resume_path = env.get(protocol.ENV_RESUME_FROM)
+        resume = inspect(Path(resume_path), full=False) if resume_path else None
+        if resume is not None and not resume.valid:
+            raise RuntimeError(
+                f"ckptd_client: resume checkpoint {resume_path} is invalid: {resume.reason}"
+            )
+        channel = DaemonChannel(endpoint, rank=int(env.get("RANK", "0") or 0))
+        return Client(channel, ckpt_dir, resume, standalone=False)
+    remove_temporaries(ckpt_dir)
+    signal_dir = run_dir or env.get(protocol.ENV_RUN_DIR)
+    return Client(
+        StandaloneChannel(Path(signal_dir) if signal_dir else None),
+        ckpt_dir,
+        newest_valid(ckpt_dir),
+        standalone=True,
+    )

@@ -1,0 +1,236 @@
+"""Where a client's requests come from: the daemon's job channel, or stand-ins when standalone.
+
+Each channel runs one daemon thread that turns what it sees into calls of
+``Client._on_request``; the training thread only ever reads flags.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+HEARTBEAT_INTERVAL = 0.1
+_POLL_MS = 200
+_FILE_POLL_SECONDS = 0.25
+
+
+def _new_wake_pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    return read_fd, write_fd
+
+
+def _poke(fd: int, data: bytes = b"\0") -> None:
+    try:
+        os.write(fd, data)
+    except (BlockingIOError, OSError):
+        pass  # the pipe is full or closed: the reader is awake or gone either way
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class DaemonChannel:
+    """DEALER socket to the daemon's job channel, owned by one background thread."""
+
+    def __init__(self, endpoint: str, rank: int) -> None:
+        self.endpoint = endpoint
+        self.rank = rank
+        self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = _new_wake_pipe()
+
+    def start(self, client: Client) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(client,), name="ckptd-client", daemon=True
+        )
+        self._thread.start()
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self._outbox.put(protocol.encode(kind, **fields))
+        _poke(self._wake_w)
+
+    def close(self) -> None:
+        self.send("bye")
+        self._closing = True
+        _poke(self._wake_w)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def _run(self, client: Client) -> None:
+        import zmq  # imported here so a standalone script never loads libzmq
+
+        context = zmq.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.ROUTING_ID, f"{os.getpid()}-{uuid.uuid4().hex[:8]}".encode())
+        sock.connect(self.endpoint)
+        sock.send(protocol.encode("hello", pid=os.getpid(), rank=self.rank, step=client._step))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        sent_step, sent_at = client._step, 0.0
+        try:
+            while True:
+                ready = dict(poller.poll(_POLL_MS))
+                if self._wake_r in ready:
+                    _drain(self._wake_r)
+                if sock in ready:
+                    self._receive_all(sock, client, zmq)
+                while True:
+                    try:
+                        sock.send(self._outbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._closing:
+                    return
+                step, now = client._step, time.monotonic()
+                if step != sent_step and now - sent_at >= HEARTBEAT_INTERVAL:
+                    sock.send(protocol.encode("step", step=step))
+                    sent_step, sent_at = step, now
+        finally:
+            sock.close()
+            context.term()
+
+    @staticmethod
+    def _receive_all(sock: Any, client: Client, zmq: Any) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = protocol.decode(frame, protocol.DAEMON_TYPES)
+            except protocol.ProtocolError:
+                continue  # a daemon of another version: ignore what we cannot read
+            if message["type"] == "request":
+                client._on_request(
+                    str(message.get("id")),
+                    str(message.get("reason", "")),
+                    _number_or_none(message.get("deadline")),
+                    bool(message.get("final")),
+                )
+            elif message["type"] == "done":
+                client._on_done(str(message.get("id")))
+
+
+class StandaloneChannel:
+    """Without a daemon: SIGTERM/SIGINT stop, SIGUSR1 and a CHECKPOINT file checkpoint.
+
+    Handlers go only where Python's default is in place, so a script's own
+    handlers are never replaced. A second SIGTERM/SIGINT acts as the default would.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self, run_dir: Path | None) -> None:
+        self.run_dir = run_dir
+        self._wake_r, self._wake_w = _new_wake_pipe()
+        self._previous: dict[int, Any] = {}
+        self._stop_signalled = False
+        self._file_request: str | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, client: Client) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                current = signal.getsignal(signum)
+                if current in (signal.SIG_DFL, signal.default_int_handler):
+                    self._previous[signum] = current
+                    signal.signal(signum, self._on_signal)
+        self._thread = threading.Thread(
+            target=self._run, args=(client,), name="ckptd-client", daemon=True
+        )
+        self._thread.start()
+
+    def send(self, kind: str, **fields: Any) -> None:
+        if kind in ("committed", "failed") and self._file_request in fields.get("ids", ()):
+            self._file_request = None
+            if self.run_dir is not None:
+                _remove_quietly(self.run_dir / "CHECKPOINT")
+
+    def close(self) -> None:
+        self._closing = True
+        _poke(self._wake_w)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if threading.current_thread() is threading.main_thread():
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
+        self._previous.clear()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum != signal.SIGUSR1:
+            if self._stop_signalled:
+                previous = self._previous.get(signum, signal.SIG_DFL)
+                signal.signal(signum, previous)
+                if callable(previous):
+                    previous(signum, frame)
+                else:
+                    os.kill(os.getpid(), signum)
+                return
+            self._stop_signalled = True
+        _poke(self._wake_w, bytes([signum]))
+
+    def _run(self, client: Client) -> None:
+        while not self._closing:
+            readable, _, _ = select.select([self._wake_r], [], [], _FILE_POLL_SECONDS)
+            for signum in _drain(self._wake_r) if readable else b"":
+                if signum == signal.SIGUSR1:
+                    client._on_request(uuid.uuid4().hex, "SIGUSR1", None, False)
+                elif signum:
+                    client._on_request(uuid.uuid4().hex, signal.Signals(signum).name, None, True)
+            self._poll_files(client)
+
+    def _poll_files(self, client: Client) -> None:
+        if self.run_dir is None:
+            return
+        if self._file_request is None and os.path.lexists(self.run_dir / "CHECKPOINT"):
+            self._file_request = uuid.uuid4().hex
+            client._on_request(self._file_request, "CHECKPOINT file", None, False)
+        if not self._stop_signalled and os.path.lexists(self.run_dir / "STOP"):
+            self._stop_signalled = True
+            _remove_quietly(self.run_dir / "STOP")
+            client._on_request(uuid.uuid4().hex, "STOP file", None, True)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _number_or_none(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None

@@ -1,0 +1,225 @@
+"""The object a training script talks to: flags read on the hot path, saves committed atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import manifest
+from .store import Checkpoint
+
+
+class Channel(Protocol):
+    """Where requests come from and acknowledgements go; runs its own thread."""
+
+    def start(self, client: Client) -> None: ...
+    def send(self, kind: str, **fields: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Pending:
+    id: str
+    reason: str
+    deadline: float | None
+    final: bool
+    at_step: int | None
+
+
+_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _make_inert_after_fork() -> None:
+    for client in list(_live_clients):
+        client._make_inert()
+
+
+os.register_at_fork(after_in_child=_make_inert_after_fork)
+
+
+class Client:
+    """Connection of one training process to ckptd (or to its stand-ins when standalone).
+
+    ``should_checkpoint()`` and ``step()`` touch one attribute each: no syscall,
+    no lock. In a process forked from this one (data-loader workers) the client
+    is inert: it never checkpoints, never stops and never uses the channel.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        checkpoint_dir: Path,
+        resume_from: Checkpoint | None,
+        *,
+        standalone: bool,
+    ) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.standalone = standalone
+        self._channel = channel
+        self._resume_from = resume_from
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._wanted = False
+        self._stop_ready = False
+        self._deadline: float | None = None
+        self._step: int | None = resume_from.step if resume_from else None
+        self._last_commit: dict[str, Any] | None = (
+            _commit_record(
+                resume_from.path,
+                resume_from.step or 0,
+                resume_from.metrics,
+                resume_from.bytes,
+                0.0,
+                reused=True,
+            )
+            if resume_from
+            else None
+        )
+        self._inert = False
+        self._closed = False
+        _live_clients.add(self)
+        channel.start(self)
+
+    # -- the API of training scripts -------------------------------------------------
+
+    def restore(self) -> Checkpoint | None:
+        """The newest valid checkpoint to resume from, or None on a fresh start."""
+        return self._resume_from
+
+    def step(self, step: int) -> None:
+        """Report progress; cheap enough to call every step."""
+        self._step = step
+
+    def should_checkpoint(self) -> bool:
+        """True when someone asked for a checkpoint that this process has not saved yet."""
+        return self._wanted
+
+    def should_stop(self) -> bool:
+        """True once a stop was requested and its final checkpoint is done (or failed)."""
+        return self._stop_ready
+
+    def deadline(self) -> float | None:
+        """Seconds left before the daemon forces the process down, or None when no stop is near."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.time())
+
+    @contextmanager
+    def checkpoint(self, step: int, metrics: dict[str, Any] | None = None) -> Iterator[Path]:
+        """Yield a fresh directory to write into; commit it atomically when the block exits cleanly.
+
+        An exception in the block (or in the commit) removes the directory, reports
+        the failure to the daemon and propagates; earlier checkpoints stay as they were.
+        """
+        metrics = dict(metrics or {})
+        json.dumps(metrics)  # refuse metrics the manifest cannot hold before any work is done
+        if self._inert:
+            raise RuntimeError("ckptd_client: checkpoint() in a forked child process")
+        claimed = self._claim(step)
+        temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
+        self._channel.send("started", ids=claimed, step=step)
+        began = time.monotonic()
+        try:
+            yield temp_dir
+            path, written = manifest.commit(temp_dir, step, metrics)
+        except BaseException as exc:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
+            raise
+        record = _commit_record(path, step, metrics, written.bytes, time.monotonic() - began)
+        self._commit(step, record)
+
+    def close(self) -> None:
+        """Say goodbye to the daemon and stop the background thread."""
+        if self._closed or self._inert:
+            return
+        self._closed = True
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- called by the channel thread ------------------------------------------------
+
+    def _on_request(self, rid: str, reason: str, deadline: float | None, final: bool) -> None:
+        with self._lock:
+            if deadline is not None:
+                self._deadline = (
+                    deadline if self._deadline is None else min(self._deadline, deadline)
+                )
+            last, step = self._last_commit, self._step
+            if last is not None and step is not None and last["step"] >= step:
+                # Nothing happened since the last commit: it already holds the current state.
+                self._channel.send("committed", ids=[rid], **{**last, "reused": True})
+                self._stop_ready = self._stop_ready or final
+                return
+            self._pending[rid] = _Pending(rid, reason, deadline, final, step)
+            self._wanted = True
+
+    def _on_done(self, rid: str) -> None:
+        """Another rank committed ``rid``: it no longer needs this process."""
+        with self._lock:
+            request = self._pending.pop(rid, None)
+            self._wanted = bool(self._pending)
+            if request and request.final:
+                self._stop_ready = True
+
+    def _make_inert(self) -> None:
+        self._inert = True
+        self._wanted = False
+        self._stop_ready = False
+        self._pending = {}
+        _live_clients.discard(self)
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def _claim(self, step: int) -> list[str]:
+        with self._lock:
+            return [
+                rid for rid, p in self._pending.items() if p.at_step is None or p.at_step <= step
+            ]
+
+    def _commit(self, step: int, record: dict[str, Any]) -> None:
+        with self._lock:
+            done = [p for p in self._pending.values() if p.at_step is None or p.at_step <= step]
+            for request in done:
+                del self._pending[request.id]
+            self._last_commit = record
+            self._wanted = bool(self._pending)
+            if any(p.final for p in done):
+                self._stop_ready = True
+            # Unsolicited saves are reported too, so the daemon sees every commit.
+            self._channel.send("committed", ids=[p.id for p in done], **record)
+
+    def _fail(self, claimed: list[str], step: int, error: str) -> None:
+        with self._lock:
+            failed = [self._pending.pop(rid) for rid in claimed if rid in self._pending]
+            self._wanted = bool(self._pending)
+            if any(p.final for p in failed):
+                self._stop_ready = True
+            self._channel.send("failed", ids=claimed, step=step, error=error)
+
+
+def _commit_record(
+    path: Path, step: int, metrics: dict[str, Any], size: int, seconds: float, reused: bool = False
+) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "step": step,
+        "metrics": metrics,
+        "bytes": size,
+        "seconds": round(seconds, 6),
+        "reused": reused,
+    }

@@ -1,0 +1,322 @@
+"""The checkpoint commit protocol and its verification.
+
+A checkpoint is a directory ``step-NNNNNNNN`` holding whatever the training
+script wrote plus ``ckptd.json``, the manifest, written last. Commit: hash and
+fsync every file in a ``.tmp-`` directory, write and fsync the manifest, fsync
+the directory, rename it into place, fsync the parent. A directory whose
+manifest is missing or whose files do not match it is not a checkpoint.
+
+Nothing here unpickles, imports or follows a symlink.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+MANIFEST_NAME = "ckptd.json"
+FORMAT_VERSION = 1
+HASH_ALGORITHM = "sha256"
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+NAME_PREFIX = "step-"
+
+_CHUNK = 1 << 20
+_MAX_MANIFEST_BYTES = 16 << 20
+
+
+class CommitError(RuntimeError):
+    """A checkpoint could not be committed; the previous checkpoints are untouched."""
+
+
+class ManifestError(ValueError):
+    """A manifest that does not describe a checkpoint."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    step: int
+    time: float
+    files: tuple[FileEntry, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    writer: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+    hash: str = HASH_ALGORITHM
+
+    @property
+    def bytes(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["files"] = [asdict(entry) for entry in self.files]
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        try:
+            data = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"manifest is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ManifestError("manifest is not a JSON object")
+        if data.get("format") != FORMAT_VERSION:
+            raise ManifestError(f"unsupported manifest format {data.get('format')!r}")
+        if data.get("hash", HASH_ALGORITHM) != HASH_ALGORITHM:
+            raise ManifestError(f"unsupported hash algorithm {data.get('hash')!r}")
+        step, stamp = data.get("step"), data.get("time")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ManifestError(f"manifest step {step!r} is not a non-negative integer")
+        if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
+            raise ManifestError(f"manifest time {stamp!r} is not a number")
+        metrics, writer = data.get("metrics", {}), data.get("writer", {})
+        if not isinstance(metrics, dict) or not isinstance(writer, dict):
+            raise ManifestError("manifest metrics and writer must be objects")
+        return cls(
+            step=step,
+            time=float(stamp),
+            files=tuple(_parse_entry(raw) for raw in _list_of(data.get("files"))),
+            metrics=metrics,
+            writer=writer,
+        )
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Outcome of checking one directory against its manifest."""
+
+    ok: bool
+    reason: str = ""
+    manifest: Manifest | None = None
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{NAME_PREFIX}{step:08d}"
+
+
+def new_temp_dir(checkpoint_dir: Path, step: int) -> Path:
+    """Create a fresh, private in-progress directory for a checkpoint of ``step``."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / f"{TMP_PREFIX}{checkpoint_name(step)}-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o755)
+    return path
+
+
+def commit(
+    temp_dir: Path, step: int, metrics: dict[str, Any] | None = None
+) -> tuple[Path, Manifest]:
+    """Commit ``temp_dir`` as the checkpoint of ``step`` beside it; return its path and manifest.
+
+    On failure the temporary directory is removed and :class:`CommitError` raised;
+    committed checkpoints are never touched except a valid one of the same step,
+    which is replaced atomically enough that a crash leaves one of the two.
+    """
+    checkpoint_dir = temp_dir.parent
+    try:
+        entries = tuple(_hash_and_sync(temp_dir, rel) for rel in _walk_files(temp_dir))
+        manifest = Manifest(
+            step=step,
+            time=time.time(),
+            files=entries,
+            metrics=dict(metrics or {}),
+            writer={"name": "ckptd_client", "host": socket.gethostname(), "pid": os.getpid()},
+        )
+        _write_synced(temp_dir / MANIFEST_NAME, manifest.to_json().encode())
+        for directory in _walk_dirs(temp_dir):
+            _fsync_dir(directory)
+        final = checkpoint_dir / checkpoint_name(step)
+        _move_into_place(temp_dir, final)
+    except (OSError, ValueError) as exc:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise CommitError(f"checkpoint of step {step} not committed: {exc}") from exc
+    return final, manifest
+
+
+def verify(path: Path, *, full: bool = True) -> Verification:
+    """Check a checkpoint directory; ``full`` also compares every file's hash."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return Verification(False, "not a directory")
+        manifest = read_manifest(path)
+        on_disk = set(_walk_files(path)) - {MANIFEST_NAME}
+    except (OSError, ManifestError) as exc:
+        return Verification(False, str(exc))
+    listed = {entry.path for entry in manifest.files}
+    if missing := sorted(listed - on_disk):
+        return Verification(False, f"missing file {missing[0]}", manifest)
+    if extra := sorted(on_disk - listed):
+        return Verification(False, f"file not in manifest: {extra[0]}", manifest)
+    for entry in manifest.files:
+        file_path = path / entry.path
+        try:
+            size = file_path.lstat().st_size
+            if size != entry.size:
+                return Verification(
+                    False, f"{entry.path}: size {size}, manifest says {entry.size}", manifest
+                )
+            if full and _sha256(file_path) != entry.sha256:
+                return Verification(False, f"{entry.path}: sha256 mismatch", manifest)
+        except OSError as exc:
+            return Verification(False, f"{entry.path}: {exc}", manifest)
+    return Verification(True, "", manifest)
+
+
+def read_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST_NAME
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise ManifestError("no manifest")
+    with _open_nofollow(manifest_path) as handle:
+        raw = handle.read(_MAX_MANIFEST_BYTES + 1)
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise ManifestError("manifest too large")
+    return Manifest.from_json(raw)
+
+
+def remove_temporaries(checkpoint_dir: Path) -> list[Path]:
+    """Remove leftovers of interrupted commits; return what was removed.
+
+    A ``.trash-`` directory whose checkpoint is missing is the only copy of that
+    step (a crash hit between the two renames of a replacement): it is restored.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(checkpoint_dir))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        if entry.name.startswith(TMP_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        elif entry.name.startswith(TRASH_PREFIX):
+            original = checkpoint_dir / entry.name[len(TRASH_PREFIX) :].rsplit("-", 1)[0]
+            if original.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            else:
+                os.rename(path, original)
+    return removed
+
+
+def _move_into_place(temp_dir: Path, final: Path) -> None:
+    parent = final.parent
+    if not final.exists():
+        os.rename(temp_dir, final)
+        _fsync_dir(parent)
+        return
+    trash = parent / f"{TRASH_PREFIX}{final.name}-{secrets.token_hex(4)}"
+    os.rename(final, trash)
+    os.rename(temp_dir, final)
+    _fsync_dir(parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _walk_files(root: Path, prefix: str = "") -> Iterator[str]:
+    """Relative POSIX paths of the regular files below ``root``; links and specials are errors."""
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        rel = f"{prefix}{entry.name}"
+        if entry.is_symlink():
+            raise ManifestError(f"symlink in checkpoint: {rel}")
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_files(Path(entry.path), rel + "/")
+        elif entry.is_file(follow_symlinks=False):
+            yield rel
+        else:
+            raise ManifestError(f"not a regular file: {rel}")
+
+
+def _walk_dirs(root: Path) -> Iterator[Path]:
+    for entry in os.scandir(root):
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_dirs(Path(entry.path))
+    yield root
+
+
+def _hash_and_sync(root: Path, rel: str) -> FileEntry:
+    path = root / rel
+    with _open_nofollow(path) as handle:
+        digest, size = _digest_stream(handle)
+        os.fsync(handle.fileno())
+    return FileEntry(path=rel, size=size, sha256=digest)
+
+
+def _sha256(path: Path) -> str:
+    with _open_nofollow(path) as handle:
+        return _digest_stream(handle)[0]
+
+
+def _digest_stream(handle: Any) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    while count := handle.readinto(buffer):
+        digest.update(view[:count])
+        size += count
+    return digest.hexdigest(), size
+
+
+def _open_nofollow(path: Path) -> Any:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _list_of(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ManifestError("manifest files must be a list")
+    return value
+
+
+def _parse_entry(raw: Any) -> FileEntry:
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest file entry is not an object")
+    rel, size, digest = raw.get("path"), raw.get("size"), raw.get("sha256")
+    if not isinstance(rel, str) or not _is_safe_relative(rel):
+        raise ManifestError(f"unsafe path in manifest: {rel!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestError(f"bad size for {rel}: {size!r}")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ManifestError(f"bad sha256 for {rel}")
+    return FileEntry(path=rel, size=size, sha256=digest)
+
+
+def _is_safe_relative(rel: str) -> bool:
+    pure = PurePosixPath(rel)
+    return bool(rel) and not pure.is_absolute() and ".." not in pure.parts and rel != MANIFEST_NAME

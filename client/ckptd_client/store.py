@@ -1,0 +1,95 @@
+"""Reading a checkpoint directory: listing, and the newest checkpoint that verifies."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .manifest import NAME_PREFIX, TMP_PREFIX, TRASH_PREFIX, verify
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint directory as found on disk.
+
+    ``valid`` is False for a directory without a manifest or whose files do not
+    match it; ``reason`` then says why. ``step`` comes from the manifest, or from
+    the directory name when the manifest is unreadable (None if neither).
+    """
+
+    path: Path
+    step: int | None
+    time: float | None = None
+    bytes: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    valid: bool = True
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def scan(checkpoint_dir: Path, *, full: bool = False) -> list[Checkpoint]:
+    """Every checkpoint-like directory, oldest step first; in-progress ones are skipped.
+
+    Without ``full`` only manifests and file sizes are checked (cheap); with it,
+    every file's hash too.
+    """
+    found: list[Checkpoint] = []
+    try:
+        entries = list(os.scandir(checkpoint_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        if entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or entry.is_symlink():
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        found.append(inspect(Path(entry.path), full=full))
+    found.sort(key=lambda c: (-1 if c.step is None else c.step, c.name))
+    return found
+
+
+def inspect(path: Path, *, full: bool = True) -> Checkpoint:
+    """Describe one directory, verifying it against its manifest."""
+    result = verify(path, full=full)
+    manifest = result.manifest
+    if manifest is None:
+        return Checkpoint(
+            path=path, step=_step_from_name(path.name), valid=False, reason=result.reason
+        )
+    return Checkpoint(
+        path=path,
+        step=manifest.step,
+        time=manifest.time,
+        bytes=manifest.bytes,
+        metrics=dict(manifest.metrics),
+        valid=result.ok,
+        reason=result.reason,
+    )
+
+
+def newest_valid(
+    checkpoint_dir: Path, *, rejected: list[Checkpoint] | None = None
+) -> Checkpoint | None:
+    """The highest-step checkpoint whose manifest and every file's hash verify.
+
+    Candidates are fully verified newest first; each one that fails is appended
+    to ``rejected`` (when given) and the next older one is tried.
+    """
+    for candidate in reversed(scan(checkpoint_dir, full=False)):
+        checked = inspect(candidate.path, full=True) if candidate.valid else candidate
+        if checked.valid:
+            return checked
+        if rejected is not None:
+            rejected.append(checked)
+    return None
+
+
+def _step_from_name(name: str) -> int | None:
+    if name.startswith(NAME_PREFIX) and name[len(NAME_PREFIX) :].isdigit():
+        return int(name[len(NAME_PREFIX) :])
+    return None
