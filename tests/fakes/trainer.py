@@ -1,0 +1,80 @@
+"""A fake training script driven by flags; records what it saw as JSON lines in --record.
+
+Records: {"event": "start", "attempt", "resume_step", "pid"}, {"event": "saved", "step"},
+{"event": "save_failed", "step"}, {"event": "stop", "step"}, {"event": "done", "step"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import ckptd_client
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--record", required=True)
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--step-time", type=float, default=0.01)
+    parser.add_argument("--save-time", type=float, default=0.0)
+    parser.add_argument("--payload", type=int, default=1024, help="bytes written per checkpoint")
+    parser.add_argument("--crash-at", type=int, default=None, help="exit 1 when reaching this step")
+    parser.add_argument("--crash-after-save", action="store_true",
+                        help="exit 1 right after each committed checkpoint")
+    parser.add_argument("--save-every", type=int, default=0, help="save unasked every N steps")
+    parser.add_argument("--hang-at", type=int, default=None)
+    parser.add_argument("--hang-attempts", type=int, default=1, help="hang only on attempts below")
+    parser.add_argument("--fail-save", action="store_true", help="raise inside every save")
+    args = parser.parse_args()
+
+    attempt = int(os.environ.get("CKPTD_ATTEMPT", "0") or 0)
+    record = open(args.record, "a", buffering=1)  # noqa: SIM115 - kept open for the whole run
+
+    def note(event: str, **fields: object) -> None:
+        record.write(json.dumps({"event": event, "pid": os.getpid(), "attempt": attempt, **fields}) + "\n")
+
+    ck = ckptd_client.connect()
+    last = ck.restore()
+    note("start", resume_step=last.step if last else None,
+         resume_path=str(last.path) if last else None)
+    start = last.step + 1 if last else 0
+    for step in range(start, args.steps):
+        time.sleep(args.step_time)
+        if args.crash_at is not None and step == args.crash_at:
+            note("crash", step=step)
+            sys.exit(1)
+        if args.hang_at is not None and step == args.hang_at and attempt < args.hang_attempts:
+            note("hang", step=step)
+            while True:
+                time.sleep(1)
+        ck.step(step)
+        note("step", step=step)
+        unasked = args.save_every and step % args.save_every == 0 and step > start
+        if ck.should_checkpoint() or unasked:
+            try:
+                with ck.checkpoint(step, metrics={"loss": 1.0 / (step + 1)}) as directory:
+                    (directory / "payload.bin").write_bytes(os.urandom(args.payload))
+                    time.sleep(args.save_time)
+                    if args.fail_save:
+                        raise OSError("disk full (simulated)")
+            except OSError:
+                note("save_failed", step=step)
+            else:
+                note("saved", step=step)
+                if args.crash_after_save:
+                    note("crash", step=step)
+                    sys.exit(1)
+        if ck.should_stop():
+            note("stop", step=step)
+            ck.close()
+            return
+    note("done", step=args.steps - 1)
+    ck.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Stopping: the final save on SIGTERM, STOP files, deadlines and process trees."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from conftest import FAKES, Job, wait_for
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigterm_saves_at_the_current_step_and_exits_zero(job: Job) -> None:
+    """SIGTERM mid-training: the final checkpoint holds the last step trained; exit 0."""
+    job.start_fake()
+    job.wait_record("step", count=20)
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    stop = job.records("stop")
+    assert len(stop) == 1
+    last_step = job.records("step")[-1]["step"]
+    assert stop[0]["step"] == last_step
+    assert job.records("saved")[-1]["step"] == last_step, "work was lost on SIGTERM"
+    committed = job.events("checkpoint.committed")[-1]
+    assert committed["step"] == last_step
+    assert job.events("job.stopped")[0]["final_checkpoint"] is True
+
+
+def test_stop_file_stops_without_restart(job: Job) -> None:
+    """Touching STOP: final checkpoint, then the job stops and is not restarted."""
+    job.start_fake()
+    job.wait_record("step", count=5)
+    (job.run_dir / "STOP").touch()
+    assert job.wait() == 0
+    assert len(job.records("start")) == 1
+    assert job.records("saved")[-1]["step"] == job.records("step")[-1]["step"]
+    assert not (job.run_dir / "STOP").exists()
+
+
+def test_stop_during_a_save_waits_for_it_and_loses_nothing(job: Job) -> None:
+    """SIGTERM while a save is in flight: that save commits, no second one, nothing lost."""
+    job.start_fake("--save-time", "1.0")
+    job.wait_event("client.connected")
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_event("checkpoint.started")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    saved = job.records("saved")
+    assert len(saved) == 1, saved
+    assert saved[0]["step"] == job.records("step")[-1]["step"] == job.records("stop")[0]["step"]
+    committed = job.events("checkpoint.committed")
+    assert len(committed) == 1 and len(committed[0]["ids"]) == 2  # the request and the final one
+
+
+def test_second_sigterm_stops_now(job: Job) -> None:
+    """A second SIGTERM during a slow final save kills the job at once; exit is non-zero."""
+    job.start_fake("--save-time", "600", options=("--grace", "600s", "--kill-timeout", "1s"))
+    job.wait_event("client.connected")
+    job.signal(signal.SIGTERM)
+    job.wait_event("checkpoint.started")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 1
+    assert job.events("job.terminating")
+    assert not job.records("saved")
+
+
+def test_failed_final_save_exits_non_zero_and_keeps_previous_checkpoint(make_job) -> None:
+    """A final save that raises: exit 1, and the last good checkpoint is still the newest valid."""
+    job = make_job()
+    job.start_fake("--save-every", "5", "--steps", "8")
+    assert job.wait() == 0
+    good = sorted(p.name for p in job.checkpoint_dir.iterdir())
+    assert good == ["step-00000005"]
+    again = make_job("again")
+    again.start_fake("--fail-save", "--steps", "1000000")
+    again.wait_record("step", count=10)
+    again.signal(signal.SIGTERM)
+    assert again.wait() == 1
+    assert again.events("checkpoint.failed")
+    assert sorted(p.name for p in job.checkpoint_dir.iterdir()) == good
+
+
+def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(job: Job, tmp_path: Path) -> None:
+    """A job that ignores SIGTERM is killed at the deadline, grandchildren (even setsid ones) too."""
+    pids_file = tmp_path / "pids.json"
+    command = [sys.executable, str(FAKES / "plain_trainer.py"), "--pids", str(pids_file),
+               "--ignore-term", "--grandchildren", "2"]
+    job.start(command, "--grace", "1s", "--kill-timeout", "1s")
+    pids = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "job pids")
+    everyone = [pids["pid"], *pids["children"]]
+    assert all(_alive(pid) for pid in everyone)
+    began = time.monotonic()
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 1
+    assert time.monotonic() - began >= 1.0, "killed before the grace period ended"
+    assert job.events("job.signalled")[0]["signal"] == "SIGTERM"
+    wait_for(lambda: not any(_alive(pid) for pid in everyone), "the whole tree to be gone", 10)
+
+
+def test_uninstrumented_job_that_obeys_sigterm_stops_cleanly(job: Job, tmp_path: Path) -> None:
+    """A job without the client gets stop_signal on its main process and ckptd exits 0."""
+    pids_file = tmp_path / "pids.json"
+    job.start([sys.executable, str(FAKES / "plain_trainer.py"), "--pids", str(pids_file)])
+    wait_for(pids_file.exists, "the job to start")
+    job.signal(signal.SIGINT)
+    assert job.wait() == 0
