@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 from ckptd_client import protocol
 from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, newest_valid
+from ckptd_client.store import Checkpoint, newest_valid, scan
 
 from . import exit_codes, log, retention
 from .config import JobConfig
@@ -401,11 +401,19 @@ class Arbiter:
         self.run_dir.record_holder(None)
         if self.outstanding is not None and self.outstanding.final:
             self.outstanding = None
+        self._note_progress_on_disk()
         if self.stopping is not None and not self.stopping.restart_after:
             self._finish_stop(status)
             return
         self.stopping = None
         self._after_exit(status)
+
+    def _note_progress_on_disk(self) -> None:
+        """Count a commit whose acknowledgement died with the job (cheap check; launch verifies)."""
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid and c.step is not None]
+        if steps and (self.newest_step is None or max(steps) > self.newest_step):
+            self.newest_step = max(steps)
+            self.restarts_without_progress = 0
 
     def _after_exit(self, status: ExitStatus) -> None:
         if not self.policy.wants_restart(status):

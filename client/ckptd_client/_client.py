@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -88,6 +89,7 @@ class Client:
         self._closed = False
         _live_clients.add(self)
         channel.start(self)
+        atexit.register(self.close)  # deliver the last acknowledgements before the process ends
 
     # -- the API of training scripts -------------------------------------------------
 
@@ -143,6 +145,7 @@ class Client:
         if self._closed or self._inert:
             return
         self._closed = True
+        atexit.unregister(self.close)
         self._channel.close()
 
     def __enter__(self) -> Client:
