@@ -71,6 +71,9 @@ class JobChannel:
             except protocol.ProtocolError as exc:
                 self._warn("job_channel.bad_frame", reason=str(exc))
                 continue
+            if problem := _field_problem(message):
+                self._warn("job_channel.bad_message", reason=problem)
+                continue
             peer = self.peers.setdefault(identity, Peer(identity))
             if message["type"] == "hello":
                 peer.pid = _int_or_none(message.get("pid"))
@@ -117,6 +120,17 @@ class JobChannel:
         if now - self._last_warning >= _WARN_EVERY:
             self._last_warning = now
             self._log.warning(event, **fields)
+
+
+def _field_problem(message: dict[str, Any]) -> str | None:
+    """Why a well-formed message carries unusable fields, or None when it is fine."""
+    step = message.get("step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        return f"step {step!r} is not a non-negative integer"
+    ids = message.get("ids", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return "ids is not a list of strings"
+    return None
 
 
 def _int_or_none(value: Any) -> int | None:

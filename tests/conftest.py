@@ -71,15 +71,38 @@ class Job:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, command: list[str], *options: str, env: dict[str, str] | None = None) -> Job:
-        argv = [sys.executable, "-m", "ckptd", "run", "--run-dir", str(self.run_dir),
-                "--checkpoint-dir", str(self.checkpoint_dir), *options, "--", *command]
+        argv = [
+            sys.executable,
+            "-m",
+            "ckptd",
+            "run",
+            "--run-dir",
+            str(self.run_dir),
+            "--checkpoint-dir",
+            str(self.checkpoint_dir),
+            *options,
+            "--",
+            *command,
+        ]
         with open(self.stdout, "ab") as out, open(self.stderr, "ab") as err:
-            self.process = subprocess.Popen(argv, cwd=self.base, stdout=out, stderr=err,
-                                            start_new_session=True, env={**os.environ, **(env or {})})
+            self.process = subprocess.Popen(
+                argv,
+                cwd=self.base,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         return self
 
     def start_fake(self, *fake_args: str, options: tuple[str, ...] = ()) -> Job:
-        command = [sys.executable, str(FAKES / "trainer.py"), "--record", str(self.record), *fake_args]
+        command = [
+            sys.executable,
+            str(FAKES / "trainer.py"),
+            "--record",
+            str(self.record),
+            *fake_args,
+        ]
         return self.start(command, *options)
 
     @property
@@ -95,12 +118,18 @@ class Job:
         return [r for r in read_jsonl(self.record) if name is None or r["event"] == name]
 
     def wait_event(self, name: str, count: int = 1, timeout: float = DEADLINE) -> dict[str, Any]:
-        return wait_for(lambda: len(self.events(name)) >= count and self.events(name)[count - 1],
-                        f"event {name} x{count}; log tail: {self.log_tail()}", timeout)
+        return wait_for(
+            lambda: len(self.events(name)) >= count and self.events(name)[count - 1],
+            f"event {name} x{count}; log tail: {self.log_tail()}",
+            timeout,
+        )
 
     def wait_record(self, name: str, count: int = 1, timeout: float = DEADLINE) -> dict[str, Any]:
-        return wait_for(lambda: len(self.records(name)) >= count and self.records(name)[count - 1],
-                        f"record {name} x{count}; log tail: {self.log_tail()}", timeout)
+        return wait_for(
+            lambda: len(self.records(name)) >= count and self.records(name)[count - 1],
+            f"record {name} x{count}; log tail: {self.log_tail()}",
+            timeout,
+        )
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)

@@ -24,9 +24,11 @@ def main() -> None:
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.record_signals:
+
         def note(signum: int, frame: object) -> None:
             with open(args.record_signals, "a") as handle:
                 handle.write(signal.Signals(signum).name + "\n")
+
         signal.signal(signal.SIGUSR1, note)
     children = []
     for index in range(args.grandchildren):

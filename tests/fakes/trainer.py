@@ -23,8 +23,11 @@ def main() -> None:
     parser.add_argument("--save-time", type=float, default=0.0)
     parser.add_argument("--payload", type=int, default=1024, help="bytes written per checkpoint")
     parser.add_argument("--crash-at", type=int, default=None, help="exit 1 when reaching this step")
-    parser.add_argument("--crash-after-save", action="store_true",
-                        help="exit 1 right after each committed checkpoint")
+    parser.add_argument(
+        "--crash-after-save",
+        action="store_true",
+        help="exit 1 right after each committed checkpoint",
+    )
     parser.add_argument("--save-every", type=int, default=0, help="save unasked every N steps")
     parser.add_argument("--hang-at", type=int, default=None)
     parser.add_argument("--hang-attempts", type=int, default=1, help="hang only on attempts below")
@@ -35,12 +38,17 @@ def main() -> None:
     record = open(args.record, "a", buffering=1)  # noqa: SIM115 - kept open for the whole run
 
     def note(event: str, **fields: object) -> None:
-        record.write(json.dumps({"event": event, "pid": os.getpid(), "attempt": attempt, **fields}) + "\n")
+        record.write(
+            json.dumps({"event": event, "pid": os.getpid(), "attempt": attempt, **fields}) + "\n"
+        )
 
     ck = ckptd_client.connect()
     last = ck.restore()
-    note("start", resume_step=last.step if last else None,
-         resume_path=str(last.path) if last else None)
+    note(
+        "start",
+        resume_step=last.step if last else None,
+        resume_path=str(last.path) if last else None,
+    )
     start = last.step + 1 if last else 0
     for step in range(start, args.steps):
         time.sleep(args.step_time)

@@ -72,12 +72,61 @@ def test_periodic_checkpoints_and_retention(job: Job) -> None:
 def test_request_signal_reaches_an_uninstrumented_job(job: Job, tmp_path: Path) -> None:
     """A job without the client gets request_signal on its main process for each request."""
     pids, received = tmp_path / "pids.json", tmp_path / "signals.txt"
-    job.start([sys.executable, str(FAKES / "plain_trainer.py"), "--pids", str(pids),
-               "--record-signals", str(received)],
-              "--request-signal", "SIGUSR1", "--grace", "1s", "--kill-timeout", "1s")
+    job.start(
+        [
+            sys.executable,
+            str(FAKES / "plain_trainer.py"),
+            "--pids",
+            str(pids),
+            "--record-signals",
+            str(received),
+        ],
+        "--request-signal",
+        "SIGUSR1",
+        "--grace",
+        "1s",
+        "--kill-timeout",
+        "1s",
+    )
     wait_for(pids.exists, "the job to start")
     (job.run_dir / "CHECKPOINT").touch()
     wait_for(lambda: received.exists() and "SIGUSR1" in received.read_text(), "SIGUSR1 in the job")
     wait_for(lambda: not (job.run_dir / "CHECKPOINT").exists(), "CHECKPOINT to be removed")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+
+
+def test_garbage_on_the_job_channel_does_not_hurt_the_daemon(job: Job) -> None:
+    """Malformed frames on the job socket are dropped; supervision and checkpoints go on."""
+    import zmq
+
+    job.start_fake()
+    job.wait_event("client.connected")
+    endpoint = (job.run_dir / "endpoint").read_text().strip()
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    junk = [
+        b"",
+        b"\x00\xff",
+        b"null",
+        b"[1,2]",
+        b'{"v":1}',
+        b'{"v":1,"type":"nope"}',
+        b'{"v":2,"type":"hello"}',
+        b'{"v":1,"type":"committed","ids":"x","step":"y"}',
+        b'{"v":1,"type":"step","step":-5}',
+        b"x" * 200_000,
+    ]
+    try:
+        for frame in junk * 20:
+            sock.send(frame)
+        sock.send_multipart([b"two", b"frames"])
+    finally:
+        sock.close()
+        context.term()
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_event("checkpoint.committed")
     job.signal(signal.SIGTERM)
     assert job.wait() == 0

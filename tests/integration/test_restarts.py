@@ -24,8 +24,14 @@ def test_crash_loop_without_progress_gives_up_after_max_restarts(job: Job) -> No
 
 def test_crashes_with_progress_in_between_are_never_given_up(job: Job) -> None:
     """A job that commits a checkpoint before each crash is restarted past max_restarts."""
-    job.start_fake("--save-every", "3", "--crash-after-save", "--steps", "20",
-                   options=("--max-restarts", "1", *FAST))
+    job.start_fake(
+        "--save-every",
+        "3",
+        "--crash-after-save",
+        "--steps",
+        "20",
+        options=("--max-restarts", "1", *FAST),
+    )
     assert job.wait() == 0
     starts = job.records("start")
     assert len(starts) == 7  # six crashes (steps 3, 6, ..., 18), then a run to the end
@@ -35,9 +41,11 @@ def test_crashes_with_progress_in_between_are_never_given_up(job: Job) -> None:
 
 def test_backoff_doubles_between_restarts(job: Job) -> None:
     """restart_delay doubles per restart without progress (with jitter), up to the ceiling."""
-    job.start_fake("--crash-at", "0",
-                   options=("--max-restarts", "3", "--restart-delay", "0.1s",
-                            "--restart-delay-max", "0.3s"))
+    job.start_fake(
+        "--crash-at",
+        "0",
+        options=("--max-restarts", "3", "--restart-delay", "0.1s", "--restart-delay-max", "0.3s"),
+    )
     assert job.wait() == 3
     delays = [e["delay"] for e in job.events("job.restarting")]
     assert len(delays) == 3
@@ -55,8 +63,15 @@ def test_restart_never_returns_the_job_status(job: Job) -> None:
 
 def test_hung_job_is_killed_and_restarted(job: Job) -> None:
     """No step progress for hang_timeout: the job is stopped and relaunched, and it resumes."""
-    job.start_fake("--save-every", "3", "--hang-at", "5", "--steps", "10",
-                   options=("--hang-timeout", "1s", *FAST))
+    job.start_fake(
+        "--save-every",
+        "3",
+        "--hang-at",
+        "5",
+        "--steps",
+        "10",
+        options=("--hang-timeout", "1s", *FAST),
+    )
     assert job.wait() == 0
     assert job.events("job.hung")
     starts = job.records("start")
@@ -66,11 +81,11 @@ def test_hung_job_is_killed_and_restarted(job: Job) -> None:
 
 def test_sigkill_during_a_save_never_resumes_from_the_torn_directory(job: Job) -> None:
     """SIGKILL of the job mid-save leaves a .tmp- directory that is removed, never resumed."""
-    job.start_fake("--save-every", "3", "--save-time", "600", "--payload", "100000",
-                   options=FAST)
+    job.start_fake("--save-every", "3", "--save-time", "600", "--payload", "100000", options=FAST)
     started = job.wait_record("step", count=4)
-    temp = wait_for(lambda: [p for p in job.checkpoint_dir.glob(".tmp-*") if p.is_dir()],
-                    "a save in progress")
+    temp = wait_for(
+        lambda: [p for p in job.checkpoint_dir.glob(".tmp-*") if p.is_dir()], "a save in progress"
+    )
     os.kill(started["pid"], signal.SIGKILL)
     job.wait_record("start", count=2)
     second = job.records("start")[1]
@@ -101,10 +116,19 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(make_job) -> None:
 def test_resume_environment_contract(job: Job, tmp_path: Path) -> None:
     """The job sees CKPTD_* variables: endpoint, directories, attempt, resume point."""
     dump = tmp_path / "env.txt"
-    script = ("import json, os, sys; open(sys.argv[1], 'a').write(json.dumps({k: v for k, v in"
-              " os.environ.items() if k.startswith('CKPTD_')}) + '\\n'); sys.exit(1)")
-    job.start([sys.executable, "-c", script, str(dump)],
-              "--name", "envjob", "--max-restarts", "1", "--restart-delay", "0")
+    script = (
+        "import json, os, sys; open(sys.argv[1], 'a').write(json.dumps({k: v for k, v in"
+        " os.environ.items() if k.startswith('CKPTD_')}) + '\\n'); sys.exit(1)"
+    )
+    job.start(
+        [sys.executable, "-c", script, str(dump)],
+        "--name",
+        "envjob",
+        "--max-restarts",
+        "1",
+        "--restart-delay",
+        "0",
+    )
     assert job.wait() == 3
     first, second = (json.loads(line) for line in dump.read_text().splitlines())
     assert first["CKPTD_ATTEMPT"] == "0" and second["CKPTD_ATTEMPT"] == "1"

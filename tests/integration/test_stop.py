@@ -90,11 +90,20 @@ def test_failed_final_save_exits_non_zero_and_keeps_previous_checkpoint(make_job
     assert sorted(p.name for p in job.checkpoint_dir.iterdir()) == good
 
 
-def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(job: Job, tmp_path: Path) -> None:
+def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(
+    job: Job, tmp_path: Path
+) -> None:
     """A job that ignores SIGTERM is killed at the deadline, grandchildren (even setsid ones) too."""
     pids_file = tmp_path / "pids.json"
-    command = [sys.executable, str(FAKES / "plain_trainer.py"), "--pids", str(pids_file),
-               "--ignore-term", "--grandchildren", "2"]
+    command = [
+        sys.executable,
+        str(FAKES / "plain_trainer.py"),
+        "--pids",
+        str(pids_file),
+        "--ignore-term",
+        "--grandchildren",
+        "2",
+    ]
     job.start(command, "--grace", "1s", "--kill-timeout", "1s")
     pids = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "job pids")
     everyone = [pids["pid"], *pids["children"]]

@@ -1,0 +1,137 @@
+"""The run directory: one daemon per directory, private sockets, deep paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from conftest import Job
+
+
+def _run_ckptd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ckptd", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_second_daemon_on_the_same_run_dir_is_refused(make_job: Callable[..., Job]) -> None:
+    """While a daemon runs, a second `ckptd run` on its run directory exits 2 with a reason."""
+    first = make_job()
+    first.start_fake()
+    first.wait_event("client.connected")
+    second = make_job("second")
+    second.start_fake()
+    assert second.wait() == 2
+    message = second.stderr.read_text().strip()
+    assert len(message.splitlines()) == 1
+    assert f"in use by ckptd pid {first.pid}" in message
+    assert len(first.records("start")) == 1
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+
+
+def test_run_dir_stays_locked_while_the_job_outlives_a_killed_daemon(
+    make_job: Callable[..., Job],
+) -> None:
+    """After SIGKILL of the daemon its job still holds the lock: no second trainer starts."""
+    first = make_job()
+    first.start_fake()
+    started = first.wait_record("start")
+    os.kill(first.pid, signal.SIGKILL)
+    first.process.wait()
+    second = make_job("second")
+    second.start_fake()
+    assert second.wait() == 2
+    assert f"job pid {started['pid']}" in second.stderr.read_text()
+    orphan = psutil.Process(started["pid"])
+    orphan.kill()
+    psutil.wait_procs([orphan], timeout=10)
+
+
+def test_sockets_and_run_dir_are_private(job: Job) -> None:
+    """The run directory is 0700 and the job channel's socket 0600."""
+    job.start_fake()
+    job.wait_event("client.connected")
+    assert stat.S_IMODE(job.run_dir.stat().st_mode) == 0o700
+    socket = job.run_dir / "job.sock"
+    assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+    assert (job.run_dir / "endpoint").read_text().strip() == f"ipc://{socket}"
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    assert not socket.exists()
+
+
+def test_deep_run_dir_gets_a_short_socket_path(job: Job) -> None:
+    """A run directory too deep for an ipc path still works, through a short private socket."""
+    job.run_dir = job.base / ("d" * 60) / ("e" * 60) / "run"
+    job.start_fake()
+    job.wait_event("client.connected")
+    endpoint = (job.run_dir / "endpoint").read_text().strip()
+    socket = Path(endpoint.removeprefix("ipc://"))
+    assert len(str(socket)) < 100 and socket.parent != job.run_dir
+    assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+    assert stat.S_IMODE(socket.parent.stat().st_mode) == 0o700
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_event("checkpoint.committed")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """Unknown keys, wrong types and bad durations: exit 2 and one line that names the key."""
+    cases = {
+        "keep_lsat = 3": "[job].keep_lsat: unknown key",
+        'keep_last = "three"': "[job].keep_last: expected a non-negative integer",
+        'grace = "soon"': "[job].grace: expected a duration",
+        'restart = "sometimes"': "[job].restart: expected one of",
+        "[control]\nbind = 1": "unknown table [control]",
+    }
+    for body, expected in cases.items():
+        config = tmp_path / "ckptd.toml"
+        config.write_text(("[job]\n" if not body.startswith("[") else "") + body + "\n")
+        result = _run_ckptd("run", "--config", str(config), "--", "true", cwd=tmp_path)
+        assert result.returncode == 2, (body, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert expected in result.stderr, (body, result.stderr)
+    result = _run_ckptd("run", "--keep-last", "-1", "--", "true", cwd=tmp_path)
+    assert result.returncode == 2 and "--keep-last" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = _run_ckptd("run", "--grace", "5 parsecs", "--", "true", cwd=tmp_path)
+    assert result.returncode == 2 and "--grace" in result.stderr
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    """A flag wins over the file, the file over the defaults; job.json records the result."""
+    config = tmp_path / "ckptd.toml"
+    config.write_text('[job]\nname = "fromfile"\nkeep_last = 7\ngrace = "2m"\n')
+    result = _run_ckptd(
+        "run",
+        "--config",
+        str(config),
+        "--keep-last",
+        "4",
+        "--",
+        sys.executable,
+        "-c",
+        "pass",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads((tmp_path / ".ckptd" / "fromfile" / "job.json").read_text())
+    assert recorded["keep_last"] == 4 and recorded["grace"] == 120.0
+    assert recorded["checkpoint_dir"] == str(tmp_path / "checkpoints" / "fromfile")
+
+
+def test_missing_command_is_a_clear_error(tmp_path: Path) -> None:
+    """A command that cannot be executed is reported and counted as a failure."""
+    result = _run_ckptd("run", "--restart", "never", "--", str(tmp_path / "nope"), cwd=tmp_path)
+    assert result.returncode == 127
+    assert "cannot start" in result.stderr

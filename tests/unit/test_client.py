@@ -1,0 +1,188 @@
+"""The client library in-process: the hot path, fork safety, failures, and bad daemons."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+import ckptd_client
+from ckptd_client import protocol
+from conftest import wait_for
+
+
+@pytest.fixture
+def daemon_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A bare ROUTER socket standing in for the daemon, with the client's env pointing at it."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path}/j.sock"
+    router.bind(endpoint)
+    monkeypatch.setenv("CKPTD_ENDPOINT", endpoint)
+    monkeypatch.setenv("CKPTD_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    monkeypatch.delenv("CKPTD_RESUME_FROM", raising=False)
+    yield router
+    router.close()
+    context.term()
+
+
+def _receive(router: zmq.Socket, kind: str) -> tuple[bytes, dict]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if router.poll(100):
+            identity, frame = router.recv_multipart()
+            message = json.loads(frame)
+            if message["type"] == kind:
+                return identity, message
+    pytest.fail(f"no {kind} message")
+
+
+def test_request_sets_flag_and_commit_is_acknowledged(daemon_socket: zmq.Socket) -> None:
+    """A request raises should_checkpoint(); the commit clears it and acks with path and step."""
+    ck = ckptd_client.connect()
+    try:
+        identity, hello = _receive(daemon_socket, "hello")
+        assert hello["pid"] == os.getpid()
+        assert ck.should_checkpoint() is False
+        ck.step(7)
+        daemon_socket.send_multipart(
+            [
+                identity,
+                protocol.encode(
+                    "request", id="r1", reason="test", deadline=time.time() + 20, final=False
+                ),
+            ]
+        )
+        wait_for(ck.should_checkpoint, "the flag")
+        assert 0 < ck.deadline() <= 20
+        with ck.checkpoint(7, metrics={"loss": 1.5}) as directory:
+            (directory / "w").write_bytes(b"w")
+        assert ck.should_checkpoint() is False and ck.should_stop() is False
+        _, started = _receive(daemon_socket, "started")
+        _, committed = _receive(daemon_socket, "committed")
+        assert started["ids"] == ["r1"] and committed["ids"] == ["r1"]
+        assert committed["step"] == 7 and committed["metrics"] == {"loss": 1.5}
+        assert Path(committed["path"]).name == "step-00000007"
+    finally:
+        ck.close()
+
+
+def test_final_request_right_after_a_commit_is_satisfied_by_it(daemon_socket: zmq.Socket) -> None:
+    """A stop arriving when nothing trained since the last commit needs no second save."""
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = _receive(daemon_socket, "hello")
+        ck.step(3)
+        with ck.checkpoint(3) as directory:
+            (directory / "w").write_bytes(b"w")
+        daemon_socket.send_multipart(
+            [
+                identity,
+                protocol.encode("request", id="final", reason="SIGTERM", deadline=None, final=True),
+            ]
+        )
+        wait_for(ck.should_stop, "should_stop")
+        assert not ck.should_checkpoint()
+        _, ack = _receive(daemon_socket, "committed")
+        while ack["ids"] != ["final"]:
+            _, ack = _receive(daemon_socket, "committed")
+        assert ack["reused"] is True and ack["step"] == 3
+    finally:
+        ck.close()
+
+
+def test_exception_in_the_block_reports_failure_and_leaves_nothing(
+    daemon_socket: zmq.Socket, tmp_path: Path
+) -> None:
+    """An exception inside checkpoint() removes the directory, reports failed, and propagates."""
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = _receive(daemon_socket, "hello")
+        daemon_socket.send_multipart(
+            [identity, protocol.encode("request", id="r", reason="t", deadline=None, final=False)]
+        )
+        wait_for(ck.should_checkpoint, "the flag")
+        with pytest.raises(RuntimeError, match="boom"), ck.checkpoint(1) as directory:
+            (directory / "w").write_bytes(b"partial")
+            raise RuntimeError("boom")
+        _, failed = _receive(daemon_socket, "failed")
+        assert failed["ids"] == ["r"] and "boom" in failed["error"]
+        assert list((tmp_path / "ckpt").iterdir()) == []
+    finally:
+        ck.close()
+
+
+def test_garbage_from_the_daemon_is_ignored(daemon_socket: zmq.Socket) -> None:
+    """Frames that are not protocol messages never raise in the client or set flags."""
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = _receive(daemon_socket, "hello")
+        for junk in [b"", b"\xff\xfe", b"[]", b'{"v": 99, "type": "request"}', b"{" * 10]:
+            daemon_socket.send_multipart([identity, junk])
+        daemon_socket.send_multipart(
+            [
+                identity,
+                protocol.encode("request", id="ok", reason="t", deadline="soon", final=False),
+            ]
+        )
+        wait_for(ck.should_checkpoint, "the valid request after the junk")
+        assert ck.deadline() is None
+    finally:
+        ck.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forked_child_finds_the_client_inert(daemon_socket: zmq.Socket) -> None:
+    """A process forked from a training process (a data-loader worker) never checkpoints."""
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = _receive(daemon_socket, "hello")
+        daemon_socket.send_multipart(
+            [identity, protocol.encode("request", id="r", reason="t", deadline=None, final=True)]
+        )
+        wait_for(ck.should_checkpoint, "the flag in the parent")
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                ok = not ck.should_checkpoint() and not ck.should_stop()
+                try:
+                    with ck.checkpoint(1):
+                        ok = False
+                except RuntimeError:
+                    pass
+                os.write(write_fd, b"1" if ok else b"0")
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        assert os.read(read_fd, 1) == b"1"
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+        assert ck.should_checkpoint(), "the parent keeps its request"
+    finally:
+        ck.close()
+
+
+def test_standalone_leaves_existing_handlers_alone(tmp_path: Path, monkeypatch) -> None:
+    """Standalone, a script's own SIGTERM handler is kept; default ones are restored on close."""
+    monkeypatch.delenv("CKPTD_ENDPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def mine(signum, frame):  # pragma: no cover - never called
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        ck = ckptd_client.connect()
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL
+        ck.close()
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

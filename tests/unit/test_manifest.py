@@ -1,0 +1,107 @@
+"""The commit protocol and verification of checkpoint directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ckptd_client import manifest, store
+
+
+def _commit(root: Path, step: int, files: dict[str, bytes]) -> Path:
+    temp = manifest.new_temp_dir(root, step)
+    for rel, data in files.items():
+        (temp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (temp / rel).write_bytes(data)
+    path, _ = manifest.commit(temp, step, {"loss": 0.5})
+    return path
+
+
+def test_commit_writes_manifest_with_sizes_and_hashes(tmp_path: Path) -> None:
+    """A commit renames the temp dir to step-N and lists every file with size and sha256."""
+    path = _commit(tmp_path, 12, {"model.pt": b"abc", "opt/state.bin": b"x" * 5000})
+    assert path.name == "step-00000012"
+    read = manifest.read_manifest(path)
+    assert read.step == 12 and read.metrics == {"loss": 0.5}
+    assert {(f.path, f.size) for f in read.files} == {("model.pt", 3), ("opt/state.bin", 5000)}
+    assert manifest.verify(path).ok
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_large_file_is_hashed_in_a_stream(tmp_path: Path) -> None:
+    """Files larger than the hashing chunk verify and their size is exact."""
+    data = os.urandom(3 * (1 << 20) + 17)
+    path = _commit(tmp_path, 1, {"big.bin": data})
+    assert manifest.read_manifest(path).files[0].size == len(data)
+    assert manifest.verify(path, full=True).ok
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: (p / "model.pt").write_bytes(b"abd"), "sha256"),
+        (lambda p: (p / "model.pt").write_bytes(b"abcd"), "size"),
+        (lambda p: (p / "model.pt").unlink(), "missing"),
+        (lambda p: (p / "extra").write_bytes(b""), "not in manifest"),
+        (lambda p: (p / "ckptd.json").unlink(), "no manifest"),
+        (lambda p: (p / "ckptd.json").write_text("{"), "not JSON"),
+        (lambda p: os.symlink("/etc/passwd", p / "link"), "symlink"),
+    ],
+)
+def test_damaged_checkpoints_do_not_verify(tmp_path: Path, damage, reason: str) -> None:
+    """Any difference from the manifest makes a directory invalid, with the reason."""
+    path = _commit(tmp_path, 3, {"model.pt": b"abc"})
+    damage(path)
+    result = manifest.verify(path)
+    assert not result.ok and reason in result.reason
+
+
+def test_manifest_paths_cannot_escape_the_directory(tmp_path: Path) -> None:
+    """A manifest naming ../ or absolute paths is rejected before any file is read."""
+    path = _commit(tmp_path, 3, {"model.pt": b"abc"})
+    text = (path / "ckptd.json").read_text().replace('"model.pt"', '"../model.pt"')
+    (path / "ckptd.json").write_text(text)
+    assert "unsafe path" in manifest.verify(path).reason
+
+
+def test_failed_commit_leaves_previous_checkpoint_newest(tmp_path: Path) -> None:
+    """A commit that fails (a symlink in the temp dir) removes its temp dir and changes nothing."""
+    _commit(tmp_path, 1, {"a": b"1"})
+    temp = manifest.new_temp_dir(tmp_path, 2)
+    os.symlink("/etc/passwd", temp / "evil")
+    with pytest.raises(manifest.CommitError):
+        manifest.commit(temp, 2)
+    assert not temp.exists()
+    assert store.newest_valid(tmp_path).step == 1
+
+
+def test_recommitting_a_step_replaces_it(tmp_path: Path) -> None:
+    """Saving the same step again replaces the old directory with the new content."""
+    _commit(tmp_path, 5, {"a": b"old"})
+    path = _commit(tmp_path, 5, {"a": b"new"})
+    assert (path / "a").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
+
+
+def test_remove_temporaries_restores_an_orphaned_trash_dir(tmp_path: Path) -> None:
+    """Leftover .tmp- dirs go; a .trash- dir whose step vanished is put back."""
+    path = _commit(tmp_path, 5, {"a": b"x"})
+    trash = tmp_path / ".trash-step-00000005-abcd1234"
+    os.rename(path, trash)
+    manifest.new_temp_dir(tmp_path, 6)
+    removed = manifest.remove_temporaries(tmp_path)
+    assert [p.name for p in removed][0].startswith(".tmp-step-00000006")
+    assert manifest.verify(path).ok and not trash.exists()
+
+
+def test_newest_valid_skips_invalid_and_reports_them(tmp_path: Path) -> None:
+    """newest_valid falls back past corrupted checkpoints and tells which it rejected."""
+    _commit(tmp_path, 1, {"a": b"1"})
+    newest = _commit(tmp_path, 2, {"a": b"2"})
+    (newest / "a").write_bytes(b"3")
+    (tmp_path / "step-00000009").mkdir()  # torn: no manifest
+    rejected: list[store.Checkpoint] = []
+    assert store.newest_valid(tmp_path, rejected=rejected).step == 1
+    assert [c.step for c in rejected] == [9, 2]
