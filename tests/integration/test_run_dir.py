@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-
 from conftest import Job
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from conftest import FAKES, Job, wait_for
 
 
@@ -93,7 +92,7 @@ def test_failed_final_save_exits_non_zero_and_keeps_previous_checkpoint(make_job
 def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(
     job: Job, tmp_path: Path
 ) -> None:
-    """A job that ignores SIGTERM is killed at the deadline, grandchildren (even setsid ones) too."""
+    """A job ignoring SIGTERM is killed at the deadline, grandchildren (even setsid ones) too."""
     pids_file = tmp_path / "pids.json"
     command = [
         sys.executable,

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from ckptd_client import manifest, store
 
 
@@ -90,9 +89,8 @@ def test_remove_temporaries_restores_an_orphaned_trash_dir(tmp_path: Path) -> No
     path = _commit(tmp_path, 5, {"a": b"x"})
     trash = tmp_path / ".trash-step-00000005-abcd1234"
     os.rename(path, trash)
-    manifest.new_temp_dir(tmp_path, 6)
-    removed = manifest.remove_temporaries(tmp_path)
-    assert [p.name for p in removed][0].startswith(".tmp-step-00000006")
+    temp = manifest.new_temp_dir(tmp_path, 6)
+    assert manifest.remove_temporaries(tmp_path) == [temp]
     assert manifest.verify(path).ok and not trash.exists()
 
 
