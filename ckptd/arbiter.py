@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+
 from ckptd_client import protocol
 from ckptd_client.manifest import remove_temporaries
 from ckptd_client.store import Checkpoint, newest_valid, scan

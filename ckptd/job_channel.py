@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+
 from ckptd_client import protocol
 
 from .log import get_logger

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from conftest import FAKES, Job, wait_for
 
 

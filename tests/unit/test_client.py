@@ -8,10 +8,12 @@ import signal
 import time
 from pathlib import Path
 
-import ckptd_client
 import pytest
 import zmq
+
+import ckptd_client
 from ckptd_client import protocol
+
 from conftest import wait_for
 
 

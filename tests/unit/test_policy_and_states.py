@@ -6,12 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
-from ckptd_client.store import Checkpoint
 
 from ckptd.restart_policy import ExitStatus, RestartPolicy
 from ckptd.retention import RetentionRules, plan
 from ckptd.sources.timer import PeriodicTimer
 from ckptd.states import JobState, TransitionError, check_transition
+from ckptd_client.store import Checkpoint
 
 
 def test_restart_modes() -> None:
