@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--hang-at", type=int, default=None)
     parser.add_argument("--hang-attempts", type=int, default=1, help="hang only on attempts below")
     parser.add_argument("--fail-save", action="store_true", help="raise inside every save")
+    parser.add_argument("--workers", type=int, default=0, help="fork data-loader-like workers")
     args = parser.parse_args()
 
     attempt = int(os.environ.get("CKPTD_ATTEMPT", "0") or 0)
@@ -43,6 +45,9 @@ def main() -> None:
         )
 
     ck = ckptd_client.connect()
+    for _ in range(args.workers):
+        if os.fork() == 0:
+            _worker(ck, note)
     last = ck.restore()
     note(
         "start",
@@ -77,11 +82,26 @@ def main() -> None:
                     note("crash", step=step)
                     sys.exit(1)
         if ck.should_stop():
-            note("stop", step=step)
+            note("stop", step=step, t=time.time())
             ck.close()
             return
     note("done", step=args.steps - 1)
     ck.close()
+
+
+def _worker(ck: ckptd_client.Client, note) -> None:
+    """A forked worker: records the signals it gets; finds the client inert."""
+
+    def on_term(signum: int, frame: object) -> None:
+        note("worker_term", t=time.time())
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    note("worker", inert=not ck.should_checkpoint() and not ck.should_stop())
+    while True:
+        time.sleep(0.05)
+        if ck.should_checkpoint() or ck.should_stop():
+            note("worker_saw_flag")
 
 
 if __name__ == "__main__":

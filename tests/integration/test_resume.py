@@ -111,3 +111,30 @@ def test_example_resumes_to_exactly_the_uninterrupted_result(
     resumed = again.events("job.started")[-1]
     assert resumed["resume_step"] == stopped_at
     assert json.loads(out.read_text()) == json.loads(clean_out.read_text())
+
+
+def test_list_and_verify_commands(job: Job) -> None:
+    """`ckptd list` shows checkpoints with validity; `ckptd verify` exits 1 on a damaged one."""
+    job.start_fake("--save-every", "2", "--steps", "5", options=("--keep-last", "5"))
+    assert job.wait() == 0
+
+    def ckptd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ckptd", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=job.base,
+        )
+
+    listed = json.loads(ckptd("list", "--run-dir", str(job.run_dir), "--json").stdout)
+    assert [c["step"] for c in listed] == [2, 4] and all(c["valid"] for c in listed)
+    table = ckptd("list", str(job.checkpoint_dir)).stdout
+    assert "step-00000004" in table and "loss=" in table
+    newest = job.checkpoint_dir / "step-00000004"
+    assert ckptd("verify", str(newest)).returncode == 0
+    (newest / "payload.bin").write_bytes(b"tampered")
+    result = ckptd("verify", str(newest))
+    assert result.returncode == 1 and "size" in result.stdout
+    listed = json.loads(ckptd("list", str(job.checkpoint_dir), "--json").stdout)
+    assert [c["valid"] for c in listed] == [True, False]

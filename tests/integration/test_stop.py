@@ -123,3 +123,19 @@ def test_uninstrumented_job_that_obeys_sigterm_stops_cleanly(job: Job, tmp_path:
     wait_for(pids_file.exists, "the job to start")
     job.signal(signal.SIGINT)
     assert job.wait() == 0
+
+
+def test_workers_of_the_job_are_not_signalled_before_the_final_save(job: Job) -> None:
+    """Forked data-loader-like workers keep running through the final save; SIGTERM comes after."""
+    job.start_fake("--workers", "2", "--save-time", "0.5")
+    job.wait_record("worker", count=2)
+    workers = job.records("worker")
+    assert all(w["inert"] for w in workers)
+    job.wait_record("step", count=5)
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    stop = job.records("stop")[0]
+    terms = job.records("worker_term")
+    assert len(terms) == 2, "the leftover workers are stopped once the job has exited"
+    assert all(t["t"] >= stop["t"] for t in terms), "a worker was signalled before the final save"
+    assert not job.records("worker_saw_flag")

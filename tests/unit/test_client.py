@@ -44,6 +44,13 @@ def _receive(router: zmq.Socket, kind: str) -> tuple[bytes, dict]:
     pytest.fail(f"no {kind} message")
 
 
+def _request(
+    router: zmq.Socket, identity: bytes, rid: str, *, final: bool = False, deadline: object = None
+) -> None:
+    message = protocol.encode("request", id=rid, reason="test", deadline=deadline, final=final)
+    router.send_multipart([identity, message])
+
+
 def test_request_sets_flag_and_commit_is_acknowledged(daemon_socket: zmq.Socket) -> None:
     """A request raises should_checkpoint(); the commit clears it and acks with path and step."""
     ck = ckptd_client.connect()
@@ -52,14 +59,7 @@ def test_request_sets_flag_and_commit_is_acknowledged(daemon_socket: zmq.Socket)
         assert hello["pid"] == os.getpid()
         assert ck.should_checkpoint() is False
         ck.step(7)
-        daemon_socket.send_multipart(
-            [
-                identity,
-                protocol.encode(
-                    "request", id="r1", reason="test", deadline=time.time() + 20, final=False
-                ),
-            ]
-        )
+        _request(daemon_socket, identity, "r1", final=False, deadline=time.time() + 20)
         wait_for(ck.should_checkpoint, "the flag")
         assert 0 < ck.deadline() <= 20
         with ck.checkpoint(7, metrics={"loss": 1.5}) as directory:
@@ -82,12 +82,7 @@ def test_final_request_right_after_a_commit_is_satisfied_by_it(daemon_socket: zm
         ck.step(3)
         with ck.checkpoint(3) as directory:
             (directory / "w").write_bytes(b"w")
-        daemon_socket.send_multipart(
-            [
-                identity,
-                protocol.encode("request", id="final", reason="SIGTERM", deadline=None, final=True),
-            ]
-        )
+        _request(daemon_socket, identity, "final", final=True, deadline=None)
         wait_for(ck.should_stop, "should_stop")
         assert not ck.should_checkpoint()
         _, ack = _receive(daemon_socket, "committed")
@@ -105,9 +100,7 @@ def test_exception_in_the_block_reports_failure_and_leaves_nothing(
     ck = ckptd_client.connect()
     try:
         identity, _ = _receive(daemon_socket, "hello")
-        daemon_socket.send_multipart(
-            [identity, protocol.encode("request", id="r", reason="t", deadline=None, final=False)]
-        )
+        _request(daemon_socket, identity, "r", final=False, deadline=None)
         wait_for(ck.should_checkpoint, "the flag")
         with pytest.raises(RuntimeError, match="boom"), ck.checkpoint(1) as directory:
             (directory / "w").write_bytes(b"partial")
@@ -126,12 +119,7 @@ def test_garbage_from_the_daemon_is_ignored(daemon_socket: zmq.Socket) -> None:
         identity, _ = _receive(daemon_socket, "hello")
         for junk in [b"", b"\xff\xfe", b"[]", b'{"v": 99, "type": "request"}', b"{" * 10]:
             daemon_socket.send_multipart([identity, junk])
-        daemon_socket.send_multipart(
-            [
-                identity,
-                protocol.encode("request", id="ok", reason="t", deadline="soon", final=False),
-            ]
-        )
+        _request(daemon_socket, identity, "ok", final=False, deadline="soon")
         wait_for(ck.should_checkpoint, "the valid request after the junk")
         assert ck.deadline() is None
     finally:
@@ -144,9 +132,7 @@ def test_forked_child_finds_the_client_inert(daemon_socket: zmq.Socket) -> None:
     ck = ckptd_client.connect()
     try:
         identity, _ = _receive(daemon_socket, "hello")
-        daemon_socket.send_multipart(
-            [identity, protocol.encode("request", id="r", reason="t", deadline=None, final=True)]
-        )
+        _request(daemon_socket, identity, "r", final=True, deadline=None)
         wait_for(ck.should_checkpoint, "the flag in the parent")
         read_fd, write_fd = os.pipe()
         pid = os.fork()
