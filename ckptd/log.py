@@ -21,13 +21,14 @@ def configure(json_output: bool | None = None, stream: Any = None) -> None:
         if json_output
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    _route_stdlib_logging(stream, shared, renderer)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
@@ -41,3 +42,20 @@ def bind(**fields: Any) -> None:
 
 def get_logger() -> Any:
     return structlog.get_logger("ckptd")
+
+
+def _route_stdlib_logging(stream: Any, shared: list[Any], renderer: Any) -> None:
+    """Libraries' stdlib log records (watchdog, ...) become one structured line each too."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    # watchdog's inotify emitter logs an error when its thread is stopped mid-read, which
+    # happens on every clean shutdown; nothing is lost, so that logger is kept quiet.
+    logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)

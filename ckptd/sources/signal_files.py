@@ -29,11 +29,17 @@ class _Handler(FileSystemEventHandler):
         self._directory = directory
         self._post = post
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
-            name = os.path.basename(os.fsdecode(raw)) if raw else ""
-            if name in _ACTIONS and os.path.lexists(self._directory / name):
-                self._post(Request(_ACTIONS[name], Origin.FILE, f"{name} file"))
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._appeared(event.src_path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._appeared(event.dest_path)
+
+    def _appeared(self, raw: str | bytes) -> None:
+        # Only creation counts: touching a file that is still there repeats a pending request.
+        name = os.path.basename(os.fsdecode(raw))
+        if name in _ACTIONS and os.path.lexists(self._directory / name):
+            self._post(Request(_ACTIONS[name], Origin.FILE, f"{name} file"))
 
 
 class SignalFiles:
