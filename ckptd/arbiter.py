@@ -411,7 +411,7 @@ class Arbiter:
 
     def _note_progress_on_disk(self) -> None:
         """Count a commit whose acknowledgement died with the job (cheap check; launch verifies)."""
-        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid and c.step is not None]
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
         if steps and (self.newest_step is None or max(steps) > self.newest_step):
             self.newest_step = max(steps)
             self.restarts_without_progress = 0

@@ -167,7 +167,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         rows.append(
             (
                 c.name,
-                "-" if c.step is None else str(c.step),
+                str(c.step),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 _human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",

@@ -13,6 +13,7 @@ from .config import JobConfig
 from .events import EventLog
 from .job_channel import JobChannel
 from .run_dir import CHECKPOINT_FILE, EVENTS_FILE, JOB_FILE, RunDir, RunDirError, write_private
+from .sources import RequestSource
 from .sources.posix_signals import PosixSignals
 from .sources.signal_files import SignalFiles
 from .trainer import become_subreaper
@@ -37,7 +38,7 @@ def supervise(config: JobConfig) -> int:
         os.set_blocking(fd, False)
     events = EventLog(run_dir.file(EVENTS_FILE), config.name)
     channel = JobChannel(run_dir.job_endpoint())
-    sources = [
+    sources: list[RequestSource] = [
         PosixSignals(wakeup_fd=wake_w),
         SignalFiles(run_dir.path, config.watch, config.poll_interval),
     ]

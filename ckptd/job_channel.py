@@ -57,7 +57,7 @@ class JobChannel:
 
     def receive(self) -> list[tuple[Peer, dict[str, Any]]]:
         """Every message waiting now, with the peer that sent it (registered on first contact)."""
-        received = []
+        received: list[tuple[Peer, dict[str, Any]]] = []
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)

@@ -29,8 +29,8 @@ def plan(
     from, the one just committed). Invalid directories are deleted only when they
     are older than the newest valid checkpoint; unrecognisable ones never.
     """
-    found = sorted(checkpoints, key=lambda c: -1 if c.step is None else c.step)
-    valid = [c for c in found if c.valid and c.step is not None]
+    found = sorted((c for c in checkpoints if c.step >= 0), key=lambda c: c.step)
+    valid = [c for c in found if c.valid]
     if not valid:
         return []
     keep = {valid[-1].path, *protect}
@@ -39,8 +39,8 @@ def plan(
     keep.update(c.path for c in _one_per_interval(valid, rules.keep_every))
     newest_step = valid[-1].step
     doomed = [c for c in valid if c.path not in keep]
-    doomed += [c for c in found if not c.valid and c.step is not None and c.step < newest_step]
-    return sorted(doomed, key=lambda c: c.step or 0)
+    doomed += [c for c in found if not c.valid and c.step < newest_step]
+    return sorted(doomed, key=lambda c: c.step)
 
 
 def prune(
@@ -61,7 +61,7 @@ def _best(valid: list[Checkpoint], rules: RetentionRules) -> list[Checkpoint]:
         value = checkpoint.metrics.get(rules.best_metric)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             scored.append(
-                (value if rules.best_mode == "min" else -value, -(checkpoint.step or 0), checkpoint)
+                (value if rules.best_mode == "min" else -value, -checkpoint.step, checkpoint)
             )
     scored.sort(key=lambda item: item[:2])
     return [checkpoint for *_, checkpoint in scored[: rules.keep_best]]

@@ -76,7 +76,7 @@ class Client:
         self._last_commit: dict[str, Any] | None = (
             _commit_record(
                 resume_from.path,
-                resume_from.step or 0,
+                resume_from.step,
                 resume_from.metrics,
                 resume_from.bytes,
                 0.0,
@@ -137,7 +137,7 @@ class Client:
             shutil.rmtree(temp_dir, ignore_errors=True)
             self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
             raise
-        record = _commit_record(path, step, metrics, written.bytes, time.monotonic() - began)
+        record = _commit_record(path, step, metrics, written.size, time.monotonic() - began)
         self._commit(step, record)
 
     def close(self) -> None:

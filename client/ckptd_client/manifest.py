@@ -60,7 +60,7 @@ class Manifest:
     hash: str = HASH_ALGORITHM
 
     @property
-    def bytes(self) -> int:
+    def size(self) -> int:
         return sum(entry.size for entry in self.files)
 
     def to_json(self) -> str:

@@ -16,11 +16,12 @@ class Checkpoint:
 
     ``valid`` is False for a directory without a manifest or whose files do not
     match it; ``reason`` then says why. ``step`` comes from the manifest, or from
-    the directory name when the manifest is unreadable (None if neither).
+    the directory name (``step-N``) when the manifest is unreadable; it is -1 for
+    an invalid directory where neither tells, which :func:`scan` never lists.
     """
 
     path: Path
-    step: int | None
+    step: int
     time: float | None = None
     bytes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -48,8 +49,10 @@ def scan(checkpoint_dir: Path, *, full: bool = False) -> list[Checkpoint]:
             continue
         if not entry.is_dir(follow_symlinks=False):
             continue
-        found.append(inspect(Path(entry.path), full=full))
-    found.sort(key=lambda c: (-1 if c.step is None else c.step, c.name))
+        checkpoint = inspect(Path(entry.path), full=full)
+        if checkpoint.step >= 0:
+            found.append(checkpoint)
+    found.sort(key=lambda c: (c.step, c.name))
     return found
 
 
@@ -65,7 +68,7 @@ def inspect(path: Path, *, full: bool = True) -> Checkpoint:
         path=path,
         step=manifest.step,
         time=manifest.time,
-        bytes=manifest.bytes,
+        bytes=manifest.size,
         metrics=dict(manifest.metrics),
         valid=result.ok,
         reason=result.reason,
@@ -89,7 +92,6 @@ def newest_valid(
     return None
 
 
-def _step_from_name(name: str) -> int | None:
-    if name.startswith(NAME_PREFIX) and name[len(NAME_PREFIX) :].isdigit():
-        return int(name[len(NAME_PREFIX) :])
-    return None
+def _step_from_name(name: str) -> int:
+    digits = name[len(NAME_PREFIX) :]
+    return int(digits) if name.startswith(NAME_PREFIX) and digits.isdigit() else -1
