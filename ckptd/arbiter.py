@@ -1,17 +1,19 @@
 """The supervisor loop: the only owner of the job's state.
 
 Sources post immutable Requests (thread- and signal-safe); the job channel
-delivers client messages; the loop polls both plus a wake-up pipe, and acts.
+delivers client messages and the control server commands; the loop polls them
+all plus a wake-up pipe, and acts. Everything here runs on one thread.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import queue
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
@@ -21,12 +23,14 @@ from ckptd_client.manifest import remove_temporaries
 from ckptd_client.store import Checkpoint, newest_valid, scan
 
 from . import exit_codes, log, retention
+from .checkpoint_desk import CheckpointDesk, file_request_is_stale
 from .config import JobConfig
+from .control_server import ControlServer, ReplyError, Waiter
 from .events import EventLog
 from .job_channel import JobChannel, Peer
 from .requests import Action, Origin, Request, new_id
 from .restart_policy import ExitStatus, RestartPolicy
-from .run_dir import CHECKPOINT_FILE, STOP_FILE, RunDir
+from .run_dir import STOP_FILE, RunDir
 from .sources import RequestSource
 from .sources.timer import PeriodicTimer
 from .states import JobState, check_transition
@@ -35,30 +39,26 @@ from .trainer import LaunchError, Trainer
 _MAX_SLEEP = 1.0
 
 
-@dataclass
-class Outstanding:
-    """The checkpoint request the job has been asked for (coalescing later ones)."""
-
-    id: str
-    reason: str
-    origins: set[Origin]
-    final: bool = False
-    deadline: float | None = None  # wall-clock, as the client sees it
+class StopKind(enum.Enum):
+    STOP = "stop"  # final checkpoint, then exit
+    RESTART = "restart"  # final checkpoint, then relaunch at once (not a failure)
+    HANG = "hang"  # kill now, then restart as after a failure
 
 
 @dataclass
 class Stopping:
-    """A stop in progress: final save first, then the group signals at the deadline."""
+    """A stop in progress: final save first, the group signals only at the deadline."""
 
     reason: str
     deadline: float  # monotonic
     origin: Origin
+    kind: StopKind = StopKind.STOP
     final_id: str = field(default_factory=new_id)
-    restart_after: bool = False
     committed: bool = False
     failed: bool = False
     forced: bool = False
     kill_at: float | None = None
+    waiters: list[Waiter] = field(default_factory=list)
 
 
 class Arbiter:
@@ -68,6 +68,7 @@ class Arbiter:
         run_dir: RunDir,
         events: EventLog,
         channel: JobChannel,
+        control: ControlServer,
         sources: list[RequestSource],
         wake_fds: tuple[int, int],
     ) -> None:
@@ -75,7 +76,9 @@ class Arbiter:
         self.run_dir = run_dir
         self.events = events
         self.channel = channel
+        self.control = control
         self.sources = sources
+        self.desk = CheckpointDesk(config, channel, events, run_dir)
         self.policy = RestartPolicy(
             config.restart, config.max_restarts, config.restart_delay, config.restart_delay_max
         )
@@ -91,17 +94,20 @@ class Arbiter:
         self.attempt = -1
         self.restarts_without_progress = 0
         self.step: int | None = None
-        self.newest_step: int | None = None
         self.resumed_from: Checkpoint | None = None
-        self.outstanding: Outstanding | None = None
         self.stopping: Stopping | None = None
         self.backoff_until: float | None = None
-        self.last_progress = time.monotonic()
+        self.started = time.monotonic()
+        self.launched = self.started
+        self.last_progress = self.started
         self.exit_code = exit_codes.OK
         self.timer = PeriodicTimer(config.every)
         self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
-        self._warned_undeliverable = False
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return {"job": self.channel.endpoint, **self.control.endpoints}
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -118,6 +124,8 @@ class Arbiter:
             source.start(self.post)
         poller = zmq.Poller()
         poller.register(self.channel.socket, zmq.POLLIN)
+        for router in self.control.routers:
+            poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         self._drain_requests()
         if self.state is JobState.STARTING:
@@ -130,6 +138,9 @@ class Arbiter:
                 if self.channel.socket in ready:
                     for peer, message in self.channel.receive():
                         self._on_client(peer, message)
+                for router in self.control.routers:
+                    if router in ready:
+                        self.control.handle(router, self._dispatch)
                 self._drain_requests()
                 self._check_child()
                 self._check_clocks()
@@ -158,6 +169,7 @@ class Arbiter:
     def _shutdown(self) -> None:
         for source in self.sources:
             source.stop()
+        self.desk.fail_waiters("ckptd is exiting")
         if self.trainer is not None and self.trainer.poll() is None:
             # Only reached when the loop itself failed: never leave a job behind.
             self.events.emit("job.abandoned", level="error", pid=self.trainer.pid)
@@ -167,91 +179,94 @@ class Arbiter:
     def _transition(self, target: JobState) -> None:
         self.state = check_transition(self.state, target)
 
+    def _sync_checkpointing(self) -> None:
+        if self.state in (JobState.RUNNING, JobState.CHECKPOINTING):
+            self._transition(JobState.CHECKPOINTING if self.desk.in_flight else JobState.RUNNING)
+
     # -- requests ------------------------------------------------------------------------
 
-    def _on_request(self, request: Request) -> None:
+    def _on_request(self, request: Request, waiter: Waiter | None = None) -> Any:
         if request.action is Action.CHECKPOINT:
-            self._request_checkpoint(request)
-        elif request.action is Action.STOP:
-            if self.stopping is not None and not self.stopping.restart_after:
-                if request.origin is Origin.SIGNAL:
-                    self._stop_now(request.reason)
-            else:
+            return self._request_checkpoint(request, waiter)
+        if request.action is Action.STOP:
+            if self.stopping is None or self.stopping.kind is StopKind.HANG:
                 self._begin_stop(request)
+            elif request.origin is Origin.SIGNAL:
+                self._stop_now(request.reason)  # a second SIGTERM/SIGINT: do not wait any longer
         elif request.action is Action.STOP_NOW:
             self._stop_now(request.reason)
+        return None
 
-    def _request_checkpoint(self, request: Request) -> None:
-        if request.origin is Origin.FILE and not os.path.lexists(
-            self.run_dir.file(CHECKPOINT_FILE)
-        ):
-            return  # a late duplicate event of a file already handled
+    def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
+        if file_request_is_stale(self.run_dir, request):
+            return None
         if self.state in (JobState.STOPPING, JobState.EXITED):
-            return
-        if self.outstanding is not None:
-            self.outstanding.origins.add(request.origin)
-            self.events.emit(
-                "checkpoint.requested",
-                id=request.id,
-                reason=request.reason,
-                coalesced_into=self.outstanding.id,
-            )
-            return
-        self.outstanding = Outstanding(request.id, request.reason, {request.origin})
-        self.events.emit("checkpoint.requested", id=request.id, reason=request.reason)
-        self._deliver(self.outstanding)
+            if waiter is not None:
+                raise ReplyError("not_running", f"the job is {self.state.value}")
+            return None
+        result = self.desk.request(request, self.trainer, waiter)
+        self._sync_checkpointing()
+        return result
 
-    def _deliver(self, outstanding: Outstanding, peer: Peer | None = None) -> None:
-        fields: dict[str, Any] = dict(
-            id=outstanding.id,
-            reason=outstanding.reason,
-            deadline=outstanding.deadline,
-            final=outstanding.final,
-        )
-        if peer is not None:
-            self.channel.send(peer, "request", **fields)
-            return
-        if self.channel.broadcast("request", **fields):
-            if self.state is JobState.RUNNING:
-                self._transition(JobState.CHECKPOINTING)
-            return
-        trainer = self.trainer
-        if trainer is not None and self.config.request_signal and not outstanding.final:
-            trainer.signal_main(signal.Signals[self.config.request_signal])
-            self.events.emit(
-                "checkpoint.forwarded",
-                id=outstanding.id,
-                signal=self.config.request_signal,
-                pid=trainer.pid,
-            )
-            self._resolve(outstanding.id)
-        elif not self._warned_undeliverable:
-            self._warned_undeliverable = True
-            self.events.emit(
-                "checkpoint.held",
-                level="warning",
-                id=outstanding.id,
-                why="no client connected yet; delivered when one connects",
-            )
+    # -- control commands ----------------------------------------------------------------
 
-    def _resolve(self, rid: str) -> None:
-        """The outstanding request ``rid`` is finished (committed, failed or forwarded)."""
-        if self.outstanding is None or self.outstanding.id != rid:
-            return
-        if Origin.FILE in self.outstanding.origins:
-            self.run_dir.consume(CHECKPOINT_FILE)
-        self.outstanding = None
-        if self.state is JobState.CHECKPOINTING:
-            self._transition(JobState.RUNNING)
+    def _dispatch(self, command: str, args: Any, waiter: Waiter) -> None:
+        from .control_commands import execute
+
+        execute(self, command, args, waiter)
+
+    def control_checkpoint(self, waiter: Waiter | None) -> Any:
+        from .control_commands import LATER
+
+        request = Request(Action.CHECKPOINT, Origin.CONTROL, "control")
+        result = self._request_checkpoint(request, waiter)
+        return LATER if waiter is not None and not waiter.done else result
+
+    def control_stop(self, save: bool, waiter: Waiter | None) -> Any:
+        from .control_commands import LATER
+
+        if self.stopping is not None and self.stopping.kind is StopKind.STOP:
+            if waiter is not None:
+                self.stopping.waiters.append(waiter)
+                return LATER
+            return {"stopping": True, "already": True}
+        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "control"), save=save, waiter=waiter)
+        return LATER if waiter is not None and not waiter.done else {"stopping": True}
+
+    def control_restart(self) -> Any:
+        if self.stopping is not None:
+            raise ReplyError("not_running", "a stop is already in progress")
+        if self.trainer is None:
+            raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), kind=StopKind.RESTART)
+        return {"restarting": True}
+
+    def status(self) -> dict[str, Any]:
+        from .status import status_of
+
+        return status_of(self)
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return [c.to_json() for c in scan(self.config.checkpoint_dir)]
+
+    def effective_config(self) -> dict[str, Any]:
+        return asdict(self.config)
 
     # -- stopping ------------------------------------------------------------------------
 
-    def _begin_stop(self, request: Request, restart_after: bool = False) -> None:
+    def _begin_stop(
+        self,
+        request: Request,
+        *,
+        kind: StopKind = StopKind.STOP,
+        save: bool = True,
+        waiter: Waiter | None = None,
+    ) -> None:
         now = time.monotonic()
         self.backoff_until = None
-        self.stopping = Stopping(
-            request.reason, now + self.config.grace, request.origin, restart_after=restart_after
-        )
+        self.stopping = Stopping(request.reason, now + self.config.grace, request.origin, kind)
+        if waiter is not None:
+            self.stopping.waiters.append(waiter)
         trainer = self.trainer
         if trainer is None or trainer.poll() is not None:
             self._finish_stop(None)
@@ -261,27 +276,17 @@ class Arbiter:
         self.events.emit(
             "job.stopping",
             reason=request.reason,
+            kind=kind.value,
             grace=self.config.grace,
-            final_id=self.stopping.final_id,
+            request_id=self.stopping.final_id,
         )
-        if restart_after:
+        if kind is StopKind.HANG:
             self._force(now, "hang")
             return
-        final = Outstanding(
-            self.stopping.final_id,
-            request.reason,
-            {request.origin},
-            final=True,
-            deadline=time.time() + self.config.grace,
-        )
-        if self.outstanding is not None:
-            final.origins |= (
-                self.outstanding.origins
-            )  # its CHECKPOINT file goes with the final save
-        self.outstanding = final
-        if self.channel.peers:
-            self._deliver(final)
-        else:
+        deadline = time.time() + self.config.grace
+        if not self.desk.request_final(
+            self.stopping.final_id, request.reason, request.origin, deadline, save
+        ):
             trainer.signal_main(signal.Signals[self.config.stop_signal])
             self.events.emit(
                 "job.signalled",
@@ -291,7 +296,7 @@ class Arbiter:
             )
 
     def _stop_now(self, reason: str) -> None:
-        if self.stopping is None or self.stopping.forced:
+        if self.stopping is None or self.stopping.forced or self.trainer is None:
             return
         self._force(time.monotonic(), reason)
 
@@ -305,6 +310,14 @@ class Arbiter:
     def _finish_stop(self, status: ExitStatus | None) -> None:
         stop = self.stopping
         assert stop is not None
+        self.stopping = None
+        if stop.kind is StopKind.RESTART:
+            self.events.emit(
+                "job.restarting", delay=0, reason=stop.reason, final_checkpoint=stop.committed
+            )
+            self._transition(JobState.BACKOFF)
+            self.backoff_until = time.monotonic()
+            return
         if stop.committed:
             self.exit_code = exit_codes.OK
         elif stop.failed or stop.forced:
@@ -322,7 +335,12 @@ class Arbiter:
             reason=stop.reason,
             final_checkpoint=stop.committed,
             exit_code=self.exit_code,
+            request_id=stop.final_id,
         )
+        for waiter in stop.waiters:
+            waiter.reply(
+                {"stopped": True, "final_checkpoint": stop.committed, "exit_code": self.exit_code}
+            )
         if stop.origin is Origin.FILE:
             self.run_dir.consume(STOP_FILE)
         self._transition(JobState.EXITED)
@@ -336,8 +354,7 @@ class Arbiter:
         self.attempt += 1
         self.events.attempt = self.attempt
         log.bind(attempt=self.attempt)
-        removed = remove_temporaries(self.config.checkpoint_dir)
-        for path in removed:
+        for path in remove_temporaries(self.config.checkpoint_dir):
             self.events.emit("checkpoint.temporary_removed", path=str(path))
         rejected: list[Checkpoint] = []
         resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
@@ -346,8 +363,8 @@ class Arbiter:
                 "checkpoint.invalid", level="warning", path=str(bad.path), why=bad.reason
             )
         self.resumed_from = resume
-        if resume is not None and (self.newest_step is None or resume.step > self.newest_step):
-            self.newest_step = resume.step
+        if resume is not None:
+            self.desk.note_progress(resume.step)
         self._set_step(resume.step if resume else None)
         try:
             self.trainer = Trainer.launch(
@@ -363,9 +380,8 @@ class Arbiter:
             return
         self.run_dir.record_holder(self.trainer.pid)
         now = time.monotonic()
-        self.last_progress = now
+        self.launched = self.last_progress = now
         self.timer.reset(now)
-        self._warned_undeliverable = False
         self._transition(JobState.RUNNING)
         self.events.emit(
             "job.started",
@@ -400,10 +416,9 @@ class Arbiter:
         self.trainer = None
         self.channel.forget_peers()
         self.run_dir.record_holder(None)
-        if self.outstanding is not None and self.outstanding.final:
-            self.outstanding = None
+        self.desk.job_exited()
         self._note_progress_on_disk()
-        if self.stopping is not None and not self.stopping.restart_after:
+        if self.stopping is not None and self.stopping.kind is not StopKind.HANG:
             self._finish_stop(status)
             return
         self.stopping = None
@@ -412,8 +427,7 @@ class Arbiter:
     def _note_progress_on_disk(self) -> None:
         """Count a commit whose acknowledgement died with the job (cheap check; launch verifies)."""
         steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
-        if steps and (self.newest_step is None or max(steps) > self.newest_step):
-            self.newest_step = max(steps)
+        if steps and self.desk.note_progress(max(steps)):
             self.restarts_without_progress = 0
 
     def _after_exit(self, status: ExitStatus) -> None:
@@ -442,18 +456,19 @@ class Arbiter:
             "job.restarting",
             delay=round(delay, 3),
             status=str(status),
-            restarts_left=self.config.max_restarts - self.restarts_without_progress,
+            restarts_left=self.restarts_left,
         )
+
+    @property
+    def restarts_left(self) -> int:
+        return max(0, self.config.max_restarts - self.restarts_without_progress)
 
     def _check_clocks(self) -> None:
         now = time.monotonic()
         stop = self.stopping
-        if (
-            self.state is JobState.BACKOFF
-            and self.backoff_until is not None
-            and now >= self.backoff_until
-        ):
-            self._launch()
+        if self.state is JobState.BACKOFF and self.backoff_until is not None:
+            if now >= self.backoff_until:
+                self._launch()
         elif stop is not None and self.trainer is not None:
             if not stop.forced and now >= stop.deadline:
                 self._force(now, "grace period over")
@@ -465,7 +480,7 @@ class Arbiter:
             hang = self.config.hang_timeout
             if hang is not None and now - self.last_progress >= hang:
                 self.events.emit("job.hung", level="error", seconds=hang)
-                self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), restart_after=True)
+                self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), kind=StopKind.HANG)
             elif self.timer.is_due(now):
                 self.timer.reset(now)
                 self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
@@ -475,65 +490,38 @@ class Arbiter:
     def _on_client(self, peer: Peer, message: dict[str, Any]) -> None:
         kind = message["type"]
         step = message.get("step")
-        if isinstance(step, int) and not isinstance(step, bool) and step != self.step:
+        if isinstance(step, int) and step != self.step:
             self._set_step(step)
             self.last_progress = time.monotonic()
         if kind == "hello":
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
             self.last_progress = time.monotonic()
-            if self.outstanding is not None:
-                self._deliver(self.outstanding, peer)
-                if self.state is JobState.RUNNING:
-                    self._transition(JobState.CHECKPOINTING)
+            self.desk.client_connected(peer)
         elif kind == "started":
             self.last_progress = time.monotonic()
-            self.events.emit("checkpoint.started", ids=message.get("ids"), pid=peer.pid)
+            ids = message.get("ids") or []
+            self.events.emit(
+                "checkpoint.started",
+                request_id=ids[0] if ids else None,
+                request_ids=ids,
+                pid=peer.pid,
+            )
         elif kind == "committed":
-            self._on_committed(peer, message)
+            self.last_progress = time.monotonic()
+            ack = self.desk.on_committed(peer, message)
+            if ack.progress:
+                self.restarts_without_progress = 0
+            if ack.final and self.stopping is not None:
+                self.stopping.committed = True
+            if self.stopping is None:
+                self.timer.reset(time.monotonic())
+            if not message.get("reused"):
+                self._prune()
         elif kind == "failed":
-            self._on_failed(message)
-
-    def _on_committed(self, peer: Peer, message: dict[str, Any]) -> None:
-        ids = [str(i) for i in message.get("ids") or []]
-        step = message.get("step")
-        reused = bool(message.get("reused"))
-        self.last_progress = time.monotonic()
-        self.events.emit(
-            "checkpoint.committed",
-            ids=ids,
-            path=message.get("path"),
-            step=step,
-            bytes=message.get("bytes"),
-            seconds=message.get("seconds"),
-            metrics=message.get("metrics"),
-            reused=reused,
-        )
-        if isinstance(step, int) and (self.newest_step is None or step > self.newest_step):
-            self.newest_step = step
-            self.restarts_without_progress = 0
-        if self.stopping is not None and self.stopping.final_id in ids:
-            self.stopping.committed = True
-        for rid in ids:
-            self.channel.broadcast("done", skip=peer, id=rid, path=message.get("path"), step=step)
-            self._resolve(rid)
-        if self.state is not JobState.STOPPING:
-            self.timer.reset(time.monotonic())
-        if not reused:
-            self._prune()
-
-    def _on_failed(self, message: dict[str, Any]) -> None:
-        ids = [str(i) for i in message.get("ids") or []]
-        self.events.emit(
-            "checkpoint.failed",
-            level="error",
-            ids=ids,
-            step=message.get("step"),
-            error=message.get("error"),
-        )
-        if self.stopping is not None and self.stopping.final_id in ids:
-            self.stopping.failed = True
-        for rid in ids:
-            self._resolve(rid)
+            ack = self.desk.on_failed(message)
+            if ack.final and self.stopping is not None:
+                self.stopping.failed = True
+        self._sync_checkpointing()
 
     def _prune(self) -> None:
         protect = [self.resumed_from.path] if self.resumed_from else []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptd_client.store import Checkpoint, inspect, scan
+from ckptd_client.store import inspect, scan
 
 from . import config as config_module
 from . import exit_codes
@@ -157,7 +157,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
     found = scan(directory, full=args.verify)
     if args.json:
-        print(json.dumps([_as_json(c) for c in found], indent=2))
+        print(json.dumps([c.to_json() for c in found], indent=2))
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
@@ -194,7 +194,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 def verify(args: argparse.Namespace) -> int:
     checked = inspect(Path(args.path), full=True)
     if args.json:
-        print(json.dumps(_as_json(checked), indent=2))
+        print(json.dumps(checked.to_json(), indent=2))
     elif checked.valid:
         print(f"ok: {checked.path} (step {checked.step}, {_human_bytes(checked.bytes)})")
     else:
@@ -237,19 +237,6 @@ def checkpoint_dir_of(run_dir: Path) -> Path:
         return Path(recorded["checkpoint_dir"])
     except (OSError, ValueError, KeyError, TypeError):
         raise CommandError(f"{run_dir} has no job.json; give the checkpoint directory") from None
-
-
-def _as_json(c: Checkpoint) -> dict[str, Any]:
-    return {
-        "name": c.name,
-        "path": str(c.path),
-        "step": c.step,
-        "time": c.time,
-        "bytes": c.bytes,
-        "metrics": c.metrics,
-        "valid": c.valid,
-        "reason": c.reason,
-    }
 
 
 def _human_bytes(size: int) -> str:

@@ -7,6 +7,7 @@ Precedence: flags over the file, the file over the defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -94,7 +95,26 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("poll_interval", DURATION, 1.0, 'signal-file polling interval with watch = "poll"'),
 )
 
-_BY_KEY = {option.key: option for option in JOB_OPTIONS}
+CONTROL_OPTIONS: tuple[Option, ...] = (
+    Option("bind", STRING, None, "also serve commands on this TCP endpoint (tcp://host:port)"),
+    Option("publish", STRING, None, "also publish events on this TCP endpoint"),
+    Option("curve_secret_key", STRING, None, "the daemon's CURVE key pair file (.key_secret)"),
+    Option("curve_authorized_keys", STRING, None, "directory of authorized client public keys"),
+    Option("max_message_bytes", COUNT, 65536, "larger control messages are dropped by ZeroMQ"),
+)
+
+TABLES: dict[str, tuple[Option, ...]] = {"job": JOB_OPTIONS, "control": CONTROL_OPTIONS}
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The ``[control]`` table: the optional TCP side of the control plane."""
+
+    bind: str | None = None
+    publish: str | None = None
+    curve_secret_key: Path | None = None
+    curve_authorized_keys: Path | None = None
+    max_message_bytes: int = 65536
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,7 @@ class JobConfig:
     hang_timeout: float | None = None
     watch: str = "inotify"
     poll_interval: float = 1.0
+    control: ControlConfig = field(default_factory=ControlConfig)
     source: str = field(default="defaults", compare=False)
 
 
@@ -139,16 +160,20 @@ def load(
     """
     base = base or Path.cwd()
     values = {option.key: option.default for option in JOB_OPTIONS}
+    control = {option.key: option.default for option in CONTROL_OPTIONS}
     if config_file is not None:
-        values.update(_read_job_table(Path(config_file)))
+        tables = _read_tables(Path(config_file))
+        values.update(tables.get("job", {}))
+        control.update(tables.get("control", {}))
     for key, value in flags.items():
         if value is None:
             continue
         values[key] = {**values[key], **value} if key == "env" else value
+    values["control"] = _finish_control(control, base)
     return _finish(values, base, str(config_file) if config_file else "defaults")
 
 
-def _read_job_table(path: Path) -> dict[str, Any]:
+def _read_tables(path: Path) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
@@ -158,22 +183,68 @@ def _read_job_table(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for table in document:
-        if table != "job":
-            raise ConfigError(f"{path}: unknown table [{table}] (known: [job])")
-    job = document.get("job", {})
-    if not isinstance(job, dict):
-        raise ConfigError(f"{path}: job must be a table")
-    checked = {}
-    for key, value in job.items():
-        option = _BY_KEY.get(key)
-        if option is None:
-            raise ConfigError(f"{path}: [job].{key}: unknown key")
-        try:
-            checked[key] = option.kind.check(value)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: [job].{key}: {exc}") from None
-    return checked
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in document.items():
+        if name not in TABLES:
+            known = ", ".join(f"[{t}]" for t in TABLES)
+            raise ConfigError(f"{path}: unknown table [{name}] (known: {known})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {name} must be a table")
+        options = {option.key: option for option in TABLES[name]}
+        checked = tables.setdefault(name, {})
+        for key, value in table.items():
+            option = options.get(key)
+            if option is None:
+                raise ConfigError(f"{path}: [{name}].{key}: unknown key")
+            try:
+                checked[key] = option.kind.check(value)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: [{name}].{key}: {exc}") from None
+    return tables
+
+
+def _finish_control(values: dict[str, Any], base: Path) -> ControlConfig:
+    for key in ("bind", "publish"):
+        endpoint = values[key]
+        if endpoint is not None and not re.match(
+            r"^tcp://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):\d+$", endpoint
+        ):
+            raise ConfigError(f"[control].{key}: expected tcp://HOST:PORT, got {endpoint!r}")
+    keys = [values["curve_secret_key"], values["curve_authorized_keys"]]
+    if any(keys) and not all(keys):
+        raise ConfigError(
+            "[control].curve_secret_key: CURVE needs both curve_secret_key and "
+            "curve_authorized_keys"
+        )
+    secret = _absolute(keys[0], base) if keys[0] else None
+    authorized = _absolute(keys[1], base) if keys[1] else None
+    if secret is not None and not secret.is_file():
+        raise ConfigError(
+            f"[control].curve_secret_key: no such file {secret} (ckptd keygen makes one)"
+        )
+    if authorized is not None and not authorized.is_dir():
+        raise ConfigError(f"[control].curve_authorized_keys: no such directory {authorized}")
+    for key in ("bind", "publish"):
+        endpoint = values[key]
+        if endpoint is not None and secret is None and not _loopback(endpoint):
+            raise ConfigError(
+                f"[control].{key}: refusing {endpoint} beyond loopback without CURVE "
+                "(set curve_secret_key and curve_authorized_keys)"
+            )
+    return ControlConfig(
+        values["bind"], values["publish"], secret, authorized, values["max_message_bytes"]
+    )
+
+
+def _loopback(endpoint: str) -> bool:
+    """True for ``tcp://127.x.x.x:port``, ``tcp://localhost:port`` and ``tcp://[::1]:port``."""
+    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:

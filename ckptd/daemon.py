@@ -1,4 +1,4 @@
-"""``ckptd run``: put the run directory, the job channel, the sources and the arbiter together."""
+"""``ckptd run``: put the run directory, the sockets, the sources and the arbiter together."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import asdict
 from . import exit_codes, log
 from .arbiter import Arbiter
 from .config import JobConfig
+from .control_server import ControlServer, Curve
 from .events import EventLog
 from .job_channel import JobChannel
 from .run_dir import CHECKPOINT_FILE, EVENTS_FILE, JOB_FILE, RunDir, RunDirError, write_private
@@ -36,27 +37,47 @@ def supervise(config: JobConfig) -> int:
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):
         os.set_blocking(fd, False)
-    events = EventLog(run_dir.file(EVENTS_FILE), config.name)
-    channel = JobChannel(run_dir.job_endpoint())
+    control = _control_server(config, run_dir)
+    events = EventLog(run_dir.file(EVENTS_FILE), config.name, publish=control.publish)
+    channel = JobChannel(run_dir.ipc_endpoint("job"))
+    run_dir.record_endpoints({"job": channel.endpoint, **control.endpoints})
     sources: list[RequestSource] = [
         PosixSignals(wakeup_fd=wake_w),
         SignalFiles(run_dir.path, config.watch, config.poll_interval),
     ]
-    arbiter = Arbiter(config, run_dir, events, channel, sources, (wake_r, wake_w))
+    arbiter = Arbiter(config, run_dir, events, channel, control, sources, (wake_r, wake_w))
     logger.info(
         "ckptd.started",
         pid=os.getpid(),
         run_dir=str(run_dir.path),
         checkpoint_dir=str(config.checkpoint_dir),
-        request_checkpoint=f"touch {run_dir.file(CHECKPOINT_FILE)}  (or: kill -USR1 {os.getpid()})",
-        stop=f"kill -TERM {os.getpid()}",
+        request_checkpoint=f"ckptd checkpoint --run-dir {run_dir.path}  (or: touch "
+        f"{run_dir.file(CHECKPOINT_FILE)}, or: kill -USR1 {os.getpid()})",
+        stop=f"ckptd stop --run-dir {run_dir.path}  (or: kill -TERM {os.getpid()})",
         subreaper=subreaper,
     )
     try:
         return arbiter.run()
     finally:
+        events.emit("ckptd.exiting", exit_code=arbiter.exit_code)
         channel.close()
+        control.close()
         events.close()
         run_dir.unlock()
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _control_server(config: JobConfig, run_dir: RunDir) -> ControlServer:
+    control = config.control
+    curve = None
+    if control.curve_secret_key is not None and control.curve_authorized_keys is not None:
+        curve = Curve(control.curve_secret_key, control.curve_authorized_keys)
+    return ControlServer(
+        run_dir.ipc_endpoint("control"),
+        run_dir.ipc_endpoint("events"),
+        tcp_bind=control.bind,
+        tcp_publish=control.publish,
+        curve=curve,
+        max_message_bytes=control.max_message_bytes,
+    )

@@ -21,7 +21,7 @@ import psutil
 CHECKPOINT_FILE = "CHECKPOINT"
 STOP_FILE = "STOP"
 EVENTS_FILE = "events.jsonl"
-ENDPOINT_FILE = "endpoint"
+ENDPOINTS_FILE = "endpoints.json"
 JOB_FILE = "job.json"
 _LOCK_FILE = "lock"
 _MAX_IPC_PATH = 100  # sun_path holds 107 bytes; keep a margin
@@ -83,16 +83,17 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def job_endpoint(self) -> str:
-        """An ipc endpoint for the job channel, short enough for ``sun_path``; recorded on disk."""
-        path = self.file("job.sock")
+    def ipc_endpoint(self, name: str) -> str:
+        """``ipc://<run_dir>/<name>.sock``, or a short private path when that is too long."""
+        path = self.file(f"{name}.sock")
         if len(str(path)) > _MAX_IPC_PATH:
-            path = _short_socket_dir() / (
-                hashlib.sha256(bytes(self.path)).hexdigest()[:20] + ".sock"
-            )
-        endpoint = f"ipc://{path}"
-        write_private(self.file(ENDPOINT_FILE), endpoint + "\n")
-        return endpoint
+            digest = hashlib.sha256(bytes(self.path)).hexdigest()[:20]
+            path = _short_socket_dir() / f"{digest}-{name}.sock"
+        return f"ipc://{path}"
+
+    def record_endpoints(self, endpoints: dict[str, str]) -> None:
+        """Write where the sockets are, for ``ckptd`` commands and ``Controller``."""
+        write_private(self.file(ENDPOINTS_FILE), json.dumps(endpoints, indent=1) + "\n")
 
     def consume(self, name: str) -> bool:
         """Remove a signal file; return whether it was there. Links are removed, never followed."""

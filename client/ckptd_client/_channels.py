@@ -135,6 +135,7 @@ class DaemonChannel:
                     str(message.get("reason", "")),
                     _number_or_none(message.get("deadline")),
                     bool(message.get("final")),
+                    message.get("save") is not False,
                 )
             elif message["type"] == "done":
                 client._on_done(str(message.get("id")))

@@ -156,12 +156,17 @@ class Client:
 
     # -- called by the channel thread ------------------------------------------------
 
-    def _on_request(self, rid: str, reason: str, deadline: float | None, final: bool) -> None:
+    def _on_request(
+        self, rid: str, reason: str, deadline: float | None, final: bool, save: bool = True
+    ) -> None:
         with self._lock:
             if deadline is not None:
                 self._deadline = (
                     deadline if self._deadline is None else min(self._deadline, deadline)
                 )
+            if final and not save:
+                self._stop_ready = True  # a stop without a final checkpoint
+                return
             last, step = self._last_commit, self._step
             if last is not None and step is not None and last["step"] >= step:
                 # Nothing happened since the last commit: it already holds the current state.

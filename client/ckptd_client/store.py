@@ -32,6 +32,18 @@ class Checkpoint:
     def name(self) -> str:
         return self.path.name
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "step": self.step,
+            "time": self.time,
+            "bytes": self.bytes,
+            "metrics": self.metrics,
+            "valid": self.valid,
+            "reason": self.reason,
+        }
+
 
 def scan(checkpoint_dir: Path, *, full: bool = False) -> list[Checkpoint]:
     """Every checkpoint-like directory, oldest step first; in-progress ones are skipped.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -102,7 +103,7 @@ def test_garbage_on_the_job_channel_does_not_hurt_the_daemon(job: Job) -> None:
 
     job.start_fake()
     job.wait_event("client.connected")
-    endpoint = (job.run_dir / "endpoint").read_text().strip()
+    endpoint = json.loads((job.run_dir / "endpoints.json").read_text())["job"]
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

@@ -63,7 +63,7 @@ def test_sockets_and_run_dir_are_private(job: Job) -> None:
     assert stat.S_IMODE(job.run_dir.stat().st_mode) == 0o700
     socket = job.run_dir / "job.sock"
     assert stat.S_IMODE(socket.stat().st_mode) == 0o600
-    assert (job.run_dir / "endpoint").read_text().strip() == f"ipc://{socket}"
+    assert json.loads((job.run_dir / "endpoints.json").read_text())["job"] == f"ipc://{socket}"
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
     assert not socket.exists()
@@ -74,7 +74,7 @@ def test_deep_run_dir_gets_a_short_socket_path(job: Job) -> None:
     job.run_dir = job.base / ("d" * 60) / ("e" * 60) / "run"
     job.start_fake()
     job.wait_event("client.connected")
-    endpoint = (job.run_dir / "endpoint").read_text().strip()
+    endpoint = json.loads((job.run_dir / "endpoints.json").read_text())["job"]
     socket = Path(endpoint.removeprefix("ipc://"))
     assert len(str(socket)) < 100 and socket.parent != job.run_dir
     assert stat.S_IMODE(socket.stat().st_mode) == 0o600
@@ -92,7 +92,10 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
         'keep_last = "three"': "[job].keep_last: expected a non-negative integer",
         'grace = "soon"': "[job].grace: expected a duration",
         'restart = "sometimes"': "[job].restart: expected one of",
-        "[control]\nbind = 1": "unknown table [control]",
+        "[control]\nbind = 1": "[control].bind: expected a string",
+        '[control]\nbind = "tcp://0.0.0.0:7561"': "[control].bind: refusing tcp://0.0.0.0:7561",
+        '[control]\nbind = "localhost"': "[control].bind: expected tcp://HOST:PORT",
+        "[server]\nx = 1": "unknown table [server]",
     }
     for body, expected in cases.items():
         config = tmp_path / "ckptd.toml"

@@ -59,7 +59,9 @@ def test_stop_during_a_save_waits_for_it_and_loses_nothing(job: Job) -> None:
     assert len(saved) == 1, saved
     assert saved[0]["step"] == job.records("step")[-1]["step"] == job.records("stop")[0]["step"]
     committed = job.events("checkpoint.committed")
-    assert len(committed) == 1 and len(committed[0]["ids"]) == 2  # the request and the final one
+    assert (
+        len(committed) == 1 and len(committed[0]["request_ids"]) == 2
+    )  # the request and the final one
 
 
 def test_second_sigterm_stops_now(job: Job) -> None:

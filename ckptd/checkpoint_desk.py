@@ -1,0 +1,238 @@
+"""Checkpoint requests on their way to the job: coalescing, delivery, acknowledgements, waiters.
+
+Owned by the arbiter and called only from its thread. At most one request is
+outstanding; later ones join it. A request that finds no client connected is
+held and delivered when one connects (or, for a job without the client,
+forwarded as ``request_signal``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import JobConfig
+from .control_server import Waiter
+from .events import EventLog
+from .job_channel import JobChannel, Peer
+from .requests import Origin, Request
+from .run_dir import CHECKPOINT_FILE, RunDir
+from .trainer import Trainer
+
+
+@dataclass
+class Outstanding:
+    """The checkpoint request the job has been asked for, with everyone waiting on it."""
+
+    id: str
+    reason: str
+    origins: set[Origin]
+    final: bool = False
+    save: bool = True
+    deadline: float | None = None  # wall-clock, as the client sees it
+    delivered: bool = False
+    waiters: list[Waiter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """What one acknowledgement from the job meant."""
+
+    final: bool = False  # it answered the final request of a stop
+    progress: bool = False  # a checkpoint newer than any before committed
+
+
+class CheckpointDesk:
+    def __init__(
+        self, config: JobConfig, channel: JobChannel, events: EventLog, run_dir: RunDir
+    ) -> None:
+        self.config = config
+        self.channel = channel
+        self.events = events
+        self.run_dir = run_dir
+        self.outstanding: Outstanding | None = None
+        self.last_commit: dict[str, Any] | None = None
+        self.newest_step: int | None = None
+        self._warned_undeliverable = False
+
+    @property
+    def in_flight(self) -> bool:
+        """A non-final request has reached the job and is not answered yet."""
+        return self.outstanding is not None and self.outstanding.delivered
+
+    def request(
+        self, request: Request, trainer: Trainer | None, waiter: Waiter | None
+    ) -> dict[str, Any]:
+        """Ask for a checkpoint, joining the outstanding one if any; return the immediate answer."""
+        current = self.outstanding
+        if current is not None:
+            current.origins.add(request.origin)
+            if waiter is not None:
+                current.waiters.append(waiter)
+            self.events.emit(
+                "checkpoint.requested",
+                request_id=request.id,
+                reason=request.reason,
+                coalesced_into=current.id,
+            )
+            return {"request_id": request.id, "coalesced_into": current.id}
+        self.outstanding = Outstanding(request.id, request.reason, {request.origin})
+        if waiter is not None:
+            self.outstanding.waiters.append(waiter)
+        self.events.emit("checkpoint.requested", request_id=request.id, reason=request.reason)
+        self._deliver(self.outstanding, trainer)
+        return {"request_id": request.id, "coalesced_into": None}
+
+    def request_final(
+        self, rid: str, reason: str, origin: Origin, deadline: float, save: bool
+    ) -> bool:
+        """Replace the outstanding request by a final one; return whether a client got it."""
+        final = Outstanding(rid, reason, {origin}, final=True, save=save, deadline=deadline)
+        if self.outstanding is not None:
+            final.origins |= self.outstanding.origins
+            final.waiters += self.outstanding.waiters  # answered by the final save
+        self.outstanding = final
+        return self._deliver(final, None)
+
+    def client_connected(self, peer: Peer) -> None:
+        if self.outstanding is not None:
+            self.channel.send(peer, "request", **self._fields(self.outstanding))
+            self.outstanding.delivered = True
+
+    def job_exited(self) -> None:
+        """The job ended: a final request ends with it; a plain one waits for the next job."""
+        if self.outstanding is None:
+            return
+        if self.outstanding.final:
+            self._finish(self.outstanding.id, error="the job exited before the checkpoint")
+        else:
+            self.outstanding.delivered = False
+        self._warned_undeliverable = False
+
+    def on_committed(self, peer: Peer, message: dict[str, Any]) -> Acknowledged:
+        ids: list[str] = message.get("ids") or []
+        step = message.get("step")
+        reused = bool(message.get("reused"))
+        self.events.emit(
+            "checkpoint.committed",
+            request_id=self._primary(ids),
+            request_ids=ids,
+            path=message.get("path"),
+            step=step,
+            bytes=message.get("bytes"),
+            seconds=message.get("seconds"),
+            metrics=message.get("metrics"),
+            reused=reused,
+        )
+        progress = isinstance(step, int) and (self.newest_step is None or step > self.newest_step)
+        if progress:
+            self.newest_step = step
+        self.last_commit = {
+            "path": message.get("path"),
+            "step": step,
+            "time": time.time(),
+            "metrics": message.get("metrics"),
+            "bytes": message.get("bytes"),
+            "seconds": message.get("seconds"),
+        }
+        final = (
+            self.outstanding is not None and self.outstanding.final and self.outstanding.id in ids
+        )
+        for rid in ids:
+            self.channel.broadcast("done", skip=peer, id=rid, path=message.get("path"), step=step)
+            self._finish(rid, result={"request_id": rid, **self.last_commit})
+        return Acknowledged(final=final, progress=progress)
+
+    def on_failed(self, message: dict[str, Any]) -> Acknowledged:
+        ids: list[str] = message.get("ids") or []
+        error = str(message.get("error"))
+        self.events.emit(
+            "checkpoint.failed",
+            level="error",
+            request_id=self._primary(ids),
+            request_ids=ids,
+            step=message.get("step"),
+            error=error,
+        )
+        final = (
+            self.outstanding is not None and self.outstanding.final and self.outstanding.id in ids
+        )
+        for rid in ids:
+            self._finish(rid, error=error)
+        return Acknowledged(final=final)
+
+    def note_progress(self, step: int) -> bool:
+        """A checkpoint of ``step`` exists (found on disk); return whether it is newer."""
+        if self.newest_step is None or step > self.newest_step:
+            self.newest_step = step
+            return True
+        return False
+
+    def fail_waiters(self, message: str) -> None:
+        if self.outstanding is not None:
+            for waiter in self.outstanding.waiters:
+                waiter.fail("checkpoint_failed", message)
+            self.outstanding.waiters.clear()
+
+    def _deliver(self, outstanding: Outstanding, trainer: Trainer | None) -> bool:
+        if self.channel.broadcast("request", **self._fields(outstanding)):
+            outstanding.delivered = True
+            return True
+        if trainer is not None and self.config.request_signal and not outstanding.final:
+            trainer.signal_main(signal.Signals[self.config.request_signal])
+            self.events.emit(
+                "checkpoint.forwarded",
+                request_id=outstanding.id,
+                signal=self.config.request_signal,
+                pid=trainer.pid,
+            )
+            self._finish(
+                outstanding.id,
+                result={"request_id": outstanding.id, "forwarded": self.config.request_signal},
+            )
+        elif not outstanding.final and not self._warned_undeliverable:
+            self._warned_undeliverable = True
+            self.events.emit(
+                "checkpoint.held",
+                level="warning",
+                request_id=outstanding.id,
+                why="no client connected yet; delivered when one connects",
+            )
+        return False
+
+    def _finish(self, rid: str, *, result: dict[str, Any] | None = None, error: str = "") -> None:
+        """The outstanding request ``rid`` is answered: tell its waiters, clear its file."""
+        current = self.outstanding
+        if current is None or current.id != rid:
+            return
+        for waiter in current.waiters:
+            if result is not None:
+                waiter.reply(result)
+            else:
+                waiter.fail("checkpoint_failed", error)
+        if Origin.FILE in current.origins:
+            self.run_dir.consume(CHECKPOINT_FILE)
+        self.outstanding = None
+
+    def _primary(self, ids: list[str]) -> str | None:
+        if self.outstanding is not None and self.outstanding.id in ids:
+            return self.outstanding.id
+        return ids[0] if ids else None
+
+    @staticmethod
+    def _fields(outstanding: Outstanding) -> dict[str, Any]:
+        return {
+            "id": outstanding.id,
+            "reason": outstanding.reason,
+            "deadline": outstanding.deadline,
+            "final": outstanding.final,
+            "save": outstanding.save,
+        }
+
+
+def file_request_is_stale(run_dir: RunDir, request: Request) -> bool:
+    """A CHECKPOINT-file event for a file already consumed (a late duplicate)."""
+    return request.origin is Origin.FILE and not os.path.lexists(run_dir.file(CHECKPOINT_FILE))

@@ -1,0 +1,52 @@
+"""The ``status`` answer: a snapshot of the arbiter's state, in plain JSON types."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .arbiter import Arbiter
+
+
+def status_of(arbiter: Arbiter) -> dict[str, Any]:
+    """What a person asks of a running job: is it alive, where is it, what would a crash cost."""
+    now, wall = time.monotonic(), time.time()
+    last = arbiter.desk.last_commit
+    resumed = arbiter.resumed_from
+    if last is None and resumed is not None:
+        last = {"path": str(resumed.path), "step": resumed.step, "time": resumed.time}
+    step = arbiter.step
+    unsaved_steps = None
+    if step is not None:
+        unsaved_steps = step - last["step"] if last and last.get("step") is not None else step + 1
+    unsaved_seconds = None
+    if arbiter.trainer is not None:
+        since = max(last["time"], wall - (now - arbiter.launched)) if last else None
+        unsaved_seconds = round(wall - since, 3) if since else round(now - arbiter.launched, 3)
+    due = arbiter.timer.next_due()
+    trainer = arbiter.trainer
+    return {
+        "job": arbiter.config.name,
+        "state": arbiter.state.value,
+        "daemon_pid": os.getpid(),
+        "pid": trainer.pid if trainer else None,
+        "attempt": arbiter.attempt,
+        "restarts_left": arbiter.restarts_left,
+        "step": step,
+        "clients": len(arbiter.channel.peers),
+        "last_checkpoint": None
+        if last is None
+        else {
+            **last,
+            "age": round(wall - last["time"], 3) if last.get("time") else None,
+        },
+        "unsaved_steps": unsaved_steps,
+        "unsaved_seconds": unsaved_seconds,
+        "next_checkpoint_in": None if due is None else round(max(0.0, due - now), 3),
+        "checkpoint_in_flight": arbiter.desk.outstanding.id if arbiter.desk.outstanding else None,
+        "uptime": round(now - arbiter.started, 3),
+        "run_dir": str(arbiter.run_dir.path),
+        "checkpoint_dir": str(arbiter.config.checkpoint_dir),
+    }
