@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import commands, exit_codes
+from . import remote_commands as _remote_commands  # noqa: F401 - importing registers them
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,7 +19,6 @@ from ckptd_client.store import inspect, scan
 
 from . import config as config_module
 from . import exit_codes
-from .run_dir import CHECKPOINT_FILE, STOP_FILE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -98,48 +97,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"config error: {exc}") from None
     log.configure()
     return daemon.supervise(job)
-
-
-# -- checkpoint / stop (through the signal files) ----------------------------------------
-
-
-def _signal_file_arguments(parser: argparse.ArgumentParser) -> None:
-    _run_dir_argument(parser)
-    parser.add_argument(
-        "--wait", action="store_true", help="return once ckptd has acted on the request"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="give up waiting after S seconds (exit 3)",
-    )
-
-
-@command("checkpoint", "ask the running job for a checkpoint", _signal_file_arguments)
-def checkpoint(args: argparse.Namespace) -> int:
-    return _touch_and_wait(find_run_dir(args.run_dir), CHECKPOINT_FILE, args.wait, args.timeout)
-
-
-@command("stop", "final checkpoint, then stop the job (no restart)", _signal_file_arguments)
-def stop(args: argparse.Namespace) -> int:
-    return _touch_and_wait(find_run_dir(args.run_dir), STOP_FILE, args.wait, args.timeout)
-
-
-def _touch_and_wait(run_dir: Path, name: str, wait: bool, timeout: float | None) -> int:
-    path = run_dir / name
-    path.touch()
-    print(f"requested: {path}")
-    if not wait:
-        return exit_codes.OK
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while path.exists():
-        if deadline is not None and time.monotonic() > deadline:
-            raise CommandError(f"timed out after {timeout}s; {path} is still there", code=3)
-        time.sleep(0.05)
-    print("done")
-    return exit_codes.OK
 
 
 # -- list / verify -----------------------------------------------------------------------

@@ -118,13 +118,16 @@ class ControlServer:
                 dispatch(command, args, waiter)
             except ReplyError as exc:
                 waiter.fail(exc.code, str(exc))
+            except Exception as exc:  # a bug in one command must not take supervision down
+                self._log.exception("control.command_failed", command=command)
+                waiter.fail("internal_error", f"{type(exc).__name__}: {exc}")
 
     def _parse(self, body: list[bytes]) -> tuple[str, str, Any]:
         if len(body) != 1:
             raise ReplyError("bad_request", f"expected one frame, got {len(body)}")
         try:
             request = json.loads(body[0])
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise ReplyError("bad_json", "the request is not JSON") from None
         if not isinstance(request, dict):
             raise ReplyError("bad_request", "the request is not a JSON object")
@@ -215,6 +218,6 @@ def _salvage_id(body: list[bytes]) -> str:
     """The request's id for an error reply, when one can be read at all."""
     try:
         rid = json.loads(body[0]).get("id") if len(body) == 1 else None
-    except (UnicodeDecodeError, ValueError, AttributeError):
+    except (UnicodeDecodeError, ValueError, AttributeError, RecursionError):
         rid = None
     return rid if isinstance(rid, str) and len(rid) <= _MAX_ID else ""

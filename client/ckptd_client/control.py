@@ -7,6 +7,7 @@ The wire format is documented in ``docs/protocol.md``.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,7 +84,10 @@ class Controller:
         self._socket = self._open(zmq.DEALER, self.endpoints["control"])
 
     def call(self, command: str, timeout: float | None = None, **args: Any) -> Any:
-        """Send one command and return its result; see docs/protocol.md for commands."""
+        """Send one command and return its result; see docs/protocol.md for commands.
+
+        ``timeout`` defaults to the controller's; ``math.inf`` waits for as long as it takes.
+        """
         request_id = uuid.uuid4().hex
         message = {"v": VERSION, "id": request_id, "command": command, "args": args}
         self._socket.send(json.dumps(message).encode())
@@ -91,7 +95,8 @@ class Controller:
         deadline = time.monotonic() + limit
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._socket.poll(int(left * 1000) + 1):
+            wait_ms = None if math.isinf(left) else int(left * 1000) + 1
+            if left <= 0 or not self._socket.poll(wait_ms):
                 raise ControlTimeout(f"no answer to {command!r} within {limit:g}s")
             reply = _decode_reply(self._socket.recv())
             if reply.get("id") != request_id:
@@ -141,7 +146,7 @@ class Controller:
                 frames = sub.recv_multipart()
                 try:
                     event = json.loads(frames[-1])
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if isinstance(event, dict):
                     yield event
@@ -175,7 +180,7 @@ class Controller:
 def _decode_reply(frame: bytes) -> dict[str, Any]:
     try:
         reply = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ControlError("bad_reply", "the daemon sent something that is not JSON") from None
     if not isinstance(reply, dict) or reply.get("v") != VERSION:
         raise ControlError("bad_reply", f"unsupported reply: {str(reply)[:200]}")

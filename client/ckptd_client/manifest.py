@@ -72,7 +72,7 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> Manifest:
         try:
             data = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"manifest is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ManifestError("manifest is not a JSON object")
