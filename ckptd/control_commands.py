@@ -86,14 +86,14 @@ def _is_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-@control_command("ping", "Liveness check. Result: version, pid, job, events endpoint(s).")
+@control_command("ping", "Liveness check. Result: version, pid, job name, endpoints.")
 def ping(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
     return {
         "pong": True,
         "version": __version__,
         "pid": os.getpid(),
         "job": arbiter.config.name,
-        **arbiter.endpoints,
+        "endpoints": arbiter.endpoints,
     }
 
 

@@ -133,7 +133,7 @@ class Controller:
         self, topics: tuple[str, ...] = ("",), timeout: float | None = None
     ) -> Iterator[dict[str, Any]]:
         """Follow the event stream; each item is one event. Ends after ``timeout`` s of silence."""
-        endpoint = self.endpoints.get("events") or self.ping().get("events")
+        endpoint = self.endpoints.get("events") or self.ping()["endpoints"].get("events_tcp")
         if not endpoint:
             raise ControlError("not_available", "this daemon publishes no event stream here")
         sub = self._open(zmq.SUB, endpoint)
