@@ -3,7 +3,8 @@
     python bench/latency.py [--requests 200]
 
 - touch CHECKPOINT -> the training process sees should_checkpoint() (and -> committed)
-- SIGUSR1 to ckptd -> should_checkpoint()
+- SIGUSR1 to ckptd, and `checkpoint` over the control socket -> should_checkpoint()
+- `status` round trip over the control socket, next to a bare ZeroMQ ipc round trip
 - SIGTERM to ckptd -> final checkpoint committed (the save itself is ~a 1 KiB file)
 - job crash -> next job process running (restart_delay 0), next to the interpreter's own start
 """
@@ -19,8 +20,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import zmq
+
+from ckptd_client.control import Controller
 
 TRAINER = r"""
 import json, os, sys, time
@@ -109,27 +115,35 @@ def request_latency(base: Path, requests: int) -> dict[str, list[float]]:
                 and "client.connected" in (base / "run" / "events.jsonl").read_text()
             )
         )
-        file_flag, file_commit, usr1_flag = [], [], []
+        file_flag, file_commit, usr1_flag, zmq_flag, status_rtt = [], [], [], [], []
         trigger = base / "run" / "CHECKPOINT"
-        for index in range(requests * 2):
+        control = Controller(run_dir=base / "run")
+        for index in range(requests * 3):
             count = len(_records(record, "flag"))
             began = time.time()
-            if index % 2 == 0:
+            if index % 3 == 0:
                 trigger.touch()
-            else:
+            elif index % 3 == 1:
                 os.kill(daemon.pid, signal.SIGUSR1)
+            else:
+                control.checkpoint()
             row = _wait(
                 lambda count=count: (
                     len(_records(record, "flag")) > count and _records(record, "flag")[-1]
                 )
             )
-            if index % 2 == 0:
+            if index % 3 == 0:
                 _wait(lambda: not trigger.exists())
                 file_flag.append(row["t"] - began)
                 file_commit.append(time.time() - began)
             else:
-                usr1_flag.append(row["t"] - began)
+                (usr1_flag if index % 3 == 1 else zmq_flag).append(row["t"] - began)
             time.sleep(0.01)  # let the commit's acknowledgement land before the next request
+        for _ in range(requests):
+            began = time.perf_counter()
+            control.status()
+            status_rtt.append(time.perf_counter() - began)
+        control.close()
         began = time.time()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
@@ -138,6 +152,8 @@ def request_latency(base: Path, requests: int) -> dict[str, list[float]]:
             "file_flag": file_flag,
             "file_commit": file_commit,
             "usr1_flag": usr1_flag,
+            "zmq_flag": zmq_flag,
+            "status_rtt": status_rtt,
             "sigterm_commit": [final],
         }
     finally:
@@ -172,6 +188,34 @@ def interpreter_start(samples: int) -> list[float]:
     return times
 
 
+def zmq_round_trip(samples: int) -> list[float]:
+    """The floor: a bare DEALER/ROUTER echo over ipc, in this process."""
+    context = zmq.Context()
+    path = Path(tempfile.mkdtemp(prefix="ckptd-zmq-")) / "echo.sock"
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    router.bind(f"ipc://{path}")
+    dealer.connect(f"ipc://{path}")
+
+    def echo() -> None:
+        for _ in range(samples):
+            router.send_multipart(router.recv_multipart())
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        dealer.send(b'{"v":1}')
+        dealer.recv()
+        times.append(time.perf_counter() - began)
+    thread.join()
+    router.close(linger=0)
+    dealer.close(linger=0)
+    context.term()
+    shutil.rmtree(path.parent, ignore_errors=True)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -184,11 +228,15 @@ def main() -> None:
         requests = request_latency(base / "a", args.requests)
         restarts = restart_latency(base / "b", args.restarts)
         python = interpreter_start(args.restarts)
+        floor = zmq_round_trip(args.requests)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"touch CHECKPOINT -> should_checkpoint()   {_percentiles(requests['file_flag'])}")
     print(f"touch CHECKPOINT -> committed, file gone  {_percentiles(requests['file_commit'])}")
     print(f"SIGUSR1 -> should_checkpoint()            {_percentiles(requests['usr1_flag'])}")
+    print(f"Controller.checkpoint() -> flag set       {_percentiles(requests['zmq_flag'])}")
+    print(f"status round trip (ipc)                   {_percentiles(requests['status_rtt'])}")
+    print(f"bare zmq ipc round trip (the floor)       {_percentiles(floor)}")
     final_ms = requests["sigterm_commit"][0] * 1000
     print(f"SIGTERM -> final checkpoint committed     {final_ms:7.2f} ms")
     print(f"crash -> next job running (delay 0)       {_percentiles(restarts)}")
