@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psutil
 import zmq
 
 from ckptd_client import protocol
@@ -30,13 +31,15 @@ from .events import EventLog
 from .job_channel import JobChannel, Peer
 from .requests import Action, Origin, Request, new_id
 from .restart_policy import ExitStatus, RestartPolicy
-from .run_dir import STOP_FILE, RunDir
+from .run_dir import STOP_FILE, Orphan, RunDir, RunDirError
 from .sources import RequestSource
 from .sources.timer import PeriodicTimer
 from .states import JobState, check_transition
 from .trainer import LaunchError, Trainer
 
 _MAX_SLEEP = 1.0
+_ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before it is signalled
+_ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
 
 
 class StopKind(enum.Enum):
@@ -71,6 +74,7 @@ class Arbiter:
         control: ControlServer,
         sources: list[RequestSource],
         wake_fds: tuple[int, int],
+        orphan: Orphan | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -104,6 +108,8 @@ class Arbiter:
         self.timer = PeriodicTimer(config.every)
         self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
+        self._orphan = orphan
+        self._adopting_until: float | None = None
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -128,7 +134,7 @@ class Arbiter:
             poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         self._drain_requests()
-        if self.state is JobState.STARTING:
+        if self.state is JobState.STARTING and not self._adopt_orphan():
             self._launch()
         try:
             while self.state is not JobState.EXITED:
@@ -148,9 +154,51 @@ class Arbiter:
             self._shutdown()
         return self.exit_code
 
+    def _adopt_orphan(self) -> bool:
+        """Take charge of a job left running by a dead daemon; True when there is one.
+
+        Its client reconnects to the job socket by itself (same path): within a short
+        window it is asked for a final checkpoint like any stop, else it gets
+        ``stop_signal``. Once it is gone, the job relaunches from the newest checkpoint.
+        """
+        orphan = self._orphan
+        if orphan is None or orphan.pid is None:
+            return False
+        trainer = Trainer.adopt(orphan.pid, orphan.started)
+        if trainer is None:
+            return False
+        self.trainer = trainer
+        self.attempt += 1
+        self._transition(JobState.RUNNING)
+        self._adopting_until = time.monotonic() + _ADOPT_WINDOW
+        self.events.emit(
+            "job.adopted",
+            level="warning",
+            pid=trainer.pid,
+            why="left running by a ckptd that died; stopping it before a new launch",
+        )
+        return True
+
+    def _take_job_lock(self) -> None:
+        """The lock the job inherits; stray holders from an earlier job are killed first."""
+        if self.run_dir.has_job_lock or self.run_dir.take_job_lock(self.config.kill_timeout):
+            return
+        strays = self.run_dir.lock_holders()
+        self.events.emit("job.strays_killed", level="warning", pids=[p.pid for p in strays])
+        for process in strays:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(strays, timeout=self.config.kill_timeout)
+        if not self.run_dir.take_job_lock(self.config.kill_timeout):
+            raise RunDirError(f"{self.run_dir.path}: the job lock is still held by an earlier job")
+
     def _sleep_ms(self) -> int:
         now = time.monotonic()
         moments = [now + _MAX_SLEEP, self.timer.next_due(), self.backoff_until]
+        if self.trainer is not None and self.trainer.adopted:
+            moments.append(now + _ADOPT_POLL)
         if self.stopping is not None:
             moments += [self.stopping.deadline, self.stopping.kill_at]
         if self.config.hang_timeout is not None and self.trainer is not None:
@@ -350,6 +398,13 @@ class Arbiter:
     def _launch(self) -> None:
         if self.state is JobState.BACKOFF:
             self._transition(JobState.STARTING)
+        try:
+            self._take_job_lock()
+        except RunDirError as exc:
+            self.events.emit("job.launch_failed", level="error", error=str(exc))
+            self.exit_code = exit_codes.FAILED
+            self._transition(JobState.EXITED)
+            return
         self.backoff_until = None
         self.attempt += 1
         self.events.attempt = self.attempt
@@ -408,7 +463,10 @@ class Arbiter:
         if trainer is None or (status := trainer.poll()) is None:
             return
         self.events.emit(
-            "job.exited", pid=trainer.pid, status=str(status), exit_code=status.shell_code
+            "job.exited",
+            pid=trainer.pid,
+            status=str(status),
+            exit_code=None if trainer.adopted else status.shell_code,
         )
         leftovers = trainer.kill_leftovers(self.config.kill_timeout)
         if leftovers:
@@ -476,6 +534,13 @@ class Arbiter:
                 stop.kill_at = None
                 self.events.emit("job.killing", level="warning", pid=self.trainer.pid)
                 self.trainer.signal_tree(signal.SIGKILL)
+        elif self._adopting_until is not None:
+            if self.channel.peers or now >= self._adopting_until:
+                self._adopting_until = None
+                self._begin_stop(
+                    Request(Action.STOP, Origin.TIMER, "orphan of an earlier ckptd"),
+                    kind=StopKind.RESTART,
+                )
         elif self.trainer is not None:
             hang = self.config.hang_timeout
             if hang is not None and now - self.last_progress >= hang:

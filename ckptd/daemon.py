@@ -27,7 +27,7 @@ def supervise(config: JobConfig) -> int:
     run_dir = RunDir(config.run_dir)
     try:
         run_dir.prepare()
-        run_dir.lock()
+        orphan = run_dir.lock()
     except RunDirError as exc:
         print(f"ckptd: {exc}", file=sys.stderr)
         return exit_codes.USAGE
@@ -45,7 +45,7 @@ def supervise(config: JobConfig) -> int:
         PosixSignals(wakeup_fd=wake_w),
         SignalFiles(run_dir.path, config.watch, config.poll_interval),
     ]
-    arbiter = Arbiter(config, run_dir, events, channel, control, sources, (wake_r, wake_w))
+    arbiter = Arbiter(config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan)
     logger.info(
         "ckptd.started",
         pid=os.getpid(),

@@ -30,6 +30,8 @@ class ExitStatus:
         return self.code if self.code is not None else 128 + (self.signal or 0)
 
     def __str__(self) -> str:
+        if self.code is None and self.signal is None:
+            return "exit status unknown"
         if self.signal is not None:
             try:
                 return f"killed by {signal.Signals(self.signal).name}"

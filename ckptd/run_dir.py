@@ -14,6 +14,7 @@ import os
 import stat
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,7 @@ EVENTS_FILE = "events.jsonl"
 ENDPOINTS_FILE = "endpoints.json"
 JOB_FILE = "job.json"
 _LOCK_FILE = "lock"
+_DAEMON_LOCK_FILE = "daemon.lock"
 _MAX_IPC_PATH = 100  # sun_path holds 107 bytes; keep a margin
 
 
@@ -35,6 +37,25 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_fd: int | None = None
+        self._daemon_fd: int | None = None
+
+    @property
+    def has_job_lock(self) -> bool:
+        return self._lock_fd is not None
+
+    def lock_holders(self) -> list[psutil.Process]:
+        """Processes other than this one with the job lock file open (rare: a full /proc scan)."""
+        target = str(self.file(_LOCK_FILE))
+        holders = []
+        for process in psutil.process_iter():
+            if process.pid == os.getpid():
+                continue
+            try:
+                if any(f.path == target for f in process.open_files()):
+                    holders.append(process)
+            except psutil.Error:
+                continue
+        return holders
 
     @property
     def lock_fd(self) -> int:
@@ -59,29 +80,82 @@ class RunDir:
         if stat.S_IMODE(info.st_mode) & 0o077:
             os.chmod(self.path, 0o700)
 
-    def lock(self) -> None:
-        """Take the run directory; raise RunDirError naming who holds it if it is taken."""
-        path = self.file(_LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    def lock(self) -> Orphan | None:
+        """Take the run directory for this daemon.
+
+        Two locks: ``daemon.lock`` is held by the daemon alone (close-on-exec), so a
+        second daemon is refused while the first lives; ``lock`` is inherited by the
+        job, so it stays held while any process of the job lives, even after the
+        daemon was SIGKILLed. When only the job lock is taken, the processes holding
+        it belong to an earlier job whose daemon is gone: their record is returned,
+        and :meth:`take_job_lock` succeeds once they are stopped.
+        """
+        fd = os.open(
+            self.file(_DAEMON_LOCK_FILE),
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
             raise RunDirError(_busy_message(self.path, holder)) from None
+        self._daemon_fd = fd
+        _write_record(fd, {"daemon_pid": os.getpid(), "since": time.time()})
+        if self.take_job_lock(timeout=0):
+            return None
+        job_fd = os.open(self.file(_LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            holder = _read_holder(job_fd)
+        finally:
+            os.close(job_fd)
+        return Orphan.from_record(holder)
+
+    def take_job_lock(self, timeout: float) -> bool:
+        """Take the lock the job inherits; wait up to ``timeout`` s for earlier holders to go."""
+        fd = os.open(
+            self.file(_LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
         self._lock_fd = fd
         self.record_holder(job_pid=None)
+        return True
 
     def record_holder(self, job_pid: int | None) -> None:
-        """Write who holds the lock, so a refused second daemon can say so."""
-        data = json.dumps({"daemon_pid": os.getpid(), "job_pid": job_pid, "since": time.time()})
-        os.ftruncate(self.lock_fd, 0)
-        os.pwrite(self.lock_fd, data.encode(), 0)
+        """Write who holds the job lock, so a later daemon can find an orphaned job."""
+        if self._lock_fd is None:
+            return  # an adopted orphan holds the lock; its record stays as it was
+        started = None
+        if job_pid is not None:
+            try:
+                started = psutil.Process(job_pid).create_time()
+            except psutil.Error:
+                pass
+        _write_record(
+            self.lock_fd,
+            {
+                "daemon_pid": os.getpid(),
+                "job_pid": job_pid,
+                "job_started": started,
+                "since": time.time(),
+            },
+        )
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in (self._lock_fd, self._daemon_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._daemon_fd = None
 
     def ipc_endpoint(self, name: str) -> str:
         """``ipc://<run_dir>/<name>.sock``, or a short private path when that is too long."""
@@ -131,6 +205,27 @@ def write_private(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """A job process left running by a daemon that died (recorded in the job lock)."""
+
+    pid: int | None
+    started: float | None
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> Orphan:
+        pid, started = record.get("job_pid"), record.get("job_started")
+        return cls(
+            pid if isinstance(pid, int) else None,
+            float(started) if isinstance(started, (int, float)) else None,
+        )
+
+
+def _write_record(fd: int, record: dict[str, object]) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+
+
 def _read_holder(fd: int) -> dict[str, object]:
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
@@ -140,15 +235,8 @@ def _read_holder(fd: int) -> dict[str, object]:
 
 
 def _busy_message(path: Path, holder: dict[str, object]) -> str:
-    daemon, job = holder.get("daemon_pid"), holder.get("job_pid")
-    if isinstance(daemon, int) and psutil.pid_exists(daemon):
-        return (
-            f"run directory {path} is in use by ckptd pid {daemon}"
-            + (f" (job pid {job})" if job else "")
-            + "; stop it first (touch its STOP file or send it SIGTERM) or pick another --run-dir"
-        )
+    daemon = holder.get("daemon_pid")
     return (
-        f"run directory {path} is still locked by a process of an earlier job"
-        + (f" (job pid {job})" if job else "")
-        + " whose ckptd is gone; stop that process first or pick another --run-dir"
+        f"run directory {path} is in use by ckptd pid {daemon}; stop it first "
+        "(ckptd stop --run-dir, or SIGTERM) or pick another --run-dir"
     )

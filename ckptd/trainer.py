@@ -38,11 +38,34 @@ def become_subreaper() -> bool:
 class Trainer:
     """One launched job process and every process below it."""
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes] | None, adopted: psutil.Process | None = None
+    ) -> None:
         self._process = process
-        self.pid = process.pid
+        self._adopted = adopted
+        self.pid = process.pid if process is not None else adopted.pid if adopted else -1
         self._known: dict[int, psutil.Process] = {}
         self.status: ExitStatus | None = None
+
+    @property
+    def adopted(self) -> bool:
+        """Left running by an earlier daemon: not our child, its exit status unknowable."""
+        return self._adopted is not None
+
+    @classmethod
+    def adopt(cls, pid: int, started: float | None) -> Trainer | None:
+        """Take charge of a job process a dead daemon left behind; None when it is gone."""
+        try:
+            process = psutil.Process(pid)
+            if started is not None and abs(process.create_time() - started) > 1.0:
+                return None  # the pid was reused by an unrelated process
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        trainer = cls(None, adopted=process)
+        trainer._remember_tree()
+        return trainer
 
     @classmethod
     def launch(
@@ -58,8 +81,14 @@ class Trainer:
 
     def poll(self) -> ExitStatus | None:
         """Reap whatever has exited; return the main process's status once it has."""
-        if self.status is None and (code := self._process.poll()) is not None:
-            self.status = ExitStatus.from_returncode(code)
+        if self.status is None:
+            if self._process is not None:
+                if (code := self._process.poll()) is not None:
+                    self.status = ExitStatus.from_returncode(code)
+            elif _running(self._adopted):
+                self._remember_tree()  # its children go to init when it dies: know them first
+            else:
+                self.status = ExitStatus()  # not our child: its status went to its new parent
         _reap_others(self.pid)
         return self.status
 
@@ -67,8 +96,11 @@ class Trainer:
         """Signal the main process only (not its group: data-loader workers stay untouched)."""
         if self.status is None:
             try:
-                self._process.send_signal(signum)
-            except ProcessLookupError:
+                if self._process is not None:
+                    self._process.send_signal(signum)
+                elif self._adopted is not None:
+                    self._adopted.send_signal(signum)
+            except (ProcessLookupError, psutil.Error):
                 pass
 
     def signal_tree(self, signum: int) -> None:
@@ -128,6 +160,13 @@ class Trainer:
             pass
         for process in found:
             self._known.setdefault(process.pid, process)
+
+
+def _running(process: psutil.Process | None) -> bool:
+    try:
+        return process is not None and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _reap_others(main_pid: int) -> None:

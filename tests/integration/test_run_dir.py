@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import Job
+from conftest import FAKES, Job, wait_for
 
 
 def _run_ckptd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -38,22 +38,69 @@ def test_second_daemon_on_the_same_run_dir_is_refused(make_job: Callable[..., Jo
     assert first.wait() == 0
 
 
-def test_run_dir_stays_locked_while_the_job_outlives_a_killed_daemon(
-    make_job: Callable[..., Job],
-) -> None:
-    """After SIGKILL of the daemon its job still holds the lock: no second trainer starts."""
+def test_a_new_daemon_stops_the_orphaned_job_and_resumes(make_job: Callable[..., Job]) -> None:
+    """SIGKILL of ckptd leaves its job running; the next ckptd has it save and stop, then resumes.
+
+    Never two trainers on one checkpoint directory: the new job starts only after the
+    orphan is gone, and it resumes from the checkpoint the orphan saved on its way out.
+    """
     first = make_job()
     first.start_fake()
-    started = first.wait_record("start")
+    orphan = first.wait_record("start")
+    first.wait_record("step", count=10)
     os.kill(first.pid, signal.SIGKILL)
     first.process.wait()
+    assert psutil.pid_exists(orphan["pid"])
     second = make_job("second")
     second.start_fake()
-    assert second.wait() == 2
-    assert f"job pid {started['pid']}" in second.stderr.read_text()
-    orphan = psutil.Process(started["pid"])
-    orphan.kill()
-    psutil.wait_procs([orphan], timeout=10)
+    adopted = second.wait_event("job.adopted")
+    assert adopted["pid"] == orphan["pid"]
+    fresh = second.wait_record("start", count=2)
+    assert (
+        not psutil.pid_exists(orphan["pid"]) or psutil.Process(orphan["pid"]).status() == "zombie"
+    )
+    saved = [r for r in second.records("saved") if r["pid"] == orphan["pid"]]
+    assert saved and fresh["resume_step"] == saved[-1]["step"]
+    assert [r["pid"] for r in second.records("stop")] == [orphan["pid"]]
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+
+
+def test_orphan_without_the_client_is_signalled_and_replaced(
+    make_job: Callable[..., Job], tmp_path: Path
+) -> None:
+    """An orphan that never speaks to the job channel gets stop_signal, its tree too if needed."""
+    pids_file = tmp_path / "pids.json"
+    command = [
+        sys.executable,
+        str(FAKES / "plain_trainer.py"),
+        "--pids",
+        str(pids_file),
+        "--grandchildren",
+        "2",
+    ]
+    first = make_job()
+    first.start(command)
+    pids = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "job pids")
+    os.kill(first.pid, signal.SIGKILL)
+    first.process.wait()
+    pids_file.unlink()
+    second = make_job("second")
+    second.start(command, "--kill-timeout", "1s")
+    second.wait_event("job.adopted")
+    fresh = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "new job")
+    assert fresh["pid"] != pids["pid"]
+    for pid in [pids["pid"], *pids["children"]]:
+        wait_for(lambda pid=pid: not _alive(pid), f"old process {pid} to be gone", 20)
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_sockets_and_run_dir_are_private(job: Job) -> None:
