@@ -21,7 +21,7 @@ import zmq
 
 from ckptd_client import protocol
 from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, newest_valid, scan
+from ckptd_client.store import Checkpoint, bytes_in_progress, newest_valid, scan
 
 from . import exit_codes, log, retention
 from .checkpoint_desk import CheckpointDesk, file_request_is_stale
@@ -35,11 +35,15 @@ from .run_dir import STOP_FILE, Orphan, RunDir, RunDirError
 from .sources import RequestSource
 from .sources.timer import PeriodicTimer
 from .states import JobState, check_transition
+from .systemd import Notifier
 from .trainer import LaunchError, Trainer
 
 _MAX_SLEEP = 1.0
 _ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before it is signalled
-_ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
+_ADOPT_POLL = 0.05
+_SYSTEMD_ONLY = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+)  # the daemon's, not the job's  # an adopted process is not our child: no SIGCHLD, so look often
 
 
 class StopKind(enum.Enum):
@@ -75,6 +79,7 @@ class Arbiter:
         sources: list[RequestSource],
         wake_fds: tuple[int, int],
         orphan: Orphan | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -110,6 +115,9 @@ class Arbiter:
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
         self._adopting_until: float | None = None
+        self.notifier = notifier or Notifier()
+        self._save_bytes = 0
+        self._progress_checked = 0.0
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -196,7 +204,12 @@ class Arbiter:
 
     def _sleep_ms(self) -> int:
         now = time.monotonic()
-        moments = [now + _MAX_SLEEP, self.timer.next_due(), self.backoff_until]
+        moments = [
+            now + _MAX_SLEEP,
+            self.timer.next_due(),
+            self.backoff_until,
+            self.notifier.next_ping(),
+        ]
         if self.trainer is not None and self.trainer.adopted:
             moments.append(now + _ADOPT_POLL)
         if self.stopping is not None:
@@ -215,6 +228,7 @@ class Arbiter:
             self._on_request(request)
 
     def _shutdown(self) -> None:
+        self.notifier.close()
         for source in self.sources:
             source.stop()
         self.desk.fail_waiters("ckptd is exiting")
@@ -321,6 +335,11 @@ class Arbiter:
             return
         self._transition(JobState.STOPPING)
         self.timer.pause()
+        self._save_bytes = 0
+        if kind is StopKind.STOP:
+            self.notifier.stopping(
+                f"stopping ({request.reason}): final checkpoint within {self.config.grace:g}s"
+            )
         self.events.emit(
             "job.stopping",
             reason=request.reason,
@@ -438,6 +457,7 @@ class Arbiter:
         self.launched = self.last_progress = now
         self.timer.reset(now)
         self._transition(JobState.RUNNING)
+        self.notifier.ready(self._status_line())
         self.events.emit(
             "job.started",
             pid=self.trainer.pid,
@@ -446,8 +466,9 @@ class Arbiter:
         )
 
     def _job_env(self, resume: Checkpoint | None) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ONLY}
         return {
-            **os.environ,
+            **inherited,
             **self.config.env,
             protocol.ENV_ENDPOINT: self.channel.endpoint,
             protocol.ENV_CHECKPOINT_DIR: str(self.config.checkpoint_dir),
@@ -521,8 +542,27 @@ class Arbiter:
     def restarts_left(self) -> int:
         return max(0, self.config.max_restarts - self.restarts_without_progress)
 
+    def _status_line(self) -> str:
+        last = self.desk.last_commit
+        saved = f"last checkpoint step {last['step']}" if last else "no checkpoint yet"
+        return f"{self.state.value}: attempt {self.attempt}, step {self.step}, {saved}"
+
+    def _report_to_systemd(self, now: float) -> None:
+        self.notifier.ping_if_due(now)
+        if self.stopping is None:
+            self.notifier.status(self._status_line())
+        elif self.notifier.enabled and now - self._progress_checked >= 1.0:
+            self._progress_checked = now
+            written = bytes_in_progress(self.config.checkpoint_dir)
+            if written > self._save_bytes:  # the final save is visibly moving: ask for time
+                self.notifier.extend_timeout(
+                    max(0.0, self.stopping.deadline - now) + self.config.kill_timeout + 5.0
+                )
+            self._save_bytes = written
+
     def _check_clocks(self) -> None:
         now = time.monotonic()
+        self._report_to_systemd(now)
         stop = self.stopping
         if self.state is JobState.BACKOFF and self.backoff_until is not None:
             if now >= self.backoff_until:

@@ -104,6 +104,23 @@ def newest_valid(
     return None
 
 
+def bytes_in_progress(checkpoint_dir: Path) -> int:
+    """Bytes written so far into in-progress (``.tmp-``) checkpoint directories."""
+    total = 0
+    try:
+        entries = [e for e in os.scandir(checkpoint_dir) if e.name.startswith(TMP_PREFIX)]
+    except OSError:
+        return 0
+    for entry in entries:
+        for root, _, files in os.walk(entry.path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except OSError:
+                    pass
+    return total
+
+
 def _step_from_name(name: str) -> int:
     digits = name[len(NAME_PREFIX) :]
     return int(digits) if name.startswith(NAME_PREFIX) and digits.isdigit() else -1

@@ -1,0 +1,91 @@
+"""sd_notify without libsystemd: datagrams to ``$NOTIFY_SOCKET`` (a path, or ``@abstract``).
+
+Messages: ``READY=1`` once the job is launched, ``STATUS=`` with the step and the
+last checkpoint, ``STOPPING=1``, ``WATCHDOG=1`` at half of ``WATCHDOG_USEC`` (sent
+by the supervisor loop itself, so a stuck loop stops the pings), and
+``EXTEND_TIMEOUT_USEC=`` while a final save is visibly progressing. Without
+``$NOTIFY_SOCKET`` every call does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+
+_STATUS_EVERY = 1.0
+
+
+class Notifier:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        address = env.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._socket: socket.socket | None = None
+        if self._address:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket.setblocking(False)
+        self.watchdog_interval = _watchdog_interval(env)
+        self._next_ping = time.monotonic() if self.watchdog_interval else None
+        self._ready = False
+        self._status = ""
+        self._status_sent = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self._socket is not None
+
+    def ready(self, status: str) -> None:
+        if not self._ready:
+            self._ready = True
+            self._send(f"READY=1\nSTATUS={status}")
+            self._status, self._status_sent = status, time.monotonic()
+
+    def status(self, text: str) -> None:
+        """Update STATUS=, at most once a second and only when it changed."""
+        now = time.monotonic()
+        if text != self._status and now - self._status_sent >= _STATUS_EVERY:
+            self._status, self._status_sent = text, now
+            self._send(f"STATUS={text}")
+
+    def stopping(self, status: str) -> None:
+        self._status, self._status_sent = status, time.monotonic()
+        self._send(f"STOPPING=1\nSTATUS={status}")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+    def next_ping(self) -> float | None:
+        return self._next_ping
+
+    def ping_if_due(self, now: float) -> None:
+        """WATCHDOG=1 when half the watchdog interval has passed; call from the loop only."""
+        if self._next_ping is not None and self.watchdog_interval and now >= self._next_ping:
+            self._next_ping = now + self.watchdog_interval
+            self._send("WATCHDOG=1")
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def _send(self, message: str) -> None:
+        if self._socket is None:
+            return
+        try:
+            self._socket.sendto(message.encode(), self._address)
+        except OSError:
+            pass  # systemd is gone or busy; supervision goes on without it
+
+
+def _watchdog_interval(env: Mapping[str, str]) -> float | None:
+    """Half of WATCHDOG_USEC, when the watchdog is meant for this process."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", "0"))
+        pid = int(env.get("WATCHDOG_PID", "0") or 0)
+    except ValueError:
+        return None
+    if usec <= 0 or (pid and pid != os.getpid()):
+        return None
+    return usec / 2 / 1_000_000
