@@ -8,10 +8,12 @@ all plus a wake-up pipe, and acts. Everything here runs on one thread.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import queue
 import random
 import signal
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,10 +31,12 @@ from .config import JobConfig
 from .control_server import ControlServer, ReplyError, Waiter
 from .events import EventLog
 from .job_channel import JobChannel, Peer
+from .preemption import Preemption
 from .requests import Action, Origin, Request, new_id
 from .restart_policy import ExitStatus, RestartPolicy
 from .run_dir import STOP_FILE, Orphan, RunDir, RunDirError
 from .sources import RequestSource
+from .sources.cloud_notices import CloudNotices
 from .sources.timer import PeriodicTimer
 from .states import JobState, check_transition
 from .systemd import Notifier
@@ -65,6 +69,7 @@ class Stopping:
     failed: bool = False
     forced: bool = False
     kill_at: float | None = None
+    requeue: bool = False
     waiters: list[Waiter] = field(default_factory=list)
 
 
@@ -116,6 +121,8 @@ class Arbiter:
         self._orphan = orphan
         self._adopting_until: float | None = None
         self.notifier = notifier or Notifier()
+        self.preemption: Preemption | None = None
+        self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
         self._save_bytes = 0
         self._progress_checked = 0.0
 
@@ -214,6 +221,8 @@ class Arbiter:
             moments.append(now + _ADOPT_POLL)
         if self.stopping is not None:
             moments += [self.stopping.deadline, self.stopping.kill_at]
+        elif self.preemption is not None:
+            moments.append(self.preemption.final_at(self._save_seconds()))
         if self.config.hang_timeout is not None and self.trainer is not None:
             moments.append(self.last_progress + self.config.hang_timeout)
         soonest = min(m for m in moments if m is not None)
@@ -257,7 +266,41 @@ class Arbiter:
                 self._stop_now(request.reason)  # a second SIGTERM/SIGINT: do not wait any longer
         elif request.action is Action.STOP_NOW:
             self._stop_now(request.reason)
+        elif request.action is Action.PREEMPT:
+            self._on_preemption(request)
+        elif request.action is Action.REQUEUE and self.stopping is None:
+            self._begin_stop(request, requeue=True)
         return None
+
+    def _on_preemption(self, request: Request) -> None:
+        """Checkpoint at once; take the final save as late as its measured time allows."""
+        notice = request.notice
+        plan = Preemption.plan(notice, self.config.preemption.margin, self.config.grace)
+        self.events.emit(
+            "preemption.noticed",
+            provider=notice.provider,
+            kind=notice.kind,
+            deadline=plan.deadline,
+            seconds_left=round(plan.deadline - time.time(), 3),
+            request_id=request.id,
+        )
+        if self.preemption is None:
+            last = self.desk.last_commit
+            plan.committed_step_at_notice = last.get("step") if last else self.desk.newest_step
+            self.preemption = plan
+        if self.stopping is not None:
+            self.stopping.deadline = min(self.stopping.deadline, plan.stop_by_monotonic())
+            return
+        no_time_left = self.preemption.final_at(self._save_seconds()) <= time.monotonic()
+        if no_time_left or self.trainer is None:
+            self._begin_stop(request, deadline=plan.stop_by_monotonic())
+        else:
+            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.CLOUD, request.reason))
+
+    def _save_seconds(self) -> float:
+        last = self.desk.last_commit
+        seconds = last.get("seconds") if last else None
+        return float(seconds) if isinstance(seconds, (int, float)) else 0.0
 
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
@@ -323,10 +366,13 @@ class Arbiter:
         kind: StopKind = StopKind.STOP,
         save: bool = True,
         waiter: Waiter | None = None,
+        deadline: float | None = None,
+        requeue: bool = False,
     ) -> None:
         now = time.monotonic()
         self.backoff_until = None
-        self.stopping = Stopping(request.reason, now + self.config.grace, request.origin, kind)
+        stop_by = min(now + self.config.grace, deadline if deadline is not None else math.inf)
+        self.stopping = Stopping(request.reason, stop_by, request.origin, kind, requeue=requeue)
         if waiter is not None:
             self.stopping.waiters.append(waiter)
         trainer = self.trainer
@@ -350,9 +396,9 @@ class Arbiter:
         if kind is StopKind.HANG:
             self._force(now, "hang")
             return
-        deadline = time.time() + self.config.grace
+        wall_deadline = time.time() + (stop_by - now)
         if not self.desk.request_final(
-            self.stopping.final_id, request.reason, request.origin, deadline, save
+            self.stopping.final_id, request.reason, request.origin, wall_deadline, save
         ):
             trainer.signal_main(signal.Signals[self.config.stop_signal])
             self.events.emit(
@@ -385,7 +431,11 @@ class Arbiter:
             self._transition(JobState.BACKOFF)
             self.backoff_until = time.monotonic()
             return
-        if stop.committed:
+        if self.preemption is not None:
+            self._report_preemption(stop)
+        if stop.requeue:
+            self._requeue(stop)
+        if stop.committed and not stop.failed:
             self.exit_code = exit_codes.OK
         elif stop.failed or stop.forced:
             self.exit_code = exit_codes.FAILED
@@ -411,6 +461,33 @@ class Arbiter:
         if stop.origin is Origin.FILE:
             self.run_dir.consume(STOP_FILE)
         self._transition(JobState.EXITED)
+
+    def _report_preemption(self, stop: Stopping) -> None:
+        """How much work the final checkpoint saved and how much was lost; approve the event."""
+        assert self.preemption is not None
+        outcome = self.preemption.outcome(
+            self.desk.last_commit if stop.committed else None, self.step
+        )
+        self.events.emit("preemption.final", **outcome)
+        if self.cloud is not None and self.preemption.notice is not None:
+            self.cloud.acknowledge(self.preemption.notice)
+
+    def _requeue(self, stop: Stopping) -> None:
+        command = [os.path.expandvars(arg) for arg in self.config.slurm.requeue_command]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            code, output = result.returncode, (result.stderr or result.stdout).strip()[-500:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            code, output = None, str(exc)
+        self.events.emit(
+            "job.requeued" if code == 0 else "job.requeue_failed",
+            level="info" if code == 0 else "error",
+            command=command,
+            returncode=code,
+            output=output,
+        )
+        if code != 0:
+            stop.failed = True
 
     # -- the job process -----------------------------------------------------------------
 
@@ -560,6 +637,15 @@ class Arbiter:
                 )
             self._save_bytes = written
 
+    def _preemption_final_due(self, now: float) -> bool:
+        plan = self.preemption
+        return (
+            plan is not None
+            and self.stopping is None
+            and self.trainer is not None
+            and now >= plan.final_at(self._save_seconds())
+        )
+
     def _check_clocks(self) -> None:
         now = time.monotonic()
         self._report_to_systemd(now)
@@ -574,6 +660,12 @@ class Arbiter:
                 stop.kill_at = None
                 self.events.emit("job.killing", level="warning", pid=self.trainer.pid)
                 self.trainer.signal_tree(signal.SIGKILL)
+        elif self._preemption_final_due(now):
+            assert self.preemption is not None
+            self._begin_stop(
+                Request(Action.STOP, Origin.CLOUD, self.preemption.reason),
+                deadline=self.preemption.stop_by_monotonic(),
+            )
         elif self._adopting_until is not None:
             if self.channel.peers or now >= self._adopting_until:
                 self._adopting_until = None

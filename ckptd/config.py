@@ -103,7 +103,40 @@ CONTROL_OPTIONS: tuple[Option, ...] = (
     Option("max_message_bytes", COUNT, 65536, "larger control messages are dropped by ZeroMQ"),
 )
 
-TABLES: dict[str, tuple[Option, ...]] = {"job": JOB_OPTIONS, "control": CONTROL_OPTIONS}
+PREEMPTION_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "provider",
+        choice("none", "auto", "aws", "gcp", "azure"),
+        "none",
+        "which cloud's metadata service announces preemption (auto: probe each once)",
+    ),
+    Option("endpoint", STRING, None, "metadata base URL instead of the provider's own"),
+    Option("interval", DURATION, 2.0, "polling interval (Azure is polled every second)"),
+    Option("margin", DURATION, 5.0, "safety margin before the announced termination"),
+    Option("timeout", DURATION, 2.0, "timeout of one metadata request"),
+)
+
+SLURM_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "requeue_signal",
+        SIGNAL,
+        None,
+        "under SLURM, this signal to ckptd means: final checkpoint, requeue, exit",
+    ),
+    Option(
+        "requeue_command",
+        STRING_LIST,
+        ["scontrol", "requeue", "$SLURM_JOB_ID"],
+        "run after the final checkpoint; $VARS are expanded from the environment",
+    ),
+)
+
+TABLES: dict[str, tuple[Option, ...]] = {
+    "job": JOB_OPTIONS,
+    "control": CONTROL_OPTIONS,
+    "preemption": PREEMPTION_OPTIONS,
+    "slurm": SLURM_OPTIONS,
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,27 @@ class ControlConfig:
     curve_secret_key: Path | None = None
     curve_authorized_keys: Path | None = None
     max_message_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class PreemptionConfig:
+    """The ``[preemption]`` table: cloud preemption notices."""
+
+    provider: str = "none"
+    endpoint: str | None = None
+    interval: float = 2.0
+    margin: float = 5.0
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """The ``[slurm]`` table: a warning signal that means final checkpoint and requeue."""
+
+    requeue_signal: str | None = None
+    requeue_command: list[str] = field(
+        default_factory=lambda: ["scontrol", "requeue", "$SLURM_JOB_ID"]
+    )
 
 
 @dataclass(frozen=True)
@@ -145,6 +199,8 @@ class JobConfig:
     watch: str = "inotify"
     poll_interval: float = 1.0
     control: ControlConfig = field(default_factory=ControlConfig)
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     source: str = field(default="defaults", compare=False)
 
 
@@ -161,10 +217,20 @@ def load(
     base = base or Path.cwd()
     values = {option.key: option.default for option in JOB_OPTIONS}
     control = {option.key: option.default for option in CONTROL_OPTIONS}
+    preemption = {option.key: option.default for option in PREEMPTION_OPTIONS}
+    slurm = {option.key: option.default for option in SLURM_OPTIONS}
     if config_file is not None:
         tables = _read_tables(Path(config_file))
         values.update(tables.get("job", {}))
         control.update(tables.get("control", {}))
+        preemption.update(tables.get("preemption", {}))
+        slurm.update(tables.get("slurm", {}))
+    if preemption["endpoint"] is not None and not re.match(r"^https?://", preemption["endpoint"]):
+        raise ConfigError(
+            f"[preemption].endpoint: expected an http:// URL, got {preemption['endpoint']!r}"
+        )
+    values["preemption"] = PreemptionConfig(**preemption)
+    values["slurm"] = SlurmConfig(**slurm)
     for key, value in flags.items():
         if value is None:
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import asdict
 
@@ -15,6 +16,7 @@ from .events import EventLog
 from .job_channel import JobChannel
 from .run_dir import CHECKPOINT_FILE, EVENTS_FILE, JOB_FILE, RunDir, RunDirError, write_private
 from .sources import RequestSource
+from .sources.cloud_notices import CloudNotices
 from .sources.posix_signals import PosixSignals
 from .sources.signal_files import SignalFiles
 from .trainer import become_subreaper
@@ -42,9 +44,19 @@ def supervise(config: JobConfig) -> int:
     channel = JobChannel(run_dir.ipc_endpoint("job"))
     run_dir.record_endpoints({"job": channel.endpoint, **control.endpoints})
     sources: list[RequestSource] = [
-        PosixSignals(wakeup_fd=wake_w),
+        PosixSignals(wakeup_fd=wake_w, requeue_signal=_requeue_signal(config)),
         SignalFiles(run_dir.path, config.watch, config.poll_interval),
     ]
+    preemption = config.preemption
+    if preemption.provider != "none":
+        sources.append(
+            CloudNotices(
+                preemption.provider,
+                preemption.endpoint,
+                1.0 if preemption.provider == "azure" else preemption.interval,
+                preemption.timeout,
+            )
+        )
     arbiter = Arbiter(config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan)
     logger.info(
         "ckptd.started",
@@ -66,6 +78,14 @@ def supervise(config: JobConfig) -> int:
         run_dir.unlock()
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _requeue_signal(config: JobConfig) -> signal.Signals | None:
+    """SLURM's warning signal, honoured only inside a SLURM job."""
+    name = config.slurm.requeue_signal
+    if name is None or not os.environ.get("SLURM_JOB_ID"):
+        return None
+    return signal.Signals[name]
 
 
 def _control_server(config: JobConfig, run_dir: RunDir) -> ControlServer:

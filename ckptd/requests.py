@@ -10,12 +10,15 @@ import enum
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Action(enum.Enum):
     CHECKPOINT = "checkpoint"
     STOP = "stop"  # final checkpoint, then stop without restart
     STOP_NOW = "stop-now"  # a second stop: signal the job's process group at once
+    PREEMPT = "preempt"  # the machine goes at a known time: checkpoint now, final save in time
+    REQUEUE = "requeue"  # SLURM's warning signal: final checkpoint, requeue the job, exit
     WAKE = "wake"  # nothing to do but look around (a child changed state)
 
 
@@ -38,3 +41,4 @@ class Request:
     reason: str
     id: str = field(default_factory=new_id)
     received: float = field(default_factory=time.monotonic)
+    notice: Any = None  # the cloud notice of a PREEMPT request

@@ -47,6 +47,14 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
         "next_checkpoint_in": None if due is None else round(max(0.0, due - now), 3),
         "checkpoint_in_flight": arbiter.desk.outstanding.id if arbiter.desk.outstanding else None,
         "uptime": round(now - arbiter.started, 3),
+        "preemption": None
+        if arbiter.preemption is None
+        else {
+            "provider": arbiter.preemption.provider,
+            "reason": arbiter.preemption.reason,
+            "deadline": arbiter.preemption.deadline,
+            "seconds_left": round(arbiter.preemption.deadline - wall, 3),
+        },
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }

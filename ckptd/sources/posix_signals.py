@@ -2,7 +2,8 @@
 
 SIGTERM, SIGINT and SIGHUP ask for a final checkpoint and a stop (the arbiter
 turns a second one during the stop into "stop now"); SIGUSR1 asks for a
-checkpoint; SIGCHLD only wakes the loop so a crash is seen at once. Handlers
+checkpoint; SIGCHLD only wakes the loop so a crash is seen at once. Under SLURM a
+configured warning signal (``[slurm] requeue_signal``) means final checkpoint, requeue. Handlers
 only post: no logging, no locks, no raising. Previous handlers come back on stop().
 """
 
@@ -24,15 +25,20 @@ _ACTIONS = {
 
 
 class PosixSignals:
-    def __init__(self, wakeup_fd: int | None = None) -> None:
+    def __init__(
+        self, wakeup_fd: int | None = None, requeue_signal: signal.Signals | None = None
+    ) -> None:
         self._wakeup_fd = wakeup_fd
+        self._actions = dict(_ACTIONS)
+        if requeue_signal is not None:
+            self._actions[requeue_signal] = Action.REQUEUE
         self._previous: dict[int, object] = {}
         self._previous_wakeup: int | None = None
         self._post: Post | None = None
 
     def start(self, post: Post) -> None:
         self._post = post
-        for signum in _ACTIONS:
+        for signum in self._actions:
             previous = signal.getsignal(signum)
             if signum == signal.SIGHUP and previous == signal.SIG_IGN:
                 continue  # started under nohup: keep ignoring hangups
@@ -52,4 +58,4 @@ class PosixSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._post is not None:
             name = signal.Signals(signum).name
-            self._post(Request(_ACTIONS[signal.Signals(signum)], Origin.SIGNAL, name))
+            self._post(Request(self._actions[signal.Signals(signum)], Origin.SIGNAL, name))

@@ -1,0 +1,144 @@
+"""Cloud preemption notices from fake metadata servers, SLURM's warning signal."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakes.metadata import FakeMetadata
+
+from conftest import FAKES, Job, wait_for
+
+
+@pytest.fixture
+def metadata(request: pytest.FixtureRequest) -> Iterator[FakeMetadata]:
+    server = FakeMetadata(request.param)
+    yield server
+    server.close()
+
+
+def _config(tmp_path: Path, provider: str, endpoint: str, margin: str) -> Path:
+    path = tmp_path / "ckptd.toml"
+    path.write_text(
+        f'[preemption]\nprovider = "{provider}"\nendpoint = "{endpoint}"\n'
+        f'interval = "0.2s"\nmargin = "{margin}"\ntimeout = "1s"\n'
+    )
+    return path
+
+
+def _final_before_deadline(job: Job, deadline: float) -> dict:
+    final = job.events("preemption.final")
+    assert len(final) == 1, job.log_tail()
+    outcome = final[0]
+    assert outcome["steps_lost"] == 0
+    assert outcome["seconds_before_deadline"] > 0
+    committed = [
+        e for e in job.events("checkpoint.committed") if e["path"] == outcome["final_checkpoint"]
+    ]
+    assert committed and committed[0]["time"] < deadline
+    assert len(job.records("start")) == 1, "a preempted job must not be restarted"
+    return outcome
+
+
+@pytest.mark.parametrize("metadata", ["aws"], indirect=True)
+def test_aws_spot_notice_checkpoints_now_and_saves_last_before_the_deadline(
+    job: Job, tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """AWS (2 min in life, 8 s here): a checkpoint at once, the final one as late as safe."""
+    job.start_fake(options=("--config", str(_config(tmp_path, "aws", metadata.url, "2s"))))
+    job.wait_event("client.connected")
+    metadata.preempt(8.0)
+    deadline = metadata.deadline
+    noticed = job.wait_event("preemption.noticed")
+    assert noticed["provider"] == "aws" and abs(noticed["deadline"] - deadline) < 1.5
+    assert job.wait() == 0
+    outcome = _final_before_deadline(job, deadline)
+    commits = job.events("checkpoint.committed")
+    assert len(commits) >= 2, "expected an early checkpoint and a late final one"
+    assert commits[0]["time"] - noticed["time"] < 2.0  # the early one, at once
+    assert commits[-1]["time"] > commits[0]["time"] + 2.0  # the final one, later
+    assert outcome["steps_saved"] > 0
+    assert any(r.startswith("PUT /latest/api/token") for r in metadata.requests)
+
+
+@pytest.mark.parametrize("metadata", ["gcp"], indirect=True)
+def test_gce_preempted_notice_via_auto_detection(
+    job: Job, tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """GCE (30 s, no time given): provider auto finds GCE; the final save lands in time."""
+    job.start_fake(options=("--config", str(_config(tmp_path, "auto", metadata.url, "27s"))))
+    job.wait_event("client.connected")
+    wait_for(lambda: any("preempted" in r for r in metadata.requests), "the hanging GET")
+    metadata.preempt(30.0)
+    assert job.wait() == 0
+    assert job.events("preemption.noticed")[0]["provider"] == "gcp"
+    _final_before_deadline(job, time.time() + 30.0)
+
+
+@pytest.mark.parametrize("metadata", ["azure"], indirect=True)
+def test_azure_preempt_event_is_saved_then_approved(
+    job: Job, tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """Azure: act on this VM's Preempt event only; approve it once the final save is done."""
+    job.start_fake(options=("--config", str(_config(tmp_path, "azure", metadata.url, "2s"))))
+    job.wait_event("client.connected")
+    wait_for(lambda: metadata.requests.count("GET /metadata/scheduledevents") >= 3, "polls")
+    assert not job.events("preemption.noticed"), "another VM's event was taken for ours"
+    metadata.preempt(6.0)
+    deadline = metadata.deadline
+    assert job.wait() == 0
+    _final_before_deadline(job, deadline)
+    wait_for(lambda: metadata.acks, "the approval POST", 10)
+    assert metadata.acks == [{"StartRequests": [{"EventId": "evt-1"}]}]
+
+
+@pytest.mark.parametrize("metadata", ["aws"], indirect=True)
+def test_bad_metadata_answers_are_logged_once_and_harmless(
+    job: Job, tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """A body that is not JSON and an unreachable service are logged (rate limited), no crash."""
+    metadata.garbage = True
+    metadata.preempt(3600)
+    job.start_fake(options=("--config", str(_config(tmp_path, "aws", metadata.url, "5s"))))
+    job.wait_event("client.connected")
+    wait_for(lambda: len([r for r in metadata.requests if "instance-action" in r]) >= 10, "polls")
+    metadata.close()  # now the service is gone entirely
+    job.wait_record("step", count=len(job.records("step")) + 20)
+    lines = [
+        json.loads(line) for line in job.stderr.read_text().splitlines() if line.startswith("{")
+    ]
+    warnings = [line for line in lines if line["event"] == "preemption.metadata_unavailable"]
+    assert 1 <= len(warnings) <= 2, warnings  # one per kind of error per minute
+    assert not job.events("preemption.noticed")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+
+
+def test_slurm_warning_signal_saves_requeues_and_exits(job: Job, tmp_path: Path) -> None:
+    """Under SLURM, the configured warning signal: final checkpoint, requeue command, exit 0."""
+    log = tmp_path / "scontrol.log"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IXUSR)
+    config = tmp_path / "ckptd.toml"
+    config.write_text(
+        f'[slurm]\nrequeue_signal = "SIGUSR2"\n'
+        f'requeue_command = ["{scontrol}", "requeue", "$SLURM_JOB_ID"]\n'
+    )
+    job.start([*_fake(job)], "--config", str(config), env={"SLURM_JOB_ID": "4242"})
+    job.wait_record("step", count=5)
+    job.signal(signal.SIGUSR2)
+    assert job.wait() == 0
+    assert log.read_text().split() == ["requeue", "4242"]
+    assert job.records("saved")[-1]["step"] == job.records("step")[-1]["step"]
+    assert job.events("job.requeued")
+
+
+def _fake(job: Job) -> list[str]:
+    return [sys.executable, str(FAKES / "trainer.py"), "--record", str(job.record)]
