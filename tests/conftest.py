@@ -146,9 +146,20 @@ class Job:
         return "\n".join(text.splitlines()[-lines:])
 
     def kill(self) -> None:
+        """SIGKILL the daemon and every process below it (the job has its own session)."""
         if self.process is not None and self.process.poll() is None:
+            try:
+                tree = psutil.Process(self.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
             os.killpg(self.process.pid, signal.SIGKILL)
+            for process in tree:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
             self.process.wait()
+            psutil.wait_procs(tree, timeout=10)
 
 
 @pytest.fixture
