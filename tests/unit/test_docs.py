@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ckptd.cli  # noqa: F401 - registers every CLI command
 from ckptd.commands import REGISTRY as CLI_COMMANDS
-from ckptd.config import CONTROL_OPTIONS, JOB_OPTIONS
+from ckptd.config import TABLES
 from ckptd.control_commands import REGISTRY as CONTROL_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,5 +34,5 @@ def test_readme_lists_every_cli_command_and_config_key() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in CLI_COMMANDS:
         assert f"ckptd {name}" in readme, f"README does not show `ckptd {name}`"
-    for option in (*JOB_OPTIONS, *CONTROL_OPTIONS):
+    for option in (option for options in TABLES.values() for option in options):
         assert f"`{option.key}`" in readme, f"README does not document `{option.key}`"
