@@ -106,7 +106,7 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
     _run_dir_argument(parser)
     parser.add_argument("dir", nargs="?", help="a checkpoint directory (instead of --run-dir)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    parser.add_argument("--verify", action="store_true", help="also check every file's digest")
 
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)

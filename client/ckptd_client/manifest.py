@@ -2,16 +2,16 @@
 
 A checkpoint is a directory ``step-NNNNNNNN`` holding whatever the training
 script wrote plus ``ckptd.json``, the manifest, written last. Commit: hash and
-fsync every file in a ``.tmp-`` directory, write and fsync the manifest, fsync
-the directory, rename it into place, fsync the parent. A directory whose
-manifest is missing or whose files do not match it is not a checkpoint.
+fsync every file in a ``.tmp-`` directory (in parallel), write and fsync the
+manifest, fsync the directory, rename it into place, fsync the parent. A
+directory whose manifest is missing or whose files do not match it is not a
+checkpoint. The digest algorithm is recorded in the manifest (see ``_digest``).
 
 Nothing here unpickles, imports or follows a symlink.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -23,14 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import _digest
+
 MANIFEST_NAME = "ckptd.json"
-FORMAT_VERSION = 1
-HASH_ALGORITHM = "sha256"
+FORMAT_VERSION = 2  # 1: entries carry "sha256"; 2: "digest", with the algorithm in "hash"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 NAME_PREFIX = "step-"
 
-_CHUNK = 1 << 20
 _MAX_MANIFEST_BYTES = 16 << 20
 
 
@@ -46,7 +46,7 @@ class ManifestError(ValueError):
 class FileEntry:
     path: str
     size: int
-    sha256: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     writer: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
-    hash: str = HASH_ALGORITHM
+    hash: str = "sha256"
 
     @property
     def size(self) -> int:
@@ -76,10 +76,12 @@ class Manifest:
             raise ManifestError(f"manifest is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ManifestError("manifest is not a JSON object")
-        if data.get("format") != FORMAT_VERSION:
-            raise ManifestError(f"unsupported manifest format {data.get('format')!r}")
-        if data.get("hash", HASH_ALGORITHM) != HASH_ALGORITHM:
-            raise ManifestError(f"unsupported hash algorithm {data.get('hash')!r}")
+        version = data.get("format")
+        if version not in (1, FORMAT_VERSION):
+            raise ManifestError(f"unsupported manifest format {version!r}")
+        algorithm = data.get("hash", "sha256") if version == FORMAT_VERSION else "sha256"
+        if algorithm not in ("sha256", "xxh3_128"):
+            raise ManifestError(f"unsupported hash algorithm {algorithm!r}")
         step, stamp = data.get("step"), data.get("time")
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ManifestError(f"manifest step {step!r} is not a non-negative integer")
@@ -91,9 +93,13 @@ class Manifest:
         return cls(
             step=step,
             time=float(stamp),
-            files=tuple(_parse_entry(raw) for raw in _list_of(data.get("files"))),
+            files=tuple(
+                _parse_entry(raw, "digest" if version == FORMAT_VERSION else "sha256")
+                for raw in _list_of(data.get("files"))
+            ),
             metrics=metrics,
             writer=writer,
+            hash=algorithm,
         )
 
 
@@ -129,13 +135,15 @@ def commit(
     """
     checkpoint_dir = temp_dir.parent
     try:
-        entries = tuple(_hash_and_sync(temp_dir, rel) for rel in _walk_files(temp_dir))
+        algorithm = _digest.default_algorithm()
+        digests = _digest.hash_and_sync(temp_dir, _walk_files(temp_dir), algorithm)
         manifest = Manifest(
             step=step,
             time=time.time(),
-            files=entries,
+            files=tuple(FileEntry(rel, size, hexd) for rel, (hexd, size) in digests.items()),
             metrics=dict(metrics or {}),
             writer={"name": "ckptd_client", "host": socket.gethostname(), "pid": os.getpid()},
+            hash=algorithm,
         )
         _write_synced(temp_dir / MANIFEST_NAME, manifest.to_json().encode())
         for directory in _walk_dirs(temp_dir):
@@ -162,18 +170,23 @@ def verify(path: Path, *, full: bool = True) -> Verification:
         return Verification(False, f"missing file {missing[0]}", manifest)
     if extra := sorted(on_disk - listed):
         return Verification(False, f"file not in manifest: {extra[0]}", manifest)
-    for entry in manifest.files:
-        file_path = path / entry.path
-        try:
-            size = file_path.lstat().st_size
+    try:
+        for entry in manifest.files:
+            size = (path / entry.path).lstat().st_size
             if size != entry.size:
+                reason = f"{entry.path}: size {size}, manifest says {entry.size}"
+                return Verification(False, reason, manifest)
+        if full:
+            if not _digest.available(manifest.hash):
                 return Verification(
-                    False, f"{entry.path}: size {size}, manifest says {entry.size}", manifest
+                    False, f"cannot check {manifest.hash} here (pip install xxhash)", manifest
                 )
-            if full and _sha256(file_path) != entry.sha256:
-                return Verification(False, f"{entry.path}: sha256 mismatch", manifest)
-        except OSError as exc:
-            return Verification(False, f"{entry.path}: {exc}", manifest)
+            digests = _digest.digest_all(path, (e.path for e in manifest.files), manifest.hash)
+            for entry in manifest.files:
+                if digests[entry.path][0] != entry.digest:
+                    return Verification(False, f"{entry.path}: {manifest.hash} mismatch", manifest)
+    except OSError as exc:
+        return Verification(False, str(exc), manifest)
     return Verification(True, "", manifest)
 
 
@@ -181,7 +194,7 @@ def read_manifest(path: Path) -> Manifest:
     manifest_path = path / MANIFEST_NAME
     if manifest_path.is_symlink() or not manifest_path.is_file():
         raise ManifestError("no manifest")
-    with _open_nofollow(manifest_path) as handle:
+    with _digest.open_nofollow(manifest_path) as handle:
         raw = handle.read(_MAX_MANIFEST_BYTES + 1)
     if len(raw) > _MAX_MANIFEST_BYTES:
         raise ManifestError("manifest too large")
@@ -250,35 +263,6 @@ def _walk_dirs(root: Path) -> Iterator[Path]:
     yield root
 
 
-def _hash_and_sync(root: Path, rel: str) -> FileEntry:
-    path = root / rel
-    with _open_nofollow(path) as handle:
-        digest, size = _digest_stream(handle)
-        os.fsync(handle.fileno())
-    return FileEntry(path=rel, size=size, sha256=digest)
-
-
-def _sha256(path: Path) -> str:
-    with _open_nofollow(path) as handle:
-        return _digest_stream(handle)[0]
-
-
-def _digest_stream(handle: Any) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    size = 0
-    while count := handle.readinto(buffer):
-        digest.update(view[:count])
-        size += count
-    return digest.hexdigest(), size
-
-
-def _open_nofollow(path: Path) -> Any:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    return os.fdopen(fd, "rb", buffering=0)
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
@@ -304,17 +288,17 @@ def _list_of(value: Any) -> list[Any]:
     return value
 
 
-def _parse_entry(raw: Any) -> FileEntry:
+def _parse_entry(raw: Any, digest_key: str) -> FileEntry:
     if not isinstance(raw, dict):
         raise ManifestError("manifest file entry is not an object")
-    rel, size, digest = raw.get("path"), raw.get("size"), raw.get("sha256")
+    rel, size, digest = raw.get("path"), raw.get("size"), raw.get(digest_key)
     if not isinstance(rel, str) or not _is_safe_relative(rel):
         raise ManifestError(f"unsafe path in manifest: {rel!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestError(f"bad size for {rel}: {size!r}")
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise ManifestError(f"bad sha256 for {rel}")
-    return FileEntry(path=rel, size=size, sha256=digest)
+    if not isinstance(digest, str) or not 16 <= len(digest) <= 128:
+        raise ManifestError(f"bad digest for {rel}")
+    return FileEntry(path=rel, size=size, digest=digest)
 
 
 def _is_safe_relative(rel: str) -> bool:

@@ -110,7 +110,7 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(make_job) -> None:
     assert again.wait() == 0
     assert again.records("start")[-1]["resume_step"] == 3
     invalid = again.events("checkpoint.invalid")
-    assert invalid and "sha256" in invalid[0]["why"]
+    assert invalid and "mismatch" in invalid[0]["why"]
 
 
 def test_resume_environment_contract(job: Job, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def _commit(root: Path, step: int, files: dict[str, bytes]) -> Path:
 
 
 def test_commit_writes_manifest_with_sizes_and_hashes(tmp_path: Path) -> None:
-    """A commit renames the temp dir to step-N and lists every file with size and sha256."""
+    """A commit renames the temp dir to step-N and lists every file with size and digest."""
     path = _commit(tmp_path, 12, {"model.pt": b"abc", "opt/state.bin": b"x" * 5000})
     assert path.name == "step-00000012"
     read = manifest.read_manifest(path)
@@ -41,7 +42,7 @@ def test_large_file_is_hashed_in_a_stream(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (lambda p: (p / "model.pt").write_bytes(b"abd"), "sha256"),
+        (lambda p: (p / "model.pt").write_bytes(b"abd"), "mismatch"),
         (lambda p: (p / "model.pt").write_bytes(b"abcd"), "size"),
         (lambda p: (p / "model.pt").unlink(), "missing"),
         (lambda p: (p / "extra").write_bytes(b""), "not in manifest"),
@@ -104,3 +105,33 @@ def test_newest_valid_skips_invalid_and_reports_them(tmp_path: Path) -> None:
     rejected: list[store.Checkpoint] = []
     assert store.newest_valid(tmp_path, rejected=rejected).step == 1
     assert [c.step for c in rejected] == [9, 2]
+
+
+def test_sha256_fallback_and_old_manifests_verify(tmp_path: Path, monkeypatch) -> None:
+    """Without xxhash, commits use sha256; format-1 manifests (sha256 entries) still verify."""
+    from ckptd_client import _digest
+
+    monkeypatch.setattr(_digest, "xxhash", None)
+    path = _commit(tmp_path, 4, {"a": b"abc"})
+    written = manifest.read_manifest(path)
+    assert written.hash == "sha256" and manifest.verify(path).ok
+    old = json.loads((path / "ckptd.json").read_text())
+    old["format"] = 1
+    del old["hash"]
+    old["files"] = [
+        {"path": f["path"], "size": f["size"], "sha256": f["digest"]} for f in old["files"]
+    ]
+    (path / "ckptd.json").write_text(json.dumps(old))
+    assert manifest.verify(path).ok
+
+
+def test_fast_digest_is_recorded_and_checked(tmp_path: Path) -> None:
+    """With xxhash installed the manifest records xxh3_128, and tampering is still caught."""
+    from ckptd_client import _digest
+
+    if _digest.xxhash is None:
+        pytest.skip("xxhash is not installed")
+    path = _commit(tmp_path, 4, {"a": b"abc" * 1000, "b": b"x"})
+    assert manifest.read_manifest(path).hash == "xxh3_128"
+    (path / "a").write_bytes(b"abd" * 1000)
+    assert "xxh3_128 mismatch" in manifest.verify(path).reason
