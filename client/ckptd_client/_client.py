@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,9 @@ class Client:
         )
         self._inert = False
         self._closed = False
+        self._in_flight: threading.Thread | None = None
+        self._final_in_flight = False
+        self._async_error: BaseException | None = None
         _live_clients.add(self)
         channel.start(self)
         atexit.register(self.close)  # deliver the last acknowledgements before the process ends
@@ -98,15 +101,25 @@ class Client:
         return self._resume_from
 
     def step(self, step: int) -> None:
-        """Report progress; cheap enough to call every step."""
+        """Report progress; cheap enough to call every step. Raises a failed background save."""
+        if self._async_error is not None:
+            self._raise_async_error()
         self._step = step
 
     def should_checkpoint(self) -> bool:
         """True when someone asked for a checkpoint that this process has not saved yet."""
+        if self._async_error is not None:
+            self._raise_async_error()
         return self._wanted
 
     def should_stop(self) -> bool:
-        """True once a stop was requested and its final checkpoint is done (or failed)."""
+        """True once a stop was requested and its final checkpoint is done (or failed).
+
+        When the final checkpoint is a background save still in flight, this waits for
+        it, so no training happens after the final save has been taken.
+        """
+        if self._final_in_flight:
+            self.wait()
         return self._stop_ready
 
     def deadline(self) -> float | None:
@@ -126,6 +139,7 @@ class Client:
         json.dumps(metrics)  # refuse metrics the manifest cannot hold before any work is done
         if self._inert:
             raise RuntimeError("ckptd_client: checkpoint() in a forked child process")
+        self.wait()
         claimed = self._claim(step)
         temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
         self._channel.send("started", ids=claimed, step=step)
@@ -140,10 +154,52 @@ class Client:
         record = _commit_record(path, step, metrics, written.size, time.monotonic() - began)
         self._commit(step, record)
 
+    def checkpoint_async(
+        self, step: int, write: Callable[[Path], None], metrics: dict[str, Any] | None = None
+    ) -> None:
+        """Save in the background: ``write(directory)`` then the atomic commit, on another thread.
+
+        Returns once the save has started; ``write`` runs while training goes on, so it must
+        only touch a snapshot of the state (``ckptd_client.torch.save_async`` makes one).
+        At most one save is in flight: a call while one runs first waits for it. A failed
+        background save is reported to the daemon and raised by the next call of ``step()``,
+        ``should_checkpoint()``, ``checkpoint*()`` or ``wait()``; it is never swallowed.
+        """
+        metrics = dict(metrics or {})
+        json.dumps(metrics)
+        if self._inert:
+            raise RuntimeError("ckptd_client: checkpoint_async() in a forked child process")
+        self.wait()
+        claimed = self._claim(step)
+        with self._lock:
+            self._final_in_flight = any(
+                self._pending[rid].final for rid in claimed if rid in self._pending
+            )
+        temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
+        self._channel.send("started", ids=claimed, step=step)
+        self._in_flight = threading.Thread(
+            target=self._save_in_background,
+            args=(step, write, metrics, claimed, temp_dir),
+            name="ckptd-save",
+        )
+        self._in_flight.start()
+
+    def wait(self) -> None:
+        """Block until the background save in flight (if any) has committed; raise if it failed."""
+        thread = self._in_flight
+        if thread is not None:
+            thread.join()
+            self._in_flight = None
+            self._final_in_flight = False
+        if self._async_error is not None:
+            self._raise_async_error()
+
     def close(self) -> None:
-        """Say goodbye to the daemon and stop the background thread."""
+        """Finish a save in flight, say goodbye to the daemon and stop the background thread."""
         if self._closed or self._inert:
             return
+        if self._in_flight is not None:
+            self._in_flight.join()
         self._closed = True
         atexit.unregister(self.close)
         self._channel.close()
@@ -153,6 +209,32 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _save_in_background(
+        self,
+        step: int,
+        write: Callable[[Path], None],
+        metrics: dict[str, Any],
+        claimed: list[str],
+        temp_dir: Path,
+    ) -> None:
+        began = time.monotonic()
+        try:
+            write(temp_dir)
+            path, written = manifest.commit(temp_dir, step, metrics)
+        except BaseException as exc:  # reported and re-raised in the training thread
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
+            self._async_error = exc
+            return
+        self._commit(
+            step, _commit_record(path, step, metrics, written.size, time.monotonic() - began)
+        )
+
+    def _raise_async_error(self) -> None:
+        error, self._async_error = self._async_error, None
+        if error is not None:
+            raise RuntimeError(f"ckptd_client: a background save failed: {error}") from error
 
     # -- called by the channel thread ------------------------------------------------
 
@@ -186,6 +268,9 @@ class Client:
 
     def _make_inert(self) -> None:
         self._inert = True
+        self._in_flight = None
+        self._final_in_flight = False
+        self._async_error = None
         self._wanted = False
         self._stop_ready = False
         self._pending = {}

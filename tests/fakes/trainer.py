@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--hang-attempts", type=int, default=1, help="hang only on attempts below")
     parser.add_argument("--fail-save", action="store_true", help="raise inside every save")
     parser.add_argument("--workers", type=int, default=0, help="fork data-loader-like workers")
+    parser.add_argument("--background", action="store_true", help="save with checkpoint_async")
     args = parser.parse_args()
 
     attempt = int(os.environ.get("CKPTD_ATTEMPT", "0") or 0)
@@ -68,19 +69,29 @@ def main() -> None:
         note("step", step=step)
         unasked = args.save_every and step % args.save_every == 0 and step > start
         if ck.should_checkpoint() or unasked:
-            try:
-                with ck.checkpoint(step, metrics={"loss": 1.0 / (step + 1)}) as directory:
-                    (directory / "payload.bin").write_bytes(os.urandom(args.payload))
-                    time.sleep(args.save_time)
-                    if args.fail_save:
-                        raise OSError("disk full (simulated)")
-            except OSError:
-                note("save_failed", step=step)
+
+            def write(directory, step=step) -> None:
+                (directory / "payload.bin").write_bytes(os.urandom(args.payload))
+                time.sleep(args.save_time)
+                if args.fail_save:
+                    raise OSError("disk full (simulated)")
+                note("written", step=step)
+
+            metrics = {"loss": 1.0 / (step + 1)}
+            if args.background:
+                ck.checkpoint_async(step, write, metrics=metrics)
+                note("save_started", step=step)
             else:
-                note("saved", step=step)
-                if args.crash_after_save:
-                    note("crash", step=step)
-                    sys.exit(1)
+                try:
+                    with ck.checkpoint(step, metrics=metrics) as directory:
+                        write(directory)
+                except OSError:
+                    note("save_failed", step=step)
+                else:
+                    note("saved", step=step)
+                    if args.crash_after_save:
+                        note("crash", step=step)
+                        sys.exit(1)
         if ck.should_stop():
             note("stop", step=step, t=time.time())
             ck.close()

@@ -137,3 +137,31 @@ def test_resume_environment_contract(job: Job, tmp_path: Path) -> None:
     assert first["CKPTD_RUN_DIR"] == str(job.run_dir)
     assert first["CKPTD_RESUME_FROM"] == "" and first["CKPTD_RESUME_STEP"] == ""
     assert first["CKPTD_JOB"] == "envjob"
+
+
+def test_sigkill_during_a_background_write_leaves_no_valid_torn_checkpoint(job: Job) -> None:
+    """A job killed while checkpoint_async writes: the half-written save is never resumed."""
+    job.start_fake(
+        "--background",
+        "--save-every",
+        "3",
+        "--save-time",
+        "600",
+        "--payload",
+        "100000",
+        options=FAST,
+    )
+    job.wait_record("save_started")
+    temp = wait_for(
+        lambda: [p for p in job.checkpoint_dir.glob(".tmp-*") if p.is_dir()],
+        "a background save in progress",
+    )
+    first = job.records("start")[0]
+    started = job.records("save_started")[0]["step"]
+    job.wait_record("step", count=len([r for r in job.records("step") if r["step"] <= started]) + 3)
+    os.kill(first["pid"], signal.SIGKILL)
+    second = job.wait_record("start", count=2)
+    assert second["resume_step"] is None
+    assert not temp[0].exists()
+    job.signal(signal.SIGTERM)
+    job.wait()

@@ -173,3 +173,76 @@ def test_standalone_leaves_existing_handlers_alone(tmp_path: Path, monkeypatch) 
         assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_background_save_commits_after_returning(daemon_socket: zmq.Socket, tmp_path: Path) -> None:
+    """checkpoint_async returns at once; the commit and its acknowledgement follow."""
+    import threading
+
+    ck = ckptd_client.connect()
+    release = threading.Event()
+
+    def write(directory: Path) -> None:
+        release.wait(30)
+        (directory / "w").write_bytes(b"w")
+
+    try:
+        identity, _ = _receive(daemon_socket, "hello")
+        _request(daemon_socket, identity, "r1")
+        wait_for(ck.should_checkpoint, "the flag")
+        ck.step(5)
+        ck.checkpoint_async(5, write)
+        assert not (tmp_path / "ckpt" / "step-00000005").exists()  # returned before writing
+        ck.step(6)  # training moved on; a request now needs a newer checkpoint than step 5
+        _request(daemon_socket, identity, "r2", deadline=time.time() + 60)
+        wait_for(lambda: ck.deadline() is not None, "r2 to reach the client")
+        release.set()
+        ck.wait()
+        _, committed = _receive(daemon_socket, "committed")
+        assert committed["ids"] == ["r1"] and committed["step"] == 5
+        assert (tmp_path / "ckpt" / "step-00000005" / "w").read_bytes() == b"w"
+        wait_for(ck.should_checkpoint, "r2 still wanted: training moved on since it arrived")
+    finally:
+        ck.close()
+
+
+def test_background_failure_is_raised_at_the_next_call(daemon_socket: zmq.Socket) -> None:
+    """A failed background save is reported to the daemon and raised in the training thread."""
+    ck = ckptd_client.connect()
+
+    def write(directory: Path) -> None:
+        raise OSError("disk full")
+
+    try:
+        identity, _ = _receive(daemon_socket, "hello")
+        _request(daemon_socket, identity, "r")
+        wait_for(ck.should_checkpoint, "the flag")
+        ck.checkpoint_async(1, write)
+        _, failed = _receive(daemon_socket, "failed")
+        assert failed["ids"] == ["r"] and "disk full" in failed["error"]
+        with pytest.raises(RuntimeError, match="background save failed: disk full"):
+            ck.step(2)
+        ck.step(3)  # raised once, then training may go on
+    finally:
+        ck.close()
+
+
+def test_should_stop_waits_for_the_final_background_save(daemon_socket: zmq.Socket) -> None:
+    """A final checkpoint taken in the background: should_stop() returns once it committed."""
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = _receive(daemon_socket, "hello")
+        ck.step(9)
+        _request(daemon_socket, identity, "final", final=True)
+        wait_for(ck.should_checkpoint, "the flag")
+
+        def write(directory: Path) -> None:
+            time.sleep(0.5)
+            (directory / "w").write_bytes(b"w")
+
+        ck.checkpoint_async(9, write)
+        assert ck.should_stop() is True  # blocked until the commit
+        _, committed = _receive(daemon_socket, "committed")
+        assert committed["ids"] == ["final"]
+    finally:
+        ck.close()

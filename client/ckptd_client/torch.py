@@ -1,0 +1,100 @@
+"""torch helpers (needs the ``torch`` extra): synchronous and background saves, and loading.
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    ckptd_client.torch.save_async(ck, step, state, metrics={"loss": loss})
+    ...
+    restored = ckptd_client.torch.load(ck)          # None on a fresh start
+
+Each top-level key of ``state`` becomes one file (``model.pt``, ``optimizer.pt``, ...),
+so files are hashed in parallel and can be loaded separately. ``save_async`` returns
+after a snapshot: every tensor is copied to CPU memory (pinned when CUDA is present)
+and everything else deep-copied, so training may change the originals at once. The
+snapshot holds one extra copy of the state in host memory until its save commits;
+with at most one save in flight, that is the bound.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._client import Client
+from .store import Checkpoint
+
+__all__ = ["load", "save", "save_async", "snapshot"]
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def snapshot(state: Any) -> Any:
+    """A copy of ``state`` that training cannot change: tensors copied to (pinned) CPU memory."""
+    if isinstance(state, torch.Tensor):
+        tensor = state.detach()
+        if tensor.is_cuda:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            return host.copy_(tensor, non_blocking=False)
+        return tensor.clone()
+    if isinstance(state, Mapping):
+        return type(state)((key, snapshot(value)) for key, value in state.items())  # type: ignore[call-arg]
+    if isinstance(state, (list, tuple)):
+        items = [snapshot(value) for value in state]
+        return type(state)(items) if not hasattr(state, "_fields") else type(state)(*items)
+    return copy.deepcopy(state)
+
+
+def save(
+    ck: Client, step: int, state: Mapping[str, Any], metrics: dict[str, Any] | None = None
+) -> None:
+    """Write ``state`` (one file per key) and commit it before returning."""
+    with ck.checkpoint(step, metrics=metrics) as directory:
+        _writer(state)(directory)
+
+
+def save_async(
+    ck: Client, step: int, state: Mapping[str, Any], metrics: dict[str, Any] | None = None
+) -> None:
+    """Snapshot ``state`` now, then write and commit it in the background (see the module)."""
+    ck.wait()  # bound host memory: the previous snapshot is written before the next is taken
+    ck.checkpoint_async(step, _writer(snapshot(state)), metrics=metrics)
+
+
+def load(
+    source: Client | Checkpoint | Path | None,
+    map_location: Any = "cpu",
+    weights_only: bool = True,
+) -> dict[str, Any] | None:
+    """The state saved by :func:`save`, or None on a fresh start; ``weights_only`` by default."""
+    path = _checkpoint_path(source)
+    if path is None:
+        return None
+    return {
+        file.stem: torch.load(file, map_location=map_location, weights_only=weights_only)
+        for file in sorted(path.glob("*.pt"))
+    }
+
+
+def _writer(state: Mapping[str, Any]) -> Callable[[Path], None]:
+    if not isinstance(state, Mapping):
+        raise TypeError("state must be a mapping of names to state dicts, tensors or values")
+
+    def write(directory: Path) -> None:
+        for key, value in state.items():
+            torch.save(value, directory / f"{_SAFE.sub('_', str(key))}.pt")
+
+    return write
+
+
+def _checkpoint_path(source: Client | Checkpoint | Path | None) -> Path | None:
+    if source is None:
+        return None
+    if isinstance(source, Client):
+        restored = source.restore()
+        return restored.path if restored else None
+    if isinstance(source, Checkpoint):
+        return source.path
+    return Path(source)

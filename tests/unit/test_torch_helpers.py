@@ -1,0 +1,66 @@
+"""ckptd_client.torch: snapshots, background saves and weights-only loading (torch extra)."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None,
+    reason="torch is not installed (pip install -e '.[torch]' to run these)",
+)
+
+
+@pytest.fixture
+def torch_module():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about optional numpy at import
+        import torch
+
+        import ckptd_client.torch as helpers
+    return torch, helpers
+
+
+def test_save_async_snapshots_then_loads_weights_only(
+    tmp_path: Path, monkeypatch, torch_module
+) -> None:
+    """save_async copies the state first: later in-place changes do not reach the checkpoint."""
+    torch, helpers = torch_module
+    import ckptd_client
+
+    monkeypatch.delenv("CKPTD_ENDPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ck = ckptd_client.connect()
+    try:
+        model = torch.nn.Linear(4, 2)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        helpers.save_async(ck, 3, {"model": model.state_dict(), "meta": {"epoch": 1}})
+        with torch.no_grad():
+            model.weight.add_(1.0)  # training goes on while the save is written
+        ck.wait()
+    finally:
+        ck.close()
+    again = ckptd_client.connect()
+    try:
+        loaded = helpers.load(again)
+    finally:
+        again.close()
+    assert loaded is not None and loaded["meta"] == {"epoch": 1}
+    assert all(torch.equal(loaded["model"][k], before[k]) for k in before)
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "step-00000003").iterdir()) == [
+        "ckptd.json",
+        "meta.pt",
+        "model.pt",
+    ]
+
+
+def test_load_refuses_pickled_objects_by_default(tmp_path: Path, torch_module) -> None:
+    """weights_only=True: a checkpoint holding arbitrary objects is not unpickled."""
+    torch, helpers = torch_module
+    (tmp_path / "evil.pt").write_bytes(b"")
+    torch.save({"f": Path("x")}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match=r"[Ww]eights only"):
+        helpers.load(tmp_path)
