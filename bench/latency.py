@@ -1,22 +1,10 @@
-"""Latency figures of the core daemon, measured with real processes; prints how to reproduce.
-
-    python bench/latency.py [--requests 200]
-
-- touch CHECKPOINT -> the training process sees should_checkpoint() (and -> committed)
-- SIGUSR1 to ckptd, and `checkpoint` over the control socket -> should_checkpoint()
-- `status` round trip over the control socket, next to a bare ZeroMQ ipc round trip
-- SIGTERM to ckptd -> final checkpoint committed (the save itself is ~a 1 KiB file)
-- job crash -> next job process running (restart_delay 0), next to the interpreter's own start
-"""
+"""Request latency: touch, ZeroMQ, signals -> the flag in the job; SIGTERM -> final commit."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,176 +13,166 @@ import time
 from pathlib import Path
 
 import zmq
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
 
 from ckptd_client.control import Controller
 
-TRAINER = r"""
-import json, os, sys, time
-import ckptd_client
-out = open(sys.argv[1], "a", buffering=1)
-attempt = os.environ["CKPTD_ATTEMPT"]
-out.write(json.dumps({"event": "start", "t": time.time(), "attempt": attempt}) + "\n")
-crash = len(sys.argv) > 2
-ck = ckptd_client.connect()
-step = 0
-while True:
-    if crash:
-        out.write(json.dumps({"event": "crash", "t": time.time()}) + "\n")
-        sys.exit(1)
-    time.sleep(0.0005)
-    step += 1
-    ck.step(step)
-    if ck.should_checkpoint():
-        seen = time.time()
-        with ck.checkpoint(step) as d:
-            (d / "w").write_bytes(b"x" * 1024)
-        out.write(json.dumps({"event": "flag", "t": seen, "committed": time.time()}) + "\n")
-    if ck.should_stop():
-        out.write(json.dumps({"event": "stop", "t": time.time()}) + "\n")
-        break
-"""
+from .harness import (
+    Row,
+    median,
+    ms,
+    percentile,
+    records,
+    start_ckptd,
+    stop,
+    trainer_command,
+    wait,
+    wait_connected,
+)
 
 
-def _records(path: Path, event: str) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["event"] == event]
-
-
-def _wait(condition, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.001)
-    return value
-
-
-def _start(
-    base: Path, record: Path, *extra: str, options: tuple[str, ...] = ()
-) -> subprocess.Popen:
-    script = base / "trainer.py"
-    script.write_text(TRAINER)
-    argv = [
-        sys.executable,
-        "-m",
-        "ckptd",
-        "run",
-        "--run-dir",
-        str(base / "run"),
-        "--checkpoint-dir",
-        str(base / "ckpt"),
-        "--keep-last",
-        "2",
-        *options,
-        "--",
-        sys.executable,
-        str(script),
-        str(record),
-        *extra,
-    ]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _percentiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return (
-        f"p50 {statistics.median(ordered) * 1000:7.2f} ms   p99 {p99 * 1000:7.2f} ms   "
-        f"(n={len(ordered)})"
-    )
-
-
-def request_latency(base: Path, requests: int) -> dict[str, list[float]]:
+def request_rows(base: Path, requests: int) -> list[Row]:
+    """Rows for touch / ZeroMQ / SIGUSR1 requests, each next to its raw mechanism."""
     record = base / "record.jsonl"
-    daemon = _start(base, record)
+    daemon = start_ckptd(base, trainer_command(base), "--keep-last", "2")
+    samples: dict[str, list[float]] = {"file": [], "zmq": [], "usr1": []}
     try:
-        _wait(lambda: record.exists() and _records(record, "start"))
-        _wait(
-            lambda: (
-                (base / "run" / "events.jsonl").exists()
-                and "client.connected" in (base / "run" / "events.jsonl").read_text()
-            )
-        )
-        file_flag, file_commit, usr1_flag, zmq_flag, status_rtt = [], [], [], [], []
+        wait_connected(base)
         trigger = base / "run" / "CHECKPOINT"
-        control = Controller(run_dir=base / "run")
-        for index in range(requests * 3):
-            count = len(_records(record, "flag"))
-            began = time.time()
-            if index % 3 == 0:
-                trigger.touch()
-            elif index % 3 == 1:
-                os.kill(daemon.pid, signal.SIGUSR1)
-            else:
-                control.checkpoint()
-            row = _wait(
-                lambda count=count: (
-                    len(_records(record, "flag")) > count and _records(record, "flag")[-1]
+        with Controller(run_dir=base / "run") as control:
+            for index in range(requests * 3):
+                kind = ("file", "usr1", "zmq")[index % 3]
+                seen = len(records(record, "flag"))
+                began = time.time()
+                if kind == "file":
+                    trigger.touch()
+                elif kind == "usr1":
+                    os.kill(daemon.pid, signal.SIGUSR1)
+                else:
+                    control.checkpoint()
+                row = wait(lambda seen=seen: records(record, "flag")[seen:])[0]
+                samples[kind].append(row["seen"] - began)
+                # The next request must not join this one: wait until ckptd has its ack.
+                wait(
+                    lambda: (
+                        control.status()["checkpoint_in_flight"] is None and not trigger.exists()
+                    )
                 )
-            )
-            if index % 3 == 0:
-                _wait(lambda: not trigger.exists())
-                file_flag.append(row["t"] - began)
-                file_commit.append(time.time() - began)
-            else:
-                (usr1_flag if index % 3 == 1 else zmq_flag).append(row["t"] - began)
-            time.sleep(0.01)  # let the commit's acknowledgement land before the next request
-        for _ in range(requests):
-            began = time.perf_counter()
-            control.status()
-            status_rtt.append(time.perf_counter() - began)
-        control.close()
-        began = time.time()
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        final = _records(record, "flag")[-1]["committed"] - began
-        return {
-            "file_flag": file_flag,
-            "file_commit": file_commit,
-            "usr1_flag": usr1_flag,
-            "zmq_flag": zmq_flag,
-            "status_rtt": status_rtt,
-            "sigterm_commit": [final],
-        }
     finally:
-        daemon.kill()
-        daemon.wait()
+        stop(daemon)
+    inotify, zmq_rtt, signals = raw_inotify(requests), raw_zmq(requests), raw_signal(requests)
+    return [
+        _vs(
+            "touch CHECKPOINT -> flag set",
+            samples["file"],
+            inotify,
+            "inotify event (watchdog)",
+            goal_ms=20.0,
+        ),
+        _vs(
+            "ckptd checkpoint (ZeroMQ) -> flag set",
+            samples["zmq"],
+            zmq_rtt,
+            "ZeroMQ ipc round trip",
+            goal_ms=5.0,
+        ),
+        _vs(
+            "SIGUSR1 -> flag set",
+            samples["usr1"],
+            signals,
+            "signal to a Python process",
+            goal_ms=5.0,
+        ),
+    ]
 
 
-def restart_latency(base: Path, restarts: int) -> list[float]:
-    record = base / "record.jsonl"
-    daemon = _start(
-        base, record, "crash", options=("--restart-delay", "0", "--max-restarts", str(restarts))
+def sigterm_rows(base: Path, runs: int, save_seconds: float = 0.2) -> list[Row]:
+    """SIGTERM -> flag set, and SIGTERM -> final checkpoint committed minus the save itself."""
+    flag, overhead = [], []
+    for run in range(runs):
+        where = base / f"run{run}"
+        where.mkdir()
+        daemon = start_ckptd(where, trainer_command(where, "no-crash", str(save_seconds)))
+        try:
+            wait_connected(where)
+            began = time.time()
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
+        finally:
+            stop(daemon)
+        final = records(where / "record.jsonl", "flag")[-1]
+        flag.append(final["seen"] - began)
+        overhead.append(final["committed"] - began - save_seconds)
+    signals = raw_signal(max(runs, 20))
+    return [
+        _vs("SIGTERM -> flag set", flag, signals, "signal to a Python process", goal_ms=5.0),
+        Row(
+            "SIGTERM -> final checkpoint committed, minus the save",
+            ms(overhead),
+            "-",
+            None,
+            "< 100 ms",
+            percentile(overhead, 0.99) < 0.1,
+            note=f"{runs} runs, a {save_seconds:g} s save each",
+            data={"seconds": overhead},
+        ),
+    ]
+
+
+def _vs(figure: str, ours: list[float], floor: list[float], what: str, goal_ms: float) -> Row:
+    ratio = median(ours) / median(floor) if median(floor) > 0 else None
+    return Row(
+        figure,
+        ms(ours),
+        f"{what}: {ms(floor)}",
+        ratio,
+        f"p99 < {goal_ms:g} ms",
+        percentile(ours, 0.99) * 1e3 < goal_ms,
+        note="ratio = p50 / floor p50",
+        data={"ckptd": ours, "floor": floor},
     )
-    try:
-        daemon.wait(timeout=120)
-    finally:
-        daemon.kill()
-        daemon.wait()
-    crashes = [r["t"] for r in _records(record, "crash")]
-    starts = [r["t"] for r in _records(record, "start")]
-    return [start - crash for crash, start in zip(crashes, starts[1:], strict=False)]
 
 
-_IMPORTS = "import json, os, sys, time, ckptd_client"
+def raw_inotify(samples: int) -> list[float]:
+    """Touch-to-event latency of watchdog's inotify observer alone, in this process."""
+    directory = Path(tempfile.mkdtemp(prefix="ckptd-inotify-"))
+    seen = threading.Event()
+    stamp: list[float] = []
 
+    class Handler(FileSystemEventHandler):
+        def on_created(self, event):  # type: ignore[no-untyped-def]
+            stamp.append(time.time())
+            seen.set()
 
-def interpreter_start(samples: int) -> list[float]:
+    observer = Observer()
+    observer.schedule(Handler(), str(directory), recursive=False)
+    observer.start()
     times = []
-    for _ in range(samples):
-        began = time.perf_counter()
-        subprocess.run([sys.executable, "-c", _IMPORTS], check=True)
-        times.append(time.perf_counter() - began)
+    try:
+        for _ in range(samples):
+            seen.clear()
+            stamp.clear()
+            began = time.time()
+            (directory / "CHECKPOINT").touch()
+            seen.wait(5)
+            times.append(stamp[0] - began)
+            (directory / "CHECKPOINT").unlink()
+            time.sleep(0.002)
+    finally:
+        observer.stop()
+        observer.join()
+        shutil.rmtree(directory, ignore_errors=True)
     return times
 
 
-def zmq_round_trip(samples: int) -> list[float]:
-    """The floor: a bare DEALER/ROUTER echo over ipc, in this process."""
+def raw_zmq(samples: int) -> list[float]:
+    """A bare DEALER/ROUTER echo over ipc."""
     context = zmq.Context()
-    path = Path(tempfile.mkdtemp(prefix="ckptd-zmq-")) / "echo.sock"
+    directory = Path(tempfile.mkdtemp(prefix="ckptd-zmq-"))
     router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-    router.bind(f"ipc://{path}")
-    dealer.connect(f"ipc://{path}")
+    router.bind(f"ipc://{directory}/echo.sock")
+    dealer.connect(f"ipc://{directory}/echo.sock")
 
     def echo() -> None:
         for _ in range(samples):
@@ -212,39 +190,33 @@ def zmq_round_trip(samples: int) -> list[float]:
     router.close(linger=0)
     dealer.close(linger=0)
     context.term()
-    shutil.rmtree(path.parent, ignore_errors=True)
+    shutil.rmtree(directory, ignore_errors=True)
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--restarts", type=int, default=30)
-    args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="ckptd-bench-"))
+SIGNAL_PROBE = r"""
+import os, signal, sys, time
+def handle(signum, frame):
+    os.write(1, repr(time.time()).encode() + b"\n")
+signal.signal(signal.SIGUSR1, handle)
+os.write(1, b"ready\n")
+while True:
+    time.sleep(0.0005)
+"""
+
+
+def raw_signal(samples: int) -> list[float]:
+    """SIGUSR1 to a Python process busy in the same kind of loop, until its handler ran."""
+    probe = subprocess.Popen([sys.executable, "-c", SIGNAL_PROBE], stdout=subprocess.PIPE)
+    assert probe.stdout is not None
+    times = []
     try:
-        (base / "a").mkdir()
-        (base / "b").mkdir()
-        requests = request_latency(base / "a", args.requests)
-        restarts = restart_latency(base / "b", args.restarts)
-        python = interpreter_start(args.restarts)
-        floor = zmq_round_trip(args.requests)
+        probe.stdout.readline()
+        for _ in range(samples):
+            began = time.time()
+            probe.send_signal(signal.SIGUSR1)
+            times.append(float(probe.stdout.readline()) - began)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
-    print(f"touch CHECKPOINT -> should_checkpoint()   {_percentiles(requests['file_flag'])}")
-    print(f"touch CHECKPOINT -> committed, file gone  {_percentiles(requests['file_commit'])}")
-    print(f"SIGUSR1 -> should_checkpoint()            {_percentiles(requests['usr1_flag'])}")
-    print(f"Controller.checkpoint() -> flag set       {_percentiles(requests['zmq_flag'])}")
-    print(f"status round trip (ipc)                   {_percentiles(requests['status_rtt'])}")
-    print(f"bare zmq ipc round trip (the floor)       {_percentiles(floor)}")
-    final_ms = requests["sigterm_commit"][0] * 1000
-    print(f"SIGTERM -> final checkpoint committed     {final_ms:7.2f} ms")
-    print(f"crash -> next job running (delay 0)       {_percentiles(restarts)}")
-    print(f"python -c '{_IMPORTS}' {_percentiles(python)}  (the floor of the line above)")
-    print(
-        f"reproduce: python bench/latency.py --requests {args.requests} --restarts {args.restarts}"
-    )
-
-
-if __name__ == "__main__":
-    main()
+        probe.kill()
+        probe.wait()
+    return times

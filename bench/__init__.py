@@ -1,0 +1,1 @@
+"""ckptd's benchmark suite; run it with ``python -m bench``."""

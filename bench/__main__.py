@@ -1,0 +1,77 @@
+"""ckptd's benchmark suite: ``python -m bench`` (about five minutes on 2 cores).
+
+Prints one table, writes ``bench/results.json`` and ``docs/benchmarks.md``. ``--quick``
+runs every row with tiny sizes (the test suite's smoke test), writing only to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import latency, overhead, report, restarts, storage
+from .harness import Row
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
+    parser.add_argument("--size-mib", type=int, default=None, help="checkpoint size (1024)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write results.json (and benchmarks.md) here instead"
+    )
+    args = parser.parse_args()
+    quick = args.quick
+    size = (args.size_mib or (8 if quick else 1024)) << 20
+    requests, runs, restart_count = (5, 2, 3) if quick else (200, 10, 20)
+    rounds = 1 if quick else 3
+    work = Path(tempfile.mkdtemp(prefix="ckptd-bench-", dir=_scratch()))
+    rows: list[Row] = []
+    try:
+        for name in ("requests", "sigterm", "restarts", "cpu", "throughput", "storage", "async"):
+            (work / name).mkdir()
+        steps = [
+            ("request latency", lambda: latency.request_rows(work / "requests", requests)),
+            ("SIGTERM", lambda: latency.sigterm_rows(work / "sigterm", runs)),
+            ("restarts", lambda: restarts.restart_rows(work / "restarts", restart_count)),
+            ("daemon CPU", lambda: [overhead.cpu_row(work / "cpu", 2 if quick else 30)]),
+            (
+                "throughput",
+                lambda: [
+                    overhead.throughput_row(
+                        work / "throughput", 1 if quick else 5, 1 if quick else 3
+                    )
+                ],
+            ),
+            (
+                "commit and resume",
+                lambda: storage.commit_and_resume_rows(work / "storage", size, rounds),
+            ),
+            ("save_async", lambda: [storage.async_row(work / "async", size, rounds)]),
+        ]
+        for title, run in steps:
+            print(f"... {title}", flush=True)
+            rows += run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(report.table(rows))
+    command = report.command_line()
+    out = args.out or ROOT / "bench"
+    markdown = (args.out / "benchmarks.md") if args.out else ROOT / "docs" / "benchmarks.md"
+    report.write(rows, command, out / "results.json", markdown)
+    print(f"\nreproduce: {command}\nwrote {out / 'results.json'} and {markdown}")
+    return 0
+
+
+def _scratch() -> str | None:
+    """A disk-backed directory for the I/O rows (not a tmpfs /tmp), if the repo's disk has room."""
+    return str(ROOT) if shutil.disk_usage(ROOT).free > (8 << 30) else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Checkpoint I/O: commit vs raw write+fsync, verify vs raw read, save_async stall vs memcpy."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+from ckptd_client import manifest, store
+
+from .harness import Row, median
+
+_FILES = 8
+
+
+def _payload(total: int) -> list[bytes]:
+    size = total // _FILES
+    block = os.urandom(min(size, 16 << 20))
+    return [(block * (size // len(block) + 1))[:size] for _ in range(_FILES)]
+
+
+def _raw_write(directory: Path, parts: list[bytes]) -> float:
+    directory.mkdir()
+    began = time.perf_counter()
+    for index, data in enumerate(parts):
+        with open(directory / f"part{index}.bin", "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    return time.perf_counter() - began
+
+
+def _ckptd_commit(root: Path, step: int, parts: list[bytes]) -> float:
+    began = time.perf_counter()
+    temp = manifest.new_temp_dir(root, step)
+    for index, data in enumerate(parts):
+        (temp / f"part{index}.bin").write_bytes(data)
+    manifest.commit(temp, step)
+    return time.perf_counter() - began
+
+
+def commit_and_resume_rows(base: Path, total: int, rounds: int) -> list[Row]:
+    parts = _payload(total)
+    raw, ours = [], []
+    for round_ in range(rounds):  # alternate, so that neither always runs on a warmer disk
+        raw.append(_raw_write(base / f"raw{round_}", parts))
+        ours.append(_ckptd_commit(base / "ckpt", round_ + 1, parts))
+        shutil.rmtree(base / f"raw{round_}")
+    gib = total / (1 << 30)
+    commit_ratio = median(raw) / median(ours)
+    rows = [
+        Row(
+            f"commit of a {gib:.2g} GiB checkpoint ({_FILES} files), write+hash+fsync",
+            f"{median(ours):.2f} s ({total / median(ours) / 1e9:.2f} GB/s)",
+            f"raw write+fsync {median(raw):.2f} s ({total / median(raw) / 1e9:.2f} GB/s)",
+            commit_ratio,
+            "ratio >= 0.9",
+            commit_ratio >= 0.9,
+            note=f"digest {manifest.read_manifest(base / 'ckpt' / 'step-00000001').hash}; "
+            "ratio = raw time / ckptd time",
+            data={"raw": raw, "ckptd": ours},
+        )
+    ]
+    verify, read = [], []
+    newest = base / "ckpt" / manifest.checkpoint_name(rounds)
+    for _ in range(rounds):  # both from the page cache: the same bytes were just written
+        began = time.perf_counter()
+        chosen = store.newest_valid(base / "ckpt")
+        verify.append(time.perf_counter() - began)
+        assert chosen is not None and chosen.path == newest
+        began = time.perf_counter()
+        for file in sorted(newest.glob("part*.bin")):
+            with open(file, "rb", buffering=0) as handle:
+                while handle.read(1 << 20):
+                    pass
+        read.append(time.perf_counter() - began)
+    resume_ratio = median(read) / median(verify)
+    rows.append(
+        Row(
+            f"resume: newest-valid selection + verification of {gib:.2g} GiB",
+            f"{median(verify):.2f} s",
+            f"raw read {median(read):.2f} s",
+            resume_ratio,
+            "ratio >= 0.8",
+            resume_ratio >= 0.8,
+            note="both read the page cache; ratio = raw time / ckptd time",
+            data={"verify": verify, "read": read},
+        )
+    )
+    return rows
+
+
+def async_row(base: Path, total: int, rounds: int) -> Row:
+    """Training stall of save_async vs save for a torch state, next to a memcpy of it."""
+    if importlib.util.find_spec("torch") is None:
+        return Row(
+            "training stall of save_async vs save",
+            "torch not installed",
+            "-",
+            None,
+            "stall <= 1.5x memcpy",
+            None,
+            note="pip install -e '.[torch]' for this row",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torch
+
+        import ckptd_client
+        import ckptd_client.torch as helpers
+    os.environ.pop("CKPTD_ENDPOINT", None)
+    tensors = {f"layer{i}": torch.randn(total // _FILES // 4) for i in range(_FILES)}
+    ck = ckptd_client.connect(checkpoint_dir=base / "torch")
+    copy_times, async_stalls, sync_times = [], [], []
+    try:
+        for round_ in range(rounds):
+            began = time.perf_counter()
+            copies = {k: v.clone() for k, v in tensors.items()}
+            copy_times.append(time.perf_counter() - began)
+            del copies
+            began = time.perf_counter()
+            helpers.save_async(ck, 2 * round_, {"model": tensors})
+            async_stalls.append(time.perf_counter() - began)
+            ck.wait()
+            began = time.perf_counter()
+            helpers.save(ck, 2 * round_ + 1, {"model": tensors})
+            sync_times.append(time.perf_counter() - began)
+    finally:
+        ck.close()
+    ratio = median(async_stalls) / median(copy_times)
+    return Row(
+        f"training stall of save_async vs save, {total / (1 << 30):.2g} GiB torch state",
+        f"save_async {median(async_stalls):.2f} s (save {median(sync_times):.2f} s)",
+        f"memcpy {median(copy_times):.2f} s",
+        ratio,
+        "stall <= 1.5x memcpy",
+        ratio <= 1.5,
+        note="ratio = save_async stall / memcpy",
+        data={"async": async_stalls, "sync": sync_times, "memcpy": copy_times},
+    )
