@@ -43,8 +43,9 @@ def main() -> int:
                 "throughput",
                 lambda: [
                     overhead.throughput_row(
-                        work / "throughput", 1 if quick else 5, 1 if quick else 3
-                    )
+                        work / "throughput", 1 if quick else 2, 3 if quick else 12
+                    ),
+                    overhead.hot_path_row(20_000 if quick else 2_000_000),
                 ],
             ),
             (
