@@ -22,10 +22,11 @@ from pathlib import Path
 from . import protocol
 from ._channels import DaemonChannel, StandaloneChannel
 from ._client import Client
+from ._digest import HashingWriter as create
 from .manifest import CommitError, remove_temporaries
 from .store import Checkpoint, inspect, newest_valid
 
-__all__ = ["Checkpoint", "Client", "CommitError", "connect"]
+__all__ = ["Checkpoint", "Client", "CommitError", "connect", "create"]
 __version__ = "0.1.0"
 
 

@@ -19,11 +19,12 @@ import copy
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
 from ._client import Client
+from ._digest import HashingWriter
 from .store import Checkpoint
 
 __all__ = ["load", "save", "save_async", "snapshot"]
@@ -84,7 +85,9 @@ def _writer(state: Mapping[str, Any]) -> Callable[[Path], None]:
 
     def write(directory: Path) -> None:
         for key, value in state.items():
-            torch.save(value, directory / f"{_SAFE.sub('_', str(key))}.pt")
+            # Digested as it is written: the commit then only fsyncs, no read-back.
+            with HashingWriter(directory / f"{_SAFE.sub('_', str(key))}.pt") as handle:
+                torch.save(value, cast(IO[bytes], handle))
 
     return write
 

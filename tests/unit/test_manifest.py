@@ -135,3 +135,28 @@ def test_fast_digest_is_recorded_and_checked(tmp_path: Path) -> None:
     assert manifest.read_manifest(path).hash == "xxh3_128"
     (path / "a").write_bytes(b"abd" * 1000)
     assert "xxh3_128 mismatch" in manifest.verify(path).reason
+
+
+def test_files_written_through_create_are_not_read_back(tmp_path: Path, monkeypatch) -> None:
+    """ckptd_client.create digests while writing; the commit then only fsyncs that file."""
+    import ckptd_client
+    from ckptd_client import _digest
+
+    read_back: list[str] = []
+    original = _digest.digest_file
+    monkeypatch.setattr(
+        _digest,
+        "digest_file",
+        lambda path, algorithm: read_back.append(path.name) or original(path, algorithm),
+    )
+    temp = manifest.new_temp_dir(tmp_path, 7)
+    with ckptd_client.create(temp / "streamed.bin") as handle:
+        for _ in range(4):
+            handle.write(os.urandom(100_000))
+    (temp / "plain.bin").write_bytes(b"written the ordinary way")
+    with ckptd_client.create(temp / "changed.bin") as handle:
+        handle.write(b"short")
+    (temp / "changed.bin").write_bytes(b"rewritten afterwards, longer")
+    path, _ = manifest.commit(temp, 7)
+    assert sorted(read_back) == ["changed.bin", "plain.bin"]
+    assert manifest.verify(path).ok
