@@ -93,6 +93,34 @@ def records(path: Path, event: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+class Tail:
+    """New JSON lines of a growing file, read incrementally (cheap enough to poll often)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        self.rows: list[dict[str, Any]] = []
+
+    def count(self, event: str) -> int:
+        self._read()
+        return sum(1 for row in self.rows if row.get("event") == event)
+
+    def last(self, event: str) -> dict[str, Any]:
+        return [row for row in self.rows if row.get("event") == event][-1]
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self.rows += [json.loads(line) for line in lines if line.strip()]
+
+
 def wait(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.001) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := condition()):

@@ -20,6 +20,7 @@ from ckptd_client.control import Controller
 
 from .harness import (
     Row,
+    Tail,
     median,
     ms,
     percentile,
@@ -40,10 +41,11 @@ def request_rows(base: Path, requests: int) -> list[Row]:
     try:
         wait_connected(base)
         trigger = base / "run" / "CHECKPOINT"
+        tail = Tail(record)
         with Controller(run_dir=base / "run") as control:
             for index in range(requests * 3):
                 kind = ("file", "usr1", "zmq")[index % 3]
-                seen = len(records(record, "flag"))
+                seen = tail.count("flag")
                 began = time.time()
                 if kind == "file":
                     trigger.touch()
@@ -51,8 +53,8 @@ def request_rows(base: Path, requests: int) -> list[Row]:
                     os.kill(daemon.pid, signal.SIGUSR1)
                 else:
                     control.checkpoint()
-                row = wait(lambda seen=seen: records(record, "flag")[seen:])[0]
-                samples[kind].append(row["seen"] - began)
+                wait(lambda seen=seen: tail.count("flag") > seen, interval=0.0002)
+                samples[kind].append(tail.last("flag")["seen"] - began)
                 # The next request must not join this one: wait until ckptd has its ack.
                 wait(
                     lambda: (
