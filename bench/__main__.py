@@ -46,6 +46,7 @@ def main() -> int:
                         work / "throughput", 1 if quick else 2, 3 if quick else 12
                     ),
                     overhead.hot_path_row(20_000 if quick else 2_000_000),
+                    overhead.instructions_row(work / "throughput", 0 if quick else 1000),
                 ],
             ),
             (

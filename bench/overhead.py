@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -178,3 +179,91 @@ def hot_path_row(calls: int = 2_000_000) -> Row:
         note="two method calls; < 1% of any step longer than 20 us",
         data={"ckptd_s": ours, "floor_s": floor},
     )
+
+
+STEPS = r"""
+import sys
+import ckptd_client
+steps = int(sys.argv[1])
+ck = ckptd_client.connect()
+def work():
+    return sum(i * i for i in range(300))
+for step in range(steps):
+    work()
+    ck.step(step)
+    if ck.should_checkpoint():
+        with ck.checkpoint(step) as d:
+            (d / "w").write_bytes(b"x")
+ck.close()
+"""
+
+
+def instructions_row(base: Path, steps: int) -> Row:
+    """Instructions per training step, bare and under ckptd, counted by callgrind.
+
+    Counting does not drift with the CPU's speed the way seconds do on a VM. Runs of
+    ``steps`` and ``2 * steps`` are subtracted, which cancels start-up. The client's
+    background thread is counted too; as callgrind slows the process ~50x while that
+    thread wakes on wall-clock timers, its share is overstated here, so the ratio is a
+    lower bound of the real one.
+    """
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return Row(
+            "instructions per step under ckptd vs bare (callgrind)",
+            "valgrind not installed",
+            "-",
+            None,
+            "ratio >= 0.99",
+            None,
+        )
+    script = base / "steps.py"
+    script.write_text(STEPS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTD_")}
+    counts: dict[str, list[int]] = {"bare": [], "ckptd": []}
+    for label in ("bare", "ckptd"):
+        for n in (steps, 2 * steps):
+            out = base / f"{label}-{n}.callgrind"
+            command = [
+                valgrind,
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                str(script),
+                str(n),
+            ]
+            if label == "bare":
+                subprocess.run(
+                    command,
+                    env={**env, "CKPTD_CHECKPOINT_DIR": str(base / "c")},
+                    check=True,
+                    cwd=base,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            else:
+                where = base / f"run-{n}"
+                daemon = start_ckptd(where, command, "--restart", "never")
+                daemon.wait(timeout=600)
+            counts[label].append(_callgrind_total(out))
+    bare = (counts["bare"][1] - counts["bare"][0]) / steps
+    ours = (counts["ckptd"][1] - counts["ckptd"][0]) / steps
+    ratio = bare / ours
+    return Row(
+        "instructions per step under ckptd vs bare (callgrind)",
+        f"{ours:,.0f} instructions/step",
+        f"bare {bare:,.0f} instructions/step",
+        ratio,
+        "ratio >= 0.99",
+        ratio >= 0.99,
+        note=f"runs of {steps} and {2 * steps} steps subtracted; ratio = bare / ckptd, "
+        "a lower bound (see bench/overhead.py)",
+        data={"bare": counts["bare"], "ckptd": counts["ckptd"]},
+    )
+
+
+def _callgrind_total(path: Path) -> int:
+    for line in wait(lambda: path.exists() and path.read_text()).splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise ValueError(f"no totals in {path}")

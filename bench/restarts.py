@@ -42,8 +42,14 @@ def ckptd_restarts(base: Path, restarts: int) -> list[float]:
     return _gaps(base / "record.jsonl")
 
 
+def _tool(name: str) -> str | None:
+    """A peer's command, from this interpreter's environment first, then PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
 def supervisord_restarts(base: Path, restarts: int) -> list[float] | None:
-    binary = shutil.which("supervisord")
+    binary = _tool("supervisord")
     if binary is None:
         return None
     conf = base / "supervisord.conf"
@@ -68,7 +74,7 @@ def supervisord_restarts(base: Path, restarts: int) -> list[float] | None:
 
 
 def torchrun_restarts(base: Path, restarts: int) -> list[float] | None:
-    binary = shutil.which("torchrun")
+    binary = _tool("torchrun")
     if binary is None:
         return None
     command = _crasher(base)
