@@ -208,10 +208,11 @@ def instructions_row(base: Path, steps: int) -> Row:
     lower bound of the real one.
     """
     valgrind = shutil.which("valgrind")
-    if valgrind is None:
+    if valgrind is None or steps == 0:
+        why = "valgrind not installed" if valgrind is None else "skipped (--quick)"
         return Row(
             "instructions per step under ckptd vs bare (callgrind)",
-            "valgrind not installed",
+            why,
             "-",
             None,
             "ratio >= 0.99",
