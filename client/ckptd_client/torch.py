@@ -9,14 +9,16 @@ Each top-level key of ``state`` becomes one file (``model.pt``, ``optimizer.pt``
 so files are hashed in parallel and can be loaded separately. ``save_async`` returns
 after a snapshot: every tensor is copied to CPU memory (pinned when CUDA is present)
 and everything else deep-copied, so training may change the originals at once. The
-snapshot holds one extra copy of the state in host memory until its save commits;
-with at most one save in flight, that is the bound.
+snapshot's host memory is kept and reused by the next snapshot of the same shapes
+(so only the first save pays for allocating it): one extra copy of the tensors stays
+in host memory per client; with at most one save in flight, that is the bound.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -32,19 +34,52 @@ __all__ = ["load", "save", "save_async", "snapshot"]
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def snapshot(state: Any) -> Any:
+class _Buffers:
+    """Host memory of the previous snapshot, reused by the next one (no new page faults)."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        self.in_use: list[torch.Tensor] = []
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = (tuple(tensor.shape), tensor.dtype, tensor.is_cuda)
+        free = self._free.get(key)
+        buffer = (
+            free.pop()
+            if free
+            else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+        )
+        self.in_use.append(buffer)
+        return buffer
+
+    def recycle(self) -> None:
+        """The snapshot that used the buffers is committed: they may be written again."""
+        for buffer in self.in_use:
+            self._free.setdefault(
+                (tuple(buffer.shape), buffer.dtype, buffer.is_pinned()), []
+            ).append(buffer)
+        self.in_use = []
+
+
+_buffers: weakref.WeakKeyDictionary[Client, _Buffers] = weakref.WeakKeyDictionary()
+
+
+def snapshot(state: Any, buffers: _Buffers | None = None) -> Any:
     """A copy of ``state`` that training cannot change: tensors copied to (pinned) CPU memory."""
     if isinstance(state, torch.Tensor):
         tensor = state.detach()
+        if buffers is not None:
+            return buffers.take(tensor).copy_(tensor)
         if tensor.is_cuda:
             host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            return host.copy_(tensor, non_blocking=False)
+            return host.copy_(tensor)
         return tensor.clone()
     if isinstance(state, Mapping):
-        return type(state)((key, snapshot(value)) for key, value in state.items())  # type: ignore[call-arg]
+        items = ((key, snapshot(value, buffers)) for key, value in state.items())
+        return type(state)(items)  # type: ignore[call-arg]
     if isinstance(state, (list, tuple)):
-        items = [snapshot(value) for value in state]
-        return type(state)(items) if not hasattr(state, "_fields") else type(state)(*items)
+        copies = [snapshot(value, buffers) for value in state]
+        return type(state)(copies) if not hasattr(state, "_fields") else type(state)(*copies)
     return copy.deepcopy(state)
 
 
@@ -61,7 +96,9 @@ def save_async(
 ) -> None:
     """Snapshot ``state`` now, then write and commit it in the background (see the module)."""
     ck.wait()  # bound host memory: the previous snapshot is written before the next is taken
-    ck.checkpoint_async(step, _writer(snapshot(state)), metrics=metrics)
+    buffers = _buffers.setdefault(ck, _Buffers())
+    buffers.recycle()
+    ck.checkpoint_async(step, _writer(snapshot(state, buffers)), metrics=metrics)
 
 
 def load(

@@ -64,3 +64,29 @@ def test_load_refuses_pickled_objects_by_default(tmp_path: Path, torch_module) -
     torch.save({"f": Path("x")}, tmp_path / "evil.pt")
     with pytest.raises(Exception, match=r"[Ww]eights only"):
         helpers.load(tmp_path)
+
+
+def test_snapshot_memory_is_reused_without_touching_committed_saves(
+    tmp_path: Path, monkeypatch, torch_module
+) -> None:
+    """The second save_async reuses the first snapshot's memory; both checkpoints stay right."""
+    torch, helpers = torch_module
+    import ckptd_client
+
+    monkeypatch.delenv("CKPTD_ENDPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ck = ckptd_client.connect()
+    weights = torch.zeros(1000)
+    try:
+        helpers.save_async(ck, 1, {"w": weights})
+        ck.wait()
+        first_buffer = helpers._buffers[ck].in_use[0]
+        weights += 1
+        helpers.save_async(ck, 2, {"w": weights})
+        ck.wait()
+        assert helpers._buffers[ck].in_use[0].data_ptr() == first_buffer.data_ptr()
+    finally:
+        ck.close()
+    one = torch.load(tmp_path / "checkpoints" / "step-00000001" / "w.pt", weights_only=True)
+    two = torch.load(tmp_path / "checkpoints" / "step-00000002" / "w.pt", weights_only=True)
+    assert float(one.sum()) == 0.0 and float(two.sum()) == 1000.0
