@@ -45,6 +45,14 @@ def wait_for(
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -191,7 +199,7 @@ def no_leaks() -> Iterator[None]:
     leftovers = me.children(recursive=True)
     while leftovers and time.monotonic() < deadline:
         _, leftovers = psutil.wait_procs(leftovers, timeout=0.2)
-        leftovers = [p for p in leftovers if _running(p)]
+        leftovers = [p for p in leftovers if alive(p.pid)]
     described = [f"{p.pid} {_cmdline(p)}" for p in leftovers]
     for process in leftovers:
         try:
@@ -201,13 +209,6 @@ def no_leaks() -> Iterator[None]:
     psutil.wait_procs(leftovers, timeout=5)
     assert not described, f"test left processes behind: {described}"
     wait_for(lambda: not _new_threads(threads_before), "threads started by the test to end", 10)
-
-
-def _running(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _cmdline(process: psutil.Process) -> str:

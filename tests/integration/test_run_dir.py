@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import FAKES, Job, wait_for
+from conftest import FAKES, Job, alive, wait_for
 
 
 def _run_ckptd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -91,16 +91,9 @@ def test_orphan_without_the_client_is_signalled_and_replaced(
     fresh = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "new job")
     assert fresh["pid"] != pids["pid"]
     for pid in [pids["pid"], *pids["children"]]:
-        wait_for(lambda pid=pid: not _alive(pid), f"old process {pid} to be gone", 20)
+        wait_for(lambda pid=pid: not alive(pid), f"old process {pid} to be gone", 20)
     second.signal(signal.SIGTERM)
     assert second.wait() == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_sockets_and_run_dir_are_private(job: Job) -> None:

@@ -8,16 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
-from conftest import FAKES, Job, wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+from conftest import FAKES, Job, alive, wait_for
 
 
 def test_sigterm_saves_at_the_current_step_and_exits_zero(job: Job) -> None:
@@ -109,13 +100,13 @@ def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(
     job.start(command, "--grace", "1s", "--kill-timeout", "1s")
     pids = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "job pids")
     everyone = [pids["pid"], *pids["children"]]
-    assert all(_alive(pid) for pid in everyone)
+    assert all(alive(pid) for pid in everyone)
     began = time.monotonic()
     job.signal(signal.SIGTERM)
     assert job.wait() == 1
     assert time.monotonic() - began >= 1.0, "killed before the grace period ended"
     assert job.events("job.signalled")[0]["signal"] == "SIGTERM"
-    wait_for(lambda: not any(_alive(pid) for pid in everyone), "the whole tree to be gone", 10)
+    wait_for(lambda: not any(alive(pid) for pid in everyone), "the whole tree to be gone", 10)
 
 
 def test_uninstrumented_job_that_obeys_sigterm_stops_cleanly(job: Job, tmp_path: Path) -> None:
