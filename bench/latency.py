@@ -38,6 +38,7 @@ def request_rows(base: Path, requests: int) -> list[Row]:
     record = base / "record.jsonl"
     daemon = start_ckptd(base, trainer_command(base), "--keep-last", "2")
     samples: dict[str, list[float]] = {"file": [], "zmq": [], "usr1": []}
+    status: list[float] = []
     try:
         wait_connected(base)
         trigger = base / "run" / "CHECKPOINT"
@@ -61,6 +62,10 @@ def request_rows(base: Path, requests: int) -> list[Row]:
                         control.status()["checkpoint_in_flight"] is None and not trigger.exists()
                     )
                 )
+            for _ in range(requests):
+                began = time.perf_counter()
+                control.status()
+                status.append(time.perf_counter() - began)
     finally:
         stop(daemon)
     inotify, zmq_rtt, signals = raw_inotify(requests), raw_zmq(requests), raw_signal(requests)
@@ -75,6 +80,13 @@ def request_rows(base: Path, requests: int) -> list[Row]:
         _vs(
             "ckptd checkpoint (ZeroMQ) -> flag set",
             samples["zmq"],
+            zmq_rtt,
+            "ZeroMQ ipc round trip",
+            goal_ms=5.0,
+        ),
+        _vs(
+            "status round trip over the control socket",
+            status,
             zmq_rtt,
             "ZeroMQ ipc round trip",
             goal_ms=5.0,
