@@ -7,23 +7,16 @@ all plus a wake-up pipe, and acts. Everything here runs on one thread.
 
 from __future__ import annotations
 
-import enum
-import math
 import os
 import queue
-import random
 import signal
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-import psutil
 import zmq
 
-from ckptd_client import protocol
-from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, bytes_in_progress, newest_valid, scan
+from ckptd_client.store import Checkpoint, bytes_in_progress, scan
 
 from . import exit_codes, log, retention
 from .checkpoint_desk import CheckpointDesk, file_request_is_stale
@@ -31,49 +24,26 @@ from .config import JobConfig
 from .control_server import ControlServer, ReplyError, Waiter
 from .events import EventLog
 from .job_channel import JobChannel, Peer
+from .launcher import Launcher
 from .preemption import Preemption
-from .requests import Action, Origin, Request, new_id
-from .restart_policy import ExitStatus, RestartPolicy
-from .run_dir import STOP_FILE, Orphan, RunDir, RunDirError
+from .requests import Action, Origin, Request
+from .restart_policy import RestartPolicy
+from .run_dir import Orphan, RunDir
 from .sources import RequestSource
 from .sources.cloud_notices import CloudNotices
 from .sources.timer import PeriodicTimer
 from .states import JobState, check_transition
+from .stopping import StopKind, Stopper, Stopping
 from .systemd import Notifier
-from .trainer import LaunchError, Trainer
+from .trainer import Trainer
 
 _MAX_SLEEP = 1.0
-_ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before it is signalled
-_ADOPT_POLL = 0.05
-_SYSTEMD_ONLY = frozenset(
-    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
-)  # the daemon's, not the job's  # an adopted process is not our child: no SIGCHLD, so look often
+_ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
 
 
-class StopKind(enum.Enum):
-    STOP = "stop"  # final checkpoint, then exit
-    RESTART = "restart"  # final checkpoint, then relaunch at once (not a failure)
-    HANG = "hang"  # kill now, then restart as after a failure
+class Arbiter(Stopper, Launcher):
+    """The supervisor: owns the job's state; its parts live in ``stopping`` and ``launcher``."""
 
-
-@dataclass
-class Stopping:
-    """A stop in progress: final save first, the group signals only at the deadline."""
-
-    reason: str
-    deadline: float  # monotonic
-    origin: Origin
-    kind: StopKind = StopKind.STOP
-    final_id: str = field(default_factory=new_id)
-    committed: bool = False
-    failed: bool = False
-    forced: bool = False
-    kill_at: float | None = None
-    requeue: bool = False
-    waiters: list[Waiter] = field(default_factory=list)
-
-
-class Arbiter:
     def __init__(
         self,
         config: JobConfig,
@@ -169,46 +139,6 @@ class Arbiter:
             self._shutdown()
         return self.exit_code
 
-    def _adopt_orphan(self) -> bool:
-        """Take charge of a job left running by a dead daemon; True when there is one.
-
-        Its client reconnects to the job socket by itself (same path): within a short
-        window it is asked for a final checkpoint like any stop, else it gets
-        ``stop_signal``. Once it is gone, the job relaunches from the newest checkpoint.
-        """
-        orphan = self._orphan
-        if orphan is None or orphan.pid is None:
-            return False
-        trainer = Trainer.adopt(orphan.pid, orphan.started)
-        if trainer is None:
-            return False
-        self.trainer = trainer
-        self.attempt += 1
-        self._transition(JobState.RUNNING)
-        self._adopting_until = time.monotonic() + _ADOPT_WINDOW
-        self.events.emit(
-            "job.adopted",
-            level="warning",
-            pid=trainer.pid,
-            why="left running by a ckptd that died; stopping it before a new launch",
-        )
-        return True
-
-    def _take_job_lock(self) -> None:
-        """The lock the job inherits; stray holders from an earlier job are killed first."""
-        if self.run_dir.has_job_lock or self.run_dir.take_job_lock(self.config.kill_timeout):
-            return
-        strays = self.run_dir.lock_holders()
-        self.events.emit("job.strays_killed", level="warning", pids=[p.pid for p in strays])
-        for process in strays:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(strays, timeout=self.config.kill_timeout)
-        if not self.run_dir.take_job_lock(self.config.kill_timeout):
-            raise RunDirError(f"{self.run_dir.path}: the job lock is still held by an earlier job")
-
     def _sleep_ms(self) -> int:
         now = time.monotonic()
         moments = [
@@ -272,36 +202,6 @@ class Arbiter:
             self._begin_stop(request, requeue=True)
         return None
 
-    def _on_preemption(self, request: Request) -> None:
-        """Checkpoint at once; take the final save as late as its measured time allows."""
-        notice = request.notice
-        plan = Preemption.plan(notice, self.config.preemption.margin, self.config.grace)
-        self.events.emit(
-            "preemption.noticed",
-            provider=notice.provider,
-            kind=notice.kind,
-            deadline=plan.deadline,
-            seconds_left=round(plan.deadline - time.time(), 3),
-            request_id=request.id,
-        )
-        if self.preemption is None:
-            last = self.desk.last_commit
-            plan.committed_step_at_notice = last.get("step") if last else self.desk.newest_step
-            self.preemption = plan
-        if self.stopping is not None:
-            self.stopping.deadline = min(self.stopping.deadline, plan.stop_by_monotonic())
-            return
-        no_time_left = self.preemption.final_at(self._save_seconds()) <= time.monotonic()
-        if no_time_left or self.trainer is None:
-            self._begin_stop(request, deadline=plan.stop_by_monotonic())
-        else:
-            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.CLOUD, request.reason))
-
-    def _save_seconds(self) -> float:
-        last = self.desk.last_commit
-        seconds = last.get("seconds") if last else None
-        return float(seconds) if isinstance(seconds, (int, float)) else 0.0
-
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
@@ -359,265 +259,7 @@ class Arbiter:
 
     # -- stopping ------------------------------------------------------------------------
 
-    def _begin_stop(
-        self,
-        request: Request,
-        *,
-        kind: StopKind = StopKind.STOP,
-        save: bool = True,
-        waiter: Waiter | None = None,
-        deadline: float | None = None,
-        requeue: bool = False,
-    ) -> None:
-        now = time.monotonic()
-        self.backoff_until = None
-        stop_by = min(now + self.config.grace, deadline if deadline is not None else math.inf)
-        self.stopping = Stopping(request.reason, stop_by, request.origin, kind, requeue=requeue)
-        if waiter is not None:
-            self.stopping.waiters.append(waiter)
-        trainer = self.trainer
-        if trainer is None or trainer.poll() is not None:
-            self._finish_stop(None)
-            return
-        self._transition(JobState.STOPPING)
-        self.timer.pause()
-        self._save_bytes = 0
-        if kind is StopKind.STOP:
-            self.notifier.stopping(
-                f"stopping ({request.reason}): final checkpoint within {self.config.grace:g}s"
-            )
-        self.events.emit(
-            "job.stopping",
-            reason=request.reason,
-            kind=kind.value,
-            grace=self.config.grace,
-            request_id=self.stopping.final_id,
-        )
-        if kind is StopKind.HANG:
-            self._force(now, "hang")
-            return
-        wall_deadline = time.time() + (stop_by - now)
-        if not self.desk.request_final(
-            self.stopping.final_id, request.reason, request.origin, wall_deadline, save
-        ):
-            trainer.signal_main(signal.Signals[self.config.stop_signal])
-            self.events.emit(
-                "job.signalled",
-                signal=self.config.stop_signal,
-                pid=trainer.pid,
-                why="no client connected",
-            )
-
-    def _stop_now(self, reason: str) -> None:
-        if self.stopping is None or self.stopping.forced or self.trainer is None:
-            return
-        self._force(time.monotonic(), reason)
-
-    def _force(self, now: float, reason: str) -> None:
-        assert self.stopping is not None and self.trainer is not None
-        self.stopping.forced = True
-        self.stopping.kill_at = now + self.config.kill_timeout
-        self.events.emit("job.terminating", level="warning", reason=reason, pid=self.trainer.pid)
-        self.trainer.signal_tree(signal.SIGTERM)
-
-    def _finish_stop(self, status: ExitStatus | None) -> None:
-        stop = self.stopping
-        assert stop is not None
-        self.stopping = None
-        if stop.kind is StopKind.RESTART:
-            self.events.emit(
-                "job.restarting", delay=0, reason=stop.reason, final_checkpoint=stop.committed
-            )
-            self._transition(JobState.BACKOFF)
-            self.backoff_until = time.monotonic()
-            return
-        if self.preemption is not None:
-            self._report_preemption(stop)
-        if stop.requeue:
-            self._requeue(stop)
-        if stop.committed and not stop.failed:
-            self.exit_code = exit_codes.OK
-        elif stop.failed or stop.forced:
-            self.exit_code = exit_codes.FAILED
-        elif (
-            status is None
-            or status.success
-            or status.signal == signal.Signals[self.config.stop_signal]
-        ):
-            self.exit_code = exit_codes.OK
-        else:
-            self.exit_code = exit_codes.FAILED
-        self.events.emit(
-            "job.stopped",
-            reason=stop.reason,
-            final_checkpoint=stop.committed,
-            exit_code=self.exit_code,
-            request_id=stop.final_id,
-        )
-        for waiter in stop.waiters:
-            waiter.reply(
-                {"stopped": True, "final_checkpoint": stop.committed, "exit_code": self.exit_code}
-            )
-        if stop.origin is Origin.FILE:
-            self.run_dir.consume(STOP_FILE)
-        self._transition(JobState.EXITED)
-
-    def _report_preemption(self, stop: Stopping) -> None:
-        """How much work the final checkpoint saved and how much was lost; approve the event."""
-        assert self.preemption is not None
-        outcome = self.preemption.outcome(
-            self.desk.last_commit if stop.committed else None, self.step
-        )
-        self.events.emit("preemption.final", **outcome)
-        if self.cloud is not None and self.preemption.notice is not None:
-            self.cloud.acknowledge(self.preemption.notice)
-
-    def _requeue(self, stop: Stopping) -> None:
-        command = [os.path.expandvars(arg) for arg in self.config.slurm.requeue_command]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-            code, output = result.returncode, (result.stderr or result.stdout).strip()[-500:]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            code, output = None, str(exc)
-        self.events.emit(
-            "job.requeued" if code == 0 else "job.requeue_failed",
-            level="info" if code == 0 else "error",
-            command=command,
-            returncode=code,
-            output=output,
-        )
-        if code != 0:
-            stop.failed = True
-
     # -- the job process -----------------------------------------------------------------
-
-    def _launch(self) -> None:
-        if self.state is JobState.BACKOFF:
-            self._transition(JobState.STARTING)
-        try:
-            self._take_job_lock()
-        except RunDirError as exc:
-            self.events.emit("job.launch_failed", level="error", error=str(exc))
-            self.exit_code = exit_codes.FAILED
-            self._transition(JobState.EXITED)
-            return
-        self.backoff_until = None
-        self.attempt += 1
-        self.events.attempt = self.attempt
-        log.bind(attempt=self.attempt)
-        for path in remove_temporaries(self.config.checkpoint_dir):
-            self.events.emit("checkpoint.temporary_removed", path=str(path))
-        rejected: list[Checkpoint] = []
-        resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
-        for bad in rejected:
-            self.events.emit(
-                "checkpoint.invalid", level="warning", path=str(bad.path), why=bad.reason
-            )
-        self.resumed_from = resume
-        if resume is not None:
-            self.desk.note_progress(resume.step)
-        self._set_step(resume.step if resume else None)
-        try:
-            self.trainer = Trainer.launch(
-                self.config.command,
-                self._job_env(resume),
-                self.config.cwd,
-                pass_fds=[self.run_dir.lock_fd],
-            )
-        except LaunchError as exc:
-            self.events.emit("job.launch_failed", level="error", error=str(exc))
-            self.trainer = None
-            self._after_exit(ExitStatus(code=exit_codes.CANNOT_EXECUTE))
-            return
-        self.run_dir.record_holder(self.trainer.pid)
-        now = time.monotonic()
-        self.launched = self.last_progress = now
-        self.timer.reset(now)
-        self._transition(JobState.RUNNING)
-        self.notifier.ready(self._status_line())
-        self.events.emit(
-            "job.started",
-            pid=self.trainer.pid,
-            resume_from=str(resume.path) if resume else None,
-            resume_step=resume.step if resume else None,
-        )
-
-    def _job_env(self, resume: Checkpoint | None) -> dict[str, str]:
-        inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ONLY}
-        return {
-            **inherited,
-            **self.config.env,
-            protocol.ENV_ENDPOINT: self.channel.endpoint,
-            protocol.ENV_CHECKPOINT_DIR: str(self.config.checkpoint_dir),
-            protocol.ENV_RESUME_FROM: str(resume.path) if resume else "",
-            protocol.ENV_RESUME_STEP: str(resume.step) if resume else "",
-            protocol.ENV_ATTEMPT: str(self.attempt),
-            protocol.ENV_RUN_DIR: str(self.run_dir.path),
-            protocol.ENV_JOB: self.config.name,
-        }
-
-    def _check_child(self) -> None:
-        trainer = self.trainer
-        if trainer is None or (status := trainer.poll()) is None:
-            return
-        self.events.emit(
-            "job.exited",
-            pid=trainer.pid,
-            status=str(status),
-            exit_code=None if trainer.adopted else status.shell_code,
-        )
-        leftovers = trainer.kill_leftovers(self.config.kill_timeout)
-        if leftovers:
-            self.events.emit("job.leftovers_killed", count=leftovers)
-        self.trainer = None
-        self.channel.forget_peers()
-        self.run_dir.record_holder(None)
-        self.desk.job_exited()
-        self._note_progress_on_disk()
-        if self.stopping is not None and self.stopping.kind is not StopKind.HANG:
-            self._finish_stop(status)
-            return
-        self.stopping = None
-        self._after_exit(status)
-
-    def _note_progress_on_disk(self) -> None:
-        """Count a commit whose acknowledgement died with the job (cheap check; launch verifies)."""
-        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
-        if steps and self.desk.note_progress(max(steps)):
-            self.restarts_without_progress = 0
-
-    def _after_exit(self, status: ExitStatus) -> None:
-        if not self.policy.wants_restart(status):
-            self.exit_code = status.shell_code
-            self.events.emit("job.finished", status=str(status), exit_code=self.exit_code)
-            self._transition(JobState.EXITED)
-            return
-        self.restarts_without_progress += 1
-        if self.policy.exhausted(self.restarts_without_progress):
-            self.exit_code = exit_codes.GAVE_UP
-            self.events.emit(
-                "job.gave_up",
-                level="error",
-                status=str(status),
-                restarts=self.restarts_without_progress - 1,
-                why="max_restarts reached without a new checkpoint",
-            )
-            self._transition(JobState.EXITED)
-            return
-        delay = self.policy.backoff(self.restarts_without_progress, random.Random())
-        self.backoff_until = time.monotonic() + delay
-        self.timer.pause()
-        self._transition(JobState.BACKOFF)
-        self.events.emit(
-            "job.restarting",
-            delay=round(delay, 3),
-            status=str(status),
-            restarts_left=self.restarts_left,
-        )
-
-    @property
-    def restarts_left(self) -> int:
-        return max(0, self.config.max_restarts - self.restarts_without_progress)
 
     def _status_line(self) -> str:
         last = self.desk.last_commit
@@ -636,15 +278,6 @@ class Arbiter:
                     max(0.0, self.stopping.deadline - now) + self.config.kill_timeout + 5.0
                 )
             self._save_bytes = written
-
-    def _preemption_final_due(self, now: float) -> bool:
-        plan = self.preemption
-        return (
-            plan is not None
-            and self.stopping is None
-            and self.trainer is not None
-            and now >= plan.final_at(self._save_seconds())
-        )
 
     def _check_clocks(self) -> None:
         now = time.monotonic()
