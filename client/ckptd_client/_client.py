@@ -224,8 +224,8 @@ class Client:
             path, written = manifest.commit(temp_dir, step, metrics)
         except BaseException as exc:  # reported and re-raised in the training thread
             shutil.rmtree(temp_dir, ignore_errors=True)
+            self._async_error = exc  # before the report, so it is raised by any later call
             self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
-            self._async_error = exc
             return
         self._commit(
             step, _commit_record(path, step, metrics, written.size, time.monotonic() - began)
