@@ -362,7 +362,6 @@ class Arbiter(Stopper, Launcher):
 
     def _set_step(self, step: int | None) -> None:
         self.step = step
-        self.events.step = step
         log.bind(step=step)
 
 

@@ -127,9 +127,7 @@ class CheckpointDesk:
             metrics=message.get("metrics"),
             reused=reused,
         )
-        progress = isinstance(step, int) and (self.newest_step is None or step > self.newest_step)
-        if progress:
-            self.newest_step = step
+        progress = isinstance(step, int) and self.note_progress(step)
         self.last_commit = {
             "path": message.get("path"),
             "step": step,

@@ -10,7 +10,6 @@ commands cannot starve the job channel.
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from .log import get_logger
-from .run_dir import socket_path
+from .run_dir import bind_private, remove_socket
 
 VERSION = 1
 _HWM = 1000
@@ -84,7 +83,6 @@ class ControlServer:
         self._auth: Any = None
         self._log = get_logger()
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._ipc_paths = [p for p in (socket_path(control_ipc), socket_path(events_ipc)) if p]
         self.routers = [self._router(control_ipc, max_message_bytes, None)]
         self.publishers = [self._publisher(events_ipc, None)]
         self.endpoints = {"control": control_ipc, "events": events_ipc}
@@ -170,11 +168,8 @@ class ControlServer:
         if self._auth is not None:
             self._auth.stop()
         self._context.term()
-        for path in self._ipc_paths:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        for endpoint in (self.endpoints["control"], self.endpoints["events"]):
+            remove_socket(endpoint)
 
     # -- set-up ----------------------------------------------------------------------
 
@@ -196,16 +191,7 @@ class ControlServer:
         if curve is not None and endpoint.startswith("tcp://"):
             public, secret = zmq.auth.load_certificate(str(curve.secret_key_file))
             sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
-        path = socket_path(endpoint)
-        if path is not None and (path.exists() or path.is_symlink()):
-            path.unlink()  # ours, left by a daemon that died: the run-directory lock is ours now
-        previous = os.umask(0o177)
-        try:
-            sock.bind(endpoint)
-        finally:
-            os.umask(previous)
-        if path is not None:
-            os.chmod(path, 0o600)
+        bind_private(sock, endpoint)
         return sock
 
     def _start_authenticator(self, curve: Curve) -> None:

@@ -40,7 +40,7 @@ def supervise(config: JobConfig) -> int:
     for fd in (wake_r, wake_w):
         os.set_blocking(fd, False)
     control = _control_server(config, run_dir)
-    events = EventLog(run_dir.file(EVENTS_FILE), config.name, publish=control.publish)
+    events = EventLog(run_dir.file(EVENTS_FILE), publish=control.publish)
     channel = JobChannel(run_dir.ipc_endpoint("job"))
     run_dir.record_endpoints({"job": channel.endpoint, **control.endpoints})
     sources: list[RequestSource] = [

@@ -14,30 +14,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from .log import get_logger
 
 
 class EventLog:
-    """Writes each event once to the log and once, as a JSON line, to ``events.jsonl``."""
+    """Writes each event once to the log and once, as a JSON line, to ``events.jsonl``.
 
-    def __init__(
-        self, path: Path, job: str, publish: Callable[[dict[str, Any]], None] | None = None
-    ) -> None:
+    ``job``, ``attempt`` and ``step`` come from the fields bound for every log line
+    (``log.bind``), so the log and the event records can never disagree.
+    """
+
+    def __init__(self, path: Path, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self._file = os.fdopen(fd, "a", buffering=1)
-        self._job = job
         self._log = get_logger()
         self.publish = publish
-        self.attempt = 0
-        self.step: int | None = None
 
     def emit(self, event: str, *, level: str = "info", **fields: Any) -> None:
+        bound = structlog.contextvars.get_contextvars()
         record = {
             "time": time.time(),
             "event": event,
-            "job": self._job,
-            "attempt": self.attempt,
-            "step": self.step,
+            "job": bound.get("job"),
+            "attempt": bound.get("attempt"),
+            "step": bound.get("step"),
             **fields,
         }
         self._file.write(json.dumps(record, default=str) + "\n")

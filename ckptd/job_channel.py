@@ -6,7 +6,6 @@ warning; nothing a peer sends can stop the loop.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ import zmq
 from ckptd_client import protocol
 
 from .log import get_logger
-from .run_dir import socket_path
+from .run_dir import bind_private, remove_socket
 
 _HWM = 1000
 _WARN_EVERY = 10.0
@@ -42,16 +41,7 @@ class JobChannel:
         self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.SNDHWM, _HWM)
         self.socket.setsockopt(zmq.RCVHWM, _HWM)
-        path = socket_path(endpoint)
-        if path is not None and (path.exists() or path.is_symlink()):
-            path.unlink()  # a stale socket of ours: the run-directory lock is held by us now
-        previous_umask = os.umask(0o177)
-        try:
-            self.socket.bind(endpoint)
-        finally:
-            os.umask(previous_umask)
-        if path is not None:
-            os.chmod(path, 0o600)
+        bind_private(self.socket, endpoint)
         self._log = get_logger()
         self._last_warning = -_WARN_EVERY
 
@@ -109,12 +99,7 @@ class JobChannel:
     def close(self) -> None:
         self.socket.close(linger=0)
         self._context.term()
-        path = socket_path(self.endpoint)
-        if path is not None:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        remove_socket(self.endpoint)
 
     def _warn(self, event: str, **fields: Any) -> None:
         now = time.monotonic()

@@ -79,7 +79,6 @@ class Launcher(ArbiterState):
             return
         self.backoff_until = None
         self.attempt += 1
-        self.events.attempt = self.attempt
         log.bind(attempt=self.attempt)
         for path in remove_temporaries(self.config.checkpoint_dir):
             self.events.emit("checkpoint.temporary_removed", path=str(path))

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -180,6 +181,33 @@ class RunDir:
 
 def socket_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+
+
+def bind_private(sock: Any, endpoint: str) -> None:
+    """Bind a ZeroMQ socket; an ipc socket file is born 0600 (umask), never readable by others.
+
+    A socket file already there is a dead daemon's: the run-directory locks are ours now.
+    """
+    path = socket_path(endpoint)
+    if path is not None and (path.exists() or path.is_symlink()):
+        path.unlink()
+    previous = os.umask(0o177)
+    try:
+        sock.bind(endpoint)
+    finally:
+        os.umask(previous)
+    if path is not None:
+        os.chmod(path, 0o600)
+
+
+def remove_socket(endpoint: str) -> None:
+    """Remove the file of an ipc endpoint (nothing for TCP)."""
+    path = socket_path(endpoint)
+    if path is not None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _short_socket_dir() -> Path:

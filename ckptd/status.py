@@ -23,8 +23,10 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
         unsaved_steps = step - last["step"] if last and last.get("step") is not None else step + 1
     unsaved_seconds = None
     if arbiter.trainer is not None:
-        since = max(last["time"], wall - (now - arbiter.launched)) if last else None
-        unsaved_seconds = round(wall - since, 3) if since else round(now - arbiter.launched, 3)
+        # Work is at risk since the later of the last commit and this launch.
+        launched = wall - (now - arbiter.launched)
+        since = max(launched, (last or {}).get("time") or launched)
+        unsaved_seconds = round(wall - since, 3)
     due = arbiter.timer.next_due()
     trainer = arbiter.trainer
     return {

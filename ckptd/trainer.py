@@ -119,16 +119,10 @@ class Trainer:
     def alive_tree(self) -> list[psutil.Process]:
         """Processes of the tree still running (zombies count as gone)."""
         self._remember_tree()
-        alive = []
         for process in list(self._known.values()):
-            try:
-                if process.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(process)
-                    continue
-            except psutil.NoSuchProcess:
-                pass
-            self._known.pop(process.pid, None)
-        return alive
+            if not _running(process):
+                self._known.pop(process.pid, None)
+        return list(self._known.values())
 
     def kill_leftovers(self, timeout: float) -> int:
         """After the main process ended: SIGTERM the rest of its tree, SIGKILL after ``timeout``.

@@ -45,6 +45,16 @@ def wait_for(
         time.sleep(interval)
 
 
+def plain_trainer(pids: Path, *flags: str) -> list[str]:
+    """The command of the fake job that does not use the client (tests/fakes/plain_trainer.py)."""
+    return [sys.executable, str(FAKES / "plain_trainer.py"), "--pids", str(pids), *flags]
+
+
+def job_pids(pids: Path) -> dict[str, Any]:
+    """Wait for plain_trainer to record its pid and its children's; return them."""
+    return wait_for(lambda: pids.exists() and json.loads(pids.read_text()), f"pids in {pids}")
+
+
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:

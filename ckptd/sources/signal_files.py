@@ -25,8 +25,7 @@ _ACTIONS = {CHECKPOINT_FILE: Action.CHECKPOINT, STOP_FILE: Action.STOP}
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, directory: Path, post: Post) -> None:
-        self._directory = directory
+    def __init__(self, post: Post) -> None:
         self._post = post
 
     def on_created(self, event: FileSystemEvent) -> None:
@@ -37,8 +36,9 @@ class _Handler(FileSystemEventHandler):
 
     def _appeared(self, raw: str | bytes) -> None:
         # Only creation counts: touching a file that is still there repeats a pending request.
+        # Whether it still exists when acted on is the arbiter's to check (events arrive late).
         name = os.path.basename(os.fsdecode(raw))
-        if name in _ACTIONS and os.path.lexists(self._directory / name):
+        if name in _ACTIONS:
             self._post(Request(_ACTIONS[name], Origin.FILE, f"{name} file"))
 
 
@@ -50,7 +50,7 @@ class SignalFiles:
         self._observer: Any = None
 
     def start(self, post: Post) -> None:
-        handler = _Handler(self.directory, post)
+        handler = _Handler(post)
         self._observer = self._start_observer(handler)
         for name, action in _ACTIONS.items():
             if os.path.lexists(self.directory / name):

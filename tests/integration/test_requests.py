@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 
-from conftest import FAKES, Job, wait_for
+from conftest import Job, plain_trainer, wait_for
 
 
 def test_touching_checkpoint_commits_and_removes_the_file(job: Job) -> None:
@@ -74,14 +73,7 @@ def test_request_signal_reaches_an_uninstrumented_job(job: Job, tmp_path: Path) 
     """A job without the client gets request_signal on its main process for each request."""
     pids, received = tmp_path / "pids.json", tmp_path / "signals.txt"
     job.start(
-        [
-            sys.executable,
-            str(FAKES / "plain_trainer.py"),
-            "--pids",
-            str(pids),
-            "--record-signals",
-            str(received),
-        ],
+        plain_trainer(pids, "--record-signals", str(received)),
         "--request-signal",
         "SIGUSR1",
         "--grace",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import FAKES, Job, alive, wait_for
+from conftest import Job, alive, job_pids, plain_trainer, wait_for
 
 
 def _run_ckptd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -71,24 +71,17 @@ def test_orphan_without_the_client_is_signalled_and_replaced(
 ) -> None:
     """An orphan that never speaks to the job channel gets stop_signal, its tree too if needed."""
     pids_file = tmp_path / "pids.json"
-    command = [
-        sys.executable,
-        str(FAKES / "plain_trainer.py"),
-        "--pids",
-        str(pids_file),
-        "--grandchildren",
-        "2",
-    ]
+    command = plain_trainer(pids_file, "--grandchildren", "2")
     first = make_job()
     first.start(command)
-    pids = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "job pids")
+    pids = job_pids(pids_file)
     os.kill(first.pid, signal.SIGKILL)
     first.process.wait()
     pids_file.unlink()
     second = make_job("second")
     second.start(command, "--kill-timeout", "1s")
     second.wait_event("job.adopted")
-    fresh = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "new job")
+    fresh = job_pids(pids_file)
     assert fresh["pid"] != pids["pid"]
     for pid in [pids["pid"], *pids["children"]]:
         wait_for(lambda pid=pid: not alive(pid), f"old process {pid} to be gone", 20)

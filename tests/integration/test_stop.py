@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import time
 from pathlib import Path
 
-from conftest import FAKES, Job, alive, wait_for
+from conftest import Job, alive, job_pids, plain_trainer, wait_for
 
 
 def test_sigterm_saves_at_the_current_step_and_exits_zero(job: Job) -> None:
@@ -88,17 +86,9 @@ def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(
 ) -> None:
     """A job ignoring SIGTERM is killed at the deadline, grandchildren (even setsid ones) too."""
     pids_file = tmp_path / "pids.json"
-    command = [
-        sys.executable,
-        str(FAKES / "plain_trainer.py"),
-        "--pids",
-        str(pids_file),
-        "--ignore-term",
-        "--grandchildren",
-        "2",
-    ]
+    command = plain_trainer(pids_file, "--ignore-term", "--grandchildren", "2")
     job.start(command, "--grace", "1s", "--kill-timeout", "1s")
-    pids = wait_for(lambda: pids_file.exists() and json.loads(pids_file.read_text()), "job pids")
+    pids = job_pids(pids_file)
     everyone = [pids["pid"], *pids["children"]]
     assert all(alive(pid) for pid in everyone)
     began = time.monotonic()
@@ -112,7 +102,7 @@ def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(
 def test_uninstrumented_job_that_obeys_sigterm_stops_cleanly(job: Job, tmp_path: Path) -> None:
     """A job without the client gets stop_signal on its main process and ckptd exits 0."""
     pids_file = tmp_path / "pids.json"
-    job.start([sys.executable, str(FAKES / "plain_trainer.py"), "--pids", str(pids_file)])
+    job.start(plain_trainer(pids_file))
     wait_for(pids_file.exists, "the job to start")
     job.signal(signal.SIGINT)
     assert job.wait() == 0

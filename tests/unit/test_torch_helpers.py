@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,30 +26,37 @@ def torch_module():
     return torch, helpers
 
 
-def test_save_async_snapshots_then_loads_weights_only(
-    tmp_path: Path, monkeypatch, torch_module
-) -> None:
-    """save_async copies the state first: later in-place changes do not reach the checkpoint."""
-    torch, helpers = torch_module
+@pytest.fixture
+def connect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], Any]]:
+    """Standalone clients checkpointing under tmp_path, closed after the test."""
     import ckptd_client
 
     monkeypatch.delenv("CKPTD_ENDPOINT", raising=False)
     monkeypatch.chdir(tmp_path)
-    ck = ckptd_client.connect()
-    try:
-        model = torch.nn.Linear(4, 2)
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        helpers.save_async(ck, 3, {"model": model.state_dict(), "meta": {"epoch": 1}})
-        with torch.no_grad():
-            model.weight.add_(1.0)  # training goes on while the save is written
-        ck.wait()
-    finally:
-        ck.close()
-    again = ckptd_client.connect()
-    try:
-        loaded = helpers.load(again)
-    finally:
-        again.close()
+    clients: list[Any] = []
+
+    def make() -> Any:
+        clients.append(ckptd_client.connect())
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_save_async_snapshots_then_loads_weights_only(
+    tmp_path: Path, connect, torch_module
+) -> None:
+    """save_async copies the state first: later in-place changes do not reach the checkpoint."""
+    torch, helpers = torch_module
+    ck = connect()
+    model = torch.nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    helpers.save_async(ck, 3, {"model": model.state_dict(), "meta": {"epoch": 1}})
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on while the save is written
+    ck.wait()
+    loaded = helpers.load(connect())
     assert loaded is not None and loaded["meta"] == {"epoch": 1}
     assert all(torch.equal(loaded["model"][k], before[k]) for k in before)
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "step-00000003").iterdir()) == [
@@ -67,26 +76,19 @@ def test_load_refuses_pickled_objects_by_default(tmp_path: Path, torch_module) -
 
 
 def test_snapshot_memory_is_reused_without_touching_committed_saves(
-    tmp_path: Path, monkeypatch, torch_module
+    tmp_path: Path, connect, torch_module
 ) -> None:
     """The second save_async reuses the first snapshot's memory; both checkpoints stay right."""
     torch, helpers = torch_module
-    import ckptd_client
-
-    monkeypatch.delenv("CKPTD_ENDPOINT", raising=False)
-    monkeypatch.chdir(tmp_path)
-    ck = ckptd_client.connect()
+    ck = connect()
     weights = torch.zeros(1000)
-    try:
-        helpers.save_async(ck, 1, {"w": weights})
-        ck.wait()
-        first_buffer = helpers._buffers[ck].in_use[0]
-        weights += 1
-        helpers.save_async(ck, 2, {"w": weights})
-        ck.wait()
-        assert helpers._buffers[ck].in_use[0].data_ptr() == first_buffer.data_ptr()
-    finally:
-        ck.close()
+    helpers.save_async(ck, 1, {"w": weights})
+    ck.wait()
+    first_buffer = helpers._buffers[ck].in_use[0]
+    weights += 1
+    helpers.save_async(ck, 2, {"w": weights})
+    ck.wait()
+    assert helpers._buffers[ck].in_use[0].data_ptr() == first_buffer.data_ptr()
     one = torch.load(tmp_path / "checkpoints" / "step-00000001" / "w.pt", weights_only=True)
     two = torch.load(tmp_path / "checkpoints" / "step-00000002" / "w.pt", weights_only=True)
     assert float(one.sum()) == 0.0 and float(two.sum()) == 1000.0
