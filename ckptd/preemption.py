@@ -48,7 +48,8 @@ class Preemption:
         final_step = final.get("step") if final else None
         saved = None
         if isinstance(final_step, int):
-            saved = final_step - (self.committed_step_at_notice or -1)
+            before = self.committed_step_at_notice
+            saved = final_step - (-1 if before is None else before)
         lost = None
         if isinstance(final_step, int) and step_at_exit is not None:
             lost = max(0, step_at_exit - final_step)
