@@ -1,0 +1,358 @@
+"""Goodput accounting from event logs: synthetic jobs whose every second is known."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ckptd.goodput import KINDS, account, goodput_of
+from ckptd.history import History, read_events
+
+
+class SimulatedJob:
+    """Writes the events a daemon would log for a job with known step and save times.
+
+    ``truth`` adds up, by construction, what each second was spent on, with the same
+    definitions as ckptd.goodput (the first step after a launch counts as restarting).
+    """
+
+    def __init__(
+        self,
+        step: float = 0.5,
+        save: float = 5.0,
+        every: float = 600.0,
+        startup: float = 20.0,
+        backoff: float = 2.0,
+        progress: float | None = 10.0,
+        daemon_started_event: bool = True,
+    ) -> None:
+        self.step_time, self.save, self.every = step, save, every
+        self.startup, self.backoff, self.progress = startup, backoff, progress
+        self.daemon_started_event = daemon_started_event
+        self.records: list[dict[str, Any]] = []
+        self.truth: dict[str, float] = defaultdict(float)
+        self.t = 0.0
+        self.attempt = -1
+        self.step: int | None = None
+        self.committed: int | None = None
+        self.pending = 0.0  # training since the last kept point
+        self.counts = defaultdict(int)
+
+    def emit(self, event: str, step: int | None = None, **fields: Any) -> None:
+        record = {"time": self.t, "event": event, "job": "sim", "attempt": self.attempt}
+        self.records.append({**record, "step": self.step if step is None else step, **fields})
+
+    def daemon(self) -> None:
+        self.counts["daemon_runs"] += 1
+        self.attempt = 0
+        self.step = self.committed
+        if self.daemon_started_event:
+            self.emit("ckptd.started", pid=1)
+        self.attempt = -1
+        self.t += 0.02
+        self.truth["restarting"] += 0.02
+
+    def launch(self) -> None:
+        self.attempt += 1
+        self.counts["attempts"] += 1
+        self.step = self.committed
+        self.emit("job.started", pid=100, resume_step=self.committed)
+        self.t += self.startup / 2
+        self.emit("client.connected", pid=100, rank=0)
+        self.t += self.startup / 2 + self.step_time
+        self.truth["restarting"] += self.startup + self.step_time
+        self.step = (self.committed if self.committed is not None else -1) + 1
+        self.emit("job.progress")
+        self.last_progress = self.t
+        self.timer = self.t - self.step_time - self.startup
+
+    def train_until(self, until: float) -> None:
+        """Train (with periodic saves) until the step that ends at or after ``until``."""
+        while self.t < until:
+            if self.t + self.step_time > until:
+                return  # the next step would cross: the caller decides what happens then
+            self.t += self.step_time
+            self.pending += self.step_time
+            self.step = (self.step or 0) + 1
+            if self.progress is not None and self.t - self.last_progress >= self.progress:
+                self.emit("job.progress")
+                self.last_progress = self.t
+            if self.t - self.timer >= self.every:
+                self.emit("checkpoint.requested", request_id="r", reason="every")
+                self.save_now()
+
+    def save_now(self, final: bool = False) -> None:
+        self.emit("checkpoint.started", request_id="r", request_ids=["r"], pid=100)
+        self.t += self.save
+        self.truth["saving"] += self.save
+        self.truth["productive"] += self.pending
+        self.pending = 0.0
+        self.committed = self.step
+        self.counts["checkpoints"] += 1
+        self.emit("checkpoint.committed", step=self.step, seconds=self.save, reused=False)
+        self.timer = self.t
+
+    def crash(self, into_step: float) -> None:
+        """The job dies ``into_step`` seconds into a step; ckptd restarts it after a backoff."""
+        self.t += into_step
+        self.truth["lost"] += self.pending + into_step
+        self.pending = 0.0
+        self.counts["failures"] += 1
+        self.emit("job.exited", pid=100, status="exit status 1", exit_code=1)
+        self.t += 0.001
+        self.truth["restarting"] += 0.001
+        self.emit("job.restarting", delay=self.backoff, status="exit status 1", restarts_left=9)
+        self.t += self.backoff
+        self.truth["idle"] += self.backoff
+        self.launch()
+
+    def stop(self, preempted: bool = False) -> None:
+        """A requested stop (or a preemption notice): final save at the step's end, exit."""
+        if preempted:
+            self.counts["preemptions"] += 1
+            self.emit("preemption.noticed", provider="gcp", kind="preempted", deadline=self.t + 30)
+        self.emit("job.stopping", reason="SIGTERM", kind="stop", grace=25, request_id="f")
+        self.t += self.step_time  # the step in progress ends
+        self.pending += self.step_time
+        self.step = (self.step or 0) + 1
+        self.save_now(final=True)
+        self.t += 0.05
+        self.truth["restarting"] += 0.05
+        self.emit("job.exited", pid=100, status="exit status 0", exit_code=0)
+        self.emit("job.stopped", reason="SIGTERM", final_checkpoint=True, exit_code=0)
+        self.t += 0.01
+        self.truth["idle"] += 0.01
+        self.emit("ckptd.exiting", exit_code=0)
+
+    def machine_lost(self) -> None:
+        """Daemon and job vanish without a record: what was trained since the last one is lost."""
+        last = self.records[-1]["time"]
+        self.truth["lost"] += self.pending - (self.t - last)  # the log ends at its last record
+        self.counts["failures"] += 1
+        self.pending = 0.0
+        self.t = last
+
+    def ratio(self) -> float:
+        settled = sum(self.truth.values())
+        return self.truth["productive"] / settled
+
+
+def _check(job: SimulatedJob, tolerance: float = 0.01) -> None:
+    found = goodput_of(job.records)
+    wall = sum(job.truth.values())
+    assert found.ratio == pytest.approx(job.ratio(), abs=tolerance)
+    assert found.wall == pytest.approx(wall, rel=0.001)
+    for kind in ("productive", "saving", "lost", "restarting", "idle"):
+        assert getattr(found, kind) == pytest.approx(job.truth[kind], abs=0.01 * wall), kind
+    for count in ("attempts", "failures", "preemptions", "checkpoints", "daemon_runs"):
+        assert getattr(found, count) == job.counts[count], count
+
+
+def _spot_schedule(job: SimulatedJob) -> SimulatedJob:
+    """Two hours: crashes, a preemption with an offline gap, a machine lost, a final stop."""
+    job.daemon()
+    job.launch()
+    job.train_until(1500.0)
+    job.crash(0.2)
+    job.train_until(3000.0)
+    job.stop(preempted=True)
+    job.t += 900.0  # a new VM comes up a quarter of an hour later
+    job.daemon()
+    job.launch()
+    job.train_until(5000.0)
+    job.crash(0.3)
+    job.train_until(6000.0)
+    if job.progress is not None:
+        job.machine_lost()
+        job.t += 300.0
+        job.daemon()
+        job.launch()
+    job.train_until(7200.0)
+    job.stop()
+    return job
+
+
+def test_goodput_matches_a_spot_schedule_with_progress_events() -> None:
+    """Crashes, a preemption, a lost machine: every kind of time within 1 % of the truth."""
+    _check(_spot_schedule(SimulatedJob()))
+
+
+def test_goodput_without_progress_events_extrapolates_the_first_step() -> None:
+    """Without job.progress or ckptd.started, the first step is found from the step rate."""
+    job = _spot_schedule(SimulatedJob(progress=None, daemon_started_event=False))
+    _check(job)
+
+
+def test_goodput_of_frequent_saves_and_short_steps() -> None:
+    """Saves every minute of a 2 s save, 0.1 s steps, several crashes: within 1 %."""
+    job = SimulatedJob(step=0.1, save=2.0, every=60.0, startup=5.0, backoff=1.0)
+    job.daemon()
+    job.launch()
+    for crash_at in (400.0, 1000.0, 1100.0, 2000.0):
+        job.train_until(crash_at)
+        job.crash(0.05)
+    job.train_until(3000.0)
+    job.stop()
+    _check(job)
+
+
+def _record(time: float, event: str, attempt: int | None = 0, step: int | None = None, **f: Any):
+    return {"time": time, "event": event, "job": "j", "attempt": attempt, "step": step, **f}
+
+
+def test_a_job_that_finishes_keeps_all_its_training() -> None:
+    """A job that exits 0 on its own: its result is the kept work, nothing lost."""
+    records = [
+        _record(0, "ckptd.started"),
+        _record(1, "job.started", resume_step=None),
+        _record(11, "job.progress", step=0),
+        _record(101, "job.exited", step=900, exit_code=0),
+        _record(101, "job.finished", step=900, exit_code=0),
+        _record(102, "ckptd.exiting", step=900, exit_code=0),
+    ]
+    found = goodput_of(records)
+    assert (found.productive, found.lost, found.restarting, found.idle) == (90, 0, 11, 1)
+    assert found.ratio == pytest.approx(90 / 102)
+    assert found.failures == 0
+
+
+def test_work_above_an_invalid_checkpoint_is_lost() -> None:
+    """A relaunch that resumes from an older checkpoint makes the newer one's work lost."""
+    records = [
+        _record(0, "job.started", resume_step=None),
+        _record(10, "job.progress", step=0),
+        _record(50, "checkpoint.started", step=40),
+        _record(51, "checkpoint.committed", step=40),
+        _record(90, "checkpoint.started", step=80),
+        _record(91, "checkpoint.committed", step=80),
+        _record(100, "job.exited", step=89, exit_code=1),
+        _record(100, "job.restarting", delay=0),
+        _record(100, "checkpoint.invalid", attempt=1, path="step-80", why="digest"),
+        _record(100, "job.started", attempt=1, resume_step=40),
+    ]
+    spans = account(records).spans
+    kept_until = max(s.end for s in spans if s.kind == "productive" and s.attempt == 0)
+    assert kept_until == pytest.approx(50)  # the state of step 40 was taken at 50
+    found = goodput_of(records)
+    assert found.lost == pytest.approx((90 - 51) + (100 - 91))
+    assert found.saving == pytest.approx(2)
+
+
+def test_a_commit_whose_acknowledgement_died_still_counts() -> None:
+    """The next launch resumes from a step never acknowledged: that work was kept."""
+    records = [
+        _record(0, "job.started", resume_step=None),
+        _record(10, "job.progress", step=0),
+        _record(60, "job.progress", step=50),
+        _record(110, "job.exited", step=100, exit_code=1),
+        _record(110, "job.restarting", delay=0),
+        _record(110, "job.started", attempt=1, resume_step=90),
+    ]
+    found = goodput_of(records)
+    assert found.productive == pytest.approx(90)  # steps 1..90, one second each
+    assert found.lost == pytest.approx(10)
+
+
+def test_an_adopted_job_bridges_two_daemons() -> None:
+    """A job left running by a killed daemon and stopped by the next: no offline time."""
+    records = [
+        _record(0, "job.started", resume_step=None),
+        _record(10, "job.progress", step=0),
+        _record(20, "job.progress", step=10),
+        # the daemon is SIGKILLed; the job trains on; a new daemon adopts it at 50
+        _record(50, "ckptd.started", attempt=0),
+        _record(50, "job.adopted", step=None, pid=7),
+        _record(51, "job.stopping", kind="restart", step=None),
+        _record(52, "checkpoint.started", step=42),
+        _record(53, "checkpoint.committed", step=42),
+        _record(53.5, "job.exited", step=42, exit_code=None),
+        _record(53.5, "job.restarting", delay=0, reason="orphan"),
+        _record(54, "job.started", attempt=1, resume_step=42),
+        _record(60, "job.exited", attempt=1, step=42, exit_code=0),
+        _record(60, "job.finished", attempt=1, step=42, exit_code=0),
+        _record(60, "ckptd.exiting", attempt=1, step=42),
+    ]
+    found = goodput_of(records)
+    assert found.offline == 0
+    assert found.productive == pytest.approx(42)
+    assert found.lost == 0 and found.failures == 0
+    assert found.daemon_runs == 2
+
+
+def test_a_live_job_counts_its_tail_as_unsaved() -> None:
+    """With ``now``, training since the last commit is unsaved and the ratio ignores it."""
+    records = [
+        _record(0, "ckptd.started"),
+        _record(0, "job.started", resume_step=None),
+        _record(10, "job.progress", step=0),
+        _record(70, "checkpoint.started", step=60),
+        _record(80, "checkpoint.committed", step=60),
+        _record(100, "job.progress", step=80),
+    ]
+    found = goodput_of(records, now=130)
+    assert found.unsaved == pytest.approx(50)
+    assert found.ratio == pytest.approx(60 / 80)
+    assert found.failures == 0
+    dead = goodput_of(records)  # the daemon died: the tail up to its last record is lost
+    assert dead.lost == pytest.approx(20) and dead.failures == 1
+
+
+def test_a_background_save_costs_only_its_reported_stall() -> None:
+    """Training goes on during a background save: only its stall is saving time."""
+    records = [
+        _record(0, "job.started", resume_step=None),
+        _record(10, "job.progress", step=0),
+        _record(50, "checkpoint.started", step=40),
+        _record(55, "job.progress", step=45),
+        _record(60, "checkpoint.committed", step=40, stall=0.5),
+        _record(100, "job.exited", step=90, exit_code=0),
+        _record(100, "job.finished", exit_code=0),
+    ]
+    found = goodput_of(records)
+    assert found.saving == pytest.approx(0.5)
+    assert found.productive == pytest.approx(89.5)
+    unreported = [r for r in records if "stall" not in r] + [
+        {**records[4], "stall": None}  # no stall field: the step moving tells it was background
+    ]
+    assert goodput_of(sorted(unreported, key=lambda r: r["time"])).saving == 0
+
+
+def test_runs_are_split_without_ckptd_started() -> None:
+    """Old logs: a new daemon is seen where the attempt counter starts over."""
+    records = [
+        _record(0, "job.started", resume_step=None),
+        _record(5, "job.progress", step=0),
+        _record(9, "job.progress", step=4),
+        _record(100, "checkpoint.temporary_removed", path=".tmp-x"),
+        _record(100, "job.started", resume_step=None),
+        _record(105, "job.progress", step=0),
+    ]
+    history = History.from_records(records)
+    assert len(history.runs) == 2 and history.runs[1].start == 100
+    found = goodput_of(records)
+    assert found.offline == pytest.approx(91)
+    assert found.lost == pytest.approx(4) and found.failures == 2
+
+
+def test_read_events_skips_torn_and_foreign_lines(tmp_path: Path) -> None:
+    """A half-written last line or a stray text line never breaks the report."""
+    path = tmp_path / "events.jsonl"
+    good = {"time": 1.0, "event": "job.started", "attempt": 0, "step": None}
+    path.write_text(json.dumps(good) + "\nnot json\n[1, 2]\n" + '{"time": 2.0, "ev')
+    assert read_events(path) == [good]
+
+
+def test_every_second_is_classified_once() -> None:
+    """The spans of a schedule tile the wall time: no overlap, no hole inside a run."""
+    job = _spot_schedule(SimulatedJob())
+    result = account(job.records)
+    spans = result.spans
+    assert all(s.kind in KINDS for s in spans)
+    for before, after in pairwise(spans):
+        assert after.start >= before.end - 1e-9
+    assert sum(s.seconds for s in spans) == pytest.approx(result.goodput.wall)
