@@ -74,16 +74,18 @@ class AwsWatcher:
         self._token: str | None = None
         self._token_expires = 0.0
         self._rebalance_seen = False
+        self._actions_seen: set[tuple[str, str]] = set()
 
     def poll(self) -> list[Notice]:
         notices = []
         status, body = self._get("/latest/meta-data/spot/instance-action")
         if status == 200:
             action = _json_object(body)
-            when = _parse_time(action.get("time"))
-            notices.append(
-                Notice("aws", str(action.get("action", "terminate")), when, detail=action)
-            )
+            kind, when = str(action.get("action", "terminate")), action.get("time")
+            # The document stays up for the whole window: each notice is acted on once.
+            if (kind, str(when)) not in self._actions_seen:
+                self._actions_seen.add((kind, str(when)))
+                notices.append(Notice("aws", kind, _parse_time(when), detail=action))
         status, body = self._get("/latest/meta-data/events/recommendations/rebalance")
         if status == 200 and not self._rebalance_seen:
             self._rebalance_seen = True

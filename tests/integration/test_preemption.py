@@ -50,21 +50,31 @@ def _final_before_deadline(job: Job, deadline: float) -> dict:
 def test_aws_spot_notice_checkpoints_now_and_saves_last_before_the_deadline(
     job: Job, tmp_path: Path, metadata: FakeMetadata
 ) -> None:
-    """AWS (2 min in life, 8 s here): a checkpoint at once, the final one as late as safe."""
+    """AWS (2 min in life, 8 s here): one checkpoint at once, the final one as late as safe.
+
+    The notice stays up for the whole window and is polled many times: it is acted on once.
+    """
     job.start_fake(options=("--config", str(_config(tmp_path, "aws", metadata.url, "2s"))))
     job.wait_event("client.connected")
     metadata.preempt(8.0)
     deadline = metadata.deadline
     noticed = job.wait_event("preemption.noticed")
     assert noticed["provider"] == "aws" and abs(noticed["deadline"] - deadline) < 1.5
+    polls_at_notice = _notice_polls(metadata)
     assert job.wait() == 0
     outcome = _final_before_deadline(job, deadline)
+    assert _notice_polls(metadata) - polls_at_notice >= 5, "the notice was not polled again"
+    assert len(job.events("preemption.noticed")) == 1
     commits = job.events("checkpoint.committed")
-    assert len(commits) >= 2, "expected an early checkpoint and a late final one"
+    assert len(commits) == 2, f"expected one early checkpoint and the final one: {commits}"
     assert commits[0]["time"] - noticed["time"] < 2.0  # the early one, at once
     assert commits[-1]["time"] > commits[0]["time"] + 2.0  # the final one, later
     assert outcome["steps_saved"] > 0
     assert any(r.startswith("PUT /latest/api/token") for r in metadata.requests)
+
+
+def _notice_polls(metadata: FakeMetadata) -> int:
+    return sum("spot/instance-action" in r for r in metadata.requests)
 
 
 @pytest.mark.parametrize("metadata", ["gcp"], indirect=True)
