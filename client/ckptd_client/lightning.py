@@ -1,0 +1,82 @@
+"""PyTorch Lightning ``Trainer`` under ckptd (needs the ``lightning`` extra).
+
+    from ckptd_client.lightning import CkptdCallback, resume_path
+    trainer = L.Trainer(..., callbacks=[CkptdCallback()])
+    trainer.fit(model, ckpt_path=resume_path())             # None on a fresh start
+
+A ckptd request is answered at the end of the next training batch: Lightning's own
+``trainer.save_checkpoint`` writes ``model.ckpt`` straight into the directory ckptd
+hands out, committed as ``step-N``, N = ``trainer.global_step``, with the logged
+metrics (``trainer.callback_metrics``). A stop (SIGTERM, STOP, preemption) is that
+save followed by ``trainer.should_stop``, so ``fit`` returns normally.
+
+Retention: ckptd's rules (``keep_last``, ``keep_best``) keep these checkpoints;
+``ModelCheckpoint``'s ``save_top_k`` governs only its own files. One process only
+for now (no DDP): ``save_checkpoint`` is a collective call that every rank would
+have to reach at the same step. Standalone (no daemon), Lightning's own SIGTERM
+handler may end ``fit`` before the final save; under ckptd the request comes over
+the job channel and no signal reaches the process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._client import Client
+from ._frameworks import checkpoint_file, missing_framework, numeric_metrics
+from ._frameworks import shared_client as _shared_client
+
+try:
+    import lightning.pytorch as pl
+except ModuleNotFoundError as _error:
+    _missing = missing_framework(_error, "lightning", "lightning")
+    if _missing is None:
+        raise
+    raise _missing from None
+
+__all__ = ["CHECKPOINT_FILE", "CkptdCallback", "resume_path"]
+
+CHECKPOINT_FILE = "model.ckpt"
+
+
+class CkptdCallback(pl.Callback):
+    """Turns ckptd requests into Lightning's own checkpoints, committed as ckptd checkpoints.
+
+    Per batch it reads two flags of the client (no syscall, no lock). A save that
+    fails to commit raises in ``fit``; earlier checkpoints stay valid.
+    """
+
+    def __init__(self, client: Client | None = None) -> None:
+        # Connect now, not at fit start: ckptd knows the job is alive from here on.
+        self.client = _shared_client(client)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        ck = self.client
+        step = trainer.global_step
+        ck.step(step)
+        if ck.should_checkpoint():
+            with ck.checkpoint(step, metrics=numeric_metrics(trainer.callback_metrics)) as d:
+                trainer.save_checkpoint(d / CHECKPOINT_FILE)
+        if ck.should_stop():
+            trainer.should_stop = True
+
+
+def resume_path(client: Client | None = None) -> str | None:
+    """The newest ckptd checkpoint that verifies, as ``Trainer.fit(ckpt_path=...)`` takes it
+    (its ``model.ckpt``), or None on a fresh start.
+
+    Under ckptd this is the checkpoint the daemon verified before the launch (a corrupt
+    newer one was skipped); standalone, the newest one in the checkpoint directory that
+    verifies. A checkpoint not saved by this callback is a one-line ``ValueError``.
+    """
+    last = _shared_client(client).restore()
+    if last is None:
+        return None
+    return str(checkpoint_file(last.path, CHECKPOINT_FILE, "Lightning"))

@@ -1,0 +1,104 @@
+"""Hugging Face ``Trainer`` under ckptd (needs the ``transformers`` extra).
+
+    from ckptd_client.transformers import CkptdCallback, resume_path
+    trainer = Trainer(..., callbacks=[CkptdCallback()])
+    trainer.train(resume_from_checkpoint=resume_path())     # None on a fresh start
+
+A ckptd request sets ``control.should_save`` at the next step end, so the Trainer
+saves with its own ``_save_checkpoint`` (model, optimizer, scheduler, RNG, trainer
+state) into ``output_dir/checkpoint-N``; that directory's files are then moved
+(renamed, not copied) into a ckptd checkpoint ``step-N``, N = ``state.global_step``,
+committed with the last logged metrics (``loss``, ``eval_loss``, ...). A stop
+(SIGTERM, STOP, preemption) is that save followed by ``control.should_training_stop``.
+
+Retention: the saves made for ckptd leave ``output_dir`` and are kept by ckptd's
+rules (``keep_last``, ``keep_best``); ``save_total_limit`` governs only the Trainer's
+own scheduled saves, which stay in ``output_dir``. One process only for now (no
+DDP / torchrun): every rank would answer the request with its own save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._client import Client
+from ._frameworks import checkpoint_file, missing_framework, move_into, numeric_metrics
+from ._frameworks import shared_client as _shared_client
+
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ModuleNotFoundError as _error:
+    _missing = missing_framework(_error, "transformers", "transformers")
+    if _missing is None:
+        raise
+    raise _missing from None
+
+__all__ = ["CkptdCallback", "resume_path"]
+
+# The Trainer names its saves f"{PREFIX_CHECKPOINT_DIR}-{global_step}" and writes this state file.
+_PREFIX = "checkpoint"
+_STATE_FILE = "trainer_state.json"
+
+
+class CkptdCallback(TrainerCallback):
+    """Turns ckptd requests into the Trainer's own saves, committed as ckptd checkpoints.
+
+    Per step it reads two flags of the client (no syscall, no lock). A save that
+    fails to commit raises in the training loop; earlier checkpoints stay valid.
+    """
+
+    def __init__(self, client: Client | None = None) -> None:
+        # Connect now, not at train start: ckptd knows the job is alive from here on.
+        self.client = _shared_client(client)
+        self.metrics: dict[str, float] = {}
+        self._saving = False
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        ck = self.client
+        ck.step(state.global_step)
+        if ck.should_checkpoint():
+            control.should_save = True
+            self._saving = True
+        elif ck.should_stop():
+            control.should_training_stop = True
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if logs:
+            self.metrics.update(numeric_metrics(logs))
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not self._saving:
+            return  # one of the Trainer's scheduled saves: it stays the Trainer's
+        self._saving = False
+        saved = Path(args.output_dir) / f"{_PREFIX}-{state.global_step}"
+        with self.client.checkpoint(state.global_step, metrics=self.metrics) as directory:
+            move_into(saved, directory)
+        if self.client.should_stop():
+            control.should_training_stop = True
+
+
+def resume_path(client: Client | None = None) -> str | None:
+    """The newest ckptd checkpoint that verifies, as ``Trainer.train(resume_from_checkpoint=...)``
+    takes it, or None on a fresh start.
+
+    Under ckptd this is the checkpoint the daemon verified before the launch (a corrupt
+    newer one was skipped); standalone, the newest one in the checkpoint directory that
+    verifies. A checkpoint not saved by this callback is a one-line ``ValueError``.
+    """
+    last = _shared_client(client).restore()
+    if last is None:
+        return None
+    checkpoint_file(last.path, _STATE_FILE, "Hugging Face")
+    return str(last.path)

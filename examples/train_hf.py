@@ -1,0 +1,100 @@
+"""A Hugging Face Trainer job under ckptd (needs the `transformers` extra).
+
+A one-layer GPT-2 built from a config (no download) learns generated token
+sequences. Two lines make it a ckptd job: `CkptdCallback()` in the Trainer's
+callbacks and `resume_from_checkpoint=resume_path()`.
+
+    ckptd run -- python examples/train_hf.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally
+
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from ckptd_client.transformers import CkptdCallback, resume_path
+
+
+class Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Sequences that count up from a random start, so the model has something to learn."""
+
+    def __init__(self, count: int, length: int, vocab: int, seed: int) -> None:
+        starts = torch.randint(0, vocab, (count, 1), generator=torch.Generator().manual_seed(seed))
+        self.rows = (starts + torch.arange(length)) % vocab
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.rows[index], "labels": self.rows[index]}
+
+
+class Progress(TrainerCallback):
+    """Paces the steps (--step-time) and says where this process started and stopped."""
+
+    def __init__(self, step_time: float) -> None:
+        self.step_time = step_time
+        self.first = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.first:
+            print(f"first step of this process: global step {state.global_step}", flush=True)
+            self.first = False
+        if self.step_time:
+            time.sleep(self.step_time)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--step-time", type=float, default=0.0)
+    parser.add_argument("--output-dir", default="hf_output")
+    parser.add_argument("--no-ckptd", action="store_true", help="train without the callback")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    training = TrainingArguments(
+        output_dir=args.output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        save_strategy="no",  # ckptd asks for the saves
+        logging_steps=10,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    callbacks: list[TrainerCallback] = [Progress(args.step_time)]
+    resume = None
+    if not args.no_ckptd:
+        callbacks.append(CkptdCallback())
+        resume = resume_path()
+    trainer = Trainer(
+        model=GPT2LMHeadModel(config),
+        args=training,
+        train_dataset=Tokens(4096, 16, config.vocab_size, seed=1),
+        callbacks=callbacks,
+    )
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+    print(f"stopped at global step {trainer.state.global_step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""A PyTorch Lightning job under ckptd (needs the `lightning` extra).
+
+A small MLP (a LightningModule) fits a generated regression task. Two lines make
+it a ckptd job: `CkptdCallback()` in the Trainer's callbacks and
+`ckpt_path=resume_path()`.
+
+    ckptd run -- python examples/train_lightning.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from ckptd_client.lightning import CkptdCallback, resume_path
+
+
+class Regressor(L.LightningModule):
+    def __init__(self, dim: int, step_time: float) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+        )
+        self.step_time = step_time
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor:
+        xs, ys = batch
+        loss = torch.nn.functional.mse_loss(self.net(xs), ys)
+        self.log("loss", loss)
+        if self.step_time:
+            time.sleep(self.step_time)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class Progress(L.Callback):
+    """Says where this process started training."""
+
+    def __init__(self) -> None:
+        self.first = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.first:
+            print(f"first step of this process: global step {trainer.global_step}", flush=True)
+            self.first = False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--step-time", type=float, default=0.0)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--no-ckptd", action="store_true", help="train without the callback")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    generator = torch.Generator().manual_seed(1)
+    xs = torch.randn(4096, args.dim, generator=generator)
+    ys = xs @ torch.randn(args.dim, 1, generator=generator)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(xs, ys), batch_size=64, shuffle=True
+    )
+    callbacks: list[L.Callback] = [Progress()]
+    resume = None
+    if not args.no_ckptd:
+        callbacks.append(CkptdCallback())
+        resume = resume_path()
+    trainer = L.Trainer(
+        max_steps=args.steps,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,  # ckptd asks for the saves
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    trainer.fit(Regressor(args.dim, args.step_time), data, ckpt_path=resume)
+    print(f"stopped at global step {trainer.global_step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
