@@ -41,7 +41,8 @@ def connect(
     SIGTERM/SIGINT (stop), SIGUSR1 and a ``CHECKPOINT`` file in ``run_dir`` (or
     ``CKPTD_RUN_DIR``) are the request sources, checkpoints go to
     ``checkpoint_dir``, ``CKPTD_CHECKPOINT_DIR`` or ``./checkpoints``, and the
-    newest valid checkpoint found there is the resume point.
+    newest valid checkpoint found there is the resume point; leftover ``.tmp-``
+    directories there are removed when their writer is gone.
     """
     env = os.environ
     ckpt_dir = Path(checkpoint_dir or env.get(protocol.ENV_CHECKPOINT_DIR) or "checkpoints")
@@ -55,7 +56,7 @@ def connect(
             )
         channel = DaemonChannel(endpoint, rank=int(env.get("RANK", "0") or 0))
         return Client(channel, ckpt_dir, resume, standalone=False)
-    remove_temporaries(ckpt_dir)
+    remove_temporaries(ckpt_dir, only_dead_writers=True)  # another process may be saving there
     signal_dir = run_dir or env.get(protocol.ENV_RUN_DIR)
     return Client(
         StandaloneChannel(Path(signal_dir) if signal_dir else None),

@@ -22,35 +22,61 @@ if TYPE_CHECKING:
     from ._client import Client
 
 HEARTBEAT_INTERVAL = 0.1
+JOIN_TIMEOUT = 5.0  # close() waits this long for the channel thread, then leaves it to end alone
 _POLL_MS = 200
 _FILE_POLL_SECONDS = 0.25
 
 
-def _new_wake_pipe() -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    return read_fd, write_fd
+class _WakePipe:
+    """A self-pipe that wakes a channel's thread; closed only once nothing can use it.
 
+    The channel's owner and its thread each hold it; whichever lets go last closes it.
+    Closing the descriptors under a thread that still polls them (a join that timed out)
+    would let their numbers be reused by another file that the thread then reads, or
+    that a later poke writes into.
+    """
 
-def _poke(fd: int, data: bytes = b"\0") -> None:
-    try:
-        os.write(fd, data)
-    except (BlockingIOError, OSError):
-        pass  # the pipe is full or closed: the reader is awake or gone either way
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self._holders = 1
+        self._lock = threading.Lock()
+        self.closed = False
 
+    def hold(self) -> None:
+        with self._lock:
+            self._holders += 1
 
-def _drain(fd: int) -> bytes:
-    chunks = []
-    while True:
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders or self.closed:
+                return
+            self.closed = True
+            os.close(self.read_fd)
+            os.close(self.write_fd)
+
+    def poke(self, data: bytes = b"\0") -> None:
+        """Wake the reader; safe in a signal handler (no lock), a no-op once closed."""
+        if self.closed:
+            return
         try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
+            os.write(self.write_fd, data)
+        except OSError:
+            pass  # the pipe is full: the reader is awake anyway
+
+    def drain(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.read_fd, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 class DaemonChannel:
@@ -62,28 +88,35 @@ class DaemonChannel:
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = _new_wake_pipe()
+        self._wake = _WakePipe()
 
     def start(self, client: Client) -> None:
         self._thread = threading.Thread(
             target=self._run, args=(client,), name="ckptd-client", daemon=True
         )
+        self._wake.hold()
         self._thread.start()
 
     def send(self, kind: str, **fields: Any) -> None:
         self._outbox.put(protocol.encode(kind, **fields))
-        _poke(self._wake_w)
+        self._wake.poke()
 
     def close(self) -> None:
+        """Say goodbye and stop the thread; one that does not end in time closes the pipe itself."""
         self.send("bye")
         self._closing = True
-        _poke(self._wake_w)
+        self._wake.poke()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+            self._thread.join(timeout=JOIN_TIMEOUT)
+        self._wake.release()
 
     def _run(self, client: Client) -> None:
+        try:
+            self._serve(client)
+        finally:
+            self._wake.release()
+
+    def _serve(self, client: Client) -> None:
         import zmq  # imported here so a standalone script never loads libzmq
 
         context = zmq.Context()
@@ -94,13 +127,13 @@ class DaemonChannel:
         sock.send(protocol.encode("hello", pid=os.getpid(), rank=self.rank, step=client._step))
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wake.read_fd, zmq.POLLIN)
         sent_step, sent_at = client._step, 0.0
         try:
             while True:
                 ready = dict(poller.poll(_POLL_MS))
-                if self._wake_r in ready:
-                    _drain(self._wake_r)
+                if self._wake.read_fd in ready:
+                    self._wake.drain()
                 if sock in ready:
                     self._receive_all(sock, client, zmq)
                 while True:
@@ -152,9 +185,12 @@ class StandaloneChannel:
 
     def __init__(self, run_dir: Path | None) -> None:
         self.run_dir = run_dir
-        self._wake_r, self._wake_w = _new_wake_pipe()
+        self._wake = _WakePipe()
         self._previous: dict[int, Any] = {}
         self._stop_signalled = False
+        # The CHECKPOINT file's request: set by the channel thread, cleared by whichever
+        # thread acknowledges it; the lock keeps one file from becoming two requests.
+        self._file_lock = threading.Lock()
         self._file_request: str | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -169,25 +205,30 @@ class StandaloneChannel:
         self._thread = threading.Thread(
             target=self._run, args=(client,), name="ckptd-client", daemon=True
         )
+        self._wake.hold()
         self._thread.start()
 
     def send(self, kind: str, **fields: Any) -> None:
-        if kind in ("committed", "failed") and self._file_request in fields.get("ids", ()):
-            self._file_request = None
-            if self.run_dir is not None:
-                _remove_quietly(self.run_dir / "CHECKPOINT")
+        if kind not in ("committed", "failed"):
+            return
+        with self._file_lock:
+            if self._file_request is not None and self._file_request in fields.get("ids", ()):
+                # The file goes before the request is forgotten: a poll in between must
+                # not take the same file for a new request (a second, needless save).
+                if self.run_dir is not None:
+                    _remove_quietly(self.run_dir / "CHECKPOINT")
+                self._file_request = None
 
     def close(self) -> None:
         self._closing = True
-        _poke(self._wake_w)
+        self._wake.poke()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=JOIN_TIMEOUT)
         if threading.current_thread() is threading.main_thread():
             for signum, previous in self._previous.items():
                 signal.signal(signum, previous)
         self._previous.clear()
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        self._wake.release()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum != signal.SIGUSR1:
@@ -200,12 +241,18 @@ class StandaloneChannel:
                     os.kill(os.getpid(), signum)
                 return
             self._stop_signalled = True
-        _poke(self._wake_w, bytes([signum]))
+        self._wake.poke(bytes([signum]))
 
     def _run(self, client: Client) -> None:
+        try:
+            self._serve(client)
+        finally:
+            self._wake.release()
+
+    def _serve(self, client: Client) -> None:
         while not self._closing:
-            readable, _, _ = select.select([self._wake_r], [], [], _FILE_POLL_SECONDS)
-            for signum in _drain(self._wake_r) if readable else b"":
+            readable, _, _ = select.select([self._wake.read_fd], [], [], _FILE_POLL_SECONDS)
+            for signum in self._wake.drain() if readable else b"":
                 if signum == signal.SIGUSR1:
                     client._on_request(uuid.uuid4().hex, "SIGUSR1", None, False)
                 elif signum:
@@ -215,9 +262,12 @@ class StandaloneChannel:
     def _poll_files(self, client: Client) -> None:
         if self.run_dir is None:
             return
-        if self._file_request is None and os.path.lexists(self.run_dir / "CHECKPOINT"):
-            self._file_request = uuid.uuid4().hex
-            client._on_request(self._file_request, "CHECKPOINT file", None, False)
+        new_request = None
+        with self._file_lock:
+            if self._file_request is None and os.path.lexists(self.run_dir / "CHECKPOINT"):
+                self._file_request = new_request = uuid.uuid4().hex
+        if new_request is not None:  # outside the lock: acknowledging it may call send()
+            client._on_request(new_request, "CHECKPOINT file", None, False)
         if not self._stop_signalled and os.path.lexists(self.run_dir / "STOP"):
             self._stop_signalled = True
             _remove_quietly(self.run_dir / "STOP")

@@ -124,11 +124,12 @@ class HashingWriter:
         if not self._file.closed:
             self._file.flush()
             _start_writeback(self._file.fileno())
+            info = os.fstat(self._file.fileno())
             self._file.close()
             _known[str(self.path.resolve())] = (
                 self._algorithm,
                 self._hasher.hexdigest(),
-                self._size,
+                (self._size, info.st_mtime_ns, info.st_ino),
             )
 
     def __enter__(self) -> HashingWriter:
@@ -138,7 +139,9 @@ class HashingWriter:
         self.close()
 
 
-_known: dict[str, tuple[str, str, int]] = {}
+# path -> (algorithm, digest, (size, mtime_ns, inode)): a file written again, or replaced,
+# after the writer closed it no longer matches its identity and is hashed afresh.
+_known: dict[str, tuple[str, str, tuple[int, int, int]]] = {}
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -170,13 +173,18 @@ _libc = _load_libc()
 
 
 def take_known(path: Path, algorithm: str) -> tuple[str, int] | None:
-    """The digest a HashingWriter recorded for ``path``, if it still matches its size."""
+    """The digest a HashingWriter recorded for ``path``, if the file is still the one it wrote.
+
+    The same size, modification time and inode: anything that wrote to the file or
+    replaced it since changes at least one of them (a same-size rewrite moves mtime).
+    """
     record = _known.pop(str(path.resolve()), None)
     if record is None or record[0] != algorithm:
         return None
     try:
-        if path.lstat().st_size != record[2]:
-            return None
+        info = path.lstat()
     except OSError:
         return None
-    return record[1], record[2]
+    if (info.st_size, info.st_mtime_ns, info.st_ino) != record[2]:
+        return None
+    return record[1], record[2][0]

@@ -12,8 +12,10 @@ Nothing here unpickles, imports or follows a symlink.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -32,6 +34,10 @@ TRASH_PREFIX = ".trash-"
 NAME_PREFIX = "step-"
 
 _MAX_MANIFEST_BYTES = 16 << 20
+STALE_AFTER = 86400.0  # a .tmp- directory untouched for a day has no writer left, whoever it was
+_CLOCK_SLACK = 2.0  # /proc/stat's boot time has whole seconds
+_HOST_ID = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TMP_NAME = re.compile(r"^\.tmp-step-\d+-([0-9a-f]{8})-(\d+)-[0-9a-f]+$")  # see new_temp_dir
 
 
 class CommitError(RuntimeError):
@@ -117,9 +123,14 @@ def checkpoint_name(step: int) -> str:
 
 
 def new_temp_dir(checkpoint_dir: Path, step: int) -> Path:
-    """Create a fresh, private in-progress directory for a checkpoint of ``step``."""
+    """Create a fresh, private in-progress directory for a checkpoint of ``step``.
+
+    Its name, ``.tmp-step-NNNNNNNN-<host>-<pid>-<random>``, tells who writes it, so that
+    a cleanup can leave the directories of writers that are still alive alone.
+    """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / f"{TMP_PREFIX}{checkpoint_name(step)}-{secrets.token_hex(4)}"
+    name = f"{TMP_PREFIX}{checkpoint_name(step)}-{_HOST_ID}-{os.getpid()}-{secrets.token_hex(4)}"
+    path = checkpoint_dir / name
     path.mkdir(mode=0o755)
     return path
 
@@ -201,8 +212,15 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest.from_json(raw)
 
 
-def remove_temporaries(checkpoint_dir: Path) -> list[Path]:
+def remove_temporaries(checkpoint_dir: Path, only_dead_writers: bool = False) -> list[Path]:
     """Remove leftovers of interrupted commits; return what was removed.
+
+    With ``only_dead_writers`` a ``.tmp-`` directory is removed only when its writer is
+    known to be gone: a process of this host that no longer runs (or a later process
+    that reuses its pid). Directories of other hosts, of live writers and of unknown
+    writers (names from before writers were recorded) stay unless untouched for
+    :data:`STALE_AFTER` seconds. Without it (the daemon, which holds its job down while
+    cleaning) every ``.tmp-`` directory goes.
 
     A ``.trash-`` directory whose checkpoint is missing is the only copy of that
     step (a crash hit between the two renames of a replacement): it is restored.
@@ -217,6 +235,8 @@ def remove_temporaries(checkpoint_dir: Path) -> list[Path]:
             continue
         path = Path(entry.path)
         if entry.name.startswith(TMP_PREFIX):
+            if only_dead_writers and not _writer_gone(entry):
+                continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
         elif entry.name.startswith(TRASH_PREFIX):
@@ -227,6 +247,51 @@ def remove_temporaries(checkpoint_dir: Path) -> list[Path]:
             else:
                 os.rename(path, original)
     return removed
+
+
+def temp_dir_writer(name: str) -> tuple[str, int] | None:
+    """(host id, pid) of a ``.tmp-`` directory's writer; None for names from before they were."""
+    match = _TMP_NAME.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _writer_gone(entry: os.DirEntry[str]) -> bool:
+    try:
+        changed = entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return False  # it is going away by itself
+    if time.time() - changed > STALE_AFTER:
+        return True
+    writer = temp_dir_writer(entry.name)
+    if writer is None or writer[0] != _HOST_ID:
+        return False
+    return not _process_started_before(writer[1], changed)
+
+
+def _process_started_before(pid: int, moment: float) -> bool:
+    """Whether process ``pid`` runs and already ran at ``moment`` (so it may be the writer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    started = _process_start_time(pid)
+    # A process that started after the directory was last changed cannot have written it:
+    # its pid was reused (a restarted container's training process often gets the same one).
+    return started is None or started <= moment + _CLOCK_SLACK
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Wall-clock start of ``pid`` from /proc (Linux); None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
 
 
 def _move_into_place(temp_dir: Path, final: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -246,3 +249,104 @@ def test_should_stop_waits_for_the_final_background_save(daemon_socket: zmq.Sock
         assert committed["ids"] == ["final"]
     finally:
         ck.close()
+
+
+def test_standalone_connect_keeps_a_live_writers_temp_dir(tmp_path: Path, monkeypatch) -> None:
+    """connect() without a daemon removes the .tmp- dirs of gone writers only."""
+    from ckptd_client import manifest
+
+    monkeypatch.delenv("CKPTD_ENDPOINT", raising=False)
+    monkeypatch.delenv("CKPTD_RUN_DIR", raising=False)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    live = ckpt / f".tmp-step-00000004-{manifest._HOST_ID}-{os.getpid()}-0a0b0c0d"
+    dead = ckpt / f".tmp-step-00000003-{manifest._HOST_ID}-{int(gone.stdout)}-0a0b0c0d"
+    for path in (live, dead):
+        path.mkdir()
+        (path / "model.pt").write_bytes(b"half")
+    ck = ckptd_client.connect(checkpoint_dir=ckpt)
+    ck.close()
+    assert (live / "model.pt").read_bytes() == b"half", "another writer's save was deleted"
+    assert not dead.exists()
+
+
+class _RecordingClient:
+    """Stands in for Client on a channel: records the requests the channel raises."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self._step: int | None = None
+
+    def _on_request(self, rid: str, reason: str, *args: object) -> None:
+        self.requests.append(reason)
+
+
+def test_checkpoint_file_is_one_request_while_it_is_acknowledged(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A poll that runs while a CHECKPOINT-file request is acknowledged raises no second request."""
+    from ckptd_client import _channels
+
+    (tmp_path / "CHECKPOINT").touch()
+    channel = _channels.StandaloneChannel(tmp_path)
+    client = _RecordingClient()
+    channel._poll_files(client)  # the channel thread's work, run here to order it
+    assert client.requests == ["CHECKPOINT file"]
+    racing: list[threading.Thread] = []
+    remove = _channels._remove_quietly
+
+    def remove_while_polling(path: Path) -> None:
+        # The channel thread polls right when the acknowledgement removes the file.
+        racing.append(threading.Thread(target=channel._poll_files, args=(client,)))
+        racing[0].start()
+        racing[0].join(timeout=0.5)
+        remove(path)
+
+    monkeypatch.setattr(_channels, "_remove_quietly", remove_while_polling)
+    try:
+        channel.send("committed", ids=[channel._file_request], step=1)
+        racing[0].join(timeout=30)
+        assert not racing[0].is_alive()
+        assert client.requests == ["CHECKPOINT file"], "the same file was taken twice"
+        assert not (tmp_path / "CHECKPOINT").exists()
+    finally:
+        channel.close()
+
+
+def test_close_leaves_the_wake_pipe_to_a_thread_that_outlives_the_join(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """DaemonChannel.close() never closes descriptors a still-running thread polls."""
+    from ckptd_client import _channels
+
+    monkeypatch.setattr(_channels, "JOIN_TIMEOUT", 0.2, raising=False)
+    release = threading.Event()
+
+    class SlowClient(_RecordingClient):
+        @property  # type: ignore[override]
+        def _step(self) -> int:  # read by the thread before it polls
+            release.wait(30)
+            return 0
+
+        @_step.setter
+        def _step(self, value: object) -> None:
+            pass
+
+    channel = _channels.DaemonChannel(f"ipc://{tmp_path}/nobody.sock", rank=0)
+    channel.start(SlowClient())  # type: ignore[arg-type]
+    channel.close()
+    thread = channel._thread
+    assert thread is not None and thread.is_alive(), "the thread should still be stuck"
+    read_fd, write_fd = channel._wake.read_fd, channel._wake.write_fd
+    os.fstat(read_fd)  # still open: the thread will poll it
+    os.fstat(write_fd)
+    release.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert channel._wake.closed, "the thread closes the pipe once it is the last one using it"

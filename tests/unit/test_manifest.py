@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,79 @@ def test_files_written_through_create_are_not_read_back(tmp_path: Path, monkeypa
     path, _ = manifest.commit(temp, 7)
     assert sorted(read_back) == ["changed.bin", "plain.bin"]
     assert manifest.verify(path).ok
+
+
+def test_same_size_rewrite_after_create_is_hashed_again(tmp_path: Path) -> None:
+    """A file rewritten in place at the same size after create() closed it gets a fresh digest."""
+    import ckptd_client
+
+    temp = manifest.new_temp_dir(tmp_path, 8)
+    target = temp / "same-size.bin"
+    with ckptd_client.create(target) as handle:
+        handle.write(b"A" * 4096)
+    before = target.stat()
+    with open(target, "r+b") as handle:  # same size, same inode, new bytes
+        handle.write(b"B" * 4096)
+    # The clock moved on since create() closed it, as it does between two real writes
+    # (two writes within one kernel tick share an mtime; no identity can tell those apart).
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    path, _ = manifest.commit(temp, 8)
+    assert manifest.verify(path, full=True).ok
+
+
+def test_file_replaced_after_create_is_hashed_again(tmp_path: Path) -> None:
+    """A file replaced (another inode) by one of the same size and mtime gets a fresh digest."""
+    import ckptd_client
+
+    temp = manifest.new_temp_dir(tmp_path, 9)
+    target = temp / "replaced.bin"
+    with ckptd_client.create(target) as handle:
+        handle.write(b"A" * 4096)
+    before = target.stat()
+    (temp / "next.bin").write_bytes(b"B" * 4096)
+    os.utime(temp / "next.bin", ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.rename(temp / "next.bin", target)
+    assert target.stat().st_ino != before.st_ino
+    path, _ = manifest.commit(temp, 9)
+    assert manifest.verify(path, full=True).ok
+
+
+def test_temp_dir_names_its_writer(tmp_path: Path) -> None:
+    """new_temp_dir encodes this host and pid; older names parse as writer unknown."""
+    temp = manifest.new_temp_dir(tmp_path, 12)
+    assert temp.name.startswith(".tmp-step-00000012-")
+    assert manifest.temp_dir_writer(temp.name) == (manifest._HOST_ID, os.getpid())
+    assert manifest.temp_dir_writer(".tmp-step-00000012-abcd1234") is None
+
+
+def _temp_named(root: Path, host: str, pid: int, age: float = 0.0) -> Path:
+    path = root / f".tmp-step-00000001-{host}-{pid}-{os.urandom(4).hex()}"
+    path.mkdir()
+    (path / "part.bin").write_bytes(b"x")
+    if age:
+        stamp = time.time() - age
+        os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_remove_temporaries_spares_live_writers(tmp_path: Path) -> None:
+    """only_dead_writers removes the .tmp- dirs of gone writers and keeps the others."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(gone.stdout)
+    me = os.getpid()
+    live = _temp_named(tmp_path, manifest._HOST_ID, me)
+    dead = _temp_named(tmp_path, manifest._HOST_ID, dead_pid)
+    reused = _temp_named(tmp_path, manifest._HOST_ID, me, age=3 * 3600)  # older than this process
+    other_host = _temp_named(tmp_path, "0badc0de", dead_pid)
+    unknown = tmp_path / ".tmp-step-00000001-abcd1234"
+    unknown.mkdir()
+    stale = _temp_named(tmp_path, "0badc0de", me, age=2 * 86400)
+    removed = manifest.remove_temporaries(tmp_path, only_dead_writers=True)
+    assert sorted(removed) == sorted([dead, reused, stale])
+    assert live.is_dir() and other_host.is_dir() and unknown.is_dir()
+    assert sorted(manifest.remove_temporaries(tmp_path)) == sorted([live, other_host, unknown])
