@@ -131,11 +131,16 @@ SLURM_OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+METRICS_OPTIONS: tuple[Option, ...] = (
+    Option("listen", STRING, None, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464"),
+)
+
 TABLES: dict[str, tuple[Option, ...]] = {
     "job": JOB_OPTIONS,
     "control": CONTROL_OPTIONS,
     "preemption": PREEMPTION_OPTIONS,
     "slurm": SLURM_OPTIONS,
+    "metrics": METRICS_OPTIONS,
 }
 
 
@@ -172,6 +177,13 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The ``[metrics]`` table: a Prometheus endpoint (off when ``listen`` is None)."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Effective configuration of one job; paths are absolute."""
 
@@ -201,6 +213,7 @@ class JobConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="defaults", compare=False)
 
 
@@ -219,12 +232,14 @@ def load(
     control = {option.key: option.default for option in CONTROL_OPTIONS}
     preemption = {option.key: option.default for option in PREEMPTION_OPTIONS}
     slurm = {option.key: option.default for option in SLURM_OPTIONS}
+    metrics = {option.key: option.default for option in METRICS_OPTIONS}
     if config_file is not None:
         tables = _read_tables(Path(config_file))
         values.update(tables.get("job", {}))
         control.update(tables.get("control", {}))
         preemption.update(tables.get("preemption", {}))
         slurm.update(tables.get("slurm", {}))
+        metrics.update(tables.get("metrics", {}))
     if preemption["endpoint"] is not None and not re.match(r"^https?://", preemption["endpoint"]):
         raise ConfigError(
             f"[preemption].endpoint: expected an http:// URL, got {preemption['endpoint']!r}"
@@ -236,6 +251,7 @@ def load(
             continue
         values[key] = {**values[key], **value} if key == "env" else value
     values["control"] = _finish_control(control, base)
+    values["metrics"] = _finish_metrics(metrics)
     return _finish(values, base, str(config_file) if config_file else "defaults")
 
 
@@ -300,6 +316,24 @@ def _finish_control(values: dict[str, Any], base: Path) -> ControlConfig:
     return ControlConfig(
         values["bind"], values["publish"], secret, authorized, values["max_message_bytes"]
     )
+
+
+def _finish_metrics(values: dict[str, Any]) -> MetricsConfig:
+    from .metrics import parse_listen
+
+    listen = values["listen"]
+    if listen is not None:
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise ConfigError(f"[metrics].listen: {exc}") from None
+        try:
+            import prometheus_client  # noqa: F401 - only its presence is checked
+        except ImportError:
+            raise ConfigError(
+                "[metrics].listen: needs prometheus_client (pip install 'ckptd[metrics]')"
+            ) from None
+    return MetricsConfig(listen)
 
 
 def _loopback(endpoint: str) -> bool:
