@@ -84,7 +84,7 @@ def _flag_type(option: config_module.Option) -> Callable[[str], Any]:
     _run_arguments,
 )
 def run(args: argparse.Namespace) -> int:
-    from . import daemon, log
+    from . import daemon, log, preflight
 
     flags = {o.key: getattr(args, o.key, None) for o in config_module.JOB_OPTIONS}
     if flags["env"]:
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     flags["command"] = args.command or None
     try:
         job = config_module.load(args.config, flags)
+        preflight.check(job)
     except config_module.ConfigError as exc:
         raise CommandError(f"config error: {exc}") from None
     log.configure()

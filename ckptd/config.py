@@ -25,6 +25,7 @@ from .options import (
     ConfigError,
     Kind,
     choice,
+    duration,
 )
 
 if sys.version_info >= (3, 11):
@@ -35,6 +36,17 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["JOB_OPTIONS", "ConfigError", "JobConfig", "Option", "load"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+# Lower bounds: below them a value does harm (a job saving non-stop, a busy loop) and
+# is surely a slip of the unit, so it is refused rather than obeyed.
+GRACE = duration(0, why="the final save needs some time")
+EVERY = duration(1.0, why="leave it out for no periodic checkpoints")
+KEEP_EVERY = duration(1.0)
+HANG_TIMEOUT = duration(1.0, why="progress is reported at most every 100ms")
+POLL_INTERVAL = duration(0.01, why="a shorter one is a busy loop")
+NOTICE_INTERVAL = duration(0.1, why="a shorter one floods the metadata service")
+NOTICE_TIMEOUT = duration(0.1, why="a metadata request needs time to answer")
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
         None,
         "where checkpoints are committed (default: checkpoints/<name>)",
     ),
-    Option("grace", DURATION, 25.0, "from SIGTERM to the hard deadline of the final save"),
+    Option("grace", GRACE, 25.0, "from SIGTERM to the hard deadline of the final save"),
     Option("kill_timeout", DURATION, 5.0, "after signalling the process group, until SIGKILL"),
     Option(
         "restart", choice("on-failure", "always", "never"), "on-failure", "when to relaunch the job"
@@ -78,21 +90,21 @@ JOB_OPTIONS: tuple[Option, ...] = (
     ),
     Option("restart_delay", DURATION, 1.0, "first backoff delay (0 allowed)"),
     Option("restart_delay_max", DURATION, 60.0, "backoff ceiling (doubling, with jitter)"),
-    Option("every", DURATION, None, "periodic checkpoint interval (default: none)"),
+    Option("every", EVERY, None, "periodic checkpoint interval (default: none)"),
     Option("keep_last", COUNT, 3, "newest checkpoints kept (0 = keep all)"),
     Option("keep_best", COUNT, 0, "best checkpoints kept by best_metric"),
     Option("best_metric", STRING, None, "metric name in the manifest that ranks checkpoints"),
     Option(
         "best_mode", choice("min", "max"), "min", "whether a lower or a higher metric is better"
     ),
-    Option("keep_every", DURATION, None, "also keep one checkpoint per this interval"),
+    Option("keep_every", KEEP_EVERY, None, "also keep one checkpoint per this interval"),
     Option("request_signal", SIGNAL, None, "signal sent to the job's main process on each request"),
     Option(
         "stop_signal", SIGNAL, "SIGTERM", "signal sent to a job without a connected client on stop"
     ),
-    Option("hang_timeout", DURATION, None, "no ck.step() progress for this long = failed"),
+    Option("hang_timeout", HANG_TIMEOUT, None, "no ck.step() progress for this long = failed"),
     Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
-    Option("poll_interval", DURATION, 1.0, 'signal-file polling interval with watch = "poll"'),
+    Option("poll_interval", POLL_INTERVAL, 1.0, 'signal-file polling interval with watch = "poll"'),
 )
 
 CONTROL_OPTIONS: tuple[Option, ...] = (
@@ -111,9 +123,9 @@ PREEMPTION_OPTIONS: tuple[Option, ...] = (
         "which cloud's metadata service announces preemption (auto: probe each once)",
     ),
     Option("endpoint", STRING, None, "metadata base URL instead of the provider's own"),
-    Option("interval", DURATION, 2.0, "polling interval (Azure is polled every second)"),
+    Option("interval", NOTICE_INTERVAL, 2.0, "polling interval (Azure is polled every second)"),
     Option("margin", DURATION, 5.0, "safety margin before the announced termination"),
-    Option("timeout", DURATION, 2.0, "timeout of one metadata request"),
+    Option("timeout", NOTICE_TIMEOUT, 2.0, "timeout of one metadata request"),
 )
 
 SLURM_OPTIONS: tuple[Option, ...] = (
@@ -265,6 +277,8 @@ def _read_tables(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start}); TOML files are UTF-8") from None
     tables: dict[str, dict[str, Any]] = {}
     for name, table in document.items():
         if name not in TABLES:
@@ -358,8 +372,6 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
         raise ConfigError("keep_best: needs best_metric to rank checkpoints")
     if values["restart_delay_max"] < values["restart_delay"]:
         raise ConfigError("restart_delay_max: must not be below restart_delay")
-    if values["every"] == 0:
-        raise ConfigError("every: must be above zero (leave it out for no periodic checkpoints)")
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     run_dir = values["run_dir"] or state_dir or f".ckptd/{name}"
     values.update(

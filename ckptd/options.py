@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+MAX_DURATION = 365 * 86400.0  # beyond a year a duration is a typo, and timers overflow
 
 
 class ConfigError(ValueError):
@@ -17,16 +19,32 @@ class ConfigError(ValueError):
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"30m"``, ``"2h"``, ``"250ms"``, ``"1d"``."""
+    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"30m"``, ``"2h"``, ``"250ms"``, ``"1d"``.
+
+    Negative, not-a-number, infinite and longer-than-a-year values are refused.
+    """
     if isinstance(value, bool):
         raise ValueError(f'expected a duration like 90, "90s", "30m", got {value!r}')
     if isinstance(value, (int, float)):
-        if value < 0:
+        seconds = float(value)
+        if math.isnan(seconds) or math.isinf(seconds):
+            raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
+        if seconds < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f'expected a duration like 90, "90s", "30m", "2h", got {value!r}')
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f'expected a duration like 90, "90s", "30m", "2h", got {value!r}')
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration cannot exceed 365d, got {value!r}")
+    return seconds
+
+
+def format_seconds(seconds: float) -> str:
+    """``"10ms"``, ``"1s"``, ``"2.5s"``: how a bound is shown in an error."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
 
 
 def parse_signal(value: Any) -> str:
@@ -108,6 +126,26 @@ def choice(*allowed: str) -> Kind:
 STRING = Kind("text", _strict(str, "a string"), str)
 COUNT = Kind("integer >= 0", _non_negative, _text_int)
 DURATION = Kind("duration", parse_duration, parse_duration)
+
+
+def duration(minimum: float, *, why: str = "") -> Kind:
+    """A duration of at least ``minimum`` seconds (above zero when ``minimum`` is 0).
+
+    A value below it is refused with the bound and ``why`` in the message, so that
+    ``--every 1ms`` says what it may be instead of hammering the job.
+    """
+    bound = "above 0s" if minimum == 0 else f"at least {format_seconds(minimum)}"
+    reason = f" ({why})" if why else ""
+
+    def check(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds < minimum or (minimum == 0 and seconds == 0):
+            raise ValueError(f"must be {bound}{reason}, got {value!r}")
+        return seconds
+
+    return Kind(f"duration, {bound}", check, check)
+
+
 SIGNAL = Kind("signal name", parse_signal, parse_signal)
 STRING_LIST = Kind("list of strings", _string_list, lambda text: [text])
 STRING_MAP = Kind("table of strings", _string_map, _env_pairs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_env_merges_file_and_flags(tmp_path: Path) -> None:
     [
         ("keep_best = 2", "keep_best: needs best_metric"),
         ('name = "../x"', "name:"),
-        ('every = "0s"', "every: must be above zero"),
+        ('every = "0s"', "every: must be at least 1s"),
         ("command = []", "[job].command"),
         ("[job", "not valid TOML"),
     ],
@@ -89,4 +90,53 @@ def test_inconsistent_values_name_the_key(tmp_path: Path, body: str, message: st
     else:
         path.write_text('[job]\ncommand = ["x"]\n' + body + "\n")
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load(path, {}, base=tmp_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), "400d", 1e12])
+def test_non_finite_and_endless_durations_are_refused(bad: object) -> None:
+    """nan, inf and durations beyond a year are refused rather than overflowing a timer."""
+    with pytest.raises(ValueError, match=r"finite|365d"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("grace = nan", "[job].grace: a duration must be a finite number"),
+        ("kill_timeout = inf", "[job].kill_timeout: a duration must be a finite number"),
+        ('every = "1ms"', "[job].every: must be at least 1s"),
+        ('keep_every = "10ms"', "[job].keep_every: must be at least 1s"),
+        ("hang_timeout = 0.5", "[job].hang_timeout: must be at least 1s"),
+        ('poll_interval = "1ms"', "[job].poll_interval: must be at least 10ms"),
+        ("grace = 0", "[job].grace: must be above 0s"),
+        ("[preemption]\ninterval = 0.001", "[preemption].interval: must be at least 100ms"),
+    ],
+)
+def test_absurd_durations_name_the_key_and_the_bound(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """A duration below its sane lower bound is refused with the bound in the message."""
+    path = tmp_path / "c.toml"
+    path.write_text('[job]\ncommand = ["x"]\n' + body + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(path, {}, base=tmp_path)
+
+
+def test_lowest_sane_values_are_accepted(tmp_path: Path) -> None:
+    """The bounds themselves are allowed: every 1s, hang_timeout 1s, poll_interval 10ms."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[job]\ncommand = ["x"]\nevery = "1s"\nhang_timeout = 1\npoll_interval = "10ms"\n'
+        'grace = "1ms"\nrestart_delay = 0\nkill_timeout = 0\n'
+    )
+    config = load(path, {}, base=tmp_path)
+    assert (config.every, config.hang_timeout, config.poll_interval) == (1.0, 1.0, 0.01)
+
+
+def test_config_file_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A config file that is not UTF-8 is a ConfigError naming the file, not a decode traceback."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b'[job]\ncommand = ["caf\xe9"]\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: not UTF-8 \(byte 21\)"):
         load(path, {}, base=tmp_path)
