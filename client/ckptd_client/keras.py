@@ -53,6 +53,8 @@ class CkptdCallback(keras.callbacks.Callback):
         super().__init__()
         # Connect now, not at fit start: ckptd knows the job is alive from here on.
         self.client = _shared_client(client)
+        resumed = self.client.restore()
+        self._saved_step = resumed.step if resumed else None
         self._epoch = 0
         self._epoch_start_step = 0
 
@@ -65,12 +67,18 @@ class CkptdCallback(keras.callbacks.Callback):
         step = self._epoch_start_step + batch + 1  # the optimizer's iterations after this batch
         ck.step(step)
         if ck.should_checkpoint():
-            with ck.checkpoint(step, metrics=numeric_metrics(logs or {})) as directory:
-                self.model.save_weights(str(directory / WEIGHTS_FILE))
-                progress = {"epoch": self._epoch, "batch": batch, "step": step}
-                (directory / PROGRESS_FILE).write_text(json.dumps(progress))
+            self._save(step, batch, logs)
         if ck.should_stop():
+            if step != self._saved_step:  # the stop came while this step ran: save it too
+                self._save(step, batch, logs)
             self.model.stop_training = True
+
+    def _save(self, step: int, batch: int, logs: dict[str, Any] | None) -> None:
+        with self.client.checkpoint(step, metrics=numeric_metrics(logs or {})) as directory:
+            self.model.save_weights(str(directory / WEIGHTS_FILE))
+            progress = {"epoch": self._epoch, "batch": batch, "step": step}
+            (directory / PROGRESS_FILE).write_text(json.dumps(progress))
+        self._saved_step = step
 
 
 def restore(model: keras.Model, client: Client | None = None) -> Checkpoint | None:

@@ -49,6 +49,8 @@ class CkptdCallback(pl.Callback):
     def __init__(self, client: Client | None = None) -> None:
         # Connect now, not at fit start: ckptd knows the job is alive from here on.
         self.client = _shared_client(client)
+        resumed = self.client.restore()
+        self._saved_step = resumed.step if resumed else None
 
     def on_train_batch_end(
         self,
@@ -62,10 +64,17 @@ class CkptdCallback(pl.Callback):
         step = trainer.global_step
         ck.step(step)
         if ck.should_checkpoint():
-            with ck.checkpoint(step, metrics=numeric_metrics(trainer.callback_metrics)) as d:
-                trainer.save_checkpoint(d / CHECKPOINT_FILE)
+            self._save(trainer, step)
         if ck.should_stop():
+            if step != self._saved_step:  # the stop came while this step ran: save it too
+                self._save(trainer, step)
             trainer.should_stop = True
+
+    def _save(self, trainer: pl.Trainer, step: int) -> None:
+        metrics = numeric_metrics(trainer.callback_metrics)
+        with self.client.checkpoint(step, metrics=metrics) as directory:
+            trainer.save_checkpoint(directory / CHECKPOINT_FILE)
+        self._saved_step = step
 
 
 def resume_path(client: Client | None = None) -> str | None:

@@ -53,6 +53,8 @@ class CkptdCallback(TrainerCallback):
         self.client = _shared_client(client)
         self.metrics: dict[str, float] = {}
         self._saving = False
+        resumed = self.client.restore()
+        self._saved_step = resumed.step if resumed else None
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -63,7 +65,11 @@ class CkptdCallback(TrainerCallback):
             control.should_save = True
             self._saving = True
         elif ck.should_stop():
-            control.should_training_stop = True
+            if state.global_step == self._saved_step:
+                control.should_training_stop = True
+            else:  # the stop came while this step ran: its work is saved first (see on_save)
+                control.should_save = True
+                self._saving = True
 
     def on_log(
         self,
@@ -85,6 +91,7 @@ class CkptdCallback(TrainerCallback):
         saved = Path(args.output_dir) / f"{_PREFIX}-{state.global_step}"
         with self.client.checkpoint(state.global_step, metrics=self.metrics) as directory:
             move_into(saved, directory)
+        self._saved_step = state.global_step
         if self.client.should_stop():
             control.should_training_stop = True
 
