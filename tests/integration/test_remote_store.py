@@ -1,0 +1,225 @@
+"""The remote store against a real S3 API (moto's server, through s3fs) and file://."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from remote_fixtures import MotoServer, make_checkpoint, moto, tree
+
+from ckptd.lease import LEASE_NAME, Fenced, Lease
+from ckptd.remote_store import InvalidRemoteCheckpoint, RemoteStore, RemoteTimeout
+from ckptd.retention import RetentionRules
+from ckptd.uploader import (
+    Outcome,
+    RemoteFenced,
+    RemotePruned,
+    Uploaded,
+    Uploader,
+    UploadFailed,
+    protected_locally,
+)
+from ckptd_client.store import scan
+
+from conftest import wait_for
+
+__all__ = ["moto"]  # the fixture, imported for pytest
+
+MIB = 1 << 20
+
+
+def _store(server: MotoServer, prefix: str = "run", **kwargs: object) -> RemoteStore:
+    return RemoteStore(server.url(prefix), server.options, **kwargs)  # type: ignore[arg-type]
+
+
+class Outcomes:
+    """Collects what an uploader posts, for polling."""
+
+    def __init__(self) -> None:
+        self.seen: list[Outcome] = []
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.seen.append(outcome)
+
+    def of(self, kind: type) -> list[Outcome]:
+        return [o for o in list(self.seen) if isinstance(o, kind)]
+
+
+def test_upload_list_download_is_bit_exact(moto: MotoServer, tmp_path: Path) -> None:
+    """An upload (a large file in multipart parts) lists, and downloads bit-exact elsewhere."""
+    files = {"model.pt": os.urandom(12 * MIB), "sub/opt.bin": os.urandom(1000), "empty": b""}
+    local = make_checkpoint(tmp_path / "a", 7, files)
+    store = _store(moto, part_size=5 * MIB)
+    result = store.upload(local, timeout=60)
+    assert (result.step, result.bytes) == (
+        7,
+        sum(map(len, files.values())) + len((local / "ckptd.json").read_bytes()),
+    )
+    listed = store.list()
+    assert [(c.step, c.valid, c.bytes) for c in listed] == [(7, True, 12 * MIB + 1000)]
+    fresh = tmp_path / "fresh"
+    got = store.download(7, fresh)
+    assert got.path == fresh / "step-00000007" and got.valid
+    assert tree(got.path) == tree(local)
+    assert [p.name for p in fresh.iterdir()] == ["step-00000007"]
+
+
+def test_corrupt_remote_checkpoint_falls_back_to_older(moto: MotoServer, tmp_path: Path) -> None:
+    """A remote file that does not match its digest is rejected and the next older one used."""
+    store = _store(moto)
+    for step in (1, 2):
+        store.upload(make_checkpoint(tmp_path / "a", step), timeout=60)
+    store.fs.pipe_file(store.path_of(2, "model.pt"), b"flipped" * 100)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InvalidRemoteCheckpoint, match=r"mismatch|size"):
+        store.download(2, fresh)
+    assert list(fresh.iterdir()) == []
+    rejected: list = []
+    got = store.newest_valid(fresh, rejected=rejected)
+    assert got is not None and got.step == 1
+    assert [(c.step, c.valid) for c in rejected] == [(2, False)]
+    assert [c.step for c in scan(fresh, full=True) if c.valid] == [1]
+
+
+def test_files_without_a_manifest_are_not_a_checkpoint(moto: MotoServer, tmp_path: Path) -> None:
+    """A half-uploaded step (files, no manifest) is not listed; delete removes all of it."""
+    store = _store(moto)
+    local = make_checkpoint(tmp_path / "a", 3)
+    store.fs.put_file(str(local / "model.pt"), store.path_of(3, "model.pt"))
+    assert store.list() == []
+    store.upload(local, timeout=60)
+    assert [c.step for c in store.list()] == [3]
+    store.delete(3)
+    assert store.list() == [] and store.step_dirs() == []
+
+
+def test_uploader_retries_until_the_server_is_back(moto: MotoServer, tmp_path: Path) -> None:
+    """With the server down, uploads fail with backoff; once it is back they succeed."""
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes, upload_timeout=5, backoff=0.1, backoff_max=0.5)
+    uploader.start()
+    try:
+        moto.stop()
+        local = make_checkpoint(tmp_path / "a", 5)
+        uploader.submit(local, 5)
+        wait_for(lambda: len(outcomes.of(UploadFailed)) >= 2, "two failed attempts")
+        assert uploader.backlog()[0] == [5] and uploader.newest_remote_step is None
+        moto.start()
+        uploaded = wait_for(lambda: outcomes.of(Uploaded), "the upload after the restart")[0]
+        assert uploaded.step == 5 and uploaded.bytes > 0
+        assert uploader.backlog() == ([], 0) and uploader.newest_remote_step == 5
+        attempts = [o.attempt for o in outcomes.of(UploadFailed)]
+        assert attempts == list(range(1, len(attempts) + 1))
+    finally:
+        uploader.close()
+
+
+def test_every_attempt_is_bounded_by_the_upload_timeout(tmp_path: Path) -> None:
+    """A remote that accepts connections and never answers costs upload_timeout per attempt."""
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)
+        port = blackhole.getsockname()[1]
+        store = RemoteStore(
+            "s3://ckptd-test/run",
+            {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"},
+        )
+        local = make_checkpoint(tmp_path / "a", 1)
+        started = time.monotonic()
+        with pytest.raises(RemoteTimeout):
+            store.upload(local, timeout=1.0)
+        assert 0.9 < time.monotonic() - started < 5
+        outcomes = Outcomes()
+        uploader = Uploader(store, outcomes, upload_timeout=1.0, backoff=0.05, backoff_max=0.05)
+        uploader.start()
+        try:
+            uploader.submit(local, 1)
+            started = time.monotonic()
+            wait_for(lambda: len(outcomes.of(UploadFailed)) >= 2, "two timed-out attempts")
+            assert time.monotonic() - started < 2 * (1.0 + 0.05) + 3
+            assert not uploader.flush(time.monotonic() + 1.0)
+        finally:
+            uploader.close()
+        assert all("timed out" in o.error for o in outcomes.of(UploadFailed))
+
+
+def test_a_second_owner_fences_the_first(moto: MotoServer, tmp_path: Path) -> None:
+    """Once a newer daemon takes the lease, the old one uploads nothing more and reports it."""
+    old_lease, new_lease = Lease(_store(moto), "old"), Lease(_store(moto), "new")
+    assert old_lease.take() == 1
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes, lease=old_lease, backoff=0.1)
+    uploader.start()
+    try:
+        uploader.submit(make_checkpoint(tmp_path / "a", 1), 1)
+        wait_for(lambda: outcomes.of(Uploaded), "the first upload")
+        assert new_lease.take() == 2
+        uploader.submit(make_checkpoint(tmp_path / "a", 2), 2)
+        fenced = wait_for(lambda: outcomes.of(RemoteFenced), "the old uploader to be fenced")[0]
+        assert fenced.step == 2 and "new" in fenced.error
+        assert uploader.fenced and not uploader.flush(time.monotonic() + 1)
+    finally:
+        uploader.close()
+    assert [c.step for c in _store(moto).list()] == [1]
+    new_lease.check()
+    with pytest.raises(Fenced):
+        old_lease.check()
+
+
+def test_a_lease_deleted_under_its_owner_is_written_back(moto: MotoServer) -> None:
+    """The highest generation wins even when the lease object vanished meanwhile."""
+    store = _store(moto)
+    lease = Lease(store, "a")
+    lease.take()
+    store.fs.rm_file(f"{store.root}/{LEASE_NAME}")
+    lease.check()
+    holder = lease.holder()
+    assert holder is not None and (holder.owner, holder.generation) == ("a", 1)
+
+
+def test_remote_retention_and_local_protection(moto: MotoServer, tmp_path: Path) -> None:
+    """keep_remote N keeps the N newest remote; local ones newer than the newest remote stay."""
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes, keep_remote=2, rules=RetentionRules(keep_last=9))
+    uploader.start()
+    try:
+        for step in (1, 2, 3):
+            uploader.submit(make_checkpoint(tmp_path / "a", step), step)
+            assert uploader.flush(time.monotonic() + 60)
+        wait_for(lambda: outcomes.of(RemotePruned), "a remote prune")
+    finally:
+        uploader.close()
+    assert [c.step for c in _store(moto).list()] == [2, 3]
+    assert [o.step for o in outcomes.of(RemotePruned)] == [1]
+    bandwidth = uploader.measured_bandwidth
+    assert bandwidth is not None and bandwidth > 0
+    local = scan(tmp_path / "a")
+    assert protected_locally(local, 2) == [c.path for c in local if c.step == 3]
+    assert protected_locally(local, None) == [c.path for c in local]
+
+
+def test_file_url_is_the_generic_path(tmp_path: Path) -> None:
+    """file:// works end to end: upload, list, fencing, verified download, delete."""
+    store = RemoteStore(f"file://{tmp_path / 'bucket'}")
+    lease = Lease(store, "a")
+    assert lease.take() == 1
+    outcomes = Outcomes()
+    uploader = Uploader(store, outcomes, lease=lease)
+    uploader.start()
+    try:
+        local = make_checkpoint(tmp_path / "a", 4, {"w.bin": os.urandom(20 * MIB)})
+        uploader.submit(local, 4)
+        assert uploader.flush(time.monotonic() + 60)
+    finally:
+        uploader.close()
+    assert [c.step for c in store.list()] == [4]
+    got = store.download(4, tmp_path / "fresh")
+    assert tree(got.path) == tree(local)
+    assert Lease(store, "b").take() == 2
+    with pytest.raises(Fenced):
+        lease.check()
+    store.delete(4)
+    assert store.list() == []
