@@ -105,6 +105,7 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("hang_timeout", HANG_TIMEOUT, None, "no ck.step() progress for this long = failed"),
     Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
     Option("poll_interval", POLL_INTERVAL, 1.0, 'signal-file polling interval with watch = "poll"'),
+    Option("remote", STRING, None, "fsspec URL checkpoints are uploaded to (as [storage].remote)"),
 )
 
 CONTROL_OPTIONS: tuple[Option, ...] = (
@@ -143,6 +144,27 @@ SLURM_OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+
+def _any_table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table, got {value!r}")
+    return dict(value)
+
+
+def _no_text(text: str) -> Any:
+    raise ValueError("only in the config file")
+
+
+ANY_TABLE = Kind("table", _any_table, _no_text)
+UPLOAD_TIMEOUT = duration(1.0, why="an upload attempt needs time")
+
+STORAGE_OPTIONS: tuple[Option, ...] = (
+    Option("remote", STRING, None, "fsspec URL of the durable store: s3://, gs://, az://, file://"),
+    Option("upload_timeout", UPLOAD_TIMEOUT, 600.0, "bound of one upload attempt (then a retry)"),
+    Option("keep_remote", COUNT, 0, "newest remote checkpoints kept (0: the local rules)"),
+    Option("options", ANY_TABLE, {}, "[storage.options]: passed verbatim to fsspec"),
+)
+
 METRICS_OPTIONS: tuple[Option, ...] = (
     Option("listen", STRING, None, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464"),
 )
@@ -153,6 +175,7 @@ TABLES: dict[str, tuple[Option, ...]] = {
     "preemption": PREEMPTION_OPTIONS,
     "slurm": SLURM_OPTIONS,
     "metrics": METRICS_OPTIONS,
+    "storage": STORAGE_OPTIONS,
 }
 
 
@@ -186,6 +209,16 @@ class SlurmConfig:
     requeue_command: list[str] = field(
         default_factory=lambda: ["scontrol", "requeue", "$SLURM_JOB_ID"]
     )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The ``[storage]`` table: the durable remote copy of the checkpoints (off when None)."""
+
+    remote: str | None = None
+    upload_timeout: float = 600.0
+    keep_remote: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -226,6 +259,7 @@ class JobConfig:
     preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     source: str = field(default="defaults", compare=False)
 
 
@@ -245,6 +279,7 @@ def load(
     preemption = {option.key: option.default for option in PREEMPTION_OPTIONS}
     slurm = {option.key: option.default for option in SLURM_OPTIONS}
     metrics = {option.key: option.default for option in METRICS_OPTIONS}
+    storage = {option.key: option.default for option in STORAGE_OPTIONS}
     if config_file is not None:
         tables = _read_tables(Path(config_file))
         values.update(tables.get("job", {}))
@@ -252,6 +287,7 @@ def load(
         preemption.update(tables.get("preemption", {}))
         slurm.update(tables.get("slurm", {}))
         metrics.update(tables.get("metrics", {}))
+        storage.update(tables.get("storage", {}))
     if preemption["endpoint"] is not None and not re.match(r"^https?://", preemption["endpoint"]):
         raise ConfigError(
             f"[preemption].endpoint: expected an http:// URL, got {preemption['endpoint']!r}"
@@ -264,6 +300,8 @@ def load(
         values[key] = {**values[key], **value} if key == "env" else value
     values["control"] = _finish_control(control, base)
     values["metrics"] = _finish_metrics(metrics)
+    storage["remote"] = values.pop("remote") or storage["remote"]
+    values["storage"] = _finish_storage(storage, base)
     return _finish(values, base, str(config_file) if config_file else "defaults")
 
 
@@ -330,6 +368,18 @@ def _finish_control(values: dict[str, Any], base: Path) -> ControlConfig:
     return ControlConfig(
         values["bind"], values["publish"], secret, authorized, values["max_message_bytes"]
     )
+
+
+def _finish_storage(values: dict[str, Any], base: Path) -> StorageConfig:
+    remote = values["remote"]
+    if remote is not None:
+        from .remote_url import check_remote_url
+
+        try:
+            remote = check_remote_url(remote, base)
+        except ValueError as exc:
+            raise ConfigError(f"[storage].remote: {exc}") from None
+    return StorageConfig(remote, values["upload_timeout"], values["keep_remote"], values["options"])
 
 
 def _finish_metrics(values: dict[str, Any]) -> MetricsConfig:

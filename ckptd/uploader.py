@@ -11,6 +11,7 @@ After each upload the remote is pruned (``keep_remote`` newest, or the local rul
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -212,13 +213,12 @@ class Uploader:
         while (job := self._next()) is not None:
             step, path = job
             try:
-                if self._lease is not None:
-                    self._lease.check()
+                self._check_lease()
                 result = self.store.upload(
                     path,
                     self._attempt_timeout(),
-                    before_manifest=self._lease.check if self._lease else lambda: None,
-                    cancelled=lambda step=step: self._should_cancel(step),
+                    before_manifest=self._check_lease,
+                    cancelled=functools.partial(self._should_cancel, step),
                 )
             except Fenced as exc:
                 self._fence(step, exc)
@@ -233,6 +233,10 @@ class Uploader:
                 self._done(step, (result.bytes, result.seconds))
                 self._post(Uploaded(step, result.bytes, round(result.seconds, 3)))
                 self._prune(path)
+
+    def _check_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.check()
 
     def _next(self) -> tuple[int, Path] | None:
         with self._cond:
@@ -311,14 +315,12 @@ class Uploader:
             listed = {c.step for c in found}
             keep = [c.path for c in found if c.step == newest]
             for checkpoint in plan(found, self._rules, keep):
-                if self._lease is not None:
-                    self._lease.check()
+                self._check_lease()
                 self.store.delete(checkpoint.step)
                 self._post(RemotePruned(checkpoint.step))
             for step in self.store.step_dirs():
                 if step not in listed and step < newest and not self._is_pending(step):
-                    if self._lease is not None:
-                        self._lease.check()
+                    self._check_lease()
                     self.store.delete_leftover(step)
         except Fenced as exc:
             self._fence(newest, exc)
