@@ -1,0 +1,172 @@
+"""The report page in a real headless Chromium: it renders, logs no console error, shows the JSON.
+
+Skipped, with the reason printed, where no Chromium is installed (Debian: apt-get install
+chromium).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from fakes.event_log import SimulatedJob, spot_schedule
+
+from ckptd.goodput import KINDS, account
+from ckptd.report import render
+from ckptd.report_style import COLORS
+
+BROWSER = next(
+    (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
+)
+pytestmark = pytest.mark.skipif(
+    BROWSER is None, reason="chromium is not installed (apt-get install chromium)"
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-breakpad",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+@pytest.fixture
+def browse(tmp_path: Path) -> Iterator[object]:
+    """Run Chromium on a file with a fresh profile; end its helpers (crashpad, zygotes) after."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    runs = 0
+
+    def run(page: Path, *action: str) -> subprocess.CompletedProcess[str]:
+        nonlocal runs
+        runs += 1
+        assert BROWSER is not None
+        profile = tmp_path / f"profile-{runs}"
+        return subprocess.run(
+            [BROWSER, *FLAGS, f"--user-data-dir={profile}", *action, page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    yield run
+    helpers = [p for p in me.children(recursive=True) if p.pid not in before]
+    for helper in helpers:
+        try:
+            helper.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(helpers, timeout=10)
+
+
+def _console(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def _page(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    records = spot_schedule(SimulatedJob()).records
+    accounting = account(records)
+    page = tmp_path / "report.html"
+    page.write_text(render(accounting, "train", generated=0.0))
+    return page, accounting.goodput.to_json()
+
+
+def test_the_page_renders_without_console_errors(tmp_path: Path, browse) -> None:
+    """Chromium parses the page, says nothing on its console, and sees the same numbers."""
+    page, goodput = _page(tmp_path)
+    shown = browse(page, "--dump-dom")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert _console(shown.stderr) == []
+    dom = shown.stdout
+    data = re.search(r'<script type="application/json" id="goodput">(.*?)</script>', dom, re.S)
+    assert data and json.loads(data.group(1))["goodput"] == goodput
+    cells = dict(re.findall(r'data-key="(\w+)" data-seconds="([\d.e+-]+)"', dom))
+    assert set(cells) == {*KINDS, "offline"}
+    for key, seconds in cells.items():
+        assert float(seconds) == pytest.approx(goodput[key], abs=0.001), key
+    ratio = re.search(r'data-key="ratio">([\d.]+)%<', dom)
+    assert ratio and float(ratio.group(1)) == round(float(goodput["ratio"]) * 100, 1)
+    for count in ("attempts", "failures", "preemptions", "checkpoints"):
+        assert re.search(rf'data-key="{count}">{goodput[count]}<', dom), count
+    assert dom.count("<svg") == 1 and dom.count("<polyline") >= 5
+
+
+def test_console_errors_would_be_seen(tmp_path: Path, browse) -> None:
+    """The console check is live: a page that logs an error is caught by it."""
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><script>console.error('broken-page-marker')</script>")
+    shown = browse(page, "--dump-dom")
+    assert any("broken-page-marker" in line for line in _console(shown.stderr))
+
+
+def test_the_screenshot_shows_the_timeline(tmp_path: Path, browse) -> None:
+    """The picture has the productive, lost and restarting colours in quantity."""
+    page, _ = _page(tmp_path)
+    shot = tmp_path / "report.png"
+    done = browse(page, f"--screenshot={shot}", "--window-size=1200,1400")
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    width, height, pixels = _read_png(shot)
+    assert (width, height) == (1200, 1400)
+    for kind, least in (("productive", 20000), ("lost", 3000), ("restarting", 300)):
+        color = bytes.fromhex(COLORS[kind][1:])
+        assert _count(pixels, color) >= least, kind
+
+
+def _read_png(path: Path) -> tuple[int, int, list[bytes]]:
+    """Rows of RGB pixels of an 8-bit, non-interlaced RGB or RGBA PNG (what Chromium writes)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    offset, chunks, header = 8, [], b""
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            chunks.append(body)
+        offset += 12 + length
+    width, height, depth, color_type, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8 and color_type in (2, 6) and interlace == 0
+    channels = 3 if color_type == 2 else 4
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels
+    rows, previous = [], bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                best = left if pa <= pb and pa <= pc else up if pb <= pc else corner
+                line[i] = (line[i] + best) & 0xFF
+        previous = line
+        rows.append(bytes(b for i, b in enumerate(line) if i % channels < 3))
+    return width, height, rows
+
+
+def _count(rows: list[bytes], color: bytes) -> int:
+    return sum(row[i : i + 3] == color for row in rows for i in range(0, len(row), 3))

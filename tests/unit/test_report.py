@@ -1,0 +1,109 @@
+"""ckptd report: one self-contained page whose numbers are the goodput accounting's."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakes.event_log import SimulatedJob, spot_schedule
+
+from ckptd.goodput import account
+from ckptd.report import render
+
+
+def _page(records: list[dict[str, object]], job: str = "train") -> str:
+    return render(account(records), job, generated=0.0)
+
+
+def _embedded(page: str) -> dict[str, object]:
+    found = re.search(r'<script type="application/json" id="goodput">(.*?)</script>', page, re.S)
+    assert found, "no embedded JSON"
+    return json.loads(found.group(1))
+
+
+def _write_log(run_dir: Path, records: list[dict[str, object]]) -> None:
+    run_dir.mkdir(mode=0o700, parents=True)
+    with open(run_dir / "events.jsonl", "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+def test_page_is_self_contained_and_embeds_the_numbers() -> None:
+    """No script, stylesheet, font or image is fetched; the JSON block is the breakdown."""
+    records = spot_schedule(SimulatedJob()).records
+    page = _page(records)
+    assert not re.search(r"https?://|<link|@import|src=|url\(", page)
+    assert page.count("<script") == 1  # the JSON data block, which never runs
+    data = _embedded(page)
+    assert data["goodput"] == account(records).goodput.to_json()
+    assert len(data["attempts"]) == 5  # type: ignore[arg-type]
+    assert "<svg" in page and page.count("<rect") > 10
+
+
+def test_every_shown_number_carries_its_json_value() -> None:
+    """Each breakdown cell's data-seconds is the JSON figure it displays."""
+    page = _page(spot_schedule(SimulatedJob()).records)
+    goodput = _embedded(page)["goodput"]
+    assert isinstance(goodput, dict)
+    for key, seconds in re.findall(r"data-key='(\w+)' data-seconds='([\d.e+-]+)'", page):
+        assert float(seconds) == pytest.approx(goodput[key], abs=0.001), key
+    ratio = re.search(r"data-key='ratio'>([\d.]+)%<", page)
+    assert ratio and float(ratio.group(1)) == round(goodput["ratio"] * 100, 1)
+
+
+def test_text_from_the_log_is_escaped() -> None:
+    """A job name or a request reason cannot inject markup into the page."""
+    records = [
+        {"time": 0, "event": "job.started", "attempt": 0, "step": None, "resume_step": None},
+        {"time": 1, "event": "checkpoint.requested", "attempt": 0, "step": 3, "reason": "<b>x"},
+    ]
+    page = _page(records, job="<script>alert(1)</script>")
+    assert "<script>alert" not in page and "<b>x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_an_empty_log_still_makes_a_page() -> None:
+    """A run directory with no events yet: a page saying so, not a traceback."""
+    page = _page([])
+    assert _embedded(page)["goodput"]["wall"] == 0  # type: ignore[index]
+
+
+def test_report_command_writes_the_page(tmp_path: Path) -> None:
+    """`ckptd report --run-dir D -o FILE` writes the page and prints a one-line summary."""
+    run_dir = tmp_path / ".ckptd" / "train"
+    _write_log(run_dir, spot_schedule(SimulatedJob()).records)
+    output = tmp_path / "page.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptd", "report", "--run-dir", str(run_dir), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {output}: goodput 78.0%")
+    assert _embedded(output.read_text())["job"] == "sim"  # from the records: no job.json here
+    numbers = subprocess.run(
+        [sys.executable, "-m", "ckptd", "report", "--job", "train", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert numbers.returncode == 0, numbers.stderr
+    assert json.loads(numbers.stdout)["failures"] == 3
+
+
+def test_report_without_an_event_log_is_one_line(tmp_path: Path) -> None:
+    """No events.jsonl: exit 2 and one line naming the directory."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptd", "report", "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and str(tmp_path) in done.stderr
