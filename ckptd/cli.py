@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from . import commands, exit_codes
 from . import remote_commands as _remote_commands  # noqa: F401 - importing registers them
 from . import report_command as _report_command  # noqa: F401 - importing registers it
+
+BROKEN_PIPE = 128 + signal.SIGPIPE  # the status a shell shows for `ls | head`'s ls
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # The reader went away (`ckptd list | head`): end quietly, as a program killed by
+        # SIGPIPE would. Python flushes stdout again at exit, so it goes to /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE
+
+
+def _dispatch(argv: list[str]) -> int:
     job_command: list[str] = []
     if "--" in argv:
         split = argv.index("--")
@@ -42,12 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command = job_command
     try:
-        return commands.REGISTRY[args.command_name].handler(args)
+        code = commands.REGISTRY[args.command_name].handler(args)
     except commands.CommandError as exc:
         print(f"ckptd {args.command_name}: {exc}", file=sys.stderr)
-        return exc.code
+        code = exc.code
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    sys.stdout.flush()  # a closed pipe shows here, not in the flush at interpreter exit
+    return code
 
 
 if __name__ == "__main__":
