@@ -17,7 +17,7 @@ from typing import Any
 from ckptd_client.store import inspect, scan
 
 from . import config as config_module
-from . import exit_codes
+from . import exit_codes, remote_listing
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -111,8 +111,11 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
 def list_checkpoints(args: argparse.Namespace) -> int:
-    directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
-    found = scan(directory, full=args.verify)
+    if remote_listing.is_remote(args.dir):
+        directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
+    else:
+        directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
+        found = scan(directory, full=args.verify)
     if args.json:
         print(json.dumps([c.to_json() for c in found], indent=2))
         return exit_codes.OK
@@ -149,7 +152,10 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     _verify_arguments,
 )
 def verify(args: argparse.Namespace) -> int:
-    checked = inspect(Path(args.path), full=True)
+    if remote_listing.is_remote(args.path):
+        checked = _remote(remote_listing.inspect_remote, args.path)
+    else:
+        checked = inspect(Path(args.path), full=True)
     if args.json:
         print(json.dumps(checked.to_json(), indent=2))
     elif checked.valid:
@@ -160,6 +166,13 @@ def verify(args: argparse.Namespace) -> int:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _remote(function: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return function(*args)
+    except remote_listing.RemoteListingError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _run_dir_argument(parser: argparse.ArgumentParser) -> None:

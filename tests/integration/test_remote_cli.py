@@ -1,0 +1,55 @@
+"""`ckptd list` and `ckptd verify` on an s3:// URL, against moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from remote_fixtures import MotoServer, make_checkpoint, moto
+
+from ckptd.remote_store import RemoteStore
+
+__all__ = ["moto"]  # the fixture, imported for pytest
+
+
+def _ckptd(server: MotoServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ckptd", *args],
+        env={**os.environ, **server.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_list_and_verify_a_bucket(moto: MotoServer, tmp_path: Path) -> None:
+    """list shows the remote checkpoints; verify passes a good one and fails a corrupt one."""
+    store = RemoteStore(moto.url(), moto.options)
+    for step in (10, 20):
+        store.upload(make_checkpoint(tmp_path / "a", step), timeout=60)
+    store.fs.pipe_file(store.path_of(20, "model.pt"), b"not the model")
+
+    listed = _ckptd(moto, "list", moto.url(), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(c["step"], c["valid"]) for c in json.loads(listed.stdout)] == [(10, True), (20, True)]
+    checked = _ckptd(moto, "list", moto.url(), "--verify")
+    assert checked.returncode == 0, checked.stderr
+    assert "step-00000010" in checked.stdout and "NO (model.pt: size" in checked.stdout
+
+    good = _ckptd(moto, "verify", f"{moto.url()}/step-00000010")
+    assert (good.returncode, good.stdout.split()[0]) == (0, "ok:"), good.stderr
+    bad = _ckptd(moto, "verify", f"{moto.url()}/step-00000020")
+    assert (bad.returncode, bad.stdout.split()[0]) == (1, "invalid:"), bad.stderr
+
+
+def test_unreachable_or_unknown_remotes_are_one_line_errors(moto: MotoServer) -> None:
+    """A remote that is down, or a protocol nobody knows, is one line on stderr, exit 2."""
+    moto.stop()
+    down = _ckptd(moto, "verify", f"{moto.url()}/step-00000001")
+    unknown = _ckptd(moto, "list", "nope://bucket/prefix")
+    for result, what in ((down, moto.url()), (unknown, "nope://bucket/prefix")):
+        assert result.returncode == 2 and result.stdout == ""
+        assert len(result.stderr.strip().splitlines()) == 1 and what in result.stderr
