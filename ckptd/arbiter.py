@@ -1,8 +1,19 @@
-"""The supervisor loop: the only owner of the job's state.
+"""The supervisor loop: the only owner of the job's lifecycle.
 
-Sources post immutable Requests (thread- and signal-safe); the job channel
-delivers client messages and the control server commands; the loop polls them
-all plus a wake-up pipe, and acts. Everything here runs on one thread.
+Sources post immutable Requests (thread- and signal-safe), the background worker
+posts Finished values, the job channel delivers client messages and the control
+server commands; the loop polls them all plus a wake-up pipe, and acts. Everything
+here runs on one thread. The lifecycle is ``self.state`` (see ``states``) plus, while
+the job is being stopped, one :class:`~ckptd.stops.Stop` whose ``intent`` says what
+follows the job's exit; a later request only ever raises that intent
+(:meth:`Stop.supersede`: a stop supersedes a restart, a hang, an adoption):
+
+    starting --prepared, launched--> running <--> checkpointing
+    running/checkpointing --stop, restart, hang--> stopping
+    stopping --job gone: intent stop--> exited
+    stopping --job gone: intent restart/hang--> backoff --> starting
+    running --job exited--> backoff | exited        (the restart policy decides)
+    starting/backoff --stop--> exited               (at once: nothing to save)
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import queue
 import signal
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -19,31 +31,31 @@ import zmq
 from ckptd_client.store import Checkpoint, bytes_in_progress, scan
 
 from . import exit_codes, log, retention
+from .background import Background, Finished
 from .checkpoint_desk import CheckpointDesk, file_request_is_stale
 from .config import JobConfig
 from .control_server import ControlServer, ReplyError, Waiter
 from .events import EventLog
 from .job_channel import JobChannel, Peer
-from .launcher import Launcher
+from .launcher import Launcher, Prepared
 from .preemption import Preemption
 from .requests import Action, Origin, Request
-from .restart_policy import RestartPolicy
-from .run_dir import Orphan, RunDir
+from .restart_policy import ExitStatus, RestartPolicy
+from .run_dir import STOP_FILE, Orphan, RunDir
 from .sources import RequestSource
 from .sources.cloud_notices import CloudNotices
 from .sources.timer import PeriodicTimer
 from .states import JobState, check_transition
-from .stopping import StopKind, Stopper, Stopping
+from .stops import Intent, Step, Stop
 from .systemd import Notifier
-from .trainer import Trainer
+from .trainer import LaunchError, Trainer
 
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
+_ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before stop_signal
 
 
-class Arbiter(Stopper, Launcher):
-    """The supervisor: owns the job's state; its parts live in ``stopping`` and ``launcher``."""
-
+class Arbiter:
     def __init__(
         self,
         config: JobConfig,
@@ -67,34 +79,40 @@ class Arbiter(Stopper, Launcher):
             config.restart, config.max_restarts, config.restart_delay, config.restart_delay_max
         )
         self.rules = retention.RetentionRules(
-            config.keep_last,
-            config.keep_best,
-            config.best_metric,
-            config.best_mode,
+            config.keep_last, config.keep_best, config.best_metric, config.best_mode,
             config.keep_every,
-        )
+        )  # fmt: skip
+        self.launcher = Launcher(config, run_dir, channel.endpoint)
+        self.notifier = notifier or Notifier()
+        self.timer = PeriodicTimer(config.every)
+        self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
         self.state = JobState.STARTING
         self.trainer: Trainer | None = None
-        self.attempt = -1
+        self.exit_status: ExitStatus | None = None  # the job's main process is gone: cleaning up
+        self.stop: Stop | None = None
+        self.backoff_until: float | None = None
+        self.preemption: Preemption | None = None
         self.restarts_without_progress = 0
         self.step: int | None = None
         self.resumed_from: Checkpoint | None = None
-        self.stopping: Stopping | None = None
-        self.backoff_until: float | None = None
-        self.started = time.monotonic()
-        self.launched = self.started
-        self.last_progress = self.started
+        self.newest_verified: Path | None = None
+        self.saving_since: float | None = None
+        self.started = self.launched = self.last_progress = time.monotonic()
         self.exit_code = exit_codes.OK
-        self.timer = PeriodicTimer(config.every)
-        self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | Finished] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
-        self._adopting_until: float | None = None
-        self.notifier = notifier or Notifier()
-        self.preemption: Preemption | None = None
-        self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
         self._save_bytes = 0
         self._progress_checked = 0.0
+        self.background = Background(self.post)
+
+    @property
+    def attempt(self) -> int:
+        return self.launcher.attempt
+
+    @property
+    def restarts_left(self) -> int:
+        return max(0, self.config.max_restarts - self.restarts_without_progress)
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -102,9 +120,9 @@ class Arbiter(Stopper, Launcher):
 
     # -- the loop ------------------------------------------------------------------------
 
-    def post(self, request: Request) -> None:
-        """Hand a request to the loop; safe from any thread and from signal handlers."""
-        self._queue.put(request)
+    def post(self, item: Request | Finished) -> None:
+        """Hand a value to the loop; safe from any thread and from signal handlers."""
+        self._queue.put(item)
         try:
             os.write(self._wake_w, b"\0")
         except OSError:
@@ -118,64 +136,80 @@ class Arbiter(Stopper, Launcher):
         for router in self.control.routers:
             poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        self._drain_requests()
-        if self.state is JobState.STARTING and not self._adopt_orphan():
-            self._launch()
         try:
+            self._drain_queue()  # a STOP file present at start is answered before any launch
+            if self.state is JobState.STARTING:
+                trainer = self.launcher.adopt(self._orphan)
+                if trainer is not None:
+                    self._adopt(trainer)
+                else:
+                    self._launch()
             while self.state is not JobState.EXITED:
                 ready = dict(poller.poll(self._sleep_ms()))
                 if self._wake_r in ready:
                     _drain_fd(self._wake_r)
                 if self.channel.socket in ready:
                     for peer, message in self.channel.receive():
-                        self._on_client(peer, message)
+                        self._guarded(self._on_client, peer, message)
                 for router in self.control.routers:
                     if router in ready:
                         self.control.handle(router, self._dispatch)
-                self._drain_requests()
-                self._check_child()
-                self._check_clocks()
+                self._drain_queue()
+                self._guarded(self._check_child)
+                self._guarded(self._check_clocks)
         finally:
             self._shutdown()
         return self.exit_code
 
+    def _guarded(self, handler: Any, *args: Any) -> None:
+        """Run one handler; a bug in it is logged, and supervision goes on."""
+        try:
+            handler(*args)
+        except Exception:
+            log.get_logger().exception("arbiter.handler_failed", handler=handler.__name__)
+
     def _sleep_ms(self) -> int:
         now = time.monotonic()
-        moments = [
-            now + _MAX_SLEEP,
-            self.timer.next_due(),
-            self.backoff_until,
-            self.notifier.next_ping(),
-        ]
+        moments = [now + _MAX_SLEEP, self.timer.next_due(), self.notifier.next_ping()]
+        if self.state is JobState.BACKOFF:
+            moments.append(self.backoff_until)
         if self.trainer is not None and self.trainer.adopted:
             moments.append(now + _ADOPT_POLL)
-        if self.stopping is not None:
-            moments += [self.stopping.deadline, self.stopping.kill_at]
+        if self.stop is not None:
+            moments.append(self.stop.next_moment())
         elif self.preemption is not None:
             moments.append(self.preemption.final_at(self._save_seconds()))
-        if self.config.hang_timeout is not None and self.trainer is not None:
+        if self.config.hang_timeout is not None and self._hang_watched():
             moments.append(self.last_progress + self.config.hang_timeout)
         soonest = min(m for m in moments if m is not None)
         return max(0, int((soonest - now) * 1000) + 1)
 
-    def _drain_requests(self) -> None:
+    def _drain_queue(self) -> None:
         while True:
             try:
-                request = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            self._on_request(request)
+            if isinstance(item, Finished):
+                self._guarded(self._on_finished, item)
+            else:
+                self._guarded(self._on_request, item)
 
     def _shutdown(self) -> None:
-        self.notifier.close()
-        for source in self.sources:
-            source.stop()
-        self.desk.fail_waiters("ckptd is exiting")
-        if self.trainer is not None and self.trainer.poll() is None:
+        """Leave nothing behind: the job is signalled before anything that could fail."""
+        trainer = self.trainer
+        if trainer is not None and self.exit_status is None and trainer.poll() is None:
             # Only reached when the loop itself failed: never leave a job behind.
-            self.events.emit("job.abandoned", level="error", pid=self.trainer.pid)
-            self.trainer.signal_tree(signal.SIGTERM)
-            self.trainer.kill_leftovers(self.config.kill_timeout)
+            trainer.signal_tree(signal.SIGTERM)
+            self.events.emit("job.abandoned", level="error", pid=trainer.pid)
+            trainer.kill_leftovers(self.config.kill_timeout)
+        for close in (
+            self.notifier.close,
+            *(source.stop for source in self.sources),
+            lambda: self.desk.fail_waiters("ckptd is exiting"),
+            self.background.stop,
+        ):
+            self._guarded(close)
 
     def _transition(self, target: JobState) -> None:
         self.state = check_transition(self.state, target)
@@ -184,34 +218,74 @@ class Arbiter(Stopper, Launcher):
         if self.state in (JobState.RUNNING, JobState.CHECKPOINTING):
             self._transition(JobState.CHECKPOINTING if self.desk.in_flight else JobState.RUNNING)
 
+    def _job_alive(self) -> bool:
+        return self.trainer is not None and self.exit_status is None
+
+    def _hang_watched(self) -> bool:
+        """Watched while the job runs outside a save (a slow save is no hang) and outside a stop."""
+        return self._job_alive() and self.stop is None and self.saving_since is None
+
     # -- requests ------------------------------------------------------------------------
 
-    def _on_request(self, request: Request, waiter: Waiter | None = None) -> Any:
-        if request.action is Action.CHECKPOINT:
-            return self._request_checkpoint(request, waiter)
-        if request.action is Action.STOP:
-            if self.stopping is None or self.stopping.kind is StopKind.HANG:
-                self._begin_stop(request)
-            elif request.origin is Origin.SIGNAL:
-                self._stop_now(request.reason)  # a second SIGTERM/SIGINT: do not wait any longer
-        elif request.action is Action.STOP_NOW:
+    def _on_request(self, request: Request) -> None:
+        action = request.action
+        if action is Action.CHECKPOINT:
+            self._request_checkpoint(request)
+        elif action is Action.STOP:
+            if self.stop is not None and self.stop.intent is Intent.STOP:
+                if request.origin is Origin.SIGNAL:
+                    self._stop_now(request.reason)  # a second SIGTERM/SIGINT: wait no longer
+                else:
+                    self.stop.origins.add(request.origin)
+            else:
+                self._begin_stop(request, Intent.STOP)
+        elif action is Action.STOP_NOW:
             self._stop_now(request.reason)
-        elif request.action is Action.PREEMPT:
+        elif action is Action.PREEMPT:
             self._on_preemption(request)
-        elif request.action is Action.REQUEUE and self.stopping is None:
-            self._begin_stop(request, requeue=True)
-        return None
+        elif action is Action.REQUEUE:
+            self._begin_stop(request, Intent.STOP, requeue=True)
 
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
-        if self.state in (JobState.STOPPING, JobState.EXITED):
+        if self.stop is not None or self.state is JobState.EXITED:
             if waiter is not None:
                 raise ReplyError("not_running", f"the job is {self.state.value}")
             return None
-        result = self.desk.request(request, self.trainer, waiter)
+        result = self.desk.request(request, self.trainer if self._job_alive() else None, waiter)
         self._sync_checkpointing()
         return result
+
+    def _on_preemption(self, request: Request) -> None:
+        """Checkpoint at once; take the final save as late as its measured time allows."""
+        notice = request.notice
+        plan = Preemption.plan(notice, self.config.preemption.margin, self.config.grace)
+        self.events.emit(
+            "preemption.noticed",
+            provider=notice.provider,
+            kind=notice.kind,
+            deadline=plan.deadline,
+            seconds_left=round(plan.deadline - time.time(), 3),
+            request_id=request.id,
+        )
+        first = self.preemption is None
+        if self.preemption is None:
+            last = self.desk.last_commit
+            plan.committed_step_at_notice = last.get("step") if last else self.desk.newest_step
+            self.preemption = plan
+        elif plan.stop_by < self.preemption.stop_by:
+            self.preemption.stop_by, self.preemption.deadline = plan.stop_by, plan.deadline
+        final_at = self.preemption.final_at(self._save_seconds())
+        if self.stop is not None or not self._job_alive() or final_at <= time.monotonic():
+            self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
+        elif first:
+            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.CLOUD, request.reason))
+
+    def _save_seconds(self) -> float:
+        last = self.desk.last_commit
+        seconds = last.get("seconds") if last else None
+        return float(seconds) if isinstance(seconds, (int, float)) else 0.0
 
     # -- control commands ----------------------------------------------------------------
 
@@ -230,20 +304,21 @@ class Arbiter(Stopper, Launcher):
     def control_stop(self, save: bool, waiter: Waiter | None) -> Any:
         from .control_commands import LATER
 
-        if self.stopping is not None and self.stopping.kind is StopKind.STOP:
+        if self.stop is not None and self.stop.intent is Intent.STOP:
             if waiter is not None:
-                self.stopping.waiters.append(waiter)
+                self.stop.waiters.append(waiter)
                 return LATER
             return {"stopping": True, "already": True}
-        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "control"), save=save, waiter=waiter)
+        request = Request(Action.STOP, Origin.CONTROL, "control")
+        self._begin_stop(request, Intent.STOP, save=save, waiter=waiter)
         return LATER if waiter is not None and not waiter.done else {"stopping": True}
 
     def control_restart(self) -> Any:
-        if self.stopping is not None:
-            raise ReplyError("not_running", "a stop is already in progress")
-        if self.trainer is None:
+        if self.stop is not None:
+            raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
+        if not self._job_alive():
             raise ReplyError("not_running", f"no job process is running ({self.state.value})")
-        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), kind=StopKind.RESTART)
+        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), Intent.RESTART)
         return {"restarting": True}
 
     def status(self) -> dict[str, Any]:
@@ -259,7 +334,379 @@ class Arbiter(Stopper, Launcher):
 
     # -- stopping ------------------------------------------------------------------------
 
+    def _begin_stop(
+        self,
+        request: Request,
+        intent: Intent,
+        *,
+        save: bool = True,
+        waiter: Waiter | None = None,
+        deadline: float | None = None,
+        requeue: bool = False,
+        signal_delay: float = 0.0,
+    ) -> None:
+        now = time.monotonic()
+        stop_by = min(now + self.config.grace, deadline if deadline is not None else now + 1e9)
+        if self.stop is not None:
+            before = self.stop.intent
+            if self.stop.supersede(
+                request.reason, intent, request.origin, stop_by, requeue=requeue, waiter=waiter
+            ):
+                self._announce_stop(self.stop, superseded=before.value)
+            return
+        stop = Stop(
+            request.reason,
+            intent,
+            stop_by,
+            {request.origin},
+            self.config.kill_timeout,
+            save=save,
+            requeue=requeue,
+        )
+        if waiter is not None:
+            stop.waiters.append(waiter)
+        if self.trainer is None:  # starting or in backoff: nothing runs, nothing to save
+            if intent is Intent.STOP:
+                self.stop = stop
+                self._announce_stop(stop)
+                self._finish_stop(None)
+            return
+        self.stop = stop
+        if self.exit_status is not None:
+            return  # the job has exited already; its cleanup ends in _after_exit
+        self._transition(JobState.STOPPING)
+        self.timer.pause()
+        self._save_bytes = 0
+        self._announce_stop(stop)
+        if intent is Intent.HANG:
+            self._terminate(stop, now, "hang")
+            return
+        wall_deadline = time.time() + (stop_by - now)
+        if self.desk.request_final(
+            stop.final_id, request.reason, request.origin, wall_deadline, save
+        ):
+            stop.client_took_request()
+        else:
+            stop.signal_at = now + signal_delay
+
+    def _announce_stop(self, stop: Stop, superseded: str | None = None) -> None:
+        if stop.intent is Intent.STOP:
+            self.notifier.stopping(
+                f"stopping ({stop.reason}): final checkpoint within {self.config.grace:g}s"
+            )
+        self.events.emit(
+            "job.stopping",
+            reason=stop.reason,
+            kind=stop.intent.value,
+            grace=self.config.grace,
+            request_id=stop.final_id,
+            superseded=superseded,
+        )
+
+    def _stop_now(self, reason: str) -> None:
+        if self.stop is not None and not self.stop.forced and self._job_alive():
+            self._terminate(self.stop, time.monotonic(), reason)
+
+    def _terminate(self, stop: Stop, now: float, reason: str) -> None:
+        assert self.trainer is not None
+        stop.force(now)
+        self.events.emit("job.terminating", level="warning", reason=reason, pid=self.trainer.pid)
+        self.trainer.signal_tree(signal.SIGTERM)
+
+    def _advance_stop(self, stop: Stop, now: float) -> None:
+        assert self.trainer is not None
+        step = stop.due(now)
+        if step is Step.SIGNAL_MAIN:
+            self.trainer.signal_main(signal.Signals[self.config.stop_signal])
+            self.events.emit(
+                "job.signalled",
+                signal=self.config.stop_signal,
+                pid=self.trainer.pid,
+                why="no client connected",
+            )
+        elif step is Step.TERMINATE:
+            self.events.emit(
+                "job.terminating", level="warning", reason="grace period over", pid=self.trainer.pid
+            )
+            self.trainer.signal_tree(signal.SIGTERM)
+        elif step is Step.KILL:
+            self.events.emit("job.killing", level="warning", pid=self.trainer.pid)
+            self.trainer.signal_tree(signal.SIGKILL)
+
+    def _finish_stop(self, status: ExitStatus | None) -> None:
+        """The job of a STOP is gone: report the preemption, requeue (off the loop), exit."""
+        stop = self.stop
+        assert stop is not None
+        if self.preemption is not None:
+            self._report_preemption(stop)
+        if stop.requeue:
+            stop.requeue = False
+            self.background.submit("requeued", self._requeue_command, context=status)
+            return
+        self._conclude_stop(stop, status)
+
+    def _conclude_stop(self, stop: Stop, status: ExitStatus | None) -> None:
+        self.stop = None
+        self.exit_code = stop.exit_code(status, self.config.stop_signal)
+        self.events.emit(
+            "job.stopped",
+            reason=stop.reason,
+            final_checkpoint=stop.committed,
+            exit_code=self.exit_code,
+            request_id=stop.final_id,
+            superseded=stop.superseded or None,
+        )
+        for waiter in stop.waiters:
+            waiter.reply(
+                {"stopped": True, "final_checkpoint": stop.committed, "exit_code": self.exit_code}
+            )
+        self.run_dir.consume(STOP_FILE)  # a STOP file touched during any stop is answered by it
+        self._transition(JobState.EXITED)
+
+    def _report_preemption(self, stop: Stop) -> None:
+        """How much work the final checkpoint saved and how much was lost; approve the event."""
+        assert self.preemption is not None
+        outcome = self.preemption.outcome(
+            self.desk.last_commit if stop.committed else None, self.step
+        )
+        self.events.emit("preemption.final", **outcome)
+        if self.cloud is not None and self.preemption.notice is not None:
+            self.cloud.acknowledge(self.preemption.notice)
+
+    def _requeue_command(self) -> tuple[list[str], int | None, str]:
+        import subprocess
+
+        command = [os.path.expandvars(arg) for arg in self.config.slurm.requeue_command]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            return command, result.returncode, (result.stderr or result.stdout).strip()[-500:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return command, None, str(exc)
+
     # -- the job process -----------------------------------------------------------------
+
+    def _launch(self) -> None:
+        """Prepare a launch off the loop; the process starts when the preparation is back."""
+        self._transition(JobState.STARTING)
+        self.backoff_until = None
+        self.background.submit("prepared", self.launcher.prepare)
+
+    def _on_prepared(self, prepared: Prepared) -> None:
+        log.bind(attempt=self.attempt + 1)
+        for path in prepared.removed:
+            self.events.emit("checkpoint.temporary_removed", path=str(path))
+        if prepared.strays_killed:
+            self.events.emit("job.strays_killed", level="warning", pids=prepared.strays_killed)
+        for bad in prepared.quarantined:
+            self.events.emit(
+                "checkpoint.invalid",
+                level="warning",
+                path=str(bad.checkpoint.path),
+                step=bad.checkpoint.step,
+                why=bad.checkpoint.reason,
+                moved_to=str(bad.moved_to) if bad.moved_to else None,
+            )
+        resume = prepared.resume
+        self.resumed_from = resume
+        if resume is not None:
+            self.desk.note_progress(resume.step)
+            self.newest_verified = resume.path
+        self._set_step(resume.step if resume else None)
+        try:
+            trainer = self.launcher.start(prepared)
+        except LaunchError as exc:
+            # Not found, not executable: no restart can fix that (README: exit 127).
+            log.bind(attempt=self.attempt)
+            self.events.emit("job.launch_failed", level="error", error=str(exc), exit_code=127)
+            self.exit_code = exit_codes.CANNOT_EXECUTE
+            self._transition(JobState.EXITED)
+            return
+        log.bind(attempt=self.attempt)
+        self.trainer = trainer
+        self.launched = self.last_progress = time.monotonic()
+        self.saving_since = None
+        self.timer.reset(self.launched)
+        self._transition(JobState.RUNNING)
+        self.notifier.ready(self._status_line())
+        self.events.emit(
+            "job.started",
+            pid=trainer.pid,
+            resume_from=str(resume.path) if resume else None,
+            resume_step=resume.step if resume else None,
+        )
+
+    def _adopt(self, trainer: Trainer) -> None:
+        """A job left running by a dead daemon: final checkpoint, then relaunch from it."""
+        log.bind(attempt=self.attempt)
+        self.trainer = trainer
+        self._transition(JobState.RUNNING)
+        self.events.emit(
+            "job.adopted",
+            level="warning",
+            pid=trainer.pid,
+            why="left running by a ckptd that died; stopping it before a new launch",
+        )
+        request = Request(Action.STOP, Origin.TIMER, "orphan of an earlier ckptd")
+        self._begin_stop(request, Intent.RESTART, signal_delay=_ADOPT_WINDOW)
+
+    def _check_child(self) -> None:
+        trainer = self.trainer
+        if trainer is None or self.exit_status is not None:
+            return
+        status = trainer.poll()
+        if status is None:
+            return
+        self.exit_status = status
+        self.events.emit(
+            "job.exited",
+            pid=trainer.pid,
+            status=str(status),
+            exit_code=None if trainer.adopted else status.shell_code,
+        )
+        self.channel.forget_peers()
+        self.desk.job_exited()
+        self.saving_since = None
+        self.background.submit("cleaned", lambda: self._clean_up(trainer))
+
+    def _clean_up(self, trainer: Trainer) -> tuple[int, int | None]:
+        """On the worker: stop what is left of the tree; the newest checkpoint step on disk."""
+        leftovers = trainer.kill_leftovers(self.config.kill_timeout)
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
+        return leftovers, max(steps) if steps else None
+
+    def _on_cleaned(self, finished: Finished) -> None:
+        status = self.exit_status or ExitStatus()
+        self.exit_status = None
+        self.trainer = None
+        self.run_dir.record_holder(None)
+        if finished.error is None:
+            leftovers, newest = finished.result
+            if leftovers:
+                self.events.emit("job.leftovers_killed", count=leftovers)
+            # A commit whose acknowledgement died with the job still counts as progress.
+            if newest is not None and self.desk.note_progress(newest):
+                self.restarts_without_progress = 0
+        self._after_exit(status)
+
+    def _after_exit(self, status: ExitStatus) -> None:
+        stop = self.stop
+        if stop is not None and stop.intent is Intent.STOP:
+            self._finish_stop(status)
+            return
+        self.stop = None
+        if stop is not None and stop.intent is Intent.RESTART:
+            self.events.emit(
+                "job.restarting", delay=0, reason=stop.reason, final_checkpoint=stop.committed
+            )
+            self._back_off(0.0)
+            return
+        if not self.policy.wants_restart(status):
+            self.exit_code = status.shell_code
+            self.events.emit("job.finished", status=str(status), exit_code=self.exit_code)
+            self._transition(JobState.EXITED)
+            return
+        self.restarts_without_progress += 1
+        if self.policy.exhausted(self.restarts_without_progress):
+            self.exit_code = exit_codes.GAVE_UP
+            self.events.emit(
+                "job.gave_up",
+                level="error",
+                status=str(status),
+                restarts=self.restarts_without_progress - 1,
+                why="max_restarts reached without a new checkpoint",
+            )
+            self._transition(JobState.EXITED)
+            return
+        import random
+
+        delay = self.policy.backoff(self.restarts_without_progress, random.Random())
+        self.events.emit(
+            "job.restarting", delay=round(delay, 3), status=str(status),
+            restarts_left=self.restarts_left,
+        )  # fmt: skip
+        self._back_off(delay)
+
+    def _back_off(self, delay: float) -> None:
+        self.timer.pause()
+        self._transition(JobState.BACKOFF)
+        self.backoff_until = time.monotonic() + delay
+
+    # -- values posted back by the worker ------------------------------------------------
+
+    def _on_finished(self, finished: Finished) -> None:
+        if finished.tag == "prepared":
+            if self.state is not JobState.STARTING:
+                return  # stopped while preparing: nothing is launched
+            if finished.error is not None:
+                self.events.emit("job.launch_failed", level="error", error=str(finished.error))
+                self.exit_code = exit_codes.FAILED
+                self._transition(JobState.EXITED)
+                return
+            self._on_prepared(finished.result)
+        elif finished.tag == "cleaned":
+            self._on_cleaned(finished)
+        elif finished.tag == "pruned":
+            self._on_pruned(finished)
+        elif finished.tag == "requeued" and self.stop is not None:
+            self._on_requeued(finished)
+
+    def _on_pruned(self, finished: Finished) -> None:
+        if finished.error is not None:
+            self.events.emit("checkpoint.prune_failed", level="warning", error=str(finished.error))
+            return
+        pruned: retention.Pruned = finished.result
+        for gone in pruned.deleted:
+            self.events.emit(
+                "checkpoint.pruned", path=str(gone.path), step=gone.step, valid=gone.valid
+            )
+        for kept, why in pruned.failed:
+            self.events.emit(
+                "checkpoint.prune_failed", level="warning", path=str(kept.path), error=why
+            )
+
+    def _on_requeued(self, finished: Finished) -> None:
+        stop = self.stop
+        assert stop is not None
+        command, code, output = finished.result if finished.error is None else ([], None, "")
+        if finished.error is not None:
+            output = str(finished.error)
+        self.events.emit(
+            "job.requeued" if code == 0 else "job.requeue_failed",
+            level="info" if code == 0 else "error",
+            command=command,
+            returncode=code,
+            output=output,
+        )
+        if code != 0:
+            stop.failed = True
+        self._conclude_stop(stop, finished.context)
+
+    # -- clocks --------------------------------------------------------------------------
+
+    def _check_clocks(self) -> None:
+        now = time.monotonic()
+        self._report_to_systemd(now)
+        if self.state is JobState.BACKOFF:
+            if self.backoff_until is not None and now >= self.backoff_until:
+                self._launch()
+            return
+        if not self._job_alive():
+            return
+        if self.stop is not None:
+            self._advance_stop(self.stop, now)
+        elif self.preemption is not None and now >= self.preemption.final_at(self._save_seconds()):
+            request = Request(Action.STOP, Origin.CLOUD, self.preemption.reason)
+            self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
+        elif (
+            self.config.hang_timeout is not None
+            and self._hang_watched()
+            and now - self.last_progress >= self.config.hang_timeout
+        ):
+            self.events.emit("job.hung", level="error", seconds=self.config.hang_timeout)
+            self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
+        elif self.timer.is_due(now):
+            self.timer.reset(now)
+            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
 
     def _status_line(self) -> str:
         last = self.desk.last_commit
@@ -268,67 +715,35 @@ class Arbiter(Stopper, Launcher):
 
     def _report_to_systemd(self, now: float) -> None:
         self.notifier.ping_if_due(now)
-        if self.stopping is None:
+        if self.stop is None:
             self.notifier.status(self._status_line())
         elif self.notifier.enabled and now - self._progress_checked >= 1.0:
             self._progress_checked = now
             written = bytes_in_progress(self.config.checkpoint_dir)
             if written > self._save_bytes:  # the final save is visibly moving: ask for time
                 self.notifier.extend_timeout(
-                    max(0.0, self.stopping.deadline - now) + self.config.kill_timeout + 5.0
+                    max(0.0, self.stop.deadline - now) + self.config.kill_timeout + 5.0
                 )
             self._save_bytes = written
-
-    def _check_clocks(self) -> None:
-        now = time.monotonic()
-        self._report_to_systemd(now)
-        stop = self.stopping
-        if self.state is JobState.BACKOFF and self.backoff_until is not None:
-            if now >= self.backoff_until:
-                self._launch()
-        elif stop is not None and self.trainer is not None:
-            if not stop.forced and now >= stop.deadline:
-                self._force(now, "grace period over")
-            elif stop.kill_at is not None and now >= stop.kill_at:
-                stop.kill_at = None
-                self.events.emit("job.killing", level="warning", pid=self.trainer.pid)
-                self.trainer.signal_tree(signal.SIGKILL)
-        elif self._preemption_final_due(now):
-            assert self.preemption is not None
-            self._begin_stop(
-                Request(Action.STOP, Origin.CLOUD, self.preemption.reason),
-                deadline=self.preemption.stop_by_monotonic(),
-            )
-        elif self._adopting_until is not None:
-            if self.channel.peers or now >= self._adopting_until:
-                self._adopting_until = None
-                self._begin_stop(
-                    Request(Action.STOP, Origin.TIMER, "orphan of an earlier ckptd"),
-                    kind=StopKind.RESTART,
-                )
-        elif self.trainer is not None:
-            hang = self.config.hang_timeout
-            if hang is not None and now - self.last_progress >= hang:
-                self.events.emit("job.hung", level="error", seconds=hang)
-                self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), kind=StopKind.HANG)
-            elif self.timer.is_due(now):
-                self.timer.reset(now)
-                self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
 
     # -- messages from the job -----------------------------------------------------------
 
     def _on_client(self, peer: Peer, message: dict[str, Any]) -> None:
         kind = message["type"]
         step = message.get("step")
+        now = time.monotonic()
         if isinstance(step, int) and step != self.step:
             self._set_step(step)
-            self.last_progress = time.monotonic()
-        if kind == "hello":
+            self.last_progress = now
+        if not peer.known and kind != "bye":
+            peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
-            self.last_progress = time.monotonic()
+            self.last_progress = now
             self.desk.client_connected(peer)
-        elif kind == "started":
-            self.last_progress = time.monotonic()
+            if self.stop is not None and self.desk.in_flight_final:
+                self.stop.client_took_request()
+        if kind == "started":
+            self.last_progress = self.saving_since = now
             ids = message.get("ids") or []
             self.events.emit(
                 "checkpoint.started",
@@ -337,28 +752,34 @@ class Arbiter(Stopper, Launcher):
                 pid=peer.pid,
             )
         elif kind == "committed":
-            self.last_progress = time.monotonic()
+            self.last_progress = now
+            self.saving_since = None
             ack = self.desk.on_committed(peer, message)
             if ack.progress:
                 self.restarts_without_progress = 0
-            if ack.final and self.stopping is not None:
-                self.stopping.committed = True
-            if self.stopping is None:
-                self.timer.reset(time.monotonic())
+            if ack.final and self.stop is not None:
+                self.stop.committed = True
+            if self.stop is None:
+                self.timer.reset(now)
             if not message.get("reused"):
-                self._prune()
+                self._prune(message.get("path"))
         elif kind == "failed":
+            self.saving_since = None
             ack = self.desk.on_failed(message)
-            if ack.final and self.stopping is not None:
-                self.stopping.failed = True
+            if ack.final and self.stop is not None:
+                self.stop.failed = True
         self._sync_checkpointing()
 
-    def _prune(self) -> None:
+    def _prune(self, committed: Any) -> None:
+        """Retention after a commit, off the loop; never the newest verified checkpoint."""
+        if isinstance(committed, str) and Path(committed).parent == self.config.checkpoint_dir:
+            self.newest_verified = Path(committed)
         protect = [self.resumed_from.path] if self.resumed_from else []
-        for gone in retention.prune(self.config.checkpoint_dir, self.rules, protect):
-            self.events.emit(
-                "checkpoint.pruned", path=str(gone.path), step=gone.step, valid=gone.valid
-            )
+        if self.newest_verified is not None:
+            protect.append(self.newest_verified)
+        self.background.submit(
+            "pruned", lambda: retention.prune(self.config.checkpoint_dir, self.rules, protect)
+        )
 
     def _set_step(self, step: int | None) -> None:
         self.step = step

@@ -63,6 +63,13 @@ class CheckpointDesk:
         """A non-final request has reached the job and is not answered yet."""
         return self.outstanding is not None and self.outstanding.delivered
 
+    @property
+    def in_flight_final(self) -> bool:
+        """The final request of a stop has reached a client."""
+        return (
+            self.outstanding is not None and self.outstanding.final and self.outstanding.delivered
+        )
+
     def request(
         self, request: Request, trainer: Trainer | None, waiter: Waiter | None
     ) -> dict[str, Any]:

@@ -10,11 +10,20 @@ from dataclasses import asdict
 
 from . import exit_codes, log
 from .arbiter import Arbiter
+from .checkpoint_lock import CheckpointDirLock
 from .config import JobConfig
 from .control_server import ControlServer, Curve
 from .events import EventLog
 from .job_channel import JobChannel
-from .run_dir import CHECKPOINT_FILE, EVENTS_FILE, JOB_FILE, RunDir, RunDirError, write_private
+from .run_dir import (
+    CHECKPOINT_FILE,
+    EVENTS_FILE,
+    JOB_FILE,
+    Orphan,
+    RunDir,
+    RunDirError,
+    write_private,
+)
 from .sources import RequestSource
 from .sources.cloud_notices import CloudNotices
 from .sources.posix_signals import PosixSignals
@@ -25,22 +34,40 @@ from .trainer import become_subreaper
 def supervise(config: JobConfig) -> int:
     """Run the job under supervision until it finishes, stops or is given up on."""
     log.bind(job=config.name, attempt=0, step=None)
-    logger = log.get_logger()
     run_dir = RunDir(config.run_dir)
+    checkpoint_lock = CheckpointDirLock(config.checkpoint_dir)
     try:
         run_dir.prepare()
         orphan = run_dir.lock()
-    except RunDirError as exc:
-        print(f"ckptd: {exc}", file=sys.stderr)
+        config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint_lock.acquire(config.name, run_dir.path)
+        write_private(run_dir.file(JOB_FILE), json.dumps(asdict(config), default=str, indent=1))
+        events = EventLog(run_dir.file(EVENTS_FILE))
+    except (RunDirError, OSError) as exc:
+        checkpoint_lock.release()
+        run_dir.unlock()
+        print(f"ckptd: {_one_line(exc)}", file=sys.stderr)
         return exit_codes.USAGE
-    config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    write_private(run_dir.file(JOB_FILE), json.dumps(asdict(config), default=str, indent=1))
+    try:
+        return _supervise(config, run_dir, events, orphan)
+    except OSError as exc:  # setting up sockets or endpoints.json (the job is never left behind)
+        print(f"ckptd: {_one_line(exc)}", file=sys.stderr)
+        return exit_codes.USAGE
+    finally:
+        for release in (events.close, checkpoint_lock.release, run_dir.unlock):
+            try:
+                release()
+            except OSError:
+                pass
+
+
+def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orphan | None) -> int:
     subreaper = become_subreaper()
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):
         os.set_blocking(fd, False)
     control = _control_server(config, run_dir)
-    events = EventLog(run_dir.file(EVENTS_FILE), publish=control.publish)
+    events.publish = control.publish
     channel = JobChannel(run_dir.ipc_endpoint("job"))
     run_dir.record_endpoints({"job": channel.endpoint, **control.endpoints})
     sources: list[RequestSource] = [
@@ -58,7 +85,7 @@ def supervise(config: JobConfig) -> int:
             )
         )
     arbiter = Arbiter(config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan)
-    logger.info(
+    log.get_logger().info(
         "ckptd.started",
         pid=os.getpid(),
         run_dir=str(run_dir.path),
@@ -72,12 +99,19 @@ def supervise(config: JobConfig) -> int:
         return arbiter.run()
     finally:
         events.emit("ckptd.exiting", exit_code=arbiter.exit_code)
-        channel.close()
-        control.close()
-        events.close()
-        run_dir.unlock()
-        os.close(wake_r)
+        for close in (channel.close, control.close, lambda: os.close(wake_r)):
+            try:
+                close()
+            except Exception:
+                log.get_logger().exception("ckptd.close_failed")
         os.close(wake_w)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _requeue_signal(config: JobConfig) -> signal.Signals | None:

@@ -1,8 +1,10 @@
-"""The job's lifecycle events: logged, and appended to ``events.jsonl`` in the run directory.
+"""The job's lifecycle events: logged, appended to ``events.jsonl``, published.
 
-Event names: job.started, job.exited, job.restarting, job.stopped, job.gave_up,
-checkpoint.requested, checkpoint.started, checkpoint.committed,
-checkpoint.failed, checkpoint.pruned.
+Writing an event never raises: supervision must outlive a full run directory
+(ENOSPC), a broken disk (EIO) or a vanished stderr reader (EPIPE). A record that
+cannot be written whole is cut back off the file (no torn line for the next record
+to be glued to) and dropped; the first drop is logged once, and so is the recovery
+with the number of records lost in between.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ class EventLog:
     """
 
     def __init__(self, path: Path, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        self._file = os.fdopen(fd, "a", buffering=1)
+        self.path = path
+        self._fd: int | None = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         self._log = get_logger()
         self.publish = publish
+        self.dropped = 0
 
     def emit(self, event: str, *, level: str = "info", **fields: Any) -> None:
         bound = structlog.contextvars.get_contextvars()
@@ -42,10 +47,52 @@ class EventLog:
             "step": bound.get("step"),
             **fields,
         }
-        self._file.write(json.dumps(record, default=str) + "\n")
-        getattr(self._log, level)(event, **fields)
+        self._append(json.dumps(record, default=str) + "\n")
+        try:
+            getattr(self._log, level)(event, **fields)
+        except Exception:
+            pass  # the log stream is safe (log.SafeStream); a renderer bug must not stop us
         if self.publish is not None:
             self.publish(record)
 
+    def _append(self, line: str) -> None:
+        if self._fd is None:
+            return
+        data = line.encode()
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self._dropped(exc)
+            return
+        try:
+            written = os.write(self._fd, data)
+        except OSError as exc:
+            self._dropped(exc)
+            return
+        if written != len(data):  # a short write on a full disk: take the fragment back
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError:
+                pass
+            self._dropped(OSError(28, "short write (disk full?)"))
+            return
+        if self.dropped:
+            self._log.warning("events.recovered", path=str(self.path), dropped=self.dropped)
+            self.dropped = 0
+
+    def _dropped(self, exc: OSError) -> None:
+        if self.dropped == 0:
+            self._log.warning(
+                "events.write_failed",
+                path=str(self.path),
+                error=exc.strerror or str(exc),
+                what="event records are dropped until writes succeed again",
+            )
+        self.dropped += 1
+
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            finally:
+                self._fd = None

@@ -28,6 +28,7 @@ class Peer:
     identity: bytes
     pid: int | None = None
     rank: int | None = None
+    known: bool = False  # the arbiter has seen it (a reconnected client may skip its hello)
 
 
 class JobChannel:

@@ -1,128 +1,99 @@
-"""Launching the job, noticing its end, restarting it, and taking over an orphaned one."""
+"""Launching the job: the job lock, the resume point, the environment, the process.
+
+:meth:`Launcher.prepare` does the slow part (waiting for an earlier job's processes to
+let go of the job lock, removing interrupted commits, verifying the resume point in
+full and moving aside every checkpoint that fails) and runs on the background worker;
+:meth:`Launcher.start` only spawns the process, on the loop. Neither emits events:
+they return values that the arbiter reports.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 from ckptd_client import protocol
 from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, newest_valid, scan
+from ckptd_client.store import Checkpoint, newest_valid
 
-from . import exit_codes, log
-from .arbiter_state import ArbiterState
-from .restart_policy import ExitStatus
-from .run_dir import RunDirError
-from .states import JobState
-from .stopping import StopKind
-from .trainer import LaunchError, Trainer
+from . import retention
+from .config import JobConfig
+from .run_dir import Orphan, RunDir, RunDirError
+from .trainer import Trainer
 
-_ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before it is signalled
 _SYSTEMD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})  # not the job's
 
 
-class Launcher(ArbiterState):
-    """The arbiter's launching part (see ``arbiter_state``)."""
+@dataclass(frozen=True)
+class Quarantined:
+    """A checkpoint that failed full verification, moved out of the ``step-N`` namespace."""
 
-    def _adopt_orphan(self) -> bool:
-        """Take charge of a job left running by a dead daemon; True when there is one.
+    checkpoint: Checkpoint
+    moved_to: Path | None  # None when it could not be moved (it is then left in place)
 
-        Its client reconnects to the job socket by itself (same path): within a short
-        window it is asked for a final checkpoint like any stop, else it gets
-        ``stop_signal``. Once it is gone, the job relaunches from the newest checkpoint.
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a launch resumes from, and what was cleaned up on the way."""
+
+    resume: Checkpoint | None
+    removed: list[Path] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    strays_killed: list[int] = field(default_factory=list)
+
+
+class Launcher:
+    def __init__(self, config: JobConfig, run_dir: RunDir, endpoint: str) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.endpoint = endpoint
+        self.attempt = -1
+
+    def prepare(self) -> Prepared:
+        """Take the job lock, clean the checkpoint directory, find the newest valid checkpoint.
+
+        Blocking (a full hash of the resume candidate; up to ``kill_timeout`` for an
+        earlier job's processes): runs on the background worker. Raises RunDirError
+        when an earlier job will not let go of the job lock.
         """
-        orphan = self._orphan
-        if orphan is None or orphan.pid is None:
-            return False
-        trainer = Trainer.adopt(orphan.pid, orphan.started)
-        if trainer is None:
-            return False
-        self.trainer = trainer
-        self.attempt += 1
-        self._transition(JobState.RUNNING)
-        self._adopting_until = time.monotonic() + _ADOPT_WINDOW
-        self.events.emit(
-            "job.adopted",
-            level="warning",
-            pid=trainer.pid,
-            why="left running by a ckptd that died; stopping it before a new launch",
-        )
-        return True
-
-    def _take_job_lock(self) -> None:
-        """The lock the job inherits; stray holders from an earlier job are killed first."""
-        if self.run_dir.has_job_lock or self.run_dir.take_job_lock(self.config.kill_timeout):
-            return
-        strays = self.run_dir.lock_holders()
-        self.events.emit("job.strays_killed", level="warning", pids=[p.pid for p in strays])
-        for process in strays:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(strays, timeout=self.config.kill_timeout)
-        if not self.run_dir.take_job_lock(self.config.kill_timeout):
-            raise RunDirError(f"{self.run_dir.path}: the job lock is still held by an earlier job")
-
-    def _launch(self) -> None:
-        if self.state is JobState.BACKOFF:
-            self._transition(JobState.STARTING)
-        try:
-            self._take_job_lock()
-        except RunDirError as exc:
-            self.events.emit("job.launch_failed", level="error", error=str(exc))
-            self.exit_code = exit_codes.FAILED
-            self._transition(JobState.EXITED)
-            return
-        self.backoff_until = None
-        self.attempt += 1
-        log.bind(attempt=self.attempt)
-        for path in remove_temporaries(self.config.checkpoint_dir):
-            self.events.emit("checkpoint.temporary_removed", path=str(path))
+        strays = self._take_job_lock()
+        removed = remove_temporaries(self.config.checkpoint_dir)
+        removed += retention.sweep_pruned(self.config.checkpoint_dir)
         rejected: list[Checkpoint] = []
         resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
-        for bad in rejected:
-            self.events.emit(
-                "checkpoint.invalid", level="warning", path=str(bad.path), why=bad.reason
-            )
-        self.resumed_from = resume
-        if resume is not None:
-            self.desk.note_progress(resume.step)
-        self._set_step(resume.step if resume else None)
-        try:
-            self.trainer = Trainer.launch(
-                self.config.command,
-                self._job_env(resume),
-                self.config.cwd,
-                pass_fds=[self.run_dir.lock_fd],
-            )
-        except LaunchError as exc:
-            self.events.emit("job.launch_failed", level="error", error=str(exc))
-            self.trainer = None
-            self._after_exit(ExitStatus(code=exit_codes.CANNOT_EXECUTE))
-            return
-        self.run_dir.record_holder(self.trainer.pid)
-        now = time.monotonic()
-        self.launched = self.last_progress = now
-        self.timer.reset(now)
-        self._transition(JobState.RUNNING)
-        self.notifier.ready(self._status_line())
-        self.events.emit(
-            "job.started",
-            pid=self.trainer.pid,
-            resume_from=str(resume.path) if resume else None,
-            resume_step=resume.step if resume else None,
-        )
+        return Prepared(resume, removed, [_quarantine(bad) for bad in rejected], strays)
 
-    def _job_env(self, resume: Checkpoint | None) -> dict[str, str]:
+    def start(self, prepared: Prepared) -> Trainer:
+        """Spawn the job (its own session; it inherits the job lock). Raises LaunchError."""
+        self.attempt += 1
+        trainer = Trainer.launch(
+            self.config.command,
+            self.environment(prepared.resume),
+            self.config.cwd,
+            pass_fds=[self.run_dir.lock_fd],
+        )
+        self.run_dir.record_holder(trainer.pid)
+        return trainer
+
+    def adopt(self, orphan: Orphan | None) -> Trainer | None:
+        """Take charge of a job left running by a dead daemon; None when there is none."""
+        if orphan is None or orphan.pid is None:
+            return None
+        trainer = Trainer.adopt(orphan.pid, orphan.started)
+        if trainer is not None:
+            self.attempt += 1
+        return trainer
+
+    def environment(self, resume: Checkpoint | None) -> dict[str, str]:
         inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ONLY}
         return {
             **inherited,
             **self.config.env,
-            protocol.ENV_ENDPOINT: self.channel.endpoint,
+            protocol.ENV_ENDPOINT: self.endpoint,
             protocol.ENV_CHECKPOINT_DIR: str(self.config.checkpoint_dir),
             protocol.ENV_RESUME_FROM: str(resume.path) if resume else "",
             protocol.ENV_RESUME_STEP: str(resume.step) if resume else "",
@@ -131,65 +102,28 @@ class Launcher(ArbiterState):
             protocol.ENV_JOB: self.config.name,
         }
 
-    def _check_child(self) -> None:
-        trainer = self.trainer
-        if trainer is None or (status := trainer.poll()) is None:
-            return
-        self.events.emit(
-            "job.exited",
-            pid=trainer.pid,
-            status=str(status),
-            exit_code=None if trainer.adopted else status.shell_code,
-        )
-        leftovers = trainer.kill_leftovers(self.config.kill_timeout)
-        if leftovers:
-            self.events.emit("job.leftovers_killed", count=leftovers)
-        self.trainer = None
-        self.channel.forget_peers()
-        self.run_dir.record_holder(None)
-        self.desk.job_exited()
-        self._note_progress_on_disk()
-        if self.stopping is not None and self.stopping.kind is not StopKind.HANG:
-            self._finish_stop(status)
-            return
-        self.stopping = None
-        self._after_exit(status)
+    def _take_job_lock(self) -> list[int]:
+        """The lock the job inherits; stray holders from an earlier job are killed first."""
+        if self.run_dir.has_job_lock or self.run_dir.take_job_lock(self.config.kill_timeout):
+            return []
+        strays = self.run_dir.lock_holders()
+        for process in strays:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(strays, timeout=self.config.kill_timeout)
+        if not self.run_dir.take_job_lock(self.config.kill_timeout):
+            raise RunDirError(f"{self.run_dir.path}: the job lock is still held by an earlier job")
+        return [p.pid for p in strays]
 
-    def _note_progress_on_disk(self) -> None:
-        """Count a commit whose acknowledgement died with the job (cheap check; launch verifies)."""
-        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
-        if steps and self.desk.note_progress(max(steps)):
-            self.restarts_without_progress = 0
 
-    def _after_exit(self, status: ExitStatus) -> None:
-        if not self.policy.wants_restart(status):
-            self.exit_code = status.shell_code
-            self.events.emit("job.finished", status=str(status), exit_code=self.exit_code)
-            self._transition(JobState.EXITED)
-            return
-        self.restarts_without_progress += 1
-        if self.policy.exhausted(self.restarts_without_progress):
-            self.exit_code = exit_codes.GAVE_UP
-            self.events.emit(
-                "job.gave_up",
-                level="error",
-                status=str(status),
-                restarts=self.restarts_without_progress - 1,
-                why="max_restarts reached without a new checkpoint",
-            )
-            self._transition(JobState.EXITED)
-            return
-        delay = self.policy.backoff(self.restarts_without_progress, random.Random())
-        self.backoff_until = time.monotonic() + delay
-        self.timer.pause()
-        self._transition(JobState.BACKOFF)
-        self.events.emit(
-            "job.restarting",
-            delay=round(delay, 3),
-            status=str(status),
-            restarts_left=self.restarts_left,
-        )
-
-    @property
-    def restarts_left(self) -> int:
-        return max(0, self.config.max_restarts - self.restarts_without_progress)
+def _quarantine(checkpoint: Checkpoint) -> Quarantined:
+    """``step-N`` becomes ``step-N.corrupt-<time>``: kept for a person, never resumed or pruned."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = checkpoint.path.with_name(f"{checkpoint.name}.corrupt-{stamp}")
+    try:
+        os.rename(checkpoint.path, target)
+    except OSError:
+        return Quarantined(checkpoint, None)
+    return Quarantined(checkpoint, target)

@@ -3,17 +3,71 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
 import structlog
 
-__all__ = ["bind", "configure", "get_logger"]
+__all__ = ["SafeStream", "bind", "configure", "get_logger"]
+
+
+class SafeStream:
+    """Where log lines go: whole lines, one ``write(2)`` each, and never an exception.
+
+    A reader of stderr that went away (EPIPE) or a full disk under a redirected stderr
+    must not end supervision: what cannot be written is dropped. A line cut short by
+    a failing write is ended before the next one, so no two records share a line.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # e.g. a StringIO under a test runner
+        self._pending = ""
+        self._torn = False
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            lines, _, self._pending = self._pending.rpartition("\n")
+            self._write_line(lines + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # every complete line is written at once
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self._stream.isatty())
+        except (AttributeError, OSError, ValueError):
+            return False
+
+    def _write_line(self, line: str) -> None:
+        data = (("\n" if self._torn else "") + line).encode(errors="replace")
+        if self._fd is None:
+            try:
+                self._stream.write(data.decode())
+                self._stream.flush()
+            except (OSError, ValueError):
+                self.dropped += 1
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            self._torn = False
+        except OSError:
+            self._torn = len(view) != len(data)
+            self.dropped += 1
 
 
 def configure(json_output: bool | None = None, stream: Any = None) -> None:
     """Log to ``stream`` (stderr): JSON unless it is a terminal, or as ``json_output`` says."""
-    stream = stream or sys.stderr
+    stream = SafeStream(stream or sys.stderr)
     if json_output is None:
         json_output = not stream.isatty()
     renderer: Any = (

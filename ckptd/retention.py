@@ -1,14 +1,25 @@
-"""Which checkpoints to delete after a commit. ``plan`` is pure; ``prune`` applies it."""
+"""Which checkpoints to delete after a commit. ``plan`` is pure; ``prune`` applies it.
+
+Only ckptd's own ``step-NNNNNNNN`` directories are ever candidates (``scan`` lists
+nothing else). A doomed checkpoint is first renamed to ``.pruned-<name>-<id>`` (one
+atomic step, after which it is no checkpoint at all) and then removed, so a crash in
+the middle never leaves a half-deleted ``step-N`` behind; leftovers of such a crash
+are swept at the next launch.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import secrets
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ckptd_client.store import Checkpoint, scan
+
+PRUNED_PREFIX = ".pruned-"
 
 
 @dataclass(frozen=True)
@@ -26,8 +37,9 @@ def plan(
     """The checkpoints to delete.
 
     Never the newest valid one, nor any in ``protect`` (the one the job resumed
-    from, the one just committed). Invalid directories are deleted only when they
-    are older than the newest valid checkpoint; unrecognisable ones never.
+    from, the one just committed, the newest fully verified one). Invalid
+    directories are deleted only when they are older than the newest valid
+    checkpoint; anything that is not a ``step-N`` directory never.
     """
     found = sorted((c for c in checkpoints if c.step >= 0), key=lambda c: c.step)
     valid = [c for c in found if c.valid]
@@ -43,14 +55,44 @@ def plan(
     return sorted(doomed, key=lambda c: c.step)
 
 
-def prune(
-    checkpoint_dir: Path, rules: RetentionRules, protect: Iterable[Path] = ()
-) -> list[Checkpoint]:
-    """Delete what :func:`plan` says; return what was deleted."""
-    doomed = plan(scan(checkpoint_dir, full=False), rules, protect)
-    for checkpoint in doomed:
-        shutil.rmtree(checkpoint.path, ignore_errors=True)
-    return doomed
+@dataclass(frozen=True)
+class Pruned:
+    """What one prune did: the checkpoints deleted, and the ones that could not be."""
+
+    deleted: list[Checkpoint]
+    failed: list[tuple[Checkpoint, str]]
+
+
+def prune(checkpoint_dir: Path, rules: RetentionRules, protect: Iterable[Path] = ()) -> Pruned:
+    """Delete what :func:`plan` says; report only the deletions that happened."""
+    deleted: list[Checkpoint] = []
+    failed: list[tuple[Checkpoint, str]] = []
+    for checkpoint in plan(scan(checkpoint_dir, full=False), rules, protect):
+        trash = checkpoint.path.with_name(
+            f"{PRUNED_PREFIX}{checkpoint.name}-{secrets.token_hex(4)}"
+        )
+        try:
+            os.rename(checkpoint.path, trash)
+        except OSError as exc:
+            failed.append((checkpoint, exc.strerror or str(exc)))
+            continue
+        deleted.append(checkpoint)
+        shutil.rmtree(trash, ignore_errors=True)
+    return Pruned(deleted, failed)
+
+
+def sweep_pruned(checkpoint_dir: Path) -> list[Path]:
+    """Remove what an interrupted prune left (``.pruned-`` directories); return them."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(checkpoint_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(PRUNED_PREFIX) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def _best(valid: list[Checkpoint], rules: RetentionRules) -> list[Checkpoint]:

@@ -142,15 +142,16 @@ class RunDir:
                 started = psutil.Process(job_pid).create_time()
             except psutil.Error:
                 pass
-        _write_record(
-            self.lock_fd,
-            {
-                "daemon_pid": os.getpid(),
-                "job_pid": job_pid,
-                "job_started": started,
-                "since": time.time(),
-            },
-        )
+        record = {
+            "daemon_pid": os.getpid(),
+            "job_pid": job_pid,
+            "job_started": started,
+            "since": time.time(),
+        }
+        try:
+            _write_record(self.lock_fd, record)
+        except OSError:
+            pass  # a full disk: the lock still holds; only orphan adoption loses its hint
 
     def unlock(self) -> None:
         for fd in (self._lock_fd, self._daemon_fd):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import NAME_PREFIX, TMP_PREFIX, TRASH_PREFIX, verify
+from .manifest import NAME_PREFIX, TMP_PREFIX, verify
+
+_CHECKPOINT_NAME = re.compile(rf"^{NAME_PREFIX}(\d{{8,}})$")
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,14 @@ class Checkpoint:
         }
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """``step-NNNNNNNN``: the only directories that are checkpoints (a copy such as
+    ``step-00000187.bak`` or ``keep-me`` is the user's, never listed, resumed or pruned)."""
+    return _CHECKPOINT_NAME.match(name) is not None
+
+
 def scan(checkpoint_dir: Path, *, full: bool = False) -> list[Checkpoint]:
-    """Every checkpoint-like directory, oldest step first; in-progress ones are skipped.
+    """Every ``step-N`` directory, oldest step first; nothing else in the directory counts.
 
     Without ``full`` only manifests and file sizes are checked (cheap); with it,
     every file's hash too.
@@ -57,13 +66,9 @@ def scan(checkpoint_dir: Path, *, full: bool = False) -> list[Checkpoint]:
     except (FileNotFoundError, NotADirectoryError):
         return found
     for entry in entries:
-        if entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or entry.is_symlink():
+        if not is_checkpoint_name(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        checkpoint = inspect(Path(entry.path), full=full)
-        if checkpoint.step >= 0:
-            found.append(checkpoint)
+        found.append(inspect(Path(entry.path), full=full))
     found.sort(key=lambda c: (c.step, c.name))
     return found
 
@@ -75,6 +80,15 @@ def inspect(path: Path, *, full: bool = True) -> Checkpoint:
     if manifest is None:
         return Checkpoint(
             path=path, step=_step_from_name(path.name), valid=False, reason=result.reason
+        )
+    named = _step_from_name(path.name)
+    if is_checkpoint_name(path.name) and named != manifest.step:
+        return Checkpoint(
+            path=path,
+            step=named,
+            time=manifest.time,
+            valid=False,
+            reason=f"named step {named} but its manifest says step {manifest.step}",
         )
     return Checkpoint(
         path=path,

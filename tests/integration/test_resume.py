@@ -78,7 +78,7 @@ def test_example_resumes_to_exactly_the_uninterrupted_result(
     make_job: Callable[..., Job], tmp_path: Path
 ) -> None:
     """SIGKILL of the job, SIGTERM of ckptd, a new ckptd run: same parameters as one clean run."""
-    steps = 1500
+    steps = 4000
     clean_dir = tmp_path / "clean"
     clean_dir.mkdir()
     clean_out = clean_dir / "params.json"
@@ -94,7 +94,7 @@ def test_example_resumes_to_exactly_the_uninterrupted_result(
 
     out = tmp_path / "params.json"
     job = make_job("first")
-    job.start(_example(job, out, steps), "--every", "0.3s", "--restart-delay", "0")
+    job.start(_example(job, out, steps), "--every", "1s", "--restart-delay", "0")
     job.wait_event("checkpoint.committed")
     child = job.wait_event("job.started")["pid"]
     os.kill(child, signal.SIGKILL)

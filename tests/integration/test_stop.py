@@ -70,7 +70,7 @@ def test_failed_final_save_exits_non_zero_and_keeps_previous_checkpoint(make_job
     job = make_job()
     job.start_fake("--save-every", "5", "--steps", "8")
     assert job.wait() == 0
-    good = sorted(p.name for p in job.checkpoint_dir.iterdir())
+    good = sorted(p.name for p in job.checkpoint_dir.glob("step-*"))
     assert good == ["step-00000005"]
     again = make_job("again")
     again.start_fake("--fail-save", "--steps", "1000000")
@@ -78,7 +78,7 @@ def test_failed_final_save_exits_non_zero_and_keeps_previous_checkpoint(make_job
     again.signal(signal.SIGTERM)
     assert again.wait() == 1
     assert again.events("checkpoint.failed")
-    assert sorted(p.name for p in job.checkpoint_dir.iterdir()) == good
+    assert sorted(p.name for p in job.checkpoint_dir.glob("step-*")) == good
 
 
 def test_uninstrumented_job_ignoring_sigterm_is_killed_with_its_tree(
