@@ -14,10 +14,12 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from ..log import get_logger
 from ..requests import Action, Origin, Request
@@ -44,16 +46,22 @@ class HttpError(Exception):
         self.status = status
 
 
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    etag: str | None  # the ETag header (GCE's hanging GETs pass it back as last_etag)
+
+
 def http(
     method: str, url: str, headers: dict[str, str], timeout: float, body: bytes | None = None
-) -> tuple[int, bytes]:
-    """One request; returns (status, body); raises OSError/HttpError on transport trouble."""
+) -> Reply:
+    """One request; any HTTP status is a reply; raises OSError on transport trouble."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read(1 << 20)
+            return Reply(response.status, response.read(1 << 20), response.headers.get("ETag"))
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(1 << 20) if exc.fp else b""
+        return Reply(exc.code, exc.read(1 << 20) if exc.fp else b"", exc.headers.get("ETag"))
 
 
 class Watcher(Protocol):
@@ -96,12 +104,12 @@ class AwsWatcher:
         pass
 
     def _get(self, path: str) -> tuple[int, bytes]:
-        status, body = http(
+        status, body, _ = http(
             "GET", self.base + path, {"X-aws-ec2-metadata-token": self._session()}, self.timeout
         )
         if status == 401:  # expired or revoked: one fresh token, one retry
             self._token = None
-            status, body = http(
+            status, body, _ = http(
                 "GET", self.base + path, {"X-aws-ec2-metadata-token": self._session()}, self.timeout
             )
         if status not in (200, 404):
@@ -110,7 +118,7 @@ class AwsWatcher:
 
     def _session(self) -> str:
         if self._token is None or time.monotonic() > self._token_expires:
-            status, body = http(
+            status, body, _ = http(
                 "PUT",
                 self.base + "/latest/api/token",
                 {"X-aws-ec2-metadata-token-ttl-seconds": str(self.TOKEN_TTL)},
@@ -125,33 +133,44 @@ class AwsWatcher:
 
 
 class GceWatcher:
-    """instance/preempted (TRUE) and instance/maintenance-event (anything but NONE)."""
+    """``preempted`` (TRUE) and ``maintenanceEvent`` (anything but NONE) of the instance.
+
+    One hanging GET on the recursive ``instance/`` document watches both keys at once.
+    It always carries the ETag of the document last seen (``last_etag``), so the server
+    answers at once when anything changed since, even between two GETs; the first GET
+    does not hang, to learn the state and the ETag.
+    """
 
     provider = "gcp"
     HEADERS: ClassVar[dict[str, str]] = {"Metadata-Flavor": "Google"}
+    KEYS: ClassVar[tuple[tuple[str, str, Callable[[str], bool]], ...]] = (
+        # (key in the recursive document, notice kind = the key's own path, fires)
+        ("preempted", "preempted", lambda value: value.upper() == "TRUE"),
+        ("maintenanceEvent", "maintenance-event", lambda value: value.upper() != "NONE"),
+    )
 
     def __init__(self, base: str, timeout: float, hang: float = 30.0) -> None:
         self.base, self.timeout, self.hang = base.rstrip("/"), timeout, hang
+        self._etag: str | None = None
         self._seen: set[str] = set()
 
     def poll(self) -> list[Notice]:
+        url, hang = f"{self.base}/computeMetadata/v1/instance/?recursive=true", 0.0
+        if self._etag is not None:
+            last = urllib.parse.quote(self._etag, safe="")
+            url += f"&wait_for_change=true&timeout_sec={int(self.hang)}&last_etag={last}"
+            hang = self.hang
+        status, body, etag = http("GET", url, self.HEADERS, self.timeout + hang)
+        if status != 200:
+            raise HttpError(status, f"GET instance/?recursive=true: HTTP {status}")
+        document = _json_object(body)
+        self._etag = etag or None  # none: poll without hanging
         notices = []
-        for key, fires in (
-            ("preempted", lambda v: v.upper() == "TRUE"),
-            ("maintenance-event", lambda v: v.upper() != "NONE"),
-        ):
-            # A hanging GET returns at once when the value changes (or after timeout_sec).
-            url = (
-                f"{self.base}/computeMetadata/v1/instance/{key}"
-                f"?wait_for_change=true&timeout_sec={int(self.hang)}"
-            )
-            status, body = http("GET", url, self.HEADERS, self.timeout + self.hang)
-            if status != 200:
-                raise HttpError(status, f"GET instance/{key}: HTTP {status}")
-            value = body.decode(errors="replace").strip()
-            if fires(value) and key not in self._seen:
-                self._seen.add(key)
-                notices.append(Notice("gcp", key, time.time() + GCE_WINDOW, detail={key: value}))
+        for key, kind, fires in self.KEYS:
+            value = document.get(key)
+            if isinstance(value, str) and fires(value) and kind not in self._seen:
+                self._seen.add(kind)
+                notices.append(Notice("gcp", kind, time.time() + GCE_WINDOW, detail={key: value}))
         return notices
 
     def acknowledge(self, notice: Notice) -> None:
@@ -173,7 +192,7 @@ class AzureWatcher:
     def poll(self) -> list[Notice]:
         if self._vm_name is None:
             self._vm_name = self._name()
-        status, body = http("GET", self.base + self.PATH, self.HEADERS, self.timeout)
+        status, body, _ = http("GET", self.base + self.PATH, self.HEADERS, self.timeout)
         if status != 200:
             raise HttpError(status, f"GET scheduledevents: HTTP {status}")
         events = _json_object(body).get("Events", [])
@@ -208,7 +227,7 @@ class AzureWatcher:
 
     def _name(self) -> str:
         url = self.base + "/metadata/instance/compute/name?api-version=2020-09-01&format=text"
-        status, body = http("GET", url, self.HEADERS, self.timeout)
+        status, body, _ = http("GET", url, self.HEADERS, self.timeout)
         return body.decode(errors="replace").strip() if status == 200 else ""
 
 
@@ -238,10 +257,10 @@ def detect(base: str | None, timeout: float) -> str | None:
     for provider, method, path, headers in probes:
         url = (base or _DEFAULT_BASES[provider]).rstrip("/") + path
         try:
-            status, _ = http(method, url, headers, timeout, body=b"" if method == "PUT" else None)
+            reply = http(method, url, headers, timeout, body=b"" if method == "PUT" else None)
         except (OSError, ValueError):
             continue
-        if status == 200:
+        if reply.status == 200:
             return provider
     return None
 
@@ -284,12 +303,15 @@ class CloudNotices:
         self._watcher = make_watcher(provider, self.base, self.timeout)
         while not self._stop.is_set():
             self._flush_acks()
+            started = time.monotonic()
             try:
                 for notice in self._watcher.poll():
                     post(_as_request(notice))
             except (OSError, ValueError, HttpError) as exc:
                 self._rate_limited_error(provider, exc)
-            self._stop.wait(self.interval)
+                started = time.monotonic()
+            # One poll per interval; a hanging GET that waited longer is followed at once.
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
         self._flush_acks()
 
     def _flush_acks(self) -> None:

@@ -2,11 +2,17 @@
 
 One HTTP server plays one provider; tests switch it to "preempted" with a deadline and
 read back what the daemon asked (e.g. Azure's approval POST).
+
+The GCE side hangs like the real server: any key (the recursive ``instance/`` document
+included) with ``wait_for_change=true`` answers when its ETag differs from ``last_etag``
+(at once if it already does; without ``last_etag``, on the next change) or after
+``timeout_sec``, and sends the ETag of what it answered.
 """
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import threading
 import time
@@ -20,10 +26,15 @@ class FakeMetadata:
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.deadline: float | None = None  # Unix time of the preemption, once switched
+        self.preempted_at: float | None = None  # Unix time of the switch
         self.garbage = False  # answer notices with a body that is not JSON
+        self.rebalance = False  # AWS: a rebalance recommendation is up
+        self.maintenance_event = "NONE"  # GCE
         self.acks: list[dict[str, Any]] = []
         self.requests: list[str] = []
+        self.hanging: list[str] = []  # paths of the hanging GETs in progress (GCE)
         self._changed = threading.Condition()
+        self._closed = False
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,13 +56,22 @@ class FakeMetadata:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
-    def preempt(self, seconds: float) -> None:
+    def preempt(self, seconds: float) -> float:
+        """Announce a preemption ``seconds`` from now; returns its deadline (Unix time)."""
         with self._changed:
-            self.deadline = time.time() + seconds
+            self.preempted_at = time.time()
+            self.deadline = self.preempted_at + seconds
+            self._changed.notify_all()
+            return self.deadline
+
+    def start_maintenance(self, event: str = "TERMINATE_ON_HOST_MAINTENANCE") -> None:
+        with self._changed:
+            self.maintenance_event = event
             self._changed.notify_all()
 
     def close(self) -> None:
         with self._changed:
+            self._closed = True
             self._changed.notify_all()
         self.server.shutdown()
         self.server.server_close()
@@ -63,10 +83,12 @@ class FakeMetadata:
         self.requests.append(f"{method} {url.path}")
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         route = getattr(self, f"_{self.provider}")
-        status, payload = route(method, url.path, query, handler.headers, body)
+        status, payload, *extra = route(method, url.path, query, handler.headers, body)
         data = payload if isinstance(payload, bytes) else payload.encode()
         handler.send_response(status)
         handler.send_header("Content-Length", str(len(data)))
+        for name, value in (extra[0] if extra else {}).items():
+            handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(data)
 
@@ -91,24 +113,60 @@ class FakeMetadata:
                 {"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
             )
         if path == "/latest/meta-data/events/recommendations/rebalance":
-            return 404, "Not Found"
+            if not self.rebalance:
+                return 404, "Not Found"
+            return 200, json.dumps({"noticeTime": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
         return 404, ""
 
     def _gcp(
         self, method: str, path: str, query: dict, headers: Any, body: bytes
-    ) -> tuple[int, Any]:
+    ) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
         if headers.get("Metadata-Flavor") != "Google":
             return 403, ""
-        if path == "/computeMetadata/v1/instance/id":
-            return 200, "1234567890"
-        if path == "/computeMetadata/v1/instance/preempted":
-            if query.get("wait_for_change") == "true" and self.deadline is None:
-                with self._changed:  # a hanging GET: answer when the value changes
-                    self._changed.wait(timeout=float(query.get("timeout_sec", "30")))
-            return 200, "TRUE" if self.deadline is not None else "FALSE"
-        if path == "/computeMetadata/v1/instance/maintenance-event":
-            return 200, "NONE"
-        return 404, ""
+        with self._changed:
+            value = self._gce_value(path, query)
+            if value is None:
+                return 404, ""
+            if query.get("wait_for_change") == "true":
+                last = query.get("last_etag") or _etag(value)
+                end = time.monotonic() + float(query.get("timeout_sec", "30"))
+                self.hanging.append(path)
+                try:
+                    while _etag(value) == last and not self._closed:
+                        left = end - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._changed.wait(left)
+                        value = self._gce_value(path, query) or ""
+                finally:
+                    self.hanging.remove(path)
+            return 200, value, {"ETag": _etag(value)}
+
+    def _gce_value(self, path: str, query: dict) -> str | None:
+        preempted = "TRUE" if self.deadline is not None else "FALSE"
+        keys = {
+            "id": "1234567890",
+            "preempted": preempted,
+            "maintenance-event": self.maintenance_event,
+        }
+        prefix = "/computeMetadata/v1/instance"
+        if path in (prefix, prefix + "/"):
+            if query.get("recursive") != "true":
+                return "\n".join(sorted(keys)) + "\n"
+            document = {
+                "id": 1234567890,
+                "maintenanceEvent": self.maintenance_event,
+                "preempted": preempted,
+                "scheduling": {
+                    "automaticRestart": "FALSE",
+                    "onHostMaintenance": "TERMINATE",
+                    "preemptible": "TRUE",
+                },
+            }
+            return json.dumps(document)
+        if path.startswith(prefix + "/"):
+            return keys.get(path[len(prefix) + 1 :])
+        return None
 
     def _azure(
         self, method: str, path: str, query: dict, headers: Any, body: bytes
@@ -146,3 +204,7 @@ class FakeMetadata:
                 )
             return 200, json.dumps({"DocumentIncarnation": 2, "Events": events})
         return 404, ""
+
+
+def _etag(value: str) -> str:
+    return hashlib.sha1(value.encode()).hexdigest()[:16]

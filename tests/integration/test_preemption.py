@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from fakes.metadata import FakeMetadata
+
+from ckptd.sources.cloud_notices import GceWatcher
 
 from conftest import FAKES, Job, wait_for
 
@@ -56,8 +59,7 @@ def test_aws_spot_notice_checkpoints_now_and_saves_last_before_the_deadline(
     """
     job.start_fake(options=("--config", str(_config(tmp_path, "aws", metadata.url, "2s"))))
     job.wait_event("client.connected")
-    metadata.preempt(8.0)
-    deadline = metadata.deadline
+    deadline = metadata.preempt(8.0)
     noticed = job.wait_event("preemption.noticed")
     assert noticed["provider"] == "aws" and abs(noticed["deadline"] - deadline) < 1.5
     polls_at_notice = _notice_polls(metadata)
@@ -77,18 +79,97 @@ def _notice_polls(metadata: FakeMetadata) -> int:
     return sum("spot/instance-action" in r for r in metadata.requests)
 
 
-@pytest.mark.parametrize("metadata", ["gcp"], indirect=True)
-def test_gce_preempted_notice_via_auto_detection(
+@pytest.mark.parametrize("metadata", ["aws"], indirect=True)
+def test_aws_rebalance_recommendation_is_one_plain_checkpoint(
     job: Job, tmp_path: Path, metadata: FakeMetadata
 ) -> None:
-    """GCE (30 s, no time given): provider auto finds GCE; the final save lands in time."""
+    """AWS rebalance recommendation: one checkpoint, however often polled; the job runs on."""
+    job.start_fake(options=("--config", str(_config(tmp_path, "aws", metadata.url, "2s"))))
+    job.wait_event("client.connected")
+    metadata.rebalance = True
+    committed = job.wait_event("checkpoint.committed")
+    polls = _rebalance_polls(metadata)
+    wait_for(lambda: _rebalance_polls(metadata) >= polls + 5, "more rebalance polls")
+    job.wait_record("step", count=committed["step"] + 20)
+    assert len(job.events("checkpoint.committed")) == 1
+    assert [e["reason"] for e in job.events("checkpoint.requested")] == [
+        "aws rebalance recommendation"
+    ]
+    assert not job.events("preemption.noticed") and not job.events("job.stopping")
+    assert job.process is not None and job.process.poll() is None
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+
+
+@pytest.mark.parametrize("metadata", ["aws"], indirect=True)
+def test_status_shows_the_pending_preemption_deadline(
+    job: Job, tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """While a notice is pending, `ckptd status --json` shows its deadline and seconds left."""
+    job.start_fake(options=("--config", str(_config(tmp_path, "aws", metadata.url, "5s"))))
+    job.wait_event("client.connected")
+    deadline = metadata.preempt(120.0)
+    noticed = job.wait_event("preemption.noticed")
+    result = subprocess.run(
+        [sys.executable, "-m", "ckptd", "status", "--json", "--run-dir", str(job.run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    queried = time.time()
+    pending = json.loads(result.stdout)["preemption"]
+    assert pending["provider"] == "aws"
+    assert abs(pending["deadline"] - deadline) < 1.5  # AWS gives whole seconds
+    answered = pending["deadline"] - pending["seconds_left"]  # the daemon's clock when asked
+    assert noticed["time"] - 0.01 <= answered <= queried + 0.01
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+
+
+def _rebalance_polls(metadata: FakeMetadata) -> int:
+    return sum("recommendations/rebalance" in r for r in metadata.requests)
+
+
+@pytest.mark.parametrize("metadata", ["gcp"], indirect=True)
+def test_gce_preemption_during_a_hanging_get_is_acted_on_at_once(
+    job: Job, tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """GCE (30 s, no time given): auto finds GCE; a flip while a GET hangs is seen at once."""
     job.start_fake(options=("--config", str(_config(tmp_path, "auto", metadata.url, "27s"))))
     job.wait_event("client.connected")
-    wait_for(lambda: any("preempted" in r for r in metadata.requests), "the hanging GET")
-    metadata.preempt(30.0)
+    # Hanging on anything but `preempted` itself: the flip must not wait for that GET to end.
+    wait_for(
+        lambda: any(not path.endswith("/preempted") for path in metadata.hanging),
+        "a hanging GET on another key than preempted",
+    )
+    deadline = metadata.preempt(30.0)
+    assert metadata.preempted_at is not None
+    noticed = job.wait_event("preemption.noticed", timeout=15)
+    assert noticed["provider"] == "gcp"
+    assert noticed["time"] - metadata.preempted_at < 5.0, "noticed late in a 30 s window"
+    stopping = job.wait_event("job.stopping", timeout=15)
+    assert stopping["time"] - metadata.preempted_at < 10.0
     assert job.wait() == 0
-    assert job.events("preemption.noticed")[0]["provider"] == "gcp"
-    _final_before_deadline(job, time.time() + 30.0)
+    _final_before_deadline(job, deadline)
+
+
+@pytest.mark.parametrize("metadata", ["gcp"], indirect=True)
+def test_gce_watcher_sees_a_change_made_between_two_gets(metadata: FakeMetadata) -> None:
+    """A flip between two GETs is answered at once (last_etag), then not reported again."""
+    watcher = GceWatcher(metadata.url, timeout=2.0, hang=20.0)
+    assert watcher.poll() == []  # the state now, and its ETag
+    metadata.preempt(30.0)
+    started = time.monotonic()
+    notices = watcher.poll()
+    assert [n.kind for n in notices] == ["preempted"]
+    assert time.monotonic() - started < 5.0, "waited for the next change instead"
+    metadata.start_maintenance()
+    started = time.monotonic()
+    assert [n.kind for n in watcher.poll()] == ["maintenance-event"]
+    assert time.monotonic() - started < 5.0
+    watcher.hang = 1.0
+    assert watcher.poll() == []  # nothing new: the same notices are not repeated
 
 
 @pytest.mark.parametrize("metadata", ["azure"], indirect=True)
@@ -100,8 +181,7 @@ def test_azure_preempt_event_is_saved_then_approved(
     job.wait_event("client.connected")
     wait_for(lambda: metadata.requests.count("GET /metadata/scheduledevents") >= 3, "polls")
     assert not job.events("preemption.noticed"), "another VM's event was taken for ours"
-    metadata.preempt(6.0)
-    deadline = metadata.deadline
+    deadline = metadata.preempt(6.0)
     assert job.wait() == 0
     _final_before_deadline(job, deadline)
     wait_for(lambda: metadata.acks, "the approval POST", 10)
