@@ -71,6 +71,7 @@ class Client:
         self._pending: dict[str, _Pending] = {}
         self._wanted = False
         self._stop_ready = False
+        self._reused_final_at: int | None = None
         self._deadline: float | None = None
         self._step: int | None = resume_from.step if resume_from else None
         self._last_commit: dict[str, Any] | None = (
@@ -110,6 +111,8 @@ class Client:
         """True when someone asked for a checkpoint that this process has not saved yet."""
         if self._async_error is not None:
             self._raise_async_error()
+        if self._reused_final_at is not None:
+            self._check_reused_final()
         return self._wanted
 
     def should_stop(self) -> bool:
@@ -120,6 +123,8 @@ class Client:
         """
         if self._final_in_flight:
             self.wait()
+        if self._reused_final_at is not None:
+            self._check_reused_final()
         return self._stop_ready
 
     def deadline(self) -> float | None:
@@ -253,10 +258,27 @@ class Client:
             if last is not None and step is not None and last["step"] >= step:
                 # Nothing happened since the last commit: it already holds the current state.
                 self._channel.send("committed", ids=[rid], **{**last, "reused": True})
-                self._stop_ready = self._stop_ready or final
+                if final:
+                    # Holds only for this step: a step trained after it must be saved too.
+                    self._reused_final_at = step
+                    self._stop_ready = True
                 return
             self._pending[rid] = _Pending(rid, reason, deadline, final, step)
             self._wanted = True
+
+    def _check_reused_final(self) -> None:
+        """Progress past a final request answered by reuse: save once more before stopping."""
+        with self._lock:
+            at, step = self._reused_final_at, self._step
+            if at is None or step is None or step <= at:
+                return
+            self._reused_final_at = None
+            rid = f"progress-{step}"
+            self._pending[rid] = _Pending(
+                rid, "progress after the final checkpoint", None, True, step
+            )
+            self._wanted = True
+            self._stop_ready = False
 
     def _on_done(self, rid: str) -> None:
         """Another rank committed ``rid``: it no longer needs this process."""
@@ -273,6 +295,7 @@ class Client:
         self._async_error = None
         self._wanted = False
         self._stop_ready = False
+        self._reused_final_at = None
         self._pending = {}
         _live_clients.discard(self)
 

@@ -1,0 +1,62 @@
+"""A final request answered by an earlier checkpoint holds only for the step it was given at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckptd_client import Client
+
+
+class _Channel:
+    """Records what the client sends; requests are injected by calling the client directly."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def start(self, client: Client) -> None:
+        pass
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self.sent.append((kind, fields))
+
+    def close(self) -> None:
+        pass
+
+
+def test_progress_after_a_reused_final_answer_is_saved_before_stopping(tmp_path: Path) -> None:
+    """Final request mid-step answered by reuse; the step then finishes: it is saved, then stop."""
+    channel = _Channel()
+    ck = Client(channel, tmp_path / "ckpt", None, standalone=False)
+    try:
+        ck.step(100)
+        with ck.checkpoint(100) as directory:
+            (directory / "w.bin").write_bytes(b"100")
+        ck._on_request("final", "SIGTERM", None, final=True)  # arrives while step 101 trains
+        assert channel.sent[-1][1]["reused"] is True
+        ck.step(101)  # step 101 finished: it is not in the reused checkpoint
+        assert ck.should_checkpoint(), "step 101 would be lost"
+        assert not ck.should_stop()
+        with ck.checkpoint(101) as directory:
+            (directory / "w.bin").write_bytes(b"101")
+        assert ck.should_stop()
+        assert not ck.should_checkpoint()
+        assert (tmp_path / "ckpt" / "step-00000101" / "ckptd.json").exists()
+    finally:
+        ck.close()
+
+
+def test_reused_final_answer_stops_at_once_when_nothing_was_trained_since(tmp_path: Path) -> None:
+    """With no progress after the reused answer, should_stop() is true at once, no second save."""
+    channel = _Channel()
+    ck = Client(channel, tmp_path / "ckpt", None, standalone=False)
+    try:
+        ck.step(7)
+        with ck.checkpoint(7) as directory:
+            (directory / "w.bin").write_bytes(b"7")
+        ck._on_request("final", "SIGTERM", None, final=True)
+        ck.step(7)
+        assert not ck.should_checkpoint()
+        assert ck.should_stop()
+    finally:
+        ck.close()
