@@ -155,7 +155,7 @@ class GceWatcher:
         self._seen: set[str] = set()
 
     def poll(self) -> list[Notice]:
-        url, hang = f"{self.base}/computeMetadata/v1/instance/?recursive=true", 0.0
+        url, hang = f"{self.base}/computeMetadata/v1/instance/?recursive=true&alt=json", 0.0
         if self._etag is not None:
             last = urllib.parse.quote(self._etag, safe="")
             url += f"&wait_for_change=true&timeout_sec={int(self.hang)}&last_etag={last}"
