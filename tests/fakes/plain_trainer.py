@@ -20,7 +20,17 @@ def main() -> None:
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--grandchildren", type=int, default=0)
     parser.add_argument("--record-signals", help="append the name of each signal received here")
+    parser.add_argument(
+        "--exit-on",
+        action="append",
+        default=[],
+        help="record this signal (in --record-signals) and exit 0 when it arrives; repeatable",
+    )
+    parser.add_argument("--record-cwd", help="write the working directory here at start")
     args = parser.parse_args()
+    if args.record_cwd:
+        with open(args.record_cwd, "w") as handle:
+            handle.write(os.getcwd())
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.record_signals:
@@ -30,6 +40,13 @@ def main() -> None:
                 handle.write(signal.Signals(signum).name + "\n")
 
         signal.signal(signal.SIGUSR1, note)
+
+        def note_and_exit(signum: int, frame: object) -> None:
+            note(signum, frame)
+            sys.exit(0)
+
+        for name in args.exit_on:
+            signal.signal(signal.Signals[name], note_and_exit)
     children = []
     for index in range(args.grandchildren):
         # The second grandchild leaves the process group: only the tree walk finds it.

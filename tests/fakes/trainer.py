@@ -35,6 +35,11 @@ def main() -> None:
     parser.add_argument("--fail-save", action="store_true", help="raise inside every save")
     parser.add_argument("--workers", type=int, default=0, help="fork data-loader-like workers")
     parser.add_argument("--background", action="store_true", help="save with checkpoint_async")
+    parser.add_argument(
+        "--exit-after-save",
+        action="store_true",
+        help="end right after the first commit, without close(): only atexit can report it",
+    )
     args = parser.parse_args()
 
     attempt = int(os.environ.get("CKPTD_ATTEMPT", "0") or 0)
@@ -88,6 +93,8 @@ def main() -> None:
                 except OSError:
                     note("save_failed", step=step)
                 else:
+                    if args.exit_after_save:
+                        return  # without close(): the client's atexit hook reports the commit
                     note("saved", step=step)
                     if args.crash_after_save:
                         note("crash", step=step)

@@ -329,7 +329,7 @@ def test_close_leaves_the_wake_pipe_to_a_thread_that_outlives_the_join(
     release = threading.Event()
 
     class SlowClient(_RecordingClient):
-        @property  # type: ignore[override]
+        @property
         def _step(self) -> int:  # read by the thread before it polls
             release.wait(30)
             return 0
@@ -339,7 +339,7 @@ def test_close_leaves_the_wake_pipe_to_a_thread_that_outlives_the_join(
             pass
 
     channel = _channels.DaemonChannel(f"ipc://{tmp_path}/nobody.sock", rank=0)
-    channel.start(SlowClient())  # type: ignore[arg-type]
+    channel.start(SlowClient())
     channel.close()
     thread = channel._thread
     assert thread is not None and thread.is_alive(), "the thread should still be stuck"
@@ -350,3 +350,16 @@ def test_close_leaves_the_wake_pipe_to_a_thread_that_outlives_the_join(
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert channel._wake.closed, "the thread closes the pipe once it is the last one using it"
+
+
+def test_connect_registers_close_at_exit(daemon_socket: zmq.Socket, monkeypatch) -> None:
+    """connect() has close() run at interpreter exit (the last acks are sent); close() undoes it."""
+    import atexit
+
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(atexit, "unregister", registered.remove)
+    ck = ckptd_client.connect()
+    assert registered == [ck.close]
+    ck.close()
+    assert registered == []
