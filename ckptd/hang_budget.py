@@ -88,10 +88,15 @@ class HangBudget:
         samples: int = 10,
         minimum: float = 30.0,
         fallback: float = 1800.0,
+        slow_factor: float = 5.0,
     ) -> None:
         self.learned = learned or Budgets()
         self.safety, self.warmup, self.samples = safety, warmup, samples
         self.minimum, self.fallback = minimum, fallback
+        self.slow_factor = slow_factor
+        self._typical: float | None = None  # smoothed step interval, slow ones left out
+        self._slow_since: float | None = None
+        self._slow_count = 0
         self.load_problem: str | None = None
         self._first_max = 0.0
         self._step_max = 0.0
@@ -149,6 +154,7 @@ class HangBudget:
         self._last_step = self._save_started = None
         self._steps_since_launch = 0
         self._save_between_steps = False
+        self._slow_since, self._slow_count = None, 0
 
     def stepped(self, now: float) -> None:
         """The job reported a new step."""
@@ -164,9 +170,19 @@ class HangBudget:
         ):
             self._step_max = max(self._step_max, now - self._last_step)
             self._measured_steps += 1
+            self._note_rate(now - self._last_step, self._last_step)
         self._steps_since_launch += 1
         self._last_step = self._last_activity = now
         self._save_between_steps = self._save_started is not None
+
+    def _note_rate(self, interval: float, began: float) -> None:
+        typical = self._typical
+        if typical is not None and interval > self.slow_factor * typical:
+            self._slow_since = began if self._slow_since is None else self._slow_since
+            self._slow_count += 1
+            return
+        self._slow_since, self._slow_count = None, 0
+        self._typical = interval if typical is None else typical + 0.05 * (interval - typical)
 
     def save_started(self, now: float) -> None:
         self._save_started = self._last_activity = now
@@ -222,6 +238,19 @@ class HangBudget:
             assert self._save_started is not None
             return max(step_deadline, self._save_started + self.timeout(Phase.SAVE))
         return step_deadline
+
+    def slow(self, now: float, window: float = 60.0) -> tuple[float, float] | None:
+        """``(typical interval, seconds slow)`` when the job straggles, else None.
+
+        Straggling: for at least ``window`` seconds, and three steps or more in a row, every
+        step took ``slow_factor`` times the typical interval (a single long step, such as an
+        evaluation, is not straggling). Reported, never killed.
+        """
+        if self._slow_since is None or self._slow_count < 3 or self._typical is None:
+            return None
+        if self._measured_steps < self.samples or now - self._slow_since < window:
+            return None
+        return self._typical, now - self._slow_since
 
     def overdue(self, now: float) -> tuple[Phase, float, float] | None:
         """``(phase, waited, timeout)`` when the deadline has passed, else None."""

@@ -120,3 +120,18 @@ def test_a_bad_or_linked_budget_file_is_ignored_with_a_reason(tmp_path: Path) ->
     linked = HangBudget.load(tmp_path)
     assert linked.learned == Budgets() and linked.load_problem is not None
     assert HangBudget.load(tmp_path / "missing").load_problem is None
+
+
+def test_a_collapsed_step_rate_is_straggling_and_one_long_step_is_not() -> None:
+    """Steps five times slower for a minute are reported; one long evaluation step is not."""
+    budget = _budget()
+    budget.launched(0.0)
+    now = _steps(budget, 0.0, [5.0] + [1.0] * 30)
+    now = _steps(budget, now, [40.0, 1.0, 1.0])  # an evaluation, then back to normal
+    assert budget.slow(now, window=30.0) is None
+    now = _steps(budget, now, [6.0] * 12)  # 72 s of steps six times slower
+    typical, since = budget.slow(now, window=60.0) or (0.0, 0.0)
+    assert typical == pytest.approx(1.0) and since == pytest.approx(72.0)
+    assert budget.slow(now, window=100.0) is None
+    budget.stepped(now + 1.0)  # the rate recovers
+    assert budget.slow(now + 1.0, window=1.0) is None
