@@ -243,8 +243,8 @@ def _add_record(attempt: Attempt, record: Record) -> None:
             attempt.stopped_on_request = True
         attempt.hung = attempt.hung or record.get("kind") == "hang"
     elif event == "checkpoint.started":
-        _close_open_save(attempt)
-        attempt.saves.append(Save(now, None, step, False, 0.0, None, False))
+        if not attempt.saves or attempt.saves[-1].ended is not None:  # other ranks: same save
+            attempt.saves.append(Save(now, None, step, False, 0.0, None, False))
     elif event in ("checkpoint.committed", "checkpoint.failed"):
         _end_save(attempt, record)
     elif event == "job.exited":

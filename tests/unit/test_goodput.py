@@ -204,3 +204,19 @@ def test_every_second_is_classified_once() -> None:
     for before, after in pairwise(spans):
         assert after.start >= before.end - 1e-9
     assert sum(s.seconds for s in spans) == pytest.approx(result.goodput.wall)
+
+
+def test_ranks_starting_one_save_count_it_once() -> None:
+    """Two ranks announce the same save: one stall, from the first announcement."""
+    records = [
+        _record(0, "job.started", resume_step=None),
+        _record(10, "job.progress", step=0),
+        _record(50, "checkpoint.started", step=40, pid=1),
+        _record(50.5, "checkpoint.started", step=40, pid=2),
+        _record(53, "checkpoint.committed", step=40),
+        _record(60, "job.exited", step=47, exit_code=0),
+        _record(60, "job.finished", exit_code=0),
+    ]
+    history = History.from_records(records)
+    assert [(s.started, s.ended) for s in history.attempts[0].saves] == [(50, 53)]
+    assert goodput_of(records).saving == pytest.approx(3)
