@@ -1,0 +1,44 @@
+"""ckptd report on the event log of a real daemon run: a crash, a restart, a final stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ckptd.goodput import goodput_of
+from ckptd.history import read_events
+
+from conftest import Job
+
+
+def test_report_of_a_real_run_counts_what_happened(job: Job) -> None:
+    """Two launches, one failure, every commit, and a wall time that is the daemon's."""
+    job.start_fake("--step-time", "0.01", "--save-every", "20", options=("--restart-delay", "0"))
+    first = job.wait_event("job.started")
+    job.wait_event("checkpoint.committed", 2)
+    os.kill(first["pid"], signal.SIGKILL)
+    job.wait_event("job.started", 2)
+    job.wait_event("checkpoint.committed", 4)
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptd", "report", "--run-dir", str(job.run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    records = read_events(job.run_dir / "events.jsonl")
+    commits = [r for r in records if r["event"] == "checkpoint.committed" and not r.get("reused")]
+    assert (found["attempts"], found["failures"], found["daemon_runs"]) == (2, 1, 1)
+    assert found["checkpoints"] == len(commits)
+    assert found["wall"] == pytest.approx(records[-1]["time"] - records[0]["time"], abs=0.002)
+    assert found["productive"] > 0 and found["saving"] > 0 and found["restarting"] > 0
+    assert 0 < found["ratio"] <= 1
+    assert found == {"job": "trainer", **goodput_of(records).to_json()}
