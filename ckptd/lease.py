@@ -153,7 +153,9 @@ class Lease:
 
     def _read_plain(self) -> tuple[LeaseRecord | None, Any]:
         try:
-            raw = self.store.call("cat_file", self.path, deadline=Deadline.after(self.timeout))
+            raw = self.store.transport.call(
+                "cat_file", self.path, deadline=Deadline.after(self.timeout)
+            )
         except RemoteError as exc:
             if isinstance(exc.__cause__, FileNotFoundError):
                 return None, None
@@ -173,7 +175,7 @@ class Lease:
                 os.fsync(handle.fileno())
             os.replace(temp, self.path)
             return True
-        self.store.call(
+        self.store.transport.call(
             "pipe_file", self.path, record.to_bytes(), deadline=Deadline.after(self.timeout)
         )
         return True
@@ -200,7 +202,7 @@ class Lease:
                 return await body.read(), response["ETag"]
 
         try:
-            raw, etag = self.store.bounded(get, Deadline.after(self.timeout))
+            raw, etag = self.store.transport.bounded(get, Deadline.after(self.timeout))
         except RemoteError as exc:
             if isinstance(exc.__cause__, FileNotFoundError):
                 return None, None
@@ -218,7 +220,7 @@ class Lease:
             )
 
         try:
-            self.store.bounded(put, Deadline.after(self.timeout))
+            self.store.transport.bounded(put, Deadline.after(self.timeout))
         except RemoteError as exc:
             if _lost_race(exc.__cause__):
                 return False

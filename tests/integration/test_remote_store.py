@@ -11,6 +11,7 @@ import pytest
 from remote_fixtures import MotoServer, make_checkpoint, moto, tree
 
 from ckptd.lease import LEASE_NAME, Fenced, Lease
+from ckptd.remote_resume import fetch_newer
 from ckptd.remote_store import InvalidRemoteCheckpoint, RemoteStore, RemoteTimeout
 from ckptd.retention import RetentionRules
 from ckptd.uploader import (
@@ -77,11 +78,12 @@ def test_corrupt_remote_checkpoint_falls_back_to_older(moto: MotoServer, tmp_pat
     with pytest.raises(InvalidRemoteCheckpoint, match=r"mismatch|size"):
         store.download(2, fresh)
     assert list(fresh.iterdir()) == []
-    rejected: list = []
-    got = store.newest_valid(fresh, rejected=rejected)
-    assert got is not None and got.step == 1
-    assert [(c.step, c.valid) for c in rejected] == [(2, False)]
+    fetched = fetch_newer(store, fresh, newer_than=0)
+    assert fetched.checkpoint is not None and fetched.checkpoint.step == 1
+    assert [(c.step, c.valid) for c in fetched.rejected] == [(2, False)]
+    assert (fetched.error, fetched.newest_remote_step) == (None, 2)
     assert [c.step for c in scan(fresh, full=True) if c.valid] == [1]
+    assert fetch_newer(store, fresh, newer_than=1).checkpoint is None
 
 
 def test_files_without_a_manifest_are_not_a_checkpoint(moto: MotoServer, tmp_path: Path) -> None:
@@ -223,3 +225,13 @@ def test_file_url_is_the_generic_path(tmp_path: Path) -> None:
         lease.check()
     store.delete(4)
     assert store.list() == []
+
+
+def test_a_remote_down_at_launch_is_reported_not_raised(moto: MotoServer, tmp_path: Path) -> None:
+    """fetch_newer with the remote down returns the error: the job resumes from local."""
+    store = _store(moto)
+    moto.stop()
+    started = time.monotonic()
+    fetched = fetch_newer(store, tmp_path / "fresh", list_timeout=1.0)
+    assert fetched.checkpoint is None and fetched.error and fetched.rejected == []
+    assert time.monotonic() - started < 5

@@ -1,0 +1,65 @@
+"""Resuming from the remote store: a fresh machine fetches the newest checkpoint that verifies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptd_client.store import Checkpoint
+
+from .remote_store import InvalidRemoteCheckpoint, RemoteError, RemoteStore
+
+__all__ = ["RemoteResume", "fetch_newer"]
+
+
+@dataclass(frozen=True)
+class RemoteResume:
+    """What the remote offered at launch.
+
+    ``checkpoint``: downloaded into the checkpoint directory and verified in full (None when
+    nothing remote is newer than the local resume point). ``rejected``: remote checkpoints
+    that failed verification (log ``checkpoint.invalid``; they stay remote, nothing local is
+    quarantined). ``error``: the remote could not be read (warn, resume from local).
+    ``newest_remote_step``: the newest valid-looking remote step (seeds the uploader).
+    """
+
+    checkpoint: Checkpoint | None = None
+    rejected: list[Checkpoint] = field(default_factory=list)
+    error: str | None = None
+    newest_remote_step: int | None = None
+
+
+def fetch_newer(
+    store: RemoteStore,
+    checkpoint_dir: Path,
+    newer_than: int = -1,
+    timeout: float = 600.0,
+    list_timeout: float = 30.0,
+) -> RemoteResume:
+    """Download the newest remote checkpoint above step ``newer_than`` that verifies.
+
+    Candidates are tried newest first; one that fails verification is skipped and the next
+    older one tried. Listing is bounded by ``list_timeout`` (what a remote that is down
+    costs the launch), each download by ``timeout``. Never raises for the remote.
+    """
+    rejected: list[Checkpoint] = []
+    try:
+        listed = store.list(list_timeout)
+    except RemoteError as exc:
+        return RemoteResume(error=str(exc))
+    newest = max((c.step for c in listed if c.valid), default=None)
+    for candidate in reversed(listed):
+        if candidate.step <= newer_than:
+            break
+        if not candidate.valid:
+            rejected.append(candidate)
+            continue
+        try:
+            got = store.download(candidate.step, checkpoint_dir, timeout)
+        except InvalidRemoteCheckpoint as exc:
+            rejected.append(Checkpoint(candidate.path, exc.step, valid=False, reason=exc.reason))
+        except RemoteError as exc:
+            return RemoteResume(None, rejected, str(exc), newest)
+        else:
+            return RemoteResume(got, rejected, None, newest)
+    return RemoteResume(None, rejected, None, newest)
