@@ -139,7 +139,7 @@ def duration(minimum: float, *, why: str = "") -> Kind:
 
     def check(value: Any) -> float:
         seconds = parse_duration(value)
-        if seconds < minimum or (minimum == 0 and seconds == 0):
+        if (seconds <= 0) if minimum == 0 else (seconds < minimum):
             raise ValueError(f"must be {bound}{reason}, got {value!r}")
         return seconds
 
