@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from .goodput import KINDS, Accounting, Span
+from .goodput import KINDS, Accounting, Span, first_step_time
 from .history import Attempt
 from .report_style import COLORS, LABELS, STYLE
 
@@ -92,32 +92,40 @@ def _headline(g: dict[str, Any]) -> str:
 
 
 def _advice(accounting: Accounting) -> str:
-    """One or two sentences on the biggest waste and what would reduce it."""
+    """A sentence or two on the biggest wastes and what would reduce them."""
     g = accounting.goodput
     wall = g.wall or 1.0
-    saves = [s for a in accounting.history.attempts for s in a.saves if s.committed]
-    notes = []
-    if g.lost / wall > 0.03 and g.lost >= g.saving:
-        per = g.lost / max(g.failures + g.preemptions, 1)
-        notes.append(
-            f"Most of the waste is lost work ({_duration(g.lost)}, about {_duration(per)} per "
-            'failure): checkpoint more often; <code>every = "auto"</code> picks the interval '
-            "from the save cost and failure rate measured here."
-        )
-    elif g.saving / wall > 0.03:
-        mean = g.saving / max(len(saves), 1)
-        notes.append(
-            f"Saves stall training for {_duration(g.saving)} ({_duration(mean)} each): save "
-            "less often, or in the background (<code>save_async</code>)."
-        )
-    if g.restarting / wall > 0.03 and g.attempts:
-        notes.append(
-            f"Restarts cost {_duration(g.restarting / g.attempts)} per launch (start-up to "
-            "the first step): imports, data loading and compilation are worth trimming."
-        )
-    if not notes:
-        notes.append("Little is wasted: nothing here needs attention.")
-    return f"<p class='advice'>{' '.join(notes)}</p>"
+    saves = sum(1 for a in accounting.history.attempts for s in a.saves if s.committed)
+    failures = g.failures + g.preemptions
+    notes = [
+        (
+            g.lost,
+            f"Lost work cost {_duration(g.lost)} (about {_duration(g.lost / max(failures, 1))} "
+            'per failure): checkpoint more often; <code>every = "auto"</code> picks the '
+            "interval from the save cost and failure rate measured here.",
+        ),
+        (
+            g.saving,
+            f"Saves stalled training for {_duration(g.saving)} "
+            f"({_duration(g.saving / max(saves, 1))} each): save less often, or in the "
+            "background (<code>save_async</code>).",
+        ),
+        (
+            g.restarting,
+            f"Restarts cost {_duration(g.restarting / max(g.attempts, 1))} per launch "
+            "(start-up to the first step): imports, data loading and compilation are worth "
+            "trimming.",
+        ),
+        (
+            g.idle,
+            f"Backoff waited {_duration(g.idle)} over {failures} failure(s): see how the "
+            "attempts below ended.",
+        ),
+    ]
+    worst = [text for seconds, text in sorted(notes, reverse=True) if seconds / wall > 0.03][:2]
+    return (
+        f"<p class='advice'>{' '.join(worst) or 'Little is wasted: nothing needs attention.'}</p>"
+    )
 
 
 def _breakdown(g: dict[str, Any]) -> str:
@@ -244,20 +252,26 @@ def _timeline(accounting: Accounting) -> str:
 
 
 def _progress_lines(attempt: Attempt, spans: tuple[Span, ...], axis: _Axis, y: Any) -> list[str]:
-    points = sorted(attempt.samples)
-    if len(points) > _MAX_POINTS // 4:
-        points = points[:: len(points) // (_MAX_POINTS // 4) + 1] + points[-1:]
-    if not points:
-        return []
-    kept_at = max(
-        (s.end for s in spans if s.attempt == attempt.index and s.kind == "productive"),
-        default=attempt.launched,
-    )
+    """Steps over time: kept up to the last kept save (exact steps), then what was lost."""
+    resumed = attempt.resume_step if attempt.resume_step is not None else -1
+    productive = [s.end for s in spans if s.attempt == attempt.index and s.kind == "productive"]
+    samples = sorted(attempt.samples)
+    kept: list[tuple[float, int]] = []
+    kept_at = attempt.launched
+    if productive:
+        kept_at = max(productive)
+        kept = [(first_step_time(attempt), resumed + 1)]
+        for save in attempt.saves:  # flat while a save stalls training
+            if save.committed and save.step is not None and save.started <= kept_at:
+                kept += [(save.started, save.step), (save.ended or save.started, save.step)]
+        reached = max([s for t, s in samples if t <= kept_at] + [s for _, s in kept])
+        if kept_at > kept[-1][0]:
+            kept.append((kept_at, reached))
+    start = kept[-1] if kept else (attempt.launched, resumed)
+    rest = [start] + [(t, s) for t, s in samples if t > kept_at]
+    if len(rest) > _MAX_POINTS // 4:
+        rest = rest[:: len(rest) // (_MAX_POINTS // 4) + 1] + rest[-1:]
     tail = "unsaved" if attempt.live else "lost"
-    kept = [(t, s) for t, s in points if t <= kept_at]
-    rest = [(t, s) for t, s in points if t >= kept_at]
-    if kept and rest and rest[0][0] > kept_at:
-        rest.insert(0, kept[-1])
     out = []
     for part, cls in ((kept, "kept"), (rest, tail)):
         if len(part) > 1:
