@@ -131,6 +131,7 @@ def test_sighup_is_a_final_checkpoint_and_a_stop(job: Job) -> None:
 def system_run_dir() -> Iterator[Path]:
     """A run directory under /var/lib/ckptd (removed afterwards); skipped where not writable."""
     path = Path("/var/lib/ckptd") / f"ckptd-test-{uuid.uuid4().hex[:8]}"
+    made_parent = not path.parent.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir(mode=0o700)
@@ -140,6 +141,8 @@ def system_run_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        if made_parent:
+            shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def test_job_name_falls_back_to_var_lib_ckptd(job: Job, system_run_dir: Path) -> None:
