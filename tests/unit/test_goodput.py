@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ import pytest
 from fakes.event_log import SimulatedJob, spot_schedule
 
 from ckptd.goodput import KINDS, account, goodput_of
+from ckptd.goodput_watch import GoodputWatch
 from ckptd.history import History, read_events
+
+from conftest import wait_for
 
 
 def _check(job: SimulatedJob, tolerance: float = 0.01) -> None:
@@ -220,3 +224,24 @@ def test_ranks_starting_one_save_count_it_once() -> None:
     history = History.from_records(records)
     assert [(s.started, s.ended) for s in history.attempts[0].saves] == [(50, 53)]
     assert goodput_of(records).saving == pytest.approx(3)
+
+
+def test_the_watch_refreshes_goodput_off_the_loop(tmp_path: Path) -> None:
+    """A thread recomputes goodput as the log grows, hands it over, and ends on close."""
+
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(_record(time.time() - 100, "ckptd.started")) + "\n")
+    seen: list[float] = []
+    watch = GoodputWatch(path, every=0.05, on_result=lambda g: seen.append(g.wall))
+    watch.start()
+    try:
+        wait_for(lambda: watch.latest is not None, "a first result")
+        assert watch.latest is not None and watch.latest.wall >= 100  # live: up to now
+        with open(path, "a") as handle:
+            handle.write(json.dumps(_record(time.time() - 50, "job.started")) + "\n")
+        wait_for(lambda: watch.latest and watch.latest.attempts == 1, "the new attempt counted")
+        path.unlink()
+        wait_for(lambda: watch.error, "the unreadable log reported")
+    finally:
+        watch.close()
+    assert seen and watch.latest is not None
