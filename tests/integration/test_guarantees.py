@@ -281,3 +281,17 @@ def test_a_full_run_directory_does_not_end_supervision(job: Job, tmp_path: Path)
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+
+
+def test_several_ranks_one_commit_and_done_clears_the_others(job: Job) -> None:
+    """Two connected processes: rank 0 commits the request; rank 1's flag is cleared by `done`."""
+    job.start([sys.executable, str(FAKES / "two_ranks.py"), str(job.record)], *FAST)
+    wait_for(lambda: len(job.events("client.connected")) == 2, "both ranks connected")
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_record("saved")
+    job.wait_record("flag_down")
+    assert [r["event"] for r in job.records() if r.get("rank") == 1][:2] == ["flag_up", "flag_down"]
+    assert {e["rank"] for e in job.events("client.connected")} == {0, 1}
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    assert {r["rank"] for r in job.records("stop")} == {0, 1}
