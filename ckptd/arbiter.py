@@ -38,6 +38,7 @@ from .control_server import ControlServer, ReplyError, Waiter
 from .events import EventLog
 from .job_channel import JobChannel, Peer
 from .launcher import Launcher, Prepared
+from .metrics import Metrics
 from .preemption import Preemption
 from .requests import Action, Origin, Request
 from .restart_policy import ExitStatus, RestartPolicy
@@ -67,6 +68,7 @@ class Arbiter:
         wake_fds: tuple[int, int],
         orphan: Orphan | None = None,
         notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -84,6 +86,7 @@ class Arbiter:
         )  # fmt: skip
         self.launcher = Launcher(config, run_dir, channel.endpoint)
         self.notifier = notifier or Notifier()
+        self.metrics = metrics
         self.timer = PeriodicTimer(config.every)
         self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
         self.state = JobState.STARTING
@@ -205,6 +208,7 @@ class Arbiter:
             trainer.kill_leftovers(self.config.kill_timeout)
         for close in (
             self.notifier.close,
+            *((self.metrics.close,) if self.metrics is not None else ()),
             *(source.stop for source in self.sources),
             lambda: self.desk.fail_waiters("ckptd is exiting"),
             self.background.stop,
@@ -528,6 +532,8 @@ class Arbiter:
         self.timer.reset(self.launched)
         self._transition(JobState.RUNNING)
         self.notifier.ready(self._status_line())
+        if self.metrics is not None:
+            self.metrics.job_started(self.attempt, resume.step if resume else None)
         self.events.emit(
             "job.started",
             pid=trainer.pid,
@@ -566,6 +572,8 @@ class Arbiter:
         self.channel.forget_peers()
         self.desk.job_exited()
         self.saving_since = None
+        if self.metrics is not None:
+            self.metrics.job_exited()
         self.background.submit("cleaned", lambda: self._clean_up(trainer))
 
     def _clean_up(self, trainer: Trainer) -> tuple[int, int | None]:
@@ -703,6 +711,8 @@ class Arbiter:
             and now - self.last_progress >= self.config.hang_timeout
         ):
             self.events.emit("job.hung", level="error", seconds=self.config.hang_timeout)
+            if self.metrics is not None:
+                self.metrics.hung()
             self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
         elif self.timer.is_due(now):
             self.timer.reset(now)
@@ -735,6 +745,8 @@ class Arbiter:
         if isinstance(step, int) and step != self.step:
             self._set_step(step)
             self.last_progress = now
+            if self.metrics is not None:
+                self.metrics.stepped(step)
         if not peer.known and kind != "bye":
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
@@ -755,6 +767,8 @@ class Arbiter:
             self.last_progress = now
             self.saving_since = None
             ack = self.desk.on_committed(peer, message)
+            if self.metrics is not None and not message.get("reused"):
+                self.metrics.committed(message.get("step"), message.get("seconds"))
             if ack.progress:
                 self.restarts_without_progress = 0
             if ack.final and self.stop is not None:
@@ -766,6 +780,8 @@ class Arbiter:
         elif kind == "failed":
             self.saving_since = None
             ack = self.desk.on_failed(message)
+            if self.metrics is not None:
+                self.metrics.failed()
             if ack.final and self.stop is not None:
                 self.stop.failed = True
         self._sync_checkpointing()

@@ -84,7 +84,16 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
                 preemption.timeout,
             )
         )
-    arbiter = Arbiter(config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan)
+    metrics = None
+    if config.metrics.listen is not None:
+        from .metrics import Metrics
+
+        metrics = Metrics(config.name)
+        metrics.start(config.metrics.listen)  # OSError (address in use): one line, exit 2
+    arbiter = Arbiter(
+        config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan,
+        metrics=metrics,
+    )  # fmt: skip
     log.get_logger().info(
         "ckptd.started",
         pid=os.getpid(),
