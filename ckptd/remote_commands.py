@@ -153,6 +153,11 @@ def status(args: argparse.Namespace) -> int:
             if result["next_checkpoint_in"] is not None
             else "off",
         ),
+        *(
+            [("preemption", f"{p['reason']}: deadline in {_age(p['seconds_left'])}")]
+            if (p := result.get("preemption"))
+            else []
+        ),
         ("uptime", _age(result["uptime"])),
         ("run dir", result["run_dir"]),
     ]

@@ -105,7 +105,7 @@ def test_aws_rebalance_recommendation_is_one_plain_checkpoint(
 def test_status_shows_the_pending_preemption_deadline(
     job: Job, tmp_path: Path, metadata: FakeMetadata
 ) -> None:
-    """While a notice is pending, `ckptd status --json` shows its deadline and seconds left."""
+    """While a notice is pending, `ckptd status` (and --json) shows its deadline, seconds left."""
     job.start_fake(options=("--config", str(_config(tmp_path, "aws", metadata.url, "5s"))))
     job.wait_event("client.connected")
     deadline = metadata.preempt(120.0)
@@ -123,6 +123,13 @@ def test_status_shows_the_pending_preemption_deadline(
     assert abs(pending["deadline"] - deadline) < 1.5  # AWS gives whole seconds
     answered = pending["deadline"] - pending["seconds_left"]  # the daemon's clock when asked
     assert noticed["time"] - 0.01 <= answered <= queried + 0.01
+    human = subprocess.run(
+        [sys.executable, "-m", "ckptd", "status", "--run-dir", str(job.run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "aws terminate: deadline in" in human.stdout, human.stdout
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
 
