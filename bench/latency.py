@@ -62,6 +62,10 @@ def request_rows(base: Path, requests: int) -> list[Row]:
                         control.status()["checkpoint_in_flight"] is None and not trigger.exists()
                     )
                 )
+                # ... and until the trainer has moved past that commit: a request arriving before
+                # its next step is answered by that checkpoint, and the trainer never sees it.
+                saved = tail.last("flag")["step"]
+                wait(lambda saved=saved: (control.status()["step"] or 0) > saved)
             for _ in range(requests):
                 began = time.perf_counter()
                 control.status()
