@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _CHUNK = 8 << 20
-_FILES_IN_PARALLEL = 4
+_FILES_IN_PARALLEL = 8
 _POLL = 0.05  # how often a running operation looks at its deadline and cancellation
 
 

@@ -172,6 +172,11 @@ class Uploader:
             seconds = sum(seconds for _, seconds in self._recent)
         return sent / seconds if sent and seconds > 0 else None
 
+    def expected_seconds(self, size: int) -> float | None:
+        """How long ``size`` bytes should take to upload at the measured bandwidth."""
+        bandwidth = self.measured_bandwidth
+        return size / bandwidth if bandwidth else None
+
     @property
     def fenced(self) -> bool:
         with self._cond:

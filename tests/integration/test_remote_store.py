@@ -119,6 +119,22 @@ def test_uploader_retries_until_the_server_is_back(moto: MotoServer, tmp_path: P
         uploader.close()
 
 
+def test_a_newer_commit_supersedes_pending_older_ones(moto: MotoServer, tmp_path: Path) -> None:
+    """Steps queued behind a newer one are dropped: only the newest goes up."""
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes)
+    for step in (1, 2, 3):
+        uploader.submit(make_checkpoint(tmp_path / "a", step), step)
+    assert uploader.backlog()[0] == [1, 2, 3]
+    uploader.start()
+    try:
+        assert uploader.flush(time.monotonic() + 60)
+    finally:
+        uploader.close()
+    assert [o.step for o in outcomes.of(Uploaded)] == [3]
+    assert uploader.backlog() == ([], 0) and [c.step for c in _store(moto).list()] == [3]
+
+
 def test_every_attempt_is_bounded_by_the_upload_timeout(tmp_path: Path) -> None:
     """A remote that accepts connections and never answers costs upload_timeout per attempt."""
     with socket.socket() as blackhole:
