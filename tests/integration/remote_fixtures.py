@@ -99,6 +99,17 @@ class MotoServer:
             raise
         return self
 
+    def kill(self) -> None:
+        """SIGKILL the server: connections in flight break, everything stored is lost."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def logged(self, text: str) -> bool:
+        """Whether the server has answered a request whose log line contains ``text``."""
+        return text.encode() in self.log.read_bytes()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

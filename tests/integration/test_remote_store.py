@@ -98,25 +98,32 @@ def test_files_without_a_manifest_are_not_a_checkpoint(moto: MotoServer, tmp_pat
     assert store.list() == [] and store.step_dirs() == []
 
 
-def test_uploader_retries_until_the_server_is_back(moto: MotoServer, tmp_path: Path) -> None:
-    """With the server down, uploads fail with backoff; once it is back they succeed."""
+def test_server_killed_during_an_upload(moto: MotoServer, tmp_path: Path) -> None:
+    """The server dies mid-multipart: attempts fail with backoff, then succeed once it is back."""
     outcomes = Outcomes()
-    uploader = Uploader(_store(moto), outcomes, upload_timeout=5, backoff=0.1, backoff_max=0.5)
+    uploader = Uploader(
+        _store(moto, part_size=5 * MIB), outcomes, upload_timeout=30, backoff=0.1, backoff_max=0.5
+    )
+    local = make_checkpoint(tmp_path / "a", 5, {"model.pt": os.urandom(100 * MIB)})
     uploader.start()
     try:
-        moto.stop()
-        local = make_checkpoint(tmp_path / "a", 5)
         uploader.submit(local, 5)
-        wait_for(lambda: len(outcomes.of(UploadFailed)) >= 2, "two failed attempts")
-        assert uploader.backlog()[0] == [5] and uploader.newest_remote_step is None
+        wait_for(lambda: moto.logged("step-00000005/model.pt?uploads"), "the multipart to begin")
+        moto.kill()  # the parts are still on their way
+        wait_for(lambda: outcomes.of(UploadFailed), "a failed attempt")
+        assert uploader.backlog() == ([5], 100 * MIB) and uploader.newest_remote_step is None
         moto.start()
         uploaded = wait_for(lambda: outcomes.of(Uploaded), "the upload after the restart")[0]
-        assert uploaded.step == 5 and uploaded.bytes > 0
+        assert (uploaded.step, uploaded.bytes) == (
+            5,
+            100 * MIB + len((local / "ckptd.json").read_bytes()),
+        )
         assert uploader.backlog() == ([], 0) and uploader.newest_remote_step == 5
         attempts = [o.attempt for o in outcomes.of(UploadFailed)]
         assert attempts == list(range(1, len(attempts) + 1))
     finally:
         uploader.close()
+    assert tree(_store(moto).download(5, tmp_path / "fresh").path) == tree(local)
 
 
 def test_a_newer_commit_supersedes_pending_older_ones(moto: MotoServer, tmp_path: Path) -> None:
