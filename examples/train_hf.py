@@ -43,18 +43,51 @@ class Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 
 
 class Progress(TrainerCallback):
-    """Paces the steps (--step-time) and says where this process started and stopped."""
+    """Paces the steps (--step-time), says where this process started and how fast it went."""
 
-    def __init__(self, step_time: float) -> None:
+    def __init__(self, step_time: float = 0.0) -> None:
         self.step_time = step_time
-        self.first = True
+        self.first: tuple[int, float, float] | None = None
+        # steps per second, and per CPU second, after the first step (set-up and warm-up excluded)
+        self.rate = self.cpu_rate = 0.0
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.first:
+        if self.first is None:
             print(f"first step of this process: global step {state.global_step}", flush=True)
-            self.first = False
+            self.first = (state.global_step, time.perf_counter(), time.process_time())
         if self.step_time:
             time.sleep(self.step_time)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.first is not None:
+            steps, seconds = state.global_step - self.first[0], time.perf_counter() - self.first[1]
+            self.rate = steps / seconds if seconds else 0.0
+            cpu = time.process_time() - self.first[2]
+            self.cpu_rate = steps / cpu if cpu else 0.0
+            print(f"steps after the first: {steps} in {seconds:.3f} s", flush=True)
+
+
+def make_trainer(steps: int, callbacks: list[TrainerCallback], output_dir: str) -> Trainer:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    training = TrainingArguments(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        save_strategy="no",  # ckptd asks for the saves
+        logging_steps=10,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    return Trainer(
+        model=GPT2LMHeadModel(config),
+        args=training,
+        train_dataset=Tokens(4096, 16, config.vocab_size, seed=1),
+        callbacks=callbacks,
+    )
 
 
 def main() -> None:
@@ -64,32 +97,13 @@ def main() -> None:
     parser.add_argument("--output-dir", default="hf_output")
     parser.add_argument("--no-ckptd", action="store_true", help="train without the callback")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
 
-    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
-    training = TrainingArguments(
-        output_dir=args.output_dir,
-        max_steps=args.steps,
-        per_device_train_batch_size=16,
-        learning_rate=1e-3,
-        save_strategy="no",  # ckptd asks for the saves
-        logging_steps=10,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-    )
     callbacks: list[TrainerCallback] = [Progress(args.step_time)]
     resume = None
     if not args.no_ckptd:
         callbacks.append(CkptdCallback())
         resume = resume_path()
-    trainer = Trainer(
-        model=GPT2LMHeadModel(config),
-        args=training,
-        train_dataset=Tokens(4096, 16, config.vocab_size, seed=1),
-        callbacks=callbacks,
-    )
+    trainer = make_trainer(args.steps, callbacks, args.output_dir)
     if resume:
         print(f"resuming from {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)

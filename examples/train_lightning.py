@@ -40,15 +40,49 @@ class Regressor(L.LightningModule):
 
 
 class Progress(L.Callback):
-    """Says where this process started training."""
+    """Says where this process started training and how fast it went."""
 
     def __init__(self) -> None:
-        self.first = True
+        self.first: tuple[int, float, float] | None = None
+        # steps per second, and per CPU second, after the first step (set-up and warm-up excluded)
+        self.rate = self.cpu_rate = 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.first:
+        if self.first is None:
             print(f"first step of this process: global step {trainer.global_step}", flush=True)
-            self.first = False
+            self.first = (trainer.global_step, time.perf_counter(), time.process_time())
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.first is not None:
+            steps = trainer.global_step - self.first[0]
+            seconds = time.perf_counter() - self.first[1]
+            self.rate = steps / seconds if seconds else 0.0
+            cpu = time.process_time() - self.first[2]
+            self.cpu_rate = steps / cpu if cpu else 0.0
+            print(f"steps after the first: {steps} in {seconds:.3f} s", flush=True)
+
+
+def make_data(dim: int) -> torch.utils.data.DataLoader[Any]:
+    generator = torch.Generator().manual_seed(1)
+    xs = torch.randn(4096, dim, generator=generator)
+    ys = xs @ torch.randn(dim, 1, generator=generator)
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(xs, ys), batch_size=64, shuffle=True
+    )
+
+
+def make_trainer(steps: int, callbacks: list[L.Callback]) -> L.Trainer:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,  # ckptd asks for the saves
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def main() -> None:
@@ -58,32 +92,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--no-ckptd", action="store_true", help="train without the callback")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
 
-    generator = torch.Generator().manual_seed(1)
-    xs = torch.randn(4096, args.dim, generator=generator)
-    ys = xs @ torch.randn(args.dim, 1, generator=generator)
-    data = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(xs, ys), batch_size=64, shuffle=True
-    )
     callbacks: list[L.Callback] = [Progress()]
     resume = None
     if not args.no_ckptd:
         callbacks.append(CkptdCallback())
         resume = resume_path()
-    trainer = L.Trainer(
-        max_steps=args.steps,
-        accelerator="cpu",
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,  # ckptd asks for the saves
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(args.steps, callbacks)
     if resume:
         print(f"resuming from {resume}", flush=True)
-    trainer.fit(Regressor(args.dim, args.step_time), data, ckpt_path=resume)
+    trainer.fit(Regressor(args.dim, args.step_time), make_data(args.dim), ckpt_path=resume)
     print(f"stopped at global step {trainer.global_step}", flush=True)
 
 
