@@ -192,6 +192,21 @@ def test_a_second_owner_fences_the_first(moto: MotoServer, tmp_path: Path) -> No
     new_lease.check()
     with pytest.raises(Fenced):
         old_lease.check()
+    store = _store(moto)
+    with pytest.raises(Fenced):  # the check right before the manifest stops a late upload too
+        store.upload(make_checkpoint(tmp_path / "a", 3), 60, before_manifest=old_lease.check)
+    assert [c.step for c in store.list()] == [1] and 3 in store.step_dirs()
+
+
+def test_a_recommitted_step_replaces_its_remote_copy(moto: MotoServer, tmp_path: Path) -> None:
+    """Uploading a step again with other contents replaces it; the same contents are skipped."""
+    store = _store(moto)
+    first = make_checkpoint(tmp_path / "a", 4, {"w": b"one"})
+    store.upload(first, 60)
+    assert store.upload(first, 60).bytes == 0
+    second = make_checkpoint(tmp_path / "b", 4, {"w": b"two", "x": b"new"})
+    assert store.upload(second, 60).bytes > 0
+    assert tree(store.download(4, tmp_path / "fresh").path) == tree(second)
 
 
 def test_a_lease_deleted_under_its_owner_is_written_back(moto: MotoServer) -> None:
