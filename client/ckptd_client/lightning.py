@@ -14,8 +14,8 @@ Retention: ckptd's rules (``keep_last``, ``keep_best``) keep these checkpoints;
 ``ModelCheckpoint``'s ``save_top_k`` governs only its own files. One process only
 for now (no DDP): ``save_checkpoint`` is a collective call that every rank would
 have to reach at the same step. Standalone (no daemon), Lightning's own SIGTERM
-handler may end ``fit`` before the final save; under ckptd the request comes over
-the job channel and no signal reaches the process.
+handler ends ``fit`` with its ``SIGTERMException`` (exit status 0) after the step in
+which the final save was made; under ckptd the stop comes over the job channel.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ._frameworks import shared_client as _shared_client
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 except ModuleNotFoundError as _error:
     _missing = missing_framework(_error, "lightning", "lightning")
     if _missing is None:
@@ -69,6 +70,14 @@ class CkptdCallback(pl.Callback):
             if step != self._saved_step:  # the stop came while this step ran: save it too
                 self._save(trainer, step)
             trainer.should_stop = True
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Standalone, Lightning's own SIGTERM handler ends fit with this exception at a step
+        # boundary, possibly before the client saw the signal: that step is saved here.
+        if isinstance(exception, SIGTERMException) and trainer.global_step != self._saved_step:
+            self._save(trainer, trainer.global_step)
 
     def _save(self, trainer: pl.Trainer, step: int) -> None:
         metrics = numeric_metrics(trainer.callback_metrics)
