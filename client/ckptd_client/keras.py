@@ -7,9 +7,10 @@
 A ckptd request is answered at the end of the next training batch: Keras' own
 ``model.save_weights`` (the model's and the optimizer's variables) writes
 ``model.weights.h5`` straight into the directory ckptd hands out, beside
-``progress.json`` (epoch and step), committed as ``step-N``, N = the optimizer's
-``iterations``, with the batch's logs (``loss``, metrics). A stop (SIGTERM, STOP,
-preemption) is that save followed by ``model.stop_training``, so ``fit`` returns normally.
+``progress.json`` (the epoch to start at and the step), committed as ``step-N``,
+N = the optimizer's ``iterations``, with the batch's logs (``loss``, metrics). A stop
+(SIGTERM, STOP, preemption) is that save followed by ``model.stop_training``, so
+``fit`` returns normally.
 
 Resuming restores every variable, so the step count and the optimizer's moments go on
 from the checkpoint; like Keras' ``BackupAndRestore``, ``fit`` then starts the
@@ -76,7 +77,10 @@ class CkptdCallback(keras.callbacks.Callback):
     def _save(self, step: int, batch: int, logs: dict[str, Any] | None) -> None:
         with self.client.checkpoint(step, metrics=numeric_metrics(logs or {})) as directory:
             self.model.save_weights(str(directory / WEIGHTS_FILE))
-            progress = {"epoch": self._epoch, "batch": batch, "step": step}
+            steps_per_epoch = (self.params or {}).get("steps")
+            epoch_done = steps_per_epoch is not None and batch + 1 >= steps_per_epoch
+            # The epoch fit starts at on resume: an interrupted one is started again.
+            progress = {"epoch": self._epoch + 1 if epoch_done else self._epoch, "step": step}
             (directory / PROGRESS_FILE).write_text(json.dumps(progress))
         self._saved_step = step
 
