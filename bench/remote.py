@@ -8,6 +8,7 @@ the same run, alternating with ckptd's side so that neither always meets a warme
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -79,6 +80,18 @@ def _checkpoint(base: Path, total: int) -> Path:
 
 def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
     """Upload and download+verify of a ``total``-byte checkpoint, each next to raw fsspec."""
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None:
+        return [
+            Row(
+                "upload to / resume from S3",
+                "moto or s3fs not installed",
+                "-",
+                None,
+                "ratio >= 0.9",
+                None,
+                note="pip install -e '.[test,s3]' for these rows",
+            )
+        ]
     from ckptd.remote_store import RemoteStore
 
     local = _checkpoint(base / "local", total)

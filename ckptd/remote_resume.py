@@ -8,8 +8,13 @@ from pathlib import Path
 from ckptd_client.store import Checkpoint
 
 from .remote_store import InvalidRemoteCheckpoint, RemoteError, RemoteStore
+from .remote_url import redact
 
-__all__ = ["RemoteResume", "fetch_newer"]
+__all__ = ["RemoteResume", "RemoteUnusable", "fetch_newer"]
+
+
+class RemoteUnusable(Exception):
+    """The remote can never work as configured (no such bucket, access denied): exit 2."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,15 @@ def fetch_newer(
 
     Candidates are tried newest first; one that fails verification is skipped and the next
     older one tried. Listing is bounded by ``list_timeout`` (what a remote that is down
-    costs the launch), each download by ``timeout``. Never raises for the remote.
+    costs the launch), each download by ``timeout``. A remote that is down or too slow is
+    reported in ``error``; one that cannot work as configured raises RemoteUnusable.
     """
     rejected: list[Checkpoint] = []
     try:
         listed = store.list(list_timeout)
     except RemoteError as exc:
+        if isinstance(exc.__cause__, (FileNotFoundError, PermissionError, NotADirectoryError)):
+            raise RemoteUnusable(f"{redact(store.url)}: {exc}") from None
         return RemoteResume(error=str(exc))
     newest = max((c.step for c in listed if c.valid), default=None)
     for candidate in reversed(listed):

@@ -97,9 +97,11 @@ def protected_locally(local: Iterable[Checkpoint], newest_remote_step: int | Non
 class Uploader:
     """Uploads committed checkpoints to ``store`` in a background thread.
 
-    ``lease`` (already taken) fences this uploader against a newer daemon on the same
-    prefix. ``keep_remote`` N keeps the N newest remote checkpoints; 0 applies ``rules``
-    (the local retention rules). ``newest_remote_step`` seeds what is known to be remote.
+    ``lease`` fences this uploader against a newer daemon on the same prefix; take it at
+    start (``lease.take()``), or leave that to the first upload when the remote is down.
+    ``keep_remote`` N keeps the N newest remote checkpoints; 0 applies ``rules`` (the local
+    retention rules; None: no remote pruning). ``newest_remote_step`` seeds what is known
+    to be remote.
     """
 
     def __init__(
@@ -240,7 +242,12 @@ class Uploader:
                 self._prune(path)
 
     def _check_lease(self) -> None:
-        if self._lease is not None:
+        """Fenced when a newer daemon holds the lease; a lease not yet taken is taken now."""
+        if self._lease is None:
+            return
+        if self._lease.generation is None:
+            self._lease.take()
+        else:
             self._lease.check()
 
     def _next(self) -> tuple[int, Path] | None:

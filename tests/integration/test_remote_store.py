@@ -11,7 +11,7 @@ import pytest
 from remote_fixtures import MotoServer, make_checkpoint, moto, tree
 
 from ckptd.lease import LEASE_NAME, Fenced, Lease
-from ckptd.remote_resume import fetch_newer
+from ckptd.remote_resume import RemoteResume, RemoteUnusable, fetch_newer
 from ckptd.remote_store import InvalidRemoteCheckpoint, RemoteStore, RemoteTimeout
 from ckptd.retention import RetentionRules
 from ckptd.uploader import (
@@ -244,8 +244,7 @@ def test_remote_retention_and_local_protection(moto: MotoServer, tmp_path: Path)
 def test_file_url_is_the_generic_path(tmp_path: Path) -> None:
     """file:// works end to end: upload, list, fencing, verified download, delete."""
     store = RemoteStore(f"file://{tmp_path / 'bucket'}")
-    lease = Lease(store, "a")
-    assert lease.take() == 1
+    lease = Lease(store, "a")  # taken by the first upload
     outcomes = Outcomes()
     uploader = Uploader(store, outcomes, lease=lease)
     uploader.start()
@@ -255,7 +254,7 @@ def test_file_url_is_the_generic_path(tmp_path: Path) -> None:
         assert uploader.flush(time.monotonic() + 60)
     finally:
         uploader.close()
-    assert [c.step for c in store.list()] == [4]
+    assert [c.step for c in store.list()] == [4] and lease.generation == 1
     got = store.download(4, tmp_path / "fresh")
     assert tree(got.path) == tree(local)
     assert Lease(store, "b").take() == 2
@@ -273,3 +272,11 @@ def test_a_remote_down_at_launch_is_reported_not_raised(moto: MotoServer, tmp_pa
     fetched = fetch_newer(store, tmp_path / "fresh", list_timeout=1.0)
     assert fetched.checkpoint is None and fetched.error and fetched.rejected == []
     assert time.monotonic() - started < 5
+
+
+def test_a_missing_bucket_is_unusable_and_a_fresh_prefix_is_empty(moto: MotoServer) -> None:
+    """No such bucket is a configuration error; a prefix nobody wrote to yet is just empty."""
+    with pytest.raises(RemoteUnusable, match="s3://no-such-bucket/run"):
+        fetch_newer(RemoteStore("s3://no-such-bucket/run", moto.options), Path("/nonexistent"))
+    fetched = fetch_newer(_store(moto, "fresh"), Path("/nonexistent"))
+    assert fetched == RemoteResume()
