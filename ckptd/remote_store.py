@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-import fsspec.asyn
 
 from ckptd_client.manifest import (
     MANIFEST_NAME,
@@ -115,7 +114,7 @@ class RemoteStore:
             for p in self.transport.call(
                 "glob", f"{self.root}/step-*/{MANIFEST_NAME}", deadline=deadline
             )
-            if _STEP_DIR.match(p.rstrip("/").split("/")[-2])
+            if _is_checkpoint_name(p.rstrip("/").split("/")[-2])
         ]
         if not manifests:
             return []
@@ -197,8 +196,8 @@ class RemoteStore:
             if isinstance(exc.__cause__, FileNotFoundError):
                 return []
             raise
-        steps = (_STEP_DIR.match(n.rstrip("/").rsplit("/", 1)[-1]) for n in names)
-        return sorted(int(m.group(1)) for m in steps if m)
+        steps = (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+        return sorted(int(name[len("step-") :]) for name in steps if _is_checkpoint_name(name))
 
     # -- downloading --------------------------------------------------------------------
 
@@ -287,3 +286,9 @@ class RemoteStore:
         except InvalidRemoteCheckpoint as exc:
             return Checkpoint(path, step, valid=False, reason=exc.reason)
         return Checkpoint(path, step, manifest.time, manifest.size, dict(manifest.metrics))
+
+
+def _is_checkpoint_name(name: str) -> bool:
+    """``step-N`` exactly as ckptd names step N (so that the name leads back to the step)."""
+    match = _STEP_DIR.match(name)
+    return match is not None and name == checkpoint_name(int(match.group(1)))

@@ -159,10 +159,12 @@ class Transport:
 def _copy_chunked(fs: Any, local: Path, remote: str, upload: bool, deadline: Deadline) -> None:
     if upload:
         fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+    flags = (os.O_RDONLY if upload else os.O_WRONLY | os.O_CREAT | os.O_EXCL) | os.O_NOFOLLOW
     with (
-        open(local, "rb") if upload else fs.open(remote, "rb") as source,
-        fs.open(remote, "wb") if upload else open(local, "wb") as target,
+        os.fdopen(os.open(local, flags | os.O_CLOEXEC, 0o644), "rb" if upload else "wb") as mine,
+        fs.open(remote, "wb" if upload else "rb") as theirs,
     ):
+        source, target = (mine, theirs) if upload else (theirs, mine)
         while chunk := source.read(_CHUNK):
             deadline.check()
             target.write(chunk)
