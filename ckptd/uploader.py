@@ -156,6 +156,12 @@ class Uploader:
             self._newest_submitted = max(step, self._newest_submitted or step)
             self._cond.notify_all()
 
+    def note_remote(self, step: int) -> None:
+        """Record that ``step`` is already remote (found there at launch)."""
+        with self._cond:
+            self._newest_remote = max(step, self._newest_remote or step)
+            self._cond.notify_all()
+
     def backlog(self) -> tuple[list[int], int]:
         """Steps committed locally but not yet remote (in flight included), and their bytes."""
         with self._cond:
@@ -239,7 +245,7 @@ class Uploader:
             else:
                 self._done(step, (result.bytes, result.seconds))
                 self._post(Uploaded(step, result.bytes, round(result.seconds, 3)))
-                self._prune(path)
+                self._prune(step)
 
     def _check_lease(self) -> None:
         """Fenced when a newer daemon holds the lease; a lease not yet taken is taken now."""
@@ -318,14 +324,15 @@ class Uploader:
             self._cond.notify_all()
         self._post(RemoteFenced(step, str(exc)))
 
-    def _prune(self, just_uploaded: Path) -> None:
+    def _prune(self, uploaded: int) -> None:
+        """Apply remote retention; leftovers of failed uploads below the newest go too."""
         if self._rules is None:
             return
         try:
             found = self.store.list()
             newest = max((c.step for c in found if c.valid), default=-1)
             listed = {c.step for c in found}
-            keep = [c.path for c in found if c.step == newest]
+            keep = [c.path for c in found if c.step in (newest, uploaded)]
             for checkpoint in plan(found, self._rules, keep):
                 self._check_lease()
                 self.store.delete(checkpoint.step)
@@ -335,7 +342,7 @@ class Uploader:
                     self._check_lease()
                     self.store.delete_leftover(step)
         except Fenced as exc:
-            self._fence(newest, exc)
+            self._fence(uploaded, exc)
         except RemoteError as exc:
             self._post(RemotePruneFailed(str(exc)))
 

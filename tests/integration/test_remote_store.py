@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from remote_fixtures import MotoServer, make_checkpoint, moto, tree
 
+from ckptd.config import StorageConfig
 from ckptd.lease import LEASE_NAME, Fenced, Lease
+from ckptd.remote_copy import RemoteCopy
 from ckptd.remote_resume import RemoteResume, RemoteUnusable, fetch_newer
 from ckptd.remote_store import InvalidRemoteCheckpoint, RemoteStore, RemoteTimeout
 from ckptd.retention import RetentionRules
@@ -280,3 +282,27 @@ def test_a_missing_bucket_is_unusable_and_a_fresh_prefix_is_empty(moto: MotoServ
         fetch_newer(RemoteStore("s3://no-such-bucket/run", moto.options), Path("/nonexistent"))
     fetched = fetch_newer(_store(moto, "fresh"), Path("/nonexistent"))
     assert fetched == RemoteResume()
+
+
+def test_a_fresh_machine_resumes_from_the_bucket(moto: MotoServer, tmp_path: Path) -> None:
+    """What one machine uploads, a replacement with an empty disk downloads bit-exact."""
+    storage = StorageConfig(moto.url(), 60.0, 0, moto.options)
+    first = RemoteCopy(storage, RetentionRules(keep_last=3), Outcomes())
+    assert first.prepare(tmp_path / "a", None) == RemoteResume()
+    first.start()
+    try:
+        for step in (1, 2):
+            first.submit(make_checkpoint(tmp_path / "a", step), step)
+        assert first.flush(time.monotonic() + 60)
+        status = first.status()
+        assert (status.newest_remote_step, status.backlog_steps, status.fenced) == (2, [], False)
+        assert first.protected(scan(tmp_path / "a")) == []
+    finally:
+        first.close()
+    second = RemoteCopy(storage, RetentionRules(keep_last=3), Outcomes())
+    resumed = second.prepare(tmp_path / "b", None).checkpoint
+    assert resumed is not None and resumed.path == tmp_path / "b" / "step-00000002"
+    assert tree(resumed.path) == tree(tmp_path / "a" / "step-00000002")
+    assert second.status().newest_remote_step == 2
+    with pytest.raises(Fenced):
+        first.lease.check()
