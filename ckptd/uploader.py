@@ -201,16 +201,19 @@ class Uploader:
             self._flush_by = deadline
             self._retry_at = min(self._retry_at, time.monotonic())
             self._cond.notify_all()
-            while True:
-                target = self._newest_submitted
-                if target is None or (
-                    self._newest_remote is not None and self._newest_remote >= target
-                ):
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0 or self._fenced or not self._thread.is_alive():
-                    return False
-                self._cond.wait(min(left, 0.5))
+            try:
+                while True:
+                    target = self._newest_submitted
+                    if target is None or (
+                        self._newest_remote is not None and self._newest_remote >= target
+                    ):
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._fenced or not self._thread.is_alive():
+                        return False
+                    self._cond.wait(min(left, 0.5))
+            finally:
+                self._flush_by = None  # later attempts get their full upload_timeout again
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the thread: an upload in flight is cancelled within a fraction of a second."""
@@ -334,6 +337,8 @@ class Uploader:
             listed = {c.step for c in found}
             keep = [c.path for c in found if c.step in (newest, uploaded)]
             for checkpoint in plan(found, self._rules, keep):
+                if self._is_closing():
+                    return
                 self._check_lease()
                 self.store.delete(checkpoint.step)
                 self._post(RemotePruned(checkpoint.step))
@@ -345,6 +350,10 @@ class Uploader:
             self._fence(uploaded, exc)
         except RemoteError as exc:
             self._post(RemotePruneFailed(str(exc)))
+
+    def _is_closing(self) -> bool:
+        with self._cond:
+            return self._closing
 
     def _is_pending(self, step: int) -> bool:
         with self._cond:
