@@ -31,11 +31,15 @@ import zmq
 from ckptd_client.store import Checkpoint, bytes_in_progress, scan
 
 from . import exit_codes, log, retention
+from .auto_interval import AutoInterval
 from .background import Background, Finished
 from .checkpoint_desk import CheckpointDesk, file_request_is_stale
 from .config import JobConfig
 from .control_server import ControlServer, ReplyError, Waiter
 from .events import EventLog
+from .goodput_watch import GoodputWatch
+from .health import HangWatch, Overdue, dump_stacks, stacks_file
+from .interval import IntervalChoice
 from .job_channel import JobChannel, Peer
 from .launcher import Launcher, Prepared
 from .metrics import Metrics
@@ -54,6 +58,11 @@ from .trainer import LaunchError, Trainer
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
 _ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before stop_signal
+_PROGRESS_EVERY = 10.0  # seconds between job.progress events
+
+
+def _seconds(value: float | str | None) -> float | None:
+    return value if isinstance(value, float) else None
 
 
 class Arbiter:
@@ -87,7 +96,11 @@ class Arbiter:
         self.launcher = Launcher(config, run_dir, channel.endpoint)
         self.notifier = notifier or Notifier()
         self.metrics = metrics
-        self.timer = PeriodicTimer(config.every)
+        self.health = HangWatch(config, run_dir.path)
+        self.interval = AutoInterval(config, events.path) if config.every == "auto" else None
+        self.timer = PeriodicTimer(
+            self.interval.choice.every if self.interval is not None else _seconds(config.every)
+        )
         self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
         self.state = JobState.STARTING
         self.trainer: Trainer | None = None
@@ -100,14 +113,19 @@ class Arbiter:
         self.resumed_from: Checkpoint | None = None
         self.newest_verified: Path | None = None
         self.saving_since: float | None = None
-        self.started = self.launched = self.last_progress = time.monotonic()
+        self.saving_step: int | None = None
+        self.started = self.launched = time.monotonic()
         self.exit_code = exit_codes.OK
         self._queue: queue.SimpleQueue[Request | Finished] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
         self._save_bytes = 0
         self._progress_checked = 0.0
+        self._progress_noted = 0.0
         self.background = Background(self.post)
+        self.goodput = GoodputWatch(
+            events.path, on_result=metrics.set_goodput_of if metrics is not None else None
+        )
 
     @property
     def attempt(self) -> int:
@@ -134,6 +152,7 @@ class Arbiter:
     def run(self) -> int:
         for source in self.sources:
             source.start(self.post)
+        self.goodput.start()
         poller = zmq.Poller()
         poller.register(self.channel.socket, zmq.POLLIN)
         for router in self.control.routers:
@@ -182,8 +201,8 @@ class Arbiter:
             moments.append(self.stop.next_moment())
         elif self.preemption is not None:
             moments.append(self.preemption.final_at(self._save_seconds()))
-        if self.config.hang_timeout is not None and self._hang_watched():
-            moments.append(self.last_progress + self.config.hang_timeout)
+        if self._hang_watched():
+            moments.append(self.health.deadline())
         soonest = min(m for m in moments if m is not None)
         return max(0, int((soonest - now) * 1000) + 1)
 
@@ -211,6 +230,7 @@ class Arbiter:
             *((self.metrics.close,) if self.metrics is not None else ()),
             *(source.stop for source in self.sources),
             lambda: self.desk.fail_waiters("ckptd is exiting"),
+            self.goodput.close,
             self.background.stop,
         ):
             self._guarded(close)
@@ -226,8 +246,8 @@ class Arbiter:
         return self.trainer is not None and self.exit_status is None
 
     def _hang_watched(self) -> bool:
-        """Watched while the job runs outside a save (a slow save is no hang) and outside a stop."""
-        return self._job_alive() and self.stop is None and self.saving_since is None
+        """Hangs are watched while the job runs and no stop is under way."""
+        return self._job_alive() and self.stop is None
 
     # -- requests ------------------------------------------------------------------------
 
@@ -274,6 +294,8 @@ class Arbiter:
             request_id=request.id,
         )
         first = self.preemption is None
+        if first and self.interval is not None:
+            self._interval_changed(self.interval.failed())
         if self.preemption is None:
             last = self.desk.last_commit
             plan.committed_step_at_notice = last.get("step") if last else self.desk.newest_step
@@ -527,7 +549,8 @@ class Arbiter:
             return
         log.bind(attempt=self.attempt)
         self.trainer = trainer
-        self.launched = self.last_progress = time.monotonic()
+        self.launched = time.monotonic()
+        self.health.launched(self.launched)
         self.saving_since = None
         self.timer.reset(self.launched)
         self._transition(JobState.RUNNING)
@@ -571,6 +594,7 @@ class Arbiter:
         )
         self.channel.forget_peers()
         self.desk.job_exited()
+        self.health.exited()
         self.saving_since = None
         if self.metrics is not None:
             self.metrics.job_exited()
@@ -614,6 +638,8 @@ class Arbiter:
             self._transition(JobState.EXITED)
             return
         self.restarts_without_progress += 1
+        if self.interval is not None and (stop is None or stop.intent is not Intent.HANG):
+            self._interval_changed(self.interval.failed())  # a hang was counted when found
         if self.policy.exhausted(self.restarts_without_progress):
             self.exit_code = exit_codes.GAVE_UP
             self.events.emit(
@@ -653,6 +679,8 @@ class Arbiter:
             self._on_prepared(finished.result)
         elif finished.tag == "cleaned":
             self._on_cleaned(finished)
+        elif finished.tag == "stacks":
+            self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
         elif finished.tag == "requeued" and self.stop is not None:
@@ -705,15 +733,13 @@ class Arbiter:
         elif self.preemption is not None and now >= self.preemption.final_at(self._save_seconds()):
             request = Request(Action.STOP, Origin.CLOUD, self.preemption.reason)
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
-        elif (
-            self.config.hang_timeout is not None
-            and self._hang_watched()
-            and now - self.last_progress >= self.config.hang_timeout
-        ):
-            self.events.emit("job.hung", level="error", seconds=self.config.hang_timeout)
-            if self.metrics is not None:
-                self.metrics.hung()
-            self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
+        elif (overdue := self.health.overdue(now)) is not None:
+            self._on_hang(overdue)
+        elif (slow := self.health.slow(now)) is not None:
+            typical, seconds = slow
+            self.events.emit(
+                "job.slow", level="warning", typical=round(typical, 3), seconds=round(seconds, 1)
+            )
         elif self.timer.is_due(now):
             self.timer.reset(now)
             self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
@@ -744,28 +770,34 @@ class Arbiter:
         now = time.monotonic()
         if isinstance(step, int) and step != self.step:
             self._set_step(step)
-            self.last_progress = now
+            self.health.stepped(now)
+            self._note_progress(step, now)
             if self.metrics is not None:
                 self.metrics.stepped(step)
         if not peer.known and kind != "bye":
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
-            self.last_progress = now
+            self.health.reported(now)
             self.desk.client_connected(peer)
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
         if kind == "started":
-            self.last_progress = self.saving_since = now
+            self.saving_since, self.saving_step = now, self.step
+            self.health.save_started(now)
             ids = message.get("ids") or []
             self.events.emit(
                 "checkpoint.started",
                 request_id=ids[0] if ids else None,
                 request_ids=ids,
                 pid=peer.pid,
+                rank=peer.rank,
             )
+        elif kind == "propose":
+            self.desk.on_propose(peer, message)
+        elif kind == "written":
+            self.desk.on_written(peer, message)
         elif kind == "committed":
-            self.last_progress = now
-            self.saving_since = None
+            self._save_ended(now, message)
             ack = self.desk.on_committed(peer, message)
             if self.metrics is not None and not message.get("reused"):
                 self.metrics.committed(message.get("step"), message.get("seconds"))
@@ -778,13 +810,70 @@ class Arbiter:
             if not message.get("reused"):
                 self._prune(message.get("path"))
         elif kind == "failed":
-            self.saving_since = None
-            ack = self.desk.on_failed(message)
+            self._save_ended(now, None)
+            ack = self.desk.on_failed(message, peer)
             if self.metrics is not None:
                 self.metrics.failed()
             if ack.final and self.stop is not None:
                 self.stop.failed = True
         self._sync_checkpointing()
+
+    def _save_ended(self, now: float, committed: dict[str, Any] | None) -> None:
+        """A save committed (``committed``: its message) or failed: clocks, and the interval."""
+        began, at_step = self.saving_since, self.saving_step
+        self.saving_since = self.saving_step = None
+        self.health.save_ended(now)
+        if self.interval is None or committed is None or committed.get("reused"):
+            return
+        seconds = committed.get("seconds")
+        # Training waited for the save when no step was reported while it ran.
+        stall = now - began if began is not None and self.step == at_step else 0.0
+        self._interval_changed(
+            self.interval.saved(stall, float(seconds) if isinstance(seconds, float) else None)
+        )
+
+    def _interval_changed(self, choice: IntervalChoice | None) -> None:
+        if choice is None:
+            return
+        self.events.emit("checkpoint.interval", **choice.to_json())
+        self.timer.retime(choice.every, time.monotonic())
+
+    def _note_progress(self, step: int, now: float) -> None:
+        """``job.progress`` now and then (goodput's step timing), not on every step."""
+        if now - self._progress_noted >= _PROGRESS_EVERY:
+            self._progress_noted = now
+            self.events.emit("job.progress", level="debug")
+
+    def _on_hang(self, overdue: Overdue) -> None:
+        """Dump every thread's stack of every process of the job (off the loop), then stop it."""
+        assert self.trainer is not None
+        self.health.dumping = True
+        path = stacks_file(self.run_dir.path, self.attempt)
+        trainer = self.trainer
+        self.background.submit(
+            "stacks", lambda: dump_stacks(trainer, path), context=(overdue, self.step, path)
+        )
+
+    def _on_stacks(self, finished: Finished) -> None:
+        overdue, since_step, path = finished.context
+        if not self._job_alive() or self.stop is not None:
+            return
+        self.events.emit(
+            "job.hung",
+            level="error",
+            phase=overdue.phase,
+            since_step=since_step,
+            waited=round(overdue.waited, 3),
+            timeout=round(overdue.timeout, 3),
+            seconds=round(overdue.timeout, 3),
+            stacks_file=str(path),
+        )
+        log.get_logger().error("job.stacks", stacks_file=str(path), stacks=finished.result or "")
+        if self.metrics is not None:
+            self.metrics.hung()
+        if self.interval is not None:
+            self._interval_changed(self.interval.failed())
+        self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
 
     def _prune(self, committed: Any) -> None:
         """Retention after a commit, off the loop; never the newest verified checkpoint."""

@@ -26,6 +26,7 @@ from .options import (
     Kind,
     choice,
     duration,
+    or_auto,
 )
 
 if sys.version_info >= (3, 11):
@@ -90,7 +91,15 @@ JOB_OPTIONS: tuple[Option, ...] = (
     ),
     Option("restart_delay", DURATION, 1.0, "first backoff delay (0 allowed)"),
     Option("restart_delay_max", DURATION, 60.0, "backoff ceiling (doubling, with jitter)"),
-    Option("every", EVERY, None, "periodic checkpoint interval (default: none)"),
+    Option(
+        "every",
+        or_auto(EVERY),
+        None,
+        'periodic checkpoint interval; "auto": Young/Daly from measured save cost and failures',
+    ),
+    Option("every_min", EVERY, 60.0, 'shortest interval every = "auto" may choose'),
+    Option("every_max", EVERY, 1800.0, 'longest interval every = "auto" may choose'),
+    Option("mtbf", EVERY, 21600.0, 'assumed mean time between failures of a fresh job ("auto")'),
     Option("keep_last", COUNT, 3, "newest checkpoints kept (0 = keep all)"),
     Option("keep_best", COUNT, 0, "best checkpoints kept by best_metric"),
     Option("best_metric", STRING, None, "metric name in the manifest that ranks checkpoints"),
@@ -102,7 +111,13 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option(
         "stop_signal", SIGNAL, "SIGTERM", "signal sent to a job without a connected client on stop"
     ),
-    Option("hang_timeout", HANG_TIMEOUT, None, "no ck.step() progress for this long = failed"),
+    Option(
+        "hang_timeout",
+        or_auto(HANG_TIMEOUT),
+        "auto",
+        'no ck.step() progress for this long = hung; "auto": learned from the job',
+    ),
+    Option("hang_min", HANG_TIMEOUT, 30.0, 'lowest timeout hang_timeout = "auto" may learn'),
     Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
     Option("poll_interval", POLL_INTERVAL, 1.0, 'signal-file polling interval with watch = "poll"'),
     Option("remote", STRING, None, "fsspec URL checkpoints are uploaded to (as [storage].remote)"),
@@ -244,7 +259,10 @@ class JobConfig:
     max_restarts: int = 10
     restart_delay: float = 1.0
     restart_delay_max: float = 60.0
-    every: float | None = None
+    every: float | str | None = None
+    every_min: float = 60.0
+    every_max: float = 1800.0
+    mtbf: float = 21600.0
     keep_last: int = 3
     keep_best: int = 0
     best_metric: str | None = None
@@ -252,7 +270,8 @@ class JobConfig:
     keep_every: float | None = None
     request_signal: str | None = None
     stop_signal: str = "SIGTERM"
-    hang_timeout: float | None = None
+    hang_timeout: float | str | None = "auto"
+    hang_min: float = 30.0
     watch: str = "inotify"
     poll_interval: float = 1.0
     control: ControlConfig = field(default_factory=ControlConfig)
@@ -422,6 +441,8 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
         raise ConfigError("keep_best: needs best_metric to rank checkpoints")
     if values["restart_delay_max"] < values["restart_delay"]:
         raise ConfigError("restart_delay_max: must not be below restart_delay")
+    if values["every_max"] < values["every_min"]:
+        raise ConfigError("every_max: must not be below every_min")
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     run_dir = values["run_dir"] or state_dir or f".ckptd/{name}"
     values.update(

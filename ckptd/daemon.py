@@ -8,7 +8,7 @@ import signal
 import sys
 from dataclasses import asdict
 
-from . import exit_codes, log
+from . import __version__, exit_codes, log
 from .arbiter import Arbiter
 from .checkpoint_lock import CheckpointDirLock
 from .config import JobConfig
@@ -94,9 +94,10 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
         config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan,
         metrics=metrics,
     )  # fmt: skip
-    log.get_logger().info(
+    events.emit(
         "ckptd.started",
         pid=os.getpid(),
+        version=__version__,
         run_dir=str(run_dir.path),
         checkpoint_dir=str(config.checkpoint_dir),
         request_checkpoint=f"ckptd checkpoint --run-dir {run_dir.path}  (or: touch "
@@ -104,6 +105,8 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
         stop=f"ckptd stop --run-dir {run_dir.path}  (or: kill -TERM {os.getpid()})",
         subreaper=subreaper,
     )
+    if arbiter.health.load_problem:
+        events.emit("hang.budget_ignored", level="warning", why=arbiter.health.load_problem)
     try:
         return arbiter.run()
     finally:

@@ -17,11 +17,13 @@ from pathlib import Path
 import psutil
 
 from ckptd_client import protocol
+from ckptd_client._stacks import ENV_STACKS_FILE
 from ckptd_client.manifest import remove_temporaries
 from ckptd_client.store import Checkpoint, newest_valid
 
 from . import retention
 from .config import JobConfig
+from .health import stacks_file
 from .run_dir import Orphan, RunDir, RunDirError
 from .trainer import Trainer
 
@@ -100,6 +102,7 @@ class Launcher:
             protocol.ENV_ATTEMPT: str(self.attempt),
             protocol.ENV_RUN_DIR: str(self.run_dir.path),
             protocol.ENV_JOB: self.config.name,
+            ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }
 
     def _take_job_lock(self) -> list[int]:

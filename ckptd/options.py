@@ -146,6 +146,18 @@ def duration(minimum: float, *, why: str = "") -> Kind:
     return Kind(f"duration, {bound}", check, check)
 
 
+def or_auto(kind: Kind) -> Kind:
+    """``kind``, or the word ``"auto"`` (ckptd chooses the value from what it measures)."""
+
+    def check(value: Any) -> Any:
+        return "auto" if value == "auto" else kind.check(value)
+
+    def parse_text(text: str) -> Any:
+        return "auto" if text == "auto" else kind.parse_text(text)
+
+    return Kind(f'"auto" or {kind.describe}', check, parse_text)
+
+
 SIGNAL = Kind("signal name", parse_signal, parse_signal)
 STRING_LIST = Kind("list of strings", _string_list, lambda text: [text])
 STRING_MAP = Kind("table of strings", _string_map, _env_pairs)

@@ -158,6 +158,11 @@ def status(args: argparse.Namespace) -> int:
             if (p := result.get("preemption"))
             else []
         ),
+        *(
+            [("goodput", f"{g['ratio']:.1%} (productive {_age(g.get('productive'))})")]
+            if (g := result.get("goodput"))
+            else []
+        ),
         ("uptime", _age(result["uptime"])),
         ("run dir", result["run_dir"]),
     ]

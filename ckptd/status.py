@@ -57,6 +57,9 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
             "deadline": arbiter.preemption.deadline,
             "seconds_left": round(arbiter.preemption.deadline - wall, 3),
         },
+        "hang_timeouts": arbiter.health.budgets(),
+        "interval": arbiter.interval.choice.to_json() if arbiter.interval is not None else None,
+        "goodput": arbiter.goodput.latest.to_json() if arbiter.goodput.latest else None,
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }

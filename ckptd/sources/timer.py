@@ -14,6 +14,12 @@ class PeriodicTimer:
         """Start a new period at ``now`` (a launch, or a commit from any source)."""
         self._due = None if self.every is None else now + self.every
 
+    def retime(self, every: float, now: float) -> None:
+        """A new interval: it applies from the next reset, and sooner when it is shorter."""
+        self.every = every
+        if self._due is not None:
+            self._due = min(self._due, now + every)
+
     def pause(self) -> None:
         self._due = None
 

@@ -23,6 +23,7 @@ from . import protocol
 from ._channels import DaemonChannel, StandaloneChannel
 from ._client import Client
 from ._digest import HashingWriter as create
+from ._stacks import register_dump
 from .manifest import CommitError, remove_temporaries
 from .store import Checkpoint, inspect, newest_valid
 
@@ -54,6 +55,7 @@ def connect(
             raise RuntimeError(
                 f"ckptd_client: resume checkpoint {resume_path} is invalid: {resume.reason}"
             )
+        register_dump()  # so that a hang can be explained before the job is killed
         channel = DaemonChannel(endpoint, rank=int(env.get("RANK", "0") or 0))
         return Client(channel, ckpt_dir, resume, standalone=False)
     remove_temporaries(ckpt_dir, only_dead_writers=True)  # another process may be saving there

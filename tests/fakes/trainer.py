@@ -7,6 +7,7 @@ Records: {"event": "start", "attempt", "resume_step", "pid"}, {"event": "saved",
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=0, help="save unasked every N steps")
     parser.add_argument("--hang-at", type=int, default=None)
     parser.add_argument("--hang-attempts", type=int, default=1, help="hang only on attempts below")
+    parser.add_argument(
+        "--hang-gil", action="store_true", help="hang inside a C call that holds the GIL"
+    )
     parser.add_argument("--fail-save", action="store_true", help="raise inside every save")
     parser.add_argument("--workers", type=int, default=0, help="fork data-loader-like workers")
     parser.add_argument("--background", action="store_true", help="save with checkpoint_async")
@@ -68,6 +72,8 @@ def main() -> None:
             sys.exit(1)
         if args.hang_at is not None and step == args.hang_at and attempt < args.hang_attempts:
             note("hang", step=step)
+            if args.hang_gil:
+                ctypes.PyDLL(None).sleep(3600)  # libc sleep(3) called with the GIL held
             while True:
                 time.sleep(1)
         ck.step(step)
