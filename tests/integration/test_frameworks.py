@@ -52,13 +52,14 @@ class Framework:
     extra: str
     example: str
     saved_step: Callable[[Path], int]  # the global step as the framework recorded it in its save
+    own_saves: str = ""  # where the framework's own save lands before ckptd moves it (a glob)
 
     def __str__(self) -> str:
         return self.extra
 
 
 FRAMEWORKS = [
-    Framework("transformers", "transformers", "train_hf.py", _hf_step),
+    Framework("transformers", "transformers", "train_hf.py", _hf_step, "hf_output/checkpoint-*"),
     Framework("lightning", "lightning", "train_lightning.py", _lightning_step),
     Framework("keras", "keras", "train_keras.py", _keras_step),
 ]
@@ -131,6 +132,9 @@ def test_framework_saves_on_request_resumes_after_kill_and_saves_on_sigterm(
     final = job.events("checkpoint.committed")[-1]
     assert stopped == [final["step"]]
     assert framework.saved_step(Path(final["path"])) == final["step"]
+    if framework.own_saves:  # moved into the commits, not copied
+        assert (job.base / framework.own_saves).parent.is_dir()
+        assert not list(job.base.glob(framework.own_saves))
     listed = json.loads(_ckptd("list", str(job.checkpoint_dir), "--json", "--verify").stdout)
     validity = {c["step"]: c["valid"] for c in listed}
     assert validity[final["step"]] and validity[first["step"]]
