@@ -3,7 +3,8 @@
 Owned by the arbiter and called only from its thread. At most one request is
 outstanding; later ones join it. A request that finds no client connected is
 held and delivered when one connects (or, for a job without the client,
-forwarded as ``request_signal``).
+forwarded as ``request_signal``). The ranks of a torchrun group agree on the
+step of each request and commit one shared directory (see ``rank_group``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .config import JobConfig
 from .control_server import Waiter
 from .events import EventLog
 from .job_channel import JobChannel, Peer
+from .rank_group import Agreement, RankGroup
 from .requests import Origin, Request
 from .run_dir import CHECKPOINT_FILE, RunDir
 from .trainer import Trainer
@@ -35,6 +37,12 @@ class Outstanding:
     deadline: float | None = None  # wall-clock, as the client sees it
     delivered: bool = False
     waiters: list[Waiter] = field(default_factory=list)
+    agreement: Agreement = field(default_factory=Agreement)
+    aliases: set[str] = field(default_factory=set)  # group: earlier requests it joined
+    joins: str | None = None
+
+    def answers(self, ids: list[str]) -> bool:
+        return self.id in ids or bool(self.aliases.intersection(ids))
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class CheckpointDesk:
         self.outstanding: Outstanding | None = None
         self.last_commit: dict[str, Any] | None = None
         self.newest_step: int | None = None
+        self.group = RankGroup(channel, events)
         self._warned_undeliverable = False
 
     @property
@@ -98,9 +107,14 @@ class CheckpointDesk:
     ) -> bool:
         """Replace the outstanding request by a final one; return whether a client got it."""
         final = Outstanding(rid, reason, {origin}, final=True, save=save, deadline=deadline)
-        if self.outstanding is not None:
-            final.origins |= self.outstanding.origins
-            final.waiters += self.outstanding.waiters  # answered by the final save
+        earlier = self.outstanding
+        if earlier is not None:
+            final.origins |= earlier.origins
+            final.waiters += earlier.waiters  # answered by the final save
+            if earlier.delivered and self.group.active:
+                # Ranks may be saving it at its agreed step already: the final joins that save.
+                final.agreement, final.joins = earlier.agreement, earlier.id
+                final.aliases = earlier.aliases | {earlier.id}
         self.outstanding = final
         return self._deliver(final, None)
 
@@ -111,13 +125,29 @@ class CheckpointDesk:
 
     def job_exited(self) -> None:
         """The job ended: a final request ends with it; a plain one waits for the next job."""
+        self.group.reset()
         if self.outstanding is None:
             return
         if self.outstanding.final:
             self._finish(self.outstanding.id, error="the job exited before the checkpoint")
         else:
             self.outstanding.delivered = False
+            self.outstanding.agreement = Agreement()
+            self.outstanding.aliases.clear()
         self._warned_undeliverable = False
+
+    def on_propose(self, peer: Peer, message: dict[str, Any]) -> None:
+        """A rank's step when request ``id`` reached it; the agreed step once all ranks sent one."""
+        rid, current = message.get("id"), self.outstanding
+        if current is None or not isinstance(rid, str) or not current.answers([rid]):
+            self.channel.send(peer, "done", id=rid, path=None, step=None)  # answered already
+            return
+        self.group.propose(current.agreement, current.id, peer, message.get("step"))
+
+    def on_written(self, peer: Peer, message: dict[str, Any]) -> None:
+        step = message.get("step")
+        if isinstance(step, int):
+            self.group.written(peer, step)
 
     def on_committed(self, peer: Peer, message: dict[str, Any]) -> Acknowledged:
         ids: list[str] = message.get("ids") or []
@@ -125,6 +155,7 @@ class CheckpointDesk:
         reused = bool(message.get("reused"))
         self.events.emit(
             "checkpoint.committed",
+            rank=peer.rank,
             request_id=self._primary(ids),
             request_ids=ids,
             path=message.get("path"),
@@ -144,26 +175,42 @@ class CheckpointDesk:
             "seconds": message.get("seconds"),
         }
         final = (
-            self.outstanding is not None and self.outstanding.final and self.outstanding.id in ids
+            self.outstanding is not None
+            and self.outstanding.final
+            and self.outstanding.answers(ids)
         )
+        if peer.in_group:
+            self.group.committed(peer, step, self._primary(ids), message.get("path"))
         for rid in ids:
-            self.channel.broadcast("done", skip=peer, id=rid, path=message.get("path"), step=step)
+            if not peer.in_group:
+                self.channel.broadcast(
+                    "done", skip=peer, id=rid, path=message.get("path"), step=step
+                )
             self._finish(rid, result={"request_id": rid, **self.last_commit})
         return Acknowledged(final=final, progress=progress)
 
-    def on_failed(self, message: dict[str, Any]) -> Acknowledged:
+    def on_failed(self, message: dict[str, Any], peer: Peer | None = None) -> Acknowledged:
         ids: list[str] = message.get("ids") or []
         error = str(message.get("error"))
+        step = message.get("step")
+        if peer is not None and peer.in_group:
+            if not self.group.failed(peer, step):
+                return Acknowledged()  # another rank reported this save's failure first
+            assert isinstance(step, int)
+            self.group.abort(peer, step, f"rank {peer.rank}: {error}")
         self.events.emit(
             "checkpoint.failed",
             level="error",
+            rank=peer.rank if peer is not None else None,
             request_id=self._primary(ids),
             request_ids=ids,
             step=message.get("step"),
             error=error,
         )
         final = (
-            self.outstanding is not None and self.outstanding.final and self.outstanding.id in ids
+            self.outstanding is not None
+            and self.outstanding.final
+            and self.outstanding.answers(ids)
         )
         for rid in ids:
             self._finish(rid, error=error)
@@ -211,7 +258,7 @@ class CheckpointDesk:
     def _finish(self, rid: str, *, result: dict[str, Any] | None = None, error: str = "") -> None:
         """The outstanding request ``rid`` is answered: tell its waiters, clear its file."""
         current = self.outstanding
-        if current is None or current.id != rid:
+        if current is None or not current.answers([rid]):
             return
         for waiter in current.waiters:
             if result is not None:
@@ -235,6 +282,7 @@ class CheckpointDesk:
             "deadline": outstanding.deadline,
             "final": outstanding.final,
             "save": outstanding.save,
+            "joins": outstanding.joins,
         }
 
 

@@ -29,6 +29,15 @@ class Peer:
     pid: int | None = None
     rank: int | None = None
     known: bool = False  # the arbiter has seen it (a reconnected client may skip its hello)
+    local_world_size: int | None = None  # set by a rank of a torchrun group: ranks on this node
+    world_size: int | None = None
+    step: int | None = None
+    last_report: float | None = None  # wall-clock time of its last message
+
+    @property
+    def in_group(self) -> bool:
+        """A rank that takes requests at an agreed step and saves into a shared directory."""
+        return self.local_world_size is not None
 
 
 class JobChannel:
@@ -67,9 +76,14 @@ class JobChannel:
                 self._warn("job_channel.bad_message", reason=problem)
                 continue
             peer = self.peers.setdefault(identity, Peer(identity))
+            peer.last_report = time.time()
+            if isinstance(message.get("step"), int):
+                peer.step = message["step"]
             if message["type"] == "hello":
                 peer.pid = _int_or_none(message.get("pid"))
                 peer.rank = _int_or_none(message.get("rank"))
+                peer.world_size = _size_or_none(message.get("world_size"))
+                peer.local_world_size = _size_or_none(message.get("local_world_size"))
             elif message["type"] == "bye":
                 self.peers.pop(identity, None)
             received.append((peer, message))
@@ -92,6 +106,14 @@ class JobChannel:
             for peer in list(self.peers.values())
             if peer is not skip
         )
+
+    def group(self) -> list[Peer]:
+        """The connected ranks of a torchrun group, by rank."""
+        return sorted((p for p in self.peers.values() if p.in_group), key=lambda p: p.rank or 0)
+
+    def group_size(self) -> int:
+        """How many ranks of the group this daemon expects (its node's), 0 without a group."""
+        return max((p.local_world_size or 0 for p in self.peers.values()), default=0)
 
     def forget_peers(self) -> None:
         """The job's processes are gone: whoever connects next is a new peer."""
@@ -118,6 +140,11 @@ def _field_problem(message: dict[str, Any]) -> str | None:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         return "ids is not a list of strings"
     return None
+
+
+def _size_or_none(value: Any) -> int | None:
+    size = _int_or_none(value)
+    return size if size is not None and size > 0 else None
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -38,6 +38,17 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
         "restarts_left": arbiter.restarts_left,
         "step": step,
         "clients": len(arbiter.channel.peers),
+        "ranks": [
+            {
+                "rank": peer.rank,
+                "pid": peer.pid,
+                "step": peer.step,
+                "last_report": None
+                if peer.last_report is None
+                else round(max(0.0, wall - peer.last_report), 3),
+            }
+            for peer in sorted(arbiter.channel.peers.values(), key=lambda p: p.rank or 0)
+        ],
         "last_checkpoint": None
         if last is None
         else {

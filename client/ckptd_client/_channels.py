@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import protocol
+from ._group import Group, Outcome
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -85,6 +86,7 @@ class DaemonChannel:
     def __init__(self, endpoint: str, rank: int) -> None:
         self.endpoint = endpoint
         self.rank = rank
+        self.group = Group.from_env(os.environ)  # ranks under torchrun agree on their steps
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -124,7 +126,14 @@ class DaemonChannel:
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.ROUTING_ID, f"{os.getpid()}-{uuid.uuid4().hex[:8]}".encode())
         sock.connect(self.endpoint)
-        sock.send(protocol.encode("hello", pid=os.getpid(), rank=self.rank, step=client._step))
+        sizes = (
+            {"world_size": self.group.world_size, "local_world_size": self.group.local_world_size}
+            if self.group
+            else {}
+        )
+        sock.send(
+            protocol.encode("hello", pid=os.getpid(), rank=self.rank, step=client._step, **sizes)
+        )
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake.read_fd, zmq.POLLIN)
@@ -162,16 +171,30 @@ class DaemonChannel:
                 message = protocol.decode(frame, protocol.DAEMON_TYPES)
             except protocol.ProtocolError:
                 continue  # a daemon of another version: ignore what we cannot read
-            if message["type"] == "request":
+            kind, step = message["type"], _step_or_none(message.get("step"))
+            if kind == "request":
+                joins = message.get("joins")
                 client._on_request(
                     str(message.get("id")),
                     str(message.get("reason", "")),
                     _number_or_none(message.get("deadline")),
                     bool(message.get("final")),
                     message.get("save") is not False,
+                    joins if isinstance(joins, str) else None,
                 )
-            elif message["type"] == "done":
-                client._on_done(str(message.get("id")))
+            elif kind == "done":
+                path = message.get("path")
+                client._on_done(
+                    str(message.get("id")), path if isinstance(path, str) else None, step
+                )
+            elif step is None:
+                continue  # the group messages below all name a step
+            elif kind == "agreed":
+                client._on_agreed(str(message.get("id")), step)
+            elif kind == "commit":
+                client._on_group_outcome(step, Outcome("commit"))
+            elif kind == "aborted":
+                client._on_group_outcome(step, Outcome("aborted", error=str(message.get("error"))))
 
 
 class StandaloneChannel:
@@ -279,6 +302,12 @@ def _remove_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _step_or_none(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _number_or_none(value: Any) -> float | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import manifest
+from ._group import Group, Outcome, Rounds
 from .store import Checkpoint
 
 
@@ -91,6 +92,8 @@ class Client:
         self._in_flight: threading.Thread | None = None
         self._final_in_flight = False
         self._async_error: BaseException | None = None
+        group: Group | None = getattr(channel, "group", None)
+        self._rounds = Rounds(group, channel.send, lambda: self._step) if group else None
         _live_clients.add(self)
         channel.start(self)
         atexit.register(self.close)  # deliver the last acknowledgements before the process ends
@@ -113,6 +116,8 @@ class Client:
             self._raise_async_error()
         if self._reused_final_at is not None:
             self._check_reused_final()
+        if self._rounds is not None and self._rounds.current is not None:
+            return self._round_due()
         return self._wanted
 
     def should_stop(self) -> bool:
@@ -125,6 +130,8 @@ class Client:
             self.wait()
         if self._reused_final_at is not None:
             self._check_reused_final()
+        if self._rounds is not None and self._rounds.current is not None:
+            self._round_due()
         return self._stop_ready
 
     def deadline(self) -> float | None:
@@ -145,6 +152,10 @@ class Client:
         if self._inert:
             raise RuntimeError("ckptd_client: checkpoint() in a forked child process")
         self.wait()
+        if self._rounds is not None:
+            with self._group_checkpoint(self._rounds, step, metrics) as shared:
+                yield shared
+            return
         claimed = self._claim(step)
         temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
         self._channel.send("started", ids=claimed, step=step)
@@ -175,6 +186,9 @@ class Client:
         if self._inert:
             raise RuntimeError("ckptd_client: checkpoint_async() in a forked child process")
         self.wait()
+        if self._rounds is not None:
+            self._group_checkpoint_async(self._rounds, step, write, metrics)
+            return
         claimed = self._claim(step)
         with self._lock:
             self._final_in_flight = any(
@@ -207,6 +221,8 @@ class Client:
             self._in_flight.join()
         self._closed = True
         atexit.unregister(self.close)
+        if self._rounds is not None:
+            self._rounds.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -236,6 +252,128 @@ class Client:
             step, _commit_record(path, step, metrics, written.size, time.monotonic() - began)
         )
 
+    # -- a rank group (torchrun): one agreed step, one shared directory -----------------
+
+    @property
+    def in_group(self) -> bool:
+        """This process is one rank of a torchrun group (``WORLD_SIZE`` > 1) under ckptd."""
+        return self._rounds is not None
+
+    def shared_directory(self, step: int) -> Path:
+        """The directory every rank of the group gets from ``checkpoint(step)``, created now.
+
+        For helpers that must start writing before ``checkpoint_async`` (DCP's
+        ``async_save`` plans on the calling thread); outside a group there is none.
+        """
+        if self._rounds is None:
+            raise RuntimeError("ckptd_client: shared_directory() needs torchrun's WORLD_SIZE > 1")
+        return self._rounds.group.shared_dir(self.checkpoint_dir, step)
+
+    def _round_due(self) -> bool:
+        assert self._rounds is not None
+        save, stop = self._rounds.due(self._step)
+        if stop:
+            self._stop_ready = True
+        return save
+
+    @contextmanager
+    def _group_checkpoint(
+        self, rounds: Rounds, step: int, metrics: dict[str, Any]
+    ) -> Iterator[Path]:
+        ids, _ = rounds.claim(step)
+        shared = rounds.group.shared_dir(self.checkpoint_dir, step)
+        self._channel.send("started", ids=ids, step=step)
+        began = time.monotonic()
+        try:
+            yield shared
+        except BaseException as exc:
+            shutil.rmtree(shared, ignore_errors=True)
+            self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
+            raise
+        self._finish_group_save(rounds, step, metrics, ids, shared, began)
+
+    def _group_checkpoint_async(
+        self,
+        rounds: Rounds,
+        step: int,
+        write: Callable[[Path], None],
+        metrics: dict[str, Any],
+    ) -> None:
+        ids, final = rounds.claim(step)
+        self._final_in_flight = final
+        shared = rounds.group.shared_dir(self.checkpoint_dir, step)
+        self._channel.send("started", ids=ids, step=step)
+        self._in_flight = threading.Thread(
+            target=self._save_group_in_background,
+            args=(rounds, step, write, metrics, ids, shared),
+            name="ckptd-save",
+        )
+        self._in_flight.start()
+
+    def _save_group_in_background(
+        self,
+        rounds: Rounds,
+        step: int,
+        write: Callable[[Path], None],
+        metrics: dict[str, Any],
+        ids: list[str],
+        shared: Path,
+    ) -> None:
+        began = time.monotonic()
+        try:
+            try:
+                write(shared)
+            except BaseException as exc:
+                shutil.rmtree(shared, ignore_errors=True)
+                self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
+                raise
+            self._finish_group_save(rounds, step, metrics, ids, shared, began)
+        except BaseException as exc:  # reported already; raised in the training thread
+            self._async_error = exc
+
+    def _finish_group_save(
+        self,
+        rounds: Rounds,
+        step: int,
+        metrics: dict[str, Any],
+        ids: list[str],
+        shared: Path,
+        began: float,
+    ) -> None:
+        """This rank's part is written: wait for the others, then commit once or hear who did."""
+        self._channel.send("written", ids=ids, step=step)
+        outcome = rounds.await_outcome(step)
+        if outcome.kind == "aborted":
+            shutil.rmtree(shared, ignore_errors=True)
+            self._group_failed(rounds, ids, step, outcome.error, report=False)
+            raise manifest.CommitError(f"checkpoint of step {step} not committed: {outcome.error}")
+        if outcome.kind == "done":
+            path, size = Path(outcome.path or ""), 0
+            report = False
+        else:
+            try:
+                path, written = manifest.commit(shared, step, metrics)
+            except BaseException as exc:
+                self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
+                raise
+            size, report = written.size, True
+        record = _commit_record(path, step, metrics, size, time.monotonic() - began)
+        with self._lock:
+            if rounds.finish(ids):
+                self._stop_ready = True
+            self._last_commit = record
+            if report:
+                self._channel.send("committed", ids=ids, **record)
+
+    def _group_failed(
+        self, rounds: Rounds, ids: list[str], step: int, error: str, *, report: bool
+    ) -> None:
+        with self._lock:
+            if rounds.finish(ids):
+                self._stop_ready = True
+            if report:
+                self._channel.send("failed", ids=ids, step=step, error=error)
+
     def _raise_async_error(self) -> None:
         error, self._async_error = self._async_error, None
         if error is not None:
@@ -244,13 +382,23 @@ class Client:
     # -- called by the channel thread ------------------------------------------------
 
     def _on_request(
-        self, rid: str, reason: str, deadline: float | None, final: bool, save: bool = True
+        self,
+        rid: str,
+        reason: str,
+        deadline: float | None,
+        final: bool,
+        save: bool = True,
+        joins: str | None = None,
     ) -> None:
         with self._lock:
             if deadline is not None:
                 self._deadline = (
                     deadline if self._deadline is None else min(self._deadline, deadline)
                 )
+            if self._rounds is not None:
+                if self._rounds.on_request(rid, final, save, joins) and final:
+                    self._stop_ready = True
+                return
             if final and not save:
                 self._stop_ready = True  # a stop without a final checkpoint
                 return
@@ -280,8 +428,22 @@ class Client:
             self._wanted = True
             self._stop_ready = False
 
-    def _on_done(self, rid: str) -> None:
+    def _on_agreed(self, rid: str, step: int) -> None:
+        if self._rounds is not None:
+            self._rounds.on_agreed(rid, step)
+
+    def _on_group_outcome(self, step: int, outcome: Outcome) -> None:
+        if self._rounds is not None:
+            self._rounds.on_outcome(step, outcome)
+
+    def _on_done(self, rid: str, path: str | None = None, step: int | None = None) -> None:
         """Another rank committed ``rid``: it no longer needs this process."""
+        if self._rounds is not None:
+            if step is not None:
+                self._rounds.on_outcome(step, Outcome("done", path))
+            elif self._rounds.finish([rid]):  # the daemon holds no such request any more
+                self._stop_ready = True
+            return
         with self._lock:
             request = self._pending.pop(rid, None)
             self._wanted = bool(self._pending)

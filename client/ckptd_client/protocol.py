@@ -5,17 +5,28 @@ version) and ``"type"``. The daemon binds a ROUTER socket; each training
 process connects one DEALER socket.
 
 Client to daemon:
-  ``hello``      {pid, rank, step}            first message after connecting
+  ``hello``      {pid, rank, step, world_size, local_world_size}
+                                               first message after connecting; the world
+                                               sizes only under torchrun (a rank group)
   ``step``       {step}                        progress heartbeat, rate limited
   ``started``    {ids, step}                   a checkpoint save began
   ``committed``  {ids, step, path, metrics, bytes, seconds}
   ``failed``     {ids, step, error}
+  ``propose``    {id, step}                    group: the step this rank had reached when
+                                               request ``id`` arrived
+  ``written``    {ids, step}                   group: this rank's part of the shared
+                                               directory of ``step`` is written
   ``bye``        {}                            the process is closing the channel
 
 Daemon to client:
-  ``request``    {id, reason, deadline, final} a checkpoint is wanted; ``final``
-                                               means stop after it
-  ``done``       {id, path, step}              another rank committed ``id``
+  ``request``    {id, reason, deadline, final, save, joins}
+                                               a checkpoint is wanted; ``final`` means stop
+                                               after it; ``joins``: the earlier request of
+                                               the group whose agreed save answers it too
+  ``agreed``     {id, step}                    group: every rank saves request ``id`` at ``step``
+  ``commit``     {step}                        group: every rank has written ``step``; commit it
+  ``aborted``    {step, error}                 group: a rank failed, ``step`` is not committed
+  ``done``       {id, path, step}              another rank committed ``id`` (group: ``step``)
 """
 
 from __future__ import annotations
@@ -33,8 +44,18 @@ ENV_ATTEMPT = "CKPTD_ATTEMPT"
 ENV_RUN_DIR = "CKPTD_RUN_DIR"
 ENV_JOB = "CKPTD_JOB"
 
-CLIENT_TYPES = frozenset({"hello", "step", "started", "committed", "failed", "bye"})
-DAEMON_TYPES = frozenset({"request", "done"})
+# Set by torchrun (torch.distributed.elastic) for each worker; a rank group when WORLD_SIZE > 1.
+ENV_RANK = "RANK"
+ENV_WORLD_SIZE = "WORLD_SIZE"
+ENV_LOCAL_RANK = "LOCAL_RANK"
+ENV_LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+ENV_RUN_ID = "TORCHELASTIC_RUN_ID"
+ENV_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
+
+CLIENT_TYPES = frozenset(
+    {"hello", "step", "started", "committed", "failed", "propose", "written", "bye"}
+)
+DAEMON_TYPES = frozenset({"request", "agreed", "commit", "aborted", "done"})
 
 MAX_MESSAGE_BYTES = 64 * 1024
 

@@ -6,7 +6,16 @@
     restored = ckptd_client.torch.load(ck)          # None on a fresh start
 
 Each top-level key of ``state`` becomes one file (``model.pt``, ``optimizer.pt``, ...),
-so files are hashed in parallel and can be loaded separately. ``save_async`` returns
+so files are hashed in parallel and can be loaded separately.
+
+Sharded states (FSDP, DTensor, or any state every rank holds part of) go through
+``torch.distributed.checkpoint`` (DCP), in DCP's own format and with its planner, into the
+one directory every rank of a torchrun group shares; ``load_sharded`` reshards on load:
+
+    state = {"model": model.state_dict()}                     # on every rank, at the agreed step
+    ckptd_client.torch.save_sharded(ck, step, state)          # or save_sharded_async(...)
+    ckptd_client.torch.load_sharded(ck, state)                # in place; False on a fresh start
+ ``save_async`` returns
 after a snapshot: every tensor is copied to CPU memory (pinned when CUDA is present)
 and everything else deep-copied, so training may change the originals at once. The
 snapshot's host memory is kept and reused by the next snapshot of the same shapes
@@ -29,7 +38,15 @@ from ._client import Client
 from ._digest import HashingWriter
 from .store import Checkpoint
 
-__all__ = ["load", "save", "save_async", "snapshot"]
+__all__ = [
+    "load",
+    "load_sharded",
+    "save",
+    "save_async",
+    "save_sharded",
+    "save_sharded_async",
+    "snapshot",
+]
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -114,6 +131,116 @@ def load(
         file.stem: torch.load(file, map_location=map_location, weights_only=weights_only)
         for file in sorted(path.glob("*.pt"))
     }
+
+
+def save_sharded(
+    ck: Client,
+    step: int,
+    state_dict: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    *,
+    process_group: Any = None,
+) -> None:
+    """Every rank: write its shards of ``state_dict`` with DCP; the checkpoint commits once all did.
+
+    DCP's ``.metadata`` and ``__<rank>_<n>.distcp`` files land in the shared directory and
+    are all in the manifest. A failure on any rank raises on every rank; nothing commits.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    with ck.checkpoint(step, metrics=metrics) as directory:
+        dcp.save(
+            state_dict,
+            checkpoint_id=directory,
+            process_group=process_group,
+            no_dist=not _distributed(),
+        )
+
+
+def save_sharded_async(
+    ck: Client,
+    step: int,
+    state_dict: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    *,
+    process_group: Any = None,
+) -> None:
+    """Every rank: ``dcp.async_save`` into the shared directory; returns once DCP has staged.
+
+    The upload and the commit run in the background (``ck.wait()`` or the next save waits
+    for them; a failure is raised by the next client call, as with ``checkpoint_async``).
+    DCP's background collectives run on a gloo group of their own (made once, by every
+    rank at its first call) unless ``process_group`` is given, so they never interleave
+    with training's collectives. Outside a torchrun group the state is snapshotted and
+    written with ``dcp.save`` on the background thread.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    ck.wait()
+    if not (_distributed() and ck.in_group):
+        copy_ = snapshot(state_dict)
+        ck.checkpoint_async(
+            step,
+            lambda d: dcp.save(copy_, checkpoint_id=d, no_dist=not _distributed()),
+            metrics=metrics,
+        )
+        return
+    directory = ck.shared_directory(step)
+    try:
+        pending: Any = dcp.async_save(
+            state_dict, checkpoint_id=directory, process_group=process_group or _save_group()
+        )
+    except Exception as exc:  # reported through the group save, so every rank hears of it
+        error = exc
+
+        def fail(_directory: Path) -> None:
+            raise error
+
+        ck.checkpoint_async(step, fail, metrics=metrics)
+        return
+    upload = getattr(pending, "upload_completion", pending)  # an AsyncSaveResponse, or a Future
+    ck.checkpoint_async(step, lambda _d: upload.result(), metrics=metrics)
+
+
+def load_sharded(
+    source: Client | Checkpoint | Path | None,
+    state_dict: dict[str, Any],
+    *,
+    process_group: Any = None,
+) -> bool:
+    """Load a DCP checkpoint into ``state_dict`` in place (resharding as needed).
+
+    Returns False (and leaves ``state_dict`` alone) on a fresh start. Every rank gets the
+    same checkpoint: ``restore()`` is the daemon's verified resume point on all of them.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    path = _checkpoint_path(source)
+    if path is None:
+        return False
+    dcp.load(
+        state_dict, checkpoint_id=path, process_group=process_group, no_dist=not _distributed()
+    )
+    return True
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+_save_groups: dict[Any, Any] = {}
+
+
+def _save_group() -> Any:
+    """A gloo process group for DCP's background collectives, one per default group."""
+    import torch.distributed as dist
+
+    default = dist.group.WORLD
+    if default not in _save_groups:
+        _save_groups[default] = dist.new_group(backend="gloo")
+    return _save_groups[default]
 
 
 def _writer(state: Mapping[str, Any]) -> Callable[[Path], None]:

@@ -1,0 +1,123 @@
+"""Ranks under torchrun (gloo on CPU): one agreed step, one complete checkpoint, group restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckptd_client.store import inspect
+
+from conftest import FAKES, Job, wait_for
+
+pytest.importorskip("torch", reason="the rank tests run torchrun, which needs torch")
+
+FAST = ("--restart-delay", "0", "--grace", "60s")
+
+
+def torchrun(*script_args: str, nproc: int = 2) -> list[str]:
+    """torchrun (as ``python -m torch.distributed.run``) around the fake DDP trainer."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",
+        str(FAKES / "ddp_trainer.py"),
+        *script_args,
+    ]
+
+
+def complete(path: Path, files: set[str]) -> None:
+    """``path`` is a checkpoint that verifies in full and holds exactly ``files``."""
+    checkpoint = inspect(path, full=True)
+    assert checkpoint.valid, checkpoint.reason
+    listed = json.loads((path / "ckptd.json").read_text())["files"]
+    assert {entry["path"] for entry in listed} == files
+
+
+def by_rank(job: Job, event: str) -> dict[int, list[dict]]:
+    rows: dict[int, list[dict]] = {}
+    for row in job.records(event):
+        rows.setdefault(row["rank"], []).append(row)
+    return rows
+
+
+def test_request_and_stop_are_taken_by_both_ranks_at_one_step(job: Job) -> None:
+    """A touched CHECKPOINT and then SIGTERM: both ranks save the same step into one checkpoint."""
+    job.start(torchrun("--record", str(job.record)), *FAST)
+    wait_for(lambda: len(job.events("client.connected")) == 2, "both ranks connected")
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_record("saved", 2)
+    saved = {row["rank"]: row["step"] for row in job.records("saved")}
+    assert set(saved) == {0, 1} and len(set(saved.values())) == 1, saved
+    step = saved[0]
+    wait_for(lambda: not (job.run_dir / "CHECKPOINT").exists(), "CHECKPOINT consumed")
+    complete(job.checkpoint_dir / f"step-{step:08d}", {"rank-0.pt", "rank-1.pt"})
+    assert job.events("checkpoint.agreed")[0]["at_step"] == step
+    assert len(job.events("checkpoint.committed")) == 1
+
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "ckptd", "status", "--run-dir", str(job.run_dir), "--json"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert [(r["rank"], r["pid"]) for r in status["ranks"]] == [
+        (row["rank"], row["pid"]) for row in sorted(job.records("start"), key=lambda r: r["rank"])
+    ]
+
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    stops = {row["rank"]: row["step"] for row in job.records("stop")}
+    assert set(stops) == {0, 1} and len(set(stops.values())) == 1, stops
+    final = stops[0]
+    assert final > step
+    complete(job.checkpoint_dir / f"step-{final:08d}", {"rank-0.pt", "rank-1.pt"})
+    assert job.events("job.stopped")[0]["final_checkpoint"] is True
+
+
+def test_killed_rank_restarts_the_group_from_a_complete_checkpoint_bit_exact(
+    job: Job, tmp_path: Path
+) -> None:
+    """SIGKILL of rank 1: the group resumes from the checkpoint both wrote and ends bit-exact."""
+    steps = ("--steps", "150", "--sleep", "0.03")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTD_")}
+    subprocess.run(
+        torchrun("--record", str(reference / "record.jsonl"), "--sleep", "0", steps[0], steps[1]),
+        cwd=reference,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    expected = {
+        row["rank"]: row["digest"]
+        for row in map(json.loads, (reference / "record.jsonl").read_text().splitlines())
+        if row["event"] == "done"
+    }
+    assert set(expected) == {0, 1}
+
+    job.start(torchrun("--record", str(job.record), *steps), *FAST)
+    wait_for(lambda: len(job.events("client.connected")) == 2, "both ranks connected")
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_record("saved", 2)
+    saved = job.records("saved")[0]["step"]
+    os.kill(by_rank(job, "start")[1][0]["pid"], signal.SIGKILL)
+    job.wait_event("job.started", 2)
+    assert job.events("job.started")[1]["resume_step"] == saved
+    job.wait_record("done", 2)
+    assert job.wait() == 0
+    restarts = by_rank(job, "start")
+    assert [row["resume_step"] for row in restarts[0]] == [None, saved]
+    assert [row["resume_step"] for row in restarts[1]] == [None, saved]
+    assert {row["rank"]: row["digest"] for row in job.records("done")} == expected
