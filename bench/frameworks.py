@@ -15,7 +15,10 @@ second of the process (the client's thread included) and per wall-clock second.
 Figures per framework: the median over rounds of with / without (goal >= 0.99), the
 same for the two runs without the callback (the noise floor: a ratio inside it says
 nothing), and the hook alone, timed in a loop as the framework calls it, as a share
-of a step: the callback's own cost, which no noise hides.
+of a step: the callback's own cost, which no noise hides. What the hook does not count
+is the framework's own dispatch of its hooks to one more callback: Lightning calls
+every hook of every callback inside a profiler context, about 15 us per step for any
+callback (a no-op ``L.Callback`` costs the same), 2% of the tiny job's 0.8 ms step.
 """
 
 from __future__ import annotations
