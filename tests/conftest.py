@@ -159,6 +159,21 @@ class Job:
         except subprocess.TimeoutExpired:
             pytest.fail(f"ckptd did not exit within {timeout}s; log tail: {self.log_tail()}")
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``ckptd ARGS --run-dir <this job's run dir>``, its output captured."""
+        return subprocess.run(
+            [sys.executable, "-m", "ckptd", *args, "--run-dir", str(self.run_dir)],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """``ckptd status --json`` of this job (fails the test when it does not answer)."""
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
     def log_tail(self, lines: int = 8) -> str:
         text = self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
         return "\n".join(text.splitlines()[-lines:])

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 from conftest import Job, wait_for
 
 LEARN = ("--hang-min", "1s", "--restart-delay", "0", "--kill-timeout", "1s")
-
-
-def _status(job: Job) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "ckptd", "status", "--json", "--run-dir", str(job.run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_a_hang_is_found_from_the_learned_step_time_with_stacks_and_restarted(job: Job) -> None:
@@ -60,7 +47,7 @@ def test_a_save_ten_times_a_step_is_not_a_hang(job: Job) -> None:
     job.start_fake("--step-time", "0.02", "--save-time", "10", options=LEARN)
     job.wait_event("client.connected")
     learned = wait_for(
-        lambda: (budget := _status(job)["hang_timeouts"])["step"] < 8 and budget,
+        lambda: (budget := job.status()["hang_timeouts"])["step"] < 8 and budget,
         "the step budget to be learned (warm-up and samples)",
     )
     assert learned["mode"] == "auto"
@@ -78,8 +65,8 @@ def test_every_auto_measures_a_save_then_chooses_from_the_numbers(job: Job) -> N
     job.wait_event("checkpoint.committed", timeout=60)
     interval = job.wait_event("checkpoint.interval", timeout=60)
     assert interval["save_cost"] > 0.1 and interval["mtbf"] > 0
-    status = _status(job)["interval"]
+    status = job.status()["interval"]
     assert status["every"] == interval["every"] and status["optimum"] is not None
-    assert _status(job)["goodput"] is not None
+    assert job.status()["goodput"] is not None
     job.signal(signal.SIGTERM)
     assert job.wait() == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -110,25 +109,13 @@ def test_status_shows_the_pending_preemption_deadline(
     job.wait_event("client.connected")
     deadline = metadata.preempt(120.0)
     noticed = job.wait_event("preemption.noticed")
-    result = subprocess.run(
-        [sys.executable, "-m", "ckptd", "status", "--json", "--run-dir", str(job.run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    pending = job.status()["preemption"]
     queried = time.time()
-    pending = json.loads(result.stdout)["preemption"]
     assert pending["provider"] == "aws"
     assert abs(pending["deadline"] - deadline) < 1.5  # AWS gives whole seconds
     answered = pending["deadline"] - pending["seconds_left"]  # the daemon's clock when asked
     assert noticed["time"] - 0.01 <= answered <= queried + 0.01
-    human = subprocess.run(
-        [sys.executable, "-m", "ckptd", "status", "--run-dir", str(job.run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    human = job.cli("status")
     assert "aws terminate: deadline in" in human.stdout, human.stdout
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
