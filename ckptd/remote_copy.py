@@ -64,6 +64,7 @@ class RemoteCopy:
         except Exception as exc:  # each backend rejects bad options in its own way
             raise RemoteUnusable(f"{redact(storage.remote)}: {type(exc).__name__}: {exc}") from None
         self.lease = Lease(self.store)
+        self._prepared = False
         self.uploader = Uploader(
             self.store,
             post,
@@ -76,17 +77,20 @@ class RemoteCopy:
         )
 
     def prepare(self, checkpoint_dir: Path, local: Checkpoint | None) -> RemoteResume:
-        """At a launch: take the lease (once), download a newer remote checkpoint if any.
+        """At the first launch: take the lease, download a newer remote checkpoint if any.
 
         Blocking (network, a full verification); run it off the loop. The returned
         ``checkpoint``, when not None, is newer than ``local`` and is the resume point.
         Raises RemoteUnusable (exit 2); a remote that is down is in ``error`` (warn).
+        Later launches (restarts) return at once: everything remote since came from here,
+        and a remote that is down must not delay a relaunch.
         """
-        if self.lease.generation is None:
-            try:
-                self.lease.take()
-            except RemoteError:
-                pass  # down: the first upload takes it
+        if self._prepared:
+            return RemoteResume(newest_remote_step=self.uploader.newest_remote_step)
+        try:
+            self.lease.take()
+        except RemoteError:
+            pass  # down: the first upload takes it
         result = fetch_newer(
             self.store,
             checkpoint_dir,
@@ -95,6 +99,7 @@ class RemoteCopy:
         )
         if result.newest_remote_step is not None:
             self.uploader.note_remote(result.newest_remote_step)
+        self._prepared = True
         return result
 
     def start(self) -> None:

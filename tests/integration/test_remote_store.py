@@ -304,5 +304,6 @@ def test_a_fresh_machine_resumes_from_the_bucket(moto: MotoServer, tmp_path: Pat
     assert resumed is not None and resumed.path == tmp_path / "b" / "step-00000002"
     assert tree(resumed.path) == tree(tmp_path / "a" / "step-00000002")
     assert second.status().newest_remote_step == 2
+    assert second.prepare(tmp_path / "b", resumed) == RemoteResume(newest_remote_step=2)
     with pytest.raises(Fenced):
         first.lease.check()
