@@ -3,8 +3,9 @@
 Every rank trains the same model on its own deterministic batches, saves when the client
 says so (``--format files``: each rank writes ``rank-<r>.pt``; ``dcp``/``dcp-async``: a
 sharded DCP save) and records what it saw in a JSONL file, one object per line with
-``rank``: ``start`` {pid, resume_step}, ``saved`` {step}, ``stop`` {step}, ``done`` {step,
-digest} (the final weights). ``--save-every K`` also saves every K steps unasked.
+``rank``: ``start`` {pid, resume_step}, ``saved`` {step}, ``save_failed`` {step, error},
+``stop`` {step}, ``done`` {step, digest} (the final weights). ``--save-every K`` also saves
+every K steps unasked; ``--fail-rank R`` makes rank R's first save raise after writing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.02)
     parser.add_argument("--format", choices=("files", "dcp", "dcp-async"), default="files")
     parser.add_argument("--save-every", type=int, default=0)
+    parser.add_argument("--fail-rank", type=int, default=-1)
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -73,8 +75,13 @@ def main() -> None:
         time.sleep(args.sleep)
         ck.step(step)
         if ck.should_checkpoint() or (args.save_every and (step + 1) % args.save_every == 0):
-            save(ck, step, args.format, model, optimizer, rank)
-            record("saved", step=step)
+            try:
+                save(ck, step, args.format, model, optimizer, rank, fail=rank == args.fail_rank)
+            except Exception as exc:
+                record("save_failed", step=step, error=str(exc))
+            else:
+                record("saved", step=step)
+            args.fail_rank = -1
         if ck.should_stop():
             record("stop", step=step)
             break
@@ -85,11 +92,13 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-def save(ck: Any, step: int, fmt: str, model: Any, optimizer: Any, rank: int) -> None:
+def save(ck: Any, step: int, fmt: str, model: Any, optimizer: Any, rank: int, fail: bool) -> None:
     if fmt == "files":
         with ck.checkpoint(step) as directory:
             state = {"model": model.module.state_dict(), "optimizer": optimizer.state_dict()}
             torch.save(state, directory / f"rank-{rank}.pt")
+            if fail:
+                raise OSError("injected: disk full")
         return
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}

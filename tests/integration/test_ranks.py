@@ -121,3 +121,23 @@ def test_killed_rank_restarts_the_group_from_a_complete_checkpoint_bit_exact(
     assert [row["resume_step"] for row in restarts[0]] == [None, saved]
     assert [row["resume_step"] for row in restarts[1]] == [None, saved]
     assert {row["rank"]: row["digest"] for row in job.records("done")} == expected
+
+
+def test_a_failing_rank_fails_the_save_on_every_rank_and_nothing_commits(job: Job) -> None:
+    """Rank 1's save raises: both ranks get the error, no checkpoint commits; the next one does."""
+    job.start(torchrun("--record", str(job.record), "--fail-rank", "1"), *FAST)
+    wait_for(lambda: len(job.events("client.connected")) == 2, "both ranks connected")
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_record("save_failed", 2)
+    failed = {row["rank"]: row for row in job.records("save_failed")}
+    assert "injected: disk full" in failed[1]["error"]
+    assert "rank 1" in failed[0]["error"] and "injected: disk full" in failed[0]["error"]
+    assert failed[0]["step"] == failed[1]["step"]
+    wait_for(lambda: not (job.run_dir / "CHECKPOINT").exists(), "CHECKPOINT consumed")
+    assert len(job.events("checkpoint.failed")) == 1
+    assert not list(job.checkpoint_dir.glob("step-*"))
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    final = job.records("stop")[0]["step"]
+    complete(job.checkpoint_dir / f"step-{final:08d}", {"rank-0.pt", "rank-1.pt"})
+    assert not list(job.checkpoint_dir.glob(".tmp-*"))
