@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 HEARTBEAT_INTERVAL = 0.1
 JOIN_TIMEOUT = 5.0  # close() waits this long for the channel thread, then leaves it to end alone
 _POLL_MS = 200
+_NODES_POLL_MS = 50  # ranks of several nodes look for each other's requests in the store
 _FILE_POLL_SECONDS = 0.25
 
 
@@ -138,9 +139,10 @@ class DaemonChannel:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake.read_fd, zmq.POLLIN)
         sent_step, sent_at = client._step, 0.0
+        poll_ms = _NODES_POLL_MS if self.group and self.group.nodes else _POLL_MS
         try:
             while True:
-                ready = dict(poller.poll(_POLL_MS))
+                ready = dict(poller.poll(poll_ms))
                 if self._wake.read_fd in ready:
                     self._wake.drain()
                 if sock in ready:
@@ -152,6 +154,7 @@ class DaemonChannel:
                         break
                 if self._closing:
                     return
+                client._poll_group()
                 step, now = client._step, time.monotonic()
                 if step != sent_step and now - sent_at >= HEARTBEAT_INTERVAL:
                     sock.send(protocol.encode("step", step=step))

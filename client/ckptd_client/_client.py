@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from . import manifest
 from ._group import Group, Outcome, Rounds
+from ._group_store import StoreRounds
 from .store import Checkpoint
 
 
@@ -93,7 +94,10 @@ class Client:
         self._final_in_flight = False
         self._async_error: BaseException | None = None
         group: Group | None = getattr(channel, "group", None)
-        self._rounds = Rounds(group, channel.send, lambda: self._step) if group else None
+        self._rounds: Rounds | None = None
+        if group is not None:
+            kind = StoreRounds if group.nodes else Rounds
+            self._rounds = kind(group, channel.send, lambda: self._step)
         _live_clients.add(self)
         channel.start(self)
         atexit.register(self.close)  # deliver the last acknowledgements before the process ends
@@ -427,6 +431,10 @@ class Client:
             )
             self._wanted = True
             self._stop_ready = False
+
+    def _poll_group(self) -> None:
+        if self._rounds is not None:
+            self._rounds.poll()
 
     def _on_agreed(self, rid: str, step: int) -> None:
         if self._rounds is not None:

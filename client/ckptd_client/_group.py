@@ -28,6 +28,11 @@ class Group:
     local_world_size: int
     run_id: str
 
+    @property
+    def nodes(self) -> bool:
+        """Ranks run on more than one node (more than one daemon)."""
+        return self.world_size > self.local_world_size
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Group | None:
         """The group described by torchrun's variables; None outside torchrun or for one rank."""
@@ -135,6 +140,9 @@ class Rounds:
         with self._cond:
             self._outcomes[step] = outcome
             self._cond.notify_all()
+
+    def poll(self) -> None:
+        """Called by the channel thread on every turn; the daemon alone agrees for one node."""
 
     def close(self) -> None:
         with self._cond:

@@ -1,0 +1,159 @@
+"""Ranks on several nodes: requests and the agreed step go through torch.distributed's store.
+
+Each node's daemon sees only its own ranks, so the node's ``LOCAL_RANK`` 0 publishes its
+daemon's requests, numbered, in the store torchrun gives every worker
+(``MASTER_ADDR:MASTER_PORT``: the rendezvous store). Every rank of every node takes them
+in that order, writes the step it had reached, and computes, once all ``WORLD_SIZE``
+proposals are in, the same agreed step: the highest + 1. Requests agreed on the same step
+are one save. All store traffic runs on the channel thread every :data:`POLL` seconds,
+never inside training's calls, and only while torch is imported by the script already.
+Each node commits its own ranks' part into its own checkpoint directory (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+from ._group import Round, Rounds
+
+POLL = 0.05
+_CONNECT_TIMEOUT = timedelta(seconds=2)
+
+
+class StoreRounds(Rounds):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._entries: dict[int, Round] = {}  # by sequence number in the store
+        self._to_publish: list[dict[str, Any]] = []
+        self._next = 1
+        self._store: Any = None
+        self._polled = 0.0
+        self._warned = False
+
+    # -- the channel thread ------------------------------------------------------------
+
+    def on_request(self, rid: str, final: bool, save: bool, joins: str | None) -> bool:
+        if self.group.local_rank == 0:  # one publisher per node: the daemon asked every rank
+            with self._cond:
+                self._to_publish.append({"id": rid, "final": final, "save": save})
+        return False
+
+    def on_agreed(self, rid: str, step: int) -> None:
+        """The daemon's agreement covers one node only: the store's is the one that counts."""
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if now - self._polled < POLL:
+            return
+        self._polled = now
+        store = self._connect()
+        if store is None:
+            return
+        try:
+            self._exchange(store)
+        except Exception as exc:  # the store's host (node 0's torchrun) is gone: retry later
+            self._store = None
+            self._warn(f"the rendezvous store failed: {exc}")
+
+    def _exchange(self, store: Any) -> None:
+        with self._cond:
+            publish, self._to_publish = self._to_publish, []
+        for request in publish:
+            seq = store.add("seq", 1)
+            store.set(f"request/{seq}", json.dumps(request))
+        last = store.add("seq", 0)
+        while self._next <= last and store.check([f"request/{self._next}"]):
+            request = json.loads(store.get(f"request/{self._next}"))
+            entry = self._open(self._next, request)
+            store.set(f"proposal/{self._next}/{self.group.rank}", str(entry.proposed))
+            self._next += 1
+        for seq, entry in list(self._entries.items()):
+            if entry.agreed is not None:
+                continue
+            keys = [f"proposal/{seq}/{rank}" for rank in range(self.group.world_size)]
+            if not store.check(keys):
+                continue
+            agreed = max(int(value) for value in store.multi_get(keys)) + 1
+            with self._cond:
+                entry.agreed = agreed
+                self._cond.notify_all()
+
+    def _open(self, seq: int, request: dict[str, Any]) -> Round:
+        with self._cond:
+            entry = Round({str(request["id"])}, -1, bool(request["final"]), bool(request["save"]))
+            self._entries[seq] = entry
+            self.current = self.current or entry  # before the step is read (see Rounds)
+            step = self._step()
+            entry.proposed = -1 if step is None else step
+            return entry
+
+    def _connect(self) -> Any:
+        if self._store is not None:
+            return self._store
+        if "torch" not in sys.modules:
+            return None  # the script does not use torch: nothing to agree through
+        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not host or not port:
+            self._warn("MASTER_ADDR/MASTER_PORT are not set: ranks of other nodes cannot agree")
+            return None
+        import torch.distributed as dist
+
+        try:
+            store = dist.TCPStore(
+                host, int(port), is_master=False, timeout=_CONNECT_TIMEOUT, wait_for_workers=False
+            )
+        except Exception as exc:
+            self._warn(f"cannot reach the rendezvous store at {host}:{port}: {exc}")
+            return None
+        run = f"ckptd/{self.group.run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        self._store = dist.PrefixStore(run, store)
+        return self._store
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"ckptd_client: rank {self.group.rank}: {message}", file=sys.stderr, flush=True)
+
+    # -- the training (or saving) thread -----------------------------------------------
+
+    def due(self, step: int | None) -> tuple[bool, bool]:
+        mine = -1 if step is None else step
+        with self._cond:
+            while not self.closed and any(
+                e.agreed is None and mine > e.proposed for e in self._entries.values()
+            ):
+                self._cond.wait(0.5)
+            reached = [
+                e
+                for e in self._entries.values()
+                if e.agreed is not None and not e.claimed and e.agreed <= mine
+            ]
+            if not reached or any(e.save for e in reached):
+                return bool(reached), False
+            return False, self._remove(reached)
+
+    def claim(self, step: int) -> tuple[list[str], bool]:
+        with self._cond:
+            reached = [
+                e
+                for e in self._entries.values()
+                if e.agreed is not None and not e.claimed and e.agreed <= step
+            ]
+            for entry in reached:
+                entry.claimed = True
+            return sorted(rid for e in reached for rid in e.ids), any(e.final for e in reached)
+
+    def finish(self, ids: list[str]) -> bool:
+        with self._cond:
+            return self._remove([e for e in self._entries.values() if e.ids & set(ids)])
+
+    def _remove(self, entries: list[Round]) -> bool:
+        for seq in [s for s, e in self._entries.items() if e in entries]:
+            del self._entries[seq]
+        self.current = next(iter(self._entries.values()), None)
+        return any(e.final for e in entries)
