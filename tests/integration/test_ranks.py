@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,53 @@ def test_a_failing_rank_fails_the_save_on_every_rank_and_nothing_commits(job: Jo
     final = job.records("stop")[0]["step"]
     complete(job.checkpoint_dir / f"step-{final:08d}", {"rank-0.pt", "rank-1.pt"})
     assert not list(job.checkpoint_dir.glob(".tmp-*"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_two_nodes_a_stop_on_one_saves_one_step_on_both_and_both_exit(tmp_path: Path) -> None:
+    """2 nodes x 1 rank on loopback: SIGTERM to one node's daemon, both save one step and exit 0."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = []
+    for index in (0, 1):
+        (tmp_path / f"node{index}").mkdir()
+        nodes.append(Job(tmp_path / f"node{index}", f"node{index}"))
+    try:
+        for index, node in enumerate(nodes):
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={index}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=ckptd-test",
+                "--max-restarts=0",
+                str(FAKES / "ddp_trainer.py"),
+                "--record",
+                str(node.record),
+            ]
+            node.start(command, *FAST)
+        for node in nodes:
+            wait_for(lambda node=node: node.events("client.connected"), "each node's rank")
+        (nodes[1].run_dir / "CHECKPOINT").touch()
+        for node in nodes:
+            node.wait_record("saved")
+        assert len({node.records("saved")[0]["step"] for node in nodes}) == 1
+        nodes[0].signal(signal.SIGTERM)
+        assert [node.wait() for node in nodes] == [0, 0]
+        stops = [node.records("stop")[0] for node in nodes]
+        assert len({row["step"] for row in stops}) == 1, stops
+        for node, row in zip(nodes, stops, strict=True):
+            complete(node.checkpoint_dir / f"step-{row['step']:08d}", {f"rank-{row['rank']}.pt"})
+        assert nodes[0].events("job.stopped")[0]["final_checkpoint"] is True
+        assert nodes[1].events("job.finished")[0]["exit_code"] == 0
+    finally:
+        for node in nodes:
+            node.kill()
