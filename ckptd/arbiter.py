@@ -44,6 +44,8 @@ from .job_channel import JobChannel, Peer
 from .launcher import Launcher, Prepared
 from .metrics import Metrics
 from .preemption import Preemption
+from .remote_copy import RemoteCopy
+from .remote_resume import RemoteUnusable
 from .requests import Action, Origin, Request
 from .restart_policy import ExitStatus, RestartPolicy
 from .run_dir import STOP_FILE, Orphan, RunDir
@@ -54,6 +56,7 @@ from .states import JobState, check_transition
 from .stops import Intent, Step, Stop
 from .systemd import Notifier
 from .trainer import LaunchError, Trainer
+from .uploader import Outcome, RemotePruned, Uploaded
 
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
@@ -93,7 +96,12 @@ class Arbiter:
             config.keep_last, config.keep_best, config.best_metric, config.best_mode,
             config.keep_every,
         )  # fmt: skip
-        self.launcher = Launcher(config, run_dir, channel.endpoint)
+        self.remote = (
+            RemoteCopy(config.storage, self.rules, post=self.post)
+            if config.storage.remote is not None
+            else None
+        )  # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
+        self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
         self.notifier = notifier or Notifier()
         self.metrics = metrics
         self.health = HangWatch(config, run_dir.path)
@@ -116,7 +124,7 @@ class Arbiter:
         self.saving_step: int | None = None
         self.started = self.launched = time.monotonic()
         self.exit_code = exit_codes.OK
-        self._queue: queue.SimpleQueue[Request | Finished] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
         self._save_bytes = 0
@@ -141,7 +149,7 @@ class Arbiter:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def post(self, item: Request | Finished) -> None:
+    def post(self, item: Request | Finished | Outcome) -> None:
         """Hand a value to the loop; safe from any thread and from signal handlers."""
         self._queue.put(item)
         try:
@@ -153,6 +161,8 @@ class Arbiter:
         for source in self.sources:
             source.start(self.post)
         self.goodput.start()
+        if self.remote is not None:
+            self.remote.start()
         poller = zmq.Poller()
         poller.register(self.channel.socket, zmq.POLLIN)
         for router in self.control.routers:
@@ -214,8 +224,10 @@ class Arbiter:
                 return
             if isinstance(item, Finished):
                 self._guarded(self._on_finished, item)
-            else:
+            elif isinstance(item, Request):
                 self._guarded(self._on_request, item)
+            else:
+                self._guarded(self._on_remote, item)
 
     def _shutdown(self) -> None:
         """Leave nothing behind: the job is signalled before anything that could fail."""
@@ -232,6 +244,7 @@ class Arbiter:
             lambda: self.desk.fail_waiters("ckptd is exiting"),
             self.goodput.close,
             self.background.stop,
+            *((self.remote.close,) if self.remote is not None else ()),
         ):
             self._guarded(close)
 
@@ -303,15 +316,33 @@ class Arbiter:
         elif plan.stop_by < self.preemption.stop_by:
             self.preemption.stop_by, self.preemption.deadline = plan.stop_by, plan.deadline
         final_at = self.preemption.final_at(self._save_seconds())
+        if first and self.remote is not None:
+            needed, left = (
+                self._save_seconds(),
+                self.preemption.stop_by_monotonic() - time.monotonic(),
+            )
+            if needed > left:
+                self.events.emit(
+                    "preemption.shortfall",
+                    level="warning",
+                    needed=round(needed, 3),
+                    available=round(left, 3),
+                    why="the final save and its upload may not fit before the deadline",
+                )
         if self.stop is not None or not self._job_alive() or final_at <= time.monotonic():
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
         elif first:
             self._request_checkpoint(Request(Action.CHECKPOINT, Origin.CLOUD, request.reason))
 
     def _save_seconds(self) -> float:
-        last = self.desk.last_commit
-        seconds = last.get("seconds") if last else None
-        return float(seconds) if isinstance(seconds, (int, float)) else 0.0
+        """What a final save costs: the last save's time, plus its upload when a remote is set."""
+        last = self.desk.last_commit or {}
+        seconds = last.get("seconds")
+        total = float(seconds) if isinstance(seconds, (int, float)) else 0.0
+        size = last.get("bytes")
+        if self.remote is not None and isinstance(size, int):
+            total += self.remote.uploader.expected_seconds(size) or 0.0
+        return total
 
     # -- control commands ----------------------------------------------------------------
 
@@ -460,24 +491,57 @@ class Arbiter:
             self.trainer.signal_tree(signal.SIGKILL)
 
     def _finish_stop(self, status: ExitStatus | None) -> None:
-        """The job of a STOP is gone: report the preemption, requeue (off the loop), exit."""
+        """The job of a STOP is gone: report the preemption, then the steps that remain."""
         stop = self.stop
         assert stop is not None
+        stop.status = status
         if self.preemption is not None:
             self._report_preemption(stop)
+        self._continue_stop(stop)
+
+    def _continue_stop(self, stop: Stop) -> None:
+        """Off the loop, one after the other: the final upload, the requeue command; then exit."""
+        if self.remote is not None and stop.committed and not stop.flushed:
+            stop.flushed = True
+            flush_by = stop.deadline + (0.0 if self.preemption else self.config.kill_timeout)
+            remote = self.remote
+            self.background.submit(
+                "flushed", lambda: remote.flush(max(flush_by, time.monotonic() + 1.0))
+            )
+            return
         if stop.requeue:
             stop.requeue = False
-            self.background.submit("requeued", self._requeue_command, context=status)
+            self.background.submit("requeued", self._requeue_command)
             return
-        self._conclude_stop(stop, status)
+        self._conclude_stop(stop)
 
-    def _conclude_stop(self, stop: Stop, status: ExitStatus | None) -> None:
+    def _on_flushed(self, finished: Finished) -> None:
+        stop = self.stop
+        assert stop is not None and self.remote is not None
+        uploaded = finished.error is None and bool(finished.result)
+        stop.local_only = not uploaded
+        status = self.remote.status()
+        self.events.emit(
+            "remote.final",
+            level="info" if uploaded else "error",
+            uploaded=uploaded,
+            newest_remote_step=status.newest_remote_step,
+            why=None
+            if uploaded
+            else "the final checkpoint is local only: it did not reach "
+            f"{status.remote} before the deadline"
+            + (f" ({finished.error})" if finished.error else ""),
+        )
+        self._continue_stop(stop)
+
+    def _conclude_stop(self, stop: Stop) -> None:
         self.stop = None
-        self.exit_code = stop.exit_code(status, self.config.stop_signal)
+        self.exit_code = stop.exit_code(stop.status, self.config.stop_signal)
         self.events.emit(
             "job.stopped",
             reason=stop.reason,
             final_checkpoint=stop.committed,
+            final_remote=None if self.remote is None else stop.committed and not stop.local_only,
             exit_code=self.exit_code,
             request_id=stop.final_id,
             superseded=stop.superseded or None,
@@ -532,7 +596,20 @@ class Arbiter:
                 why=bad.checkpoint.reason,
                 moved_to=str(bad.moved_to) if bad.moved_to else None,
             )
+        for rejected in prepared.remote_rejected:
+            self.events.emit(
+                "checkpoint.invalid",
+                level="warning",
+                path=str(rejected.path),
+                step=rejected.step,
+                why=rejected.reason,
+                remote=True,
+            )
+        if prepared.remote_error is not None:
+            self.events.emit("remote.unreachable", level="warning", error=prepared.remote_error)
         resume = prepared.resume
+        if prepared.downloaded and resume is not None:
+            self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
         self.resumed_from = resume
         if resume is not None:
             self.desk.note_progress(resume.step)
@@ -673,7 +750,8 @@ class Arbiter:
                 return  # stopped while preparing: nothing is launched
             if finished.error is not None:
                 self.events.emit("job.launch_failed", level="error", error=str(finished.error))
-                self.exit_code = exit_codes.FAILED
+                unusable = isinstance(finished.error, RemoteUnusable)
+                self.exit_code = exit_codes.USAGE if unusable else exit_codes.FAILED
                 self._transition(JobState.EXITED)
                 return
             self._on_prepared(finished.result)
@@ -683,8 +761,15 @@ class Arbiter:
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
+        elif finished.tag == "flushed" and self.stop is not None:
+            self._on_flushed(finished)
         elif finished.tag == "requeued" and self.stop is not None:
             self._on_requeued(finished)
+
+    def _on_remote(self, outcome: Outcome) -> None:
+        """What the uploader did, reported from its thread through the queue."""
+        level = "info" if isinstance(outcome, (Uploaded, RemotePruned)) else "warning"
+        self.events.emit(outcome.event, level=level, **outcome.fields())
 
     def _on_pruned(self, finished: Finished) -> None:
         if finished.error is not None:
@@ -715,7 +800,7 @@ class Arbiter:
         )
         if code != 0:
             stop.failed = True
-        self._conclude_stop(stop, finished.context)
+        self._continue_stop(stop)
 
     # -- clocks --------------------------------------------------------------------------
 
@@ -808,7 +893,7 @@ class Arbiter:
             if self.stop is None:
                 self.timer.reset(now)
             if not message.get("reused"):
-                self._prune(message.get("path"))
+                self._prune(message.get("path"), message.get("step"))
         elif kind == "failed":
             self._save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
@@ -875,16 +960,23 @@ class Arbiter:
             self._interval_changed(self.interval.failed())
         self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
 
-    def _prune(self, committed: Any) -> None:
-        """Retention after a commit, off the loop; never the newest verified checkpoint."""
+    def _prune(self, committed: Any, step: Any) -> None:
+        """Retention after a commit, off the loop; never the newest verified checkpoint, nor
+        one newer than the newest remote one (the only copy)."""
         if isinstance(committed, str) and Path(committed).parent == self.config.checkpoint_dir:
             self.newest_verified = Path(committed)
+            if self.remote is not None and isinstance(step, int):
+                self.remote.submit(Path(committed), step)
         protect = [self.resumed_from.path] if self.resumed_from else []
         if self.newest_verified is not None:
             protect.append(self.newest_verified)
-        self.background.submit(
-            "pruned", lambda: retention.prune(self.config.checkpoint_dir, self.rules, protect)
-        )
+        directory, rules, remote = self.config.checkpoint_dir, self.rules, self.remote
+
+        def prune() -> retention.Pruned:
+            kept = remote.protected(scan(directory)) if remote is not None else []
+            return retention.prune(directory, rules, [*protect, *kept])
+
+        self.background.submit("pruned", prune)
 
     def _set_step(self, step: int | None) -> None:
         self.step = step

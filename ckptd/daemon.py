@@ -15,6 +15,7 @@ from .config import JobConfig
 from .control_server import ControlServer, Curve
 from .events import EventLog
 from .job_channel import JobChannel
+from .remote_resume import RemoteUnusable
 from .run_dir import (
     CHECKPOINT_FILE,
     EVENTS_FILE,
@@ -90,10 +91,14 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
 
         metrics = Metrics(config.name)
         metrics.start(config.metrics.listen)  # OSError (address in use): one line, exit 2
-    arbiter = Arbiter(
-        config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan,
-        metrics=metrics,
-    )  # fmt: skip
+    try:
+        arbiter = Arbiter(
+            config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan,
+            metrics=metrics,
+        )  # fmt: skip
+    except RemoteUnusable as exc:
+        print(f"ckptd: remote store: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
     events.emit(
         "ckptd.started",
         pid=os.getpid(),

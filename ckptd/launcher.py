@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -24,6 +24,7 @@ from ckptd_client.store import Checkpoint, newest_valid
 from . import retention
 from .config import JobConfig
 from .health import stacks_file
+from .remote_copy import RemoteCopy
 from .run_dir import Orphan, RunDir, RunDirError
 from .trainer import Trainer
 
@@ -46,13 +47,19 @@ class Prepared:
     removed: list[Path] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
     strays_killed: list[int] = field(default_factory=list)
+    downloaded: bool = False  # the resume point came from the remote store
+    remote_rejected: list[Checkpoint] = field(default_factory=list)
+    remote_error: str | None = None
 
 
 class Launcher:
-    def __init__(self, config: JobConfig, run_dir: RunDir, endpoint: str) -> None:
+    def __init__(
+        self, config: JobConfig, run_dir: RunDir, endpoint: str, remote: RemoteCopy | None = None
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.endpoint = endpoint
+        self.remote = remote
         self.attempt = -1
 
     def prepare(self) -> Prepared:
@@ -67,7 +74,18 @@ class Launcher:
         removed += retention.sweep_pruned(self.config.checkpoint_dir)
         rejected: list[Checkpoint] = []
         resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
-        return Prepared(resume, removed, [_quarantine(bad) for bad in rejected], strays)
+        prepared = Prepared(resume, removed, [_quarantine(bad) for bad in rejected], strays)
+        if self.remote is None:
+            return prepared
+        # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
+        fetched = self.remote.prepare(self.config.checkpoint_dir, resume)
+        return replace(
+            prepared,
+            resume=fetched.checkpoint or resume,
+            downloaded=fetched.checkpoint is not None,
+            remote_rejected=fetched.rejected,
+            remote_error=fetched.error,
+        )
 
     def start(self, prepared: Prepared) -> Trainer:
         """Spawn the job (its own session; it inherits the job lock). Raises LaunchError."""

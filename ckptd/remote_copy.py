@@ -18,12 +18,14 @@ from ckptd_client.store import Checkpoint
 from .config import StorageConfig
 from .lease import Lease
 from .remote_resume import RemoteResume, RemoteUnusable, fetch_newer
-from .remote_store import RemoteError, RemoteStore
+from .remote_store import RemoteError, RemoteStore, RemoteTimeout
 from .remote_url import redact
 from .retention import RetentionRules
 from .uploader import Outcome, Uploader, protected_locally
 
 __all__ = ["RemoteCopy", "RemoteStatus"]
+
+_PROBE_TIMEOUT = 10.0  # listing and the lease at launch: a remote that is down costs this much
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class RemoteCopy:
             self.store = RemoteStore(storage.remote, storage.options)
         except Exception as exc:  # each backend rejects bad options in its own way
             raise RemoteUnusable(f"{redact(storage.remote)}: {type(exc).__name__}: {exc}") from None
-        self.lease = Lease(self.store)
+        # A remote that is down must not hold up a launch, nor a stop, for long.
+        self.probe_timeout = min(storage.upload_timeout, _PROBE_TIMEOUT)
+        self.lease = Lease(self.store, timeout=self.probe_timeout)
         self._prepared = False
         self.uploader = Uploader(
             self.store,
@@ -89,13 +93,16 @@ class RemoteCopy:
             return RemoteResume(newest_remote_step=self.uploader.newest_remote_step)
         try:
             self.lease.take()
-        except RemoteError:
-            pass  # down: the first upload takes it
+        except RemoteError as exc:
+            if isinstance(exc, RemoteTimeout):  # down (not refusing): resume from local now
+                self._prepared = True
+                return RemoteResume(error=str(exc))
         result = fetch_newer(
             self.store,
             checkpoint_dir,
             newer_than=local.step if local is not None else -1,
             timeout=self.storage.upload_timeout,
+            list_timeout=self.probe_timeout,
         )
         if result.newest_remote_step is not None:
             self.uploader.note_remote(result.newest_remote_step)

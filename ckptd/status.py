@@ -71,6 +71,7 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
         "hang_timeouts": arbiter.health.budgets(),
         "interval": arbiter.interval.choice.to_json() if arbiter.interval is not None else None,
         "goodput": arbiter.goodput.latest.to_json() if arbiter.goodput.latest else None,
+        "remote": arbiter.remote.status().to_json() if arbiter.remote is not None else None,
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }

@@ -60,6 +60,9 @@ class Stop:
     kill_at: float | None = None
     superseded: list[str] = field(default_factory=list)
     waiters: list[Waiter] = field(default_factory=list)
+    status: ExitStatus | None = None  # how the job ended, once it has
+    flushed: bool = False  # the final checkpoint's upload was waited for (a remote is set)
+    local_only: bool = False  # ... and it did not reach the remote in time
 
     def supersede(
         self,
@@ -116,6 +119,8 @@ class Stop:
 
     def exit_code(self, status: ExitStatus | None, stop_signal: str) -> int:
         """``ckptd run``'s status once the job of a STOP has exited (README: exit codes)."""
+        if self.local_only:
+            return exit_codes.FAILED  # the machine's disk may not outlive it
         if self.committed and not self.failed:
             return exit_codes.OK
         if self.failed or self.forced:
