@@ -165,11 +165,9 @@ class Rounds:
                 self._cond.wait(0.5)
                 waited += 0.5
                 if waited == self.WARN_AFTER:
-                    print(
-                        f"ckptd_client: rank {self.group.rank} waits for the other ranks to agree "
-                        "on a checkpoint step; does every rank call ckptd_client.connect()?",
-                        file=sys.stderr,
-                        flush=True,
+                    self._warn(
+                        "waits for the other ranks to agree on a checkpoint step; "
+                        "does every rank call ckptd_client.connect()?"
                     )
             current = self.current
             if current is None or current.agreed is None or mine < current.agreed:
@@ -193,11 +191,21 @@ class Rounds:
     def await_outcome(self, step: int) -> Outcome:
         """Block until the daemon says what becomes of the shared directory of ``step``."""
         with self._cond:
+            waited = 0.0
             while step not in self._outcomes:
                 if self.closed:
                     return Outcome("aborted", error="the client was closed")
                 self._cond.wait(0.5)
+                waited += 0.5
+                if waited == self.WARN_AFTER:
+                    self._warn(
+                        f"waits for the other ranks' parts of step {step}; "
+                        "does every rank enter ck.checkpoint(step)?"
+                    )
             return self._outcomes.pop(step)
+
+    def _warn(self, message: str) -> None:
+        print(f"ckptd_client: rank {self.group.rank} {message}", file=sys.stderr, flush=True)
 
     def finish(self, ids: list[str]) -> bool:
         """A save answering ``ids`` ended (committed or failed); return whether it was final."""

@@ -117,7 +117,7 @@ class StoreRounds(Rounds):
     def _warn(self, message: str) -> None:
         if not self._warned:
             self._warned = True
-            print(f"ckptd_client: rank {self.group.rank}: {message}", file=sys.stderr, flush=True)
+            super()._warn(message)
 
     # -- the training (or saving) thread -----------------------------------------------
 
