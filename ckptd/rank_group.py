@@ -1,8 +1,9 @@
 """The ranks of a torchrun group on this node: one agreed step, one commit per shared directory.
 
 Owned by the checkpoint desk, on the arbiter's thread. Agreement: each rank proposes the
-step it had reached when a request arrived; once every rank of the node has, all are told
-``agreed`` = the highest proposal + 1, a step no rank has decided on yet. Commit: each
+first step at which it can still take a request (one it has not answered
+``should_checkpoint()`` for); once every rank of the node has, all are told ``agreed`` = the
+highest proposal, a step every rank can still take. Commit: each
 rank reports ``written`` when its part of the shared directory of a step is written; once
 all have, the lowest rank is told ``commit``; its ``committed`` becomes ``done`` for the
 others and any rank's ``failed`` becomes ``aborted`` for the others.
@@ -38,14 +39,14 @@ class RankGroup:
 
     def propose(self, agreement: Agreement, rid: str, peer: Peer, step: int | None) -> None:
         """Record ``peer``'s proposal; answer everyone once the node's ranks all proposed."""
-        agreement.proposals[peer.identity] = -1 if step is None else step
+        agreement.proposals[peer.identity] = 0 if step is None else step
         if agreement.step is not None:
             self.channel.send(peer, "agreed", id=rid, step=agreement.step)
             return
         expected = self.channel.group_size()
         if len(agreement.proposals) < expected:
             return
-        agreement.step = max(agreement.proposals.values()) + 1
+        agreement.step = max(agreement.proposals.values())
         self.events.emit(
             "checkpoint.agreed",
             request_id=rid,

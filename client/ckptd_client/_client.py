@@ -120,8 +120,11 @@ class Client:
             self._raise_async_error()
         if self._reused_final_at is not None:
             self._check_reused_final()
-        if self._rounds is not None and self._rounds.current is not None:
-            return self._round_due()
+        rounds = self._rounds
+        if rounds is not None:
+            rounds.checked = self._step  # before ``current`` is read: see Rounds.earliest
+            if rounds.current is not None:
+                return self._round_due()
         return self._wanted
 
     def should_stop(self) -> bool:

@@ -62,7 +62,7 @@ class Round:
     """One request (or several joined ones) on its way to an agreed step and a group save."""
 
     ids: set[str]
-    proposed: int  # the step this rank had reached when the request came; -1 before any
+    proposed: int  # the first step at which this rank could still take the request
     final: bool
     save: bool
     agreed: int | None = None
@@ -78,10 +78,6 @@ class Outcome:
     error: str = ""
 
 
-def _wire(step: int) -> int | None:
-    return step if step >= 0 else None
-
-
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
@@ -93,7 +89,7 @@ class Rounds:
     """This rank's view of the group's checkpoint rounds, shared by training and channel threads.
 
     ``current`` is read without the lock on the hot path; everything else happens under
-    the condition. A rank waits only when it is past the step it proposed and the agreed
+    the condition. A rank waits only when it reaches the step it proposed and the agreed
     step is not known yet: every rank's proposal is sent by its channel thread, never by
     training, so the answer comes however far apart the ranks are.
     """
@@ -109,6 +105,16 @@ class Rounds:
         self._completed: set[str] = set()
         self._outcomes: dict[int, Outcome] = {}
         self.closed = False
+        # The step whose should_checkpoint() answer this rank has given: written by the
+        # training thread on every call, so a proposal can name the current step when the
+        # rank has not decided it yet (one step less to wait for).
+        self.checked: int | None = step()
+
+    def earliest(self, step: int | None) -> int:
+        """The first step at which this rank can still take a request arriving now."""
+        if step is None:
+            return 0
+        return step + 1 if self.checked == step else step
 
     # -- the channel thread ------------------------------------------------------------
 
@@ -119,15 +125,15 @@ class Rounds:
             if current is not None and (rid in current.ids or joins in current.ids):
                 current.ids.add(rid)
                 current.final = current.final or final
-                self._send("propose", id=rid, step=_wire(current.proposed))
+                self._send("propose", id=rid, step=current.proposed)
                 return False
             if joins is not None and joins in self._completed:
                 return True  # the save that answers it has committed (or failed) here already
             current = Round({rid}, -1, final, save)
             self.current = current  # before the step is read: see the class docstring
             step = self._step()
-            current.proposed = -1 if step is None else step
-            self._send("propose", id=rid, step=_wire(current.proposed))
+            current.proposed = self.earliest(step)
+            self._send("propose", id=rid, step=current.proposed)
             return False
 
     def on_agreed(self, rid: str, step: int) -> None:
@@ -159,7 +165,7 @@ class Rounds:
             while (
                 self.current is not None
                 and self.current.agreed is None
-                and mine > self.current.proposed
+                and mine >= self.current.proposed
                 and not self.closed
             ):
                 self._cond.wait(0.5)

@@ -3,8 +3,8 @@
 Each node's daemon sees only its own ranks, so the node's ``LOCAL_RANK`` 0 publishes its
 daemon's requests, numbered, in the store torchrun gives every worker
 (``MASTER_ADDR:MASTER_PORT``: the rendezvous store). Every rank of every node takes them
-in that order, writes the step it had reached, and computes, once all ``WORLD_SIZE``
-proposals are in, the same agreed step: the highest + 1. Requests agreed on the same step
+in that order, writes the first step at which it can still take it, and computes, once all
+``WORLD_SIZE`` proposals are in, the same agreed step: the highest. Requests agreed on the same step
 are one save. All store traffic runs on the channel thread every :data:`POLL` seconds,
 never inside training's calls, and only while torch is imported by the script already.
 Each node commits its own ranks' part into its own checkpoint directory (see README).
@@ -78,7 +78,7 @@ class StoreRounds(Rounds):
             keys = [f"proposal/{seq}/{rank}" for rank in range(self.group.world_size)]
             if not store.check(keys):
                 continue
-            agreed = max(int(value) for value in store.multi_get(keys)) + 1
+            agreed = max(int(value) for value in store.multi_get(keys))
             with self._cond:
                 entry.agreed = agreed
                 self._cond.notify_all()
@@ -89,7 +89,7 @@ class StoreRounds(Rounds):
             self._entries[seq] = entry
             self.current = self.current or entry  # before the step is read (see Rounds)
             step = self._step()
-            entry.proposed = -1 if step is None else step
+            entry.proposed = self.earliest(step)
             return entry
 
     def _connect(self) -> Any:
@@ -125,7 +125,7 @@ class StoreRounds(Rounds):
         mine = -1 if step is None else step
         with self._cond:
             while not self.closed and any(
-                e.agreed is None and mine > e.proposed for e in self._entries.values()
+                e.agreed is None and mine >= e.proposed for e in self._entries.values()
             ):
                 self._cond.wait(0.5)
             reached = [

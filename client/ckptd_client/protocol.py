@@ -12,8 +12,8 @@ Client to daemon:
   ``started``    {ids, step}                   a checkpoint save began
   ``committed``  {ids, step, path, metrics, bytes, seconds}
   ``failed``     {ids, step, error}
-  ``propose``    {id, step}                    group: the step this rank had reached when
-                                               request ``id`` arrived
+  ``propose``    {id, step}                    group: the first step at which this rank can
+                                               still take request ``id``
   ``written``    {ids, step}                   group: this rank's part of the shared
                                                directory of ``step`` is written
   ``bye``        {}                            the process is closing the channel
