@@ -193,11 +193,8 @@ class CheckpointDesk:
         ids: list[str] = message.get("ids") or []
         error = str(message.get("error"))
         step = message.get("step")
-        if peer is not None and peer.in_group:
-            if not self.group.failed(peer, step):
-                return Acknowledged()  # another rank reported this save's failure first
-            assert isinstance(step, int)
-            self.group.abort(peer, step, f"rank {peer.rank}: {error}")
+        if peer is not None and peer.in_group and not self.group.failed(peer, step, error):
+            return Acknowledged()  # another rank reported this save's failure first
         self.events.emit(
             "checkpoint.failed",
             level="error",

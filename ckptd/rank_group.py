@@ -6,7 +6,8 @@ first step at which it can still take a request (one it has not answered
 highest proposal, a step every rank can still take. Commit: each
 rank reports ``written`` when its part of the shared directory of a step is written; once
 all have, the lowest rank is told ``commit``; its ``committed`` becomes ``done`` for the
-others and any rank's ``failed`` becomes ``aborted`` for the others.
+others. A rank's ``failed`` becomes ``aborted`` for the ranks that wrote, once every rank
+has reported (so no rank still writes into the directory they then remove).
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ class Agreement:
     step: int | None = None
 
 
+@dataclass
+class _Save:
+    """The reports of the node's ranks on their parts of one step's shared directory."""
+
+    written: set[bytes] = field(default_factory=set)
+    reported: set[bytes] = field(default_factory=set)  # written, or failed
+    error: str | None = None
+
+
 class RankGroup:
     def __init__(self, channel: JobChannel, events: EventLog) -> None:
         self.channel = channel
         self.events = events
-        self._written: dict[int, set[bytes]] = {}
-        self._aborted: set[int] = set()
+        self._saves: dict[int, _Save] = {}
+        self._committing: set[int] = set()  # told to commit: a failure now is the commit's
 
     @property
     def active(self) -> bool:
@@ -57,38 +67,57 @@ class RankGroup:
             self.channel.send(member, "agreed", id=rid, step=agreement.step)
 
     def written(self, peer: Peer, step: int) -> None:
-        """``peer`` wrote its part of ``step``; once all have, the lowest rank commits it."""
-        if step in self._aborted:
-            return  # its ranks were told already
-        done = self._written.setdefault(step, set())
-        done.add(peer.identity)
-        if len(done) < self.channel.group_size():
-            return
-        members = [p for p in self.channel.group() if p.identity in done]
-        if members:
-            del self._written[step]
-            self.channel.send(members[0], "commit", step=step)
+        """``peer`` wrote its part of ``step``."""
+        save = self._saves.setdefault(step, _Save())
+        save.written.add(peer.identity)
+        save.reported.add(peer.identity)
+        self._settle(step, save)
+
+    def failed(self, peer: Peer, step: object, error: str) -> bool:
+        """``peer``'s part (or its commit) failed; return whether this is the save's first failure.
+
+        The others are told ``aborted`` only once every rank has stopped writing (so that
+        they may remove the shared directory), or at once when the commit itself failed.
+        """
+        if not isinstance(step, int):
+            return True
+        error = f"rank {peer.rank}: {error}"
+        if step in self._committing:
+            self._committing.discard(step)
+            for member in self.channel.group():
+                if member is not peer:
+                    self.channel.send(member, "aborted", step=step, error=error)
+            return True
+        save = self._saves.setdefault(step, _Save())
+        first = save.error is None
+        if first:
+            save.error = error
+        save.reported.add(peer.identity)
+        self._settle(step, save)
+        return first
 
     def committed(self, peer: Peer, step: object, rid: str | None, path: object) -> None:
         """The committer is done: every other rank's save of ``step`` is too."""
+        if isinstance(step, int):
+            self._committing.discard(step)
         for member in self.channel.group():
             if member is not peer:
                 self.channel.send(member, "done", id=rid, path=path, step=step)
 
-    def failed(self, peer: Peer, step: object) -> bool:
-        """A rank's part (or the commit) failed; return False when ``step`` had failed already."""
-        if not isinstance(step, int) or step in self._aborted:
-            return False
-        self._aborted.add(step)
-        self._written.pop(step, None)
-        return True
-
-    def abort(self, peer: Peer, step: int, error: str) -> None:
-        for member in self.channel.group():
-            if member is not peer:
-                self.channel.send(member, "aborted", step=step, error=error)
-
     def reset(self) -> None:
         """The job's processes are gone, and their saves with them."""
-        self._written.clear()
-        self._aborted.clear()
+        self._saves.clear()
+        self._committing.clear()
+
+    def _settle(self, step: int, save: _Save) -> None:
+        """Every rank has reported: the lowest writer commits, or the writers hear it failed."""
+        if len(save.reported) < self.channel.group_size():
+            return
+        del self._saves[step]
+        writers = [p for p in self.channel.group() if p.identity in save.written]
+        if save.error is not None:
+            for member in writers:
+                self.channel.send(member, "aborted", step=step, error=save.error)
+        elif writers:
+            self._committing.add(step)
+            self.channel.send(writers[0], "commit", step=step)

@@ -293,8 +293,7 @@ class Client:
         began = time.monotonic()
         try:
             yield shared
-        except BaseException as exc:
-            shutil.rmtree(shared, ignore_errors=True)
+        except BaseException as exc:  # the others may still write: they remove the directory
             self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
             raise
         self._finish_group_save(rounds, step, metrics, ids, shared, began)
@@ -331,7 +330,6 @@ class Client:
             try:
                 write(shared)
             except BaseException as exc:
-                shutil.rmtree(shared, ignore_errors=True)
                 self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
                 raise
             self._finish_group_save(rounds, step, metrics, ids, shared, began)
@@ -350,7 +348,7 @@ class Client:
         """This rank's part is written: wait for the others, then commit once or hear who did."""
         self._channel.send("written", ids=ids, step=step)
         outcome = rounds.await_outcome(step)
-        if outcome.kind == "aborted":
+        if outcome.kind == "aborted":  # every rank has stopped writing by now
             shutil.rmtree(shared, ignore_errors=True)
             self._group_failed(rounds, ids, step, outcome.error, report=False)
             raise manifest.CommitError(f"checkpoint of step {step} not committed: {outcome.error}")
