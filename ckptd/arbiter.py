@@ -31,19 +31,18 @@ import zmq
 from ckptd_client.store import Checkpoint, bytes_in_progress, scan
 
 from . import exit_codes, log, retention
-from .auto_interval import AutoInterval
 from .background import Background, Finished
 from .checkpoint_desk import CheckpointDesk, file_request_is_stale
 from .config import JobConfig
 from .control_server import ControlServer, ReplyError, Waiter
 from .events import EventLog
 from .goodput_watch import GoodputWatch
-from .health import HangWatch, Overdue, dump_stacks, stacks_file
-from .interval import IntervalChoice
+from .health import Overdue, dump_stacks, stacks_file
 from .job_channel import JobChannel, Peer
 from .launcher import Launcher, Prepared
 from .metrics import Metrics
 from .preemption import Preemption
+from .progress import Progress
 from .remote_copy import RemoteCopy
 from .remote_resume import RemoteUnusable
 from .requests import Action, Origin, Request
@@ -51,8 +50,8 @@ from .restart_policy import ExitStatus, RestartPolicy
 from .run_dir import STOP_FILE, Orphan, RunDir
 from .sources import RequestSource
 from .sources.cloud_notices import CloudNotices
-from .sources.timer import PeriodicTimer
 from .states import JobState, check_transition
+from .stop_ending import StopEnding
 from .stops import Intent, Step, Stop
 from .systemd import Notifier
 from .trainer import LaunchError, Trainer
@@ -61,11 +60,6 @@ from .uploader import Outcome, RemotePruned, Uploaded
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
 _ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before stop_signal
-_PROGRESS_EVERY = 10.0  # seconds between job.progress events
-
-
-def _seconds(value: float | str | None) -> float | None:
-    return value if isinstance(value, float) else None
 
 
 class Arbiter:
@@ -102,13 +96,17 @@ class Arbiter:
             else None
         )  # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
+        self.background = Background(self.post)
+        self.ending = StopEnding(
+            events, self.background, self.remote, config.slurm.requeue_command,
+            config.kill_timeout,
+        )  # fmt: skip
         self.notifier = notifier or Notifier()
         self.metrics = metrics
-        self.health = HangWatch(config, run_dir.path)
-        self.interval = AutoInterval(config, events.path) if config.every == "auto" else None
-        self.timer = PeriodicTimer(
-            self.interval.choice.every if self.interval is not None else _seconds(config.every)
-        )
+        self.progress = Progress(config, run_dir.path, events, metrics)
+        self.health = self.progress.health
+        self.interval = self.progress.interval
+        self.timer = self.progress.timer
         self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
         self.state = JobState.STARTING
         self.trainer: Trainer | None = None
@@ -117,23 +115,20 @@ class Arbiter:
         self.backoff_until: float | None = None
         self.preemption: Preemption | None = None
         self.restarts_without_progress = 0
-        self.step: int | None = None
         self.resumed_from: Checkpoint | None = None
         self.newest_verified: Path | None = None
-        self.saving_since: float | None = None
-        self.saving_step: int | None = None
         self.started = self.launched = time.monotonic()
         self.exit_code = exit_codes.OK
         self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
-        self._save_bytes = 0
-        self._progress_checked = 0.0
-        self._progress_noted = 0.0
-        self.background = Background(self.post)
         self.goodput = GoodputWatch(
             events.path, on_result=metrics.set_goodput_of if metrics is not None else None
         )
+
+    @property
+    def step(self) -> int | None:
+        return self.progress.step
 
     @property
     def attempt(self) -> int:
@@ -307,8 +302,8 @@ class Arbiter:
             request_id=request.id,
         )
         first = self.preemption is None
-        if first and self.interval is not None:
-            self._interval_changed(self.interval.failed())
+        if first:
+            self.progress.failure()
         if self.preemption is None:
             last = self.desk.last_commit
             plan.committed_step_at_notice = last.get("step") if last else self.desk.newest_step
@@ -433,7 +428,6 @@ class Arbiter:
             return  # the job has exited already; its cleanup ends in _after_exit
         self._transition(JobState.STOPPING)
         self.timer.pause()
-        self._save_bytes = 0
         self._announce_stop(stop)
         if intent is Intent.HANG:
             self._terminate(stop, now, "hang")
@@ -500,39 +494,9 @@ class Arbiter:
         self._continue_stop(stop)
 
     def _continue_stop(self, stop: Stop) -> None:
-        """Off the loop, one after the other: the final upload, the requeue command; then exit."""
-        if self.remote is not None and stop.committed and not stop.flushed:
-            stop.flushed = True
-            flush_by = stop.deadline + (0.0 if self.preemption else self.config.kill_timeout)
-            remote = self.remote
-            self.background.submit(
-                "flushed", lambda: remote.flush(max(flush_by, time.monotonic() + 1.0))
-            )
-            return
-        if stop.requeue:
-            stop.requeue = False
-            self.background.submit("requeued", self._requeue_command)
-            return
-        self._conclude_stop(stop)
-
-    def _on_flushed(self, finished: Finished) -> None:
-        stop = self.stop
-        assert stop is not None and self.remote is not None
-        uploaded = finished.error is None and bool(finished.result)
-        stop.local_only = not uploaded
-        status = self.remote.status()
-        self.events.emit(
-            "remote.final",
-            level="info" if uploaded else "error",
-            uploaded=uploaded,
-            newest_remote_step=status.newest_remote_step,
-            why=None
-            if uploaded
-            else "the final checkpoint is local only: it did not reach "
-            f"{status.remote} before the deadline"
-            + (f" ({finished.error})" if finished.error else ""),
-        )
-        self._continue_stop(stop)
+        """The final upload, the requeue command (each off the loop), then the end."""
+        if self.ending.advance(stop, preempted=self.preemption is not None):
+            self._conclude_stop(stop)
 
     def _conclude_stop(self, stop: Stop) -> None:
         self.stop = None
@@ -562,16 +526,6 @@ class Arbiter:
         self.events.emit("preemption.final", **outcome)
         if self.cloud is not None and self.preemption.notice is not None:
             self.cloud.acknowledge(self.preemption.notice)
-
-    def _requeue_command(self) -> tuple[list[str], int | None, str]:
-        import subprocess
-
-        command = [os.path.expandvars(arg) for arg in self.config.slurm.requeue_command]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-            return command, result.returncode, (result.stderr or result.stdout).strip()[-500:]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return command, None, str(exc)
 
     # -- the job process -----------------------------------------------------------------
 
@@ -614,7 +568,6 @@ class Arbiter:
         if resume is not None:
             self.desk.note_progress(resume.step)
             self.newest_verified = resume.path
-        self._set_step(resume.step if resume else None)
         try:
             trainer = self.launcher.start(prepared)
         except LaunchError as exc:
@@ -627,13 +580,9 @@ class Arbiter:
         log.bind(attempt=self.attempt)
         self.trainer = trainer
         self.launched = time.monotonic()
-        self.health.launched(self.launched)
-        self.saving_since = None
-        self.timer.reset(self.launched)
+        self.progress.launched(self.launched, self.attempt, resume.step if resume else None)
         self._transition(JobState.RUNNING)
         self.notifier.ready(self._status_line())
-        if self.metrics is not None:
-            self.metrics.job_started(self.attempt, resume.step if resume else None)
         self.events.emit(
             "job.started",
             pid=trainer.pid,
@@ -671,10 +620,7 @@ class Arbiter:
         )
         self.channel.forget_peers()
         self.desk.job_exited()
-        self.health.exited()
-        self.saving_since = None
-        if self.metrics is not None:
-            self.metrics.job_exited()
+        self.progress.exited()
         self.background.submit("cleaned", lambda: self._clean_up(trainer))
 
     def _clean_up(self, trainer: Trainer) -> tuple[int, int | None]:
@@ -715,8 +661,8 @@ class Arbiter:
             self._transition(JobState.EXITED)
             return
         self.restarts_without_progress += 1
-        if self.interval is not None and (stop is None or stop.intent is not Intent.HANG):
-            self._interval_changed(self.interval.failed())  # a hang was counted when found
+        if stop is None or stop.intent is not Intent.HANG:  # a hang was counted when found
+            self.progress.failure()
         if self.policy.exhausted(self.restarts_without_progress):
             self.exit_code = exit_codes.GAVE_UP
             self.events.emit(
@@ -761,10 +707,9 @@ class Arbiter:
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
-        elif finished.tag == "flushed" and self.stop is not None:
-            self._on_flushed(finished)
-        elif finished.tag == "requeued" and self.stop is not None:
-            self._on_requeued(finished)
+        elif finished.tag in ("flushed", "requeued") and self.stop is not None:
+            self.ending.finished(self.stop, finished)
+            self._continue_stop(self.stop)
 
     def _on_remote(self, outcome: Outcome) -> None:
         """What the uploader did, reported from its thread through the queue."""
@@ -785,28 +730,18 @@ class Arbiter:
                 "checkpoint.prune_failed", level="warning", path=str(kept.path), error=why
             )
 
-    def _on_requeued(self, finished: Finished) -> None:
-        stop = self.stop
-        assert stop is not None
-        command, code, output = finished.result if finished.error is None else ([], None, "")
-        if finished.error is not None:
-            output = str(finished.error)
-        self.events.emit(
-            "job.requeued" if code == 0 else "job.requeue_failed",
-            level="info" if code == 0 else "error",
-            command=command,
-            returncode=code,
-            output=output,
-        )
-        if code != 0:
-            stop.failed = True
-        self._continue_stop(stop)
-
     # -- clocks --------------------------------------------------------------------------
 
     def _check_clocks(self) -> None:
         now = time.monotonic()
-        self._report_to_systemd(now)
+        directory = self.config.checkpoint_dir
+        self.notifier.report(
+            now,
+            self._status_line(),
+            self.stop.deadline if self.stop is not None else None,
+            lambda: bytes_in_progress(directory),
+            self.config.kill_timeout + 5.0,
+        )
         if self.state is JobState.BACKOFF:
             if self.backoff_until is not None and now >= self.backoff_until:
                 self._launch()
@@ -834,41 +769,21 @@ class Arbiter:
         saved = f"last checkpoint step {last['step']}" if last else "no checkpoint yet"
         return f"{self.state.value}: attempt {self.attempt}, step {self.step}, {saved}"
 
-    def _report_to_systemd(self, now: float) -> None:
-        self.notifier.ping_if_due(now)
-        if self.stop is None:
-            self.notifier.status(self._status_line())
-        elif self.notifier.enabled and now - self._progress_checked >= 1.0:
-            self._progress_checked = now
-            written = bytes_in_progress(self.config.checkpoint_dir)
-            if written > self._save_bytes:  # the final save is visibly moving: ask for time
-                self.notifier.extend_timeout(
-                    max(0.0, self.stop.deadline - now) + self.config.kill_timeout + 5.0
-                )
-            self._save_bytes = written
-
     # -- messages from the job -----------------------------------------------------------
 
     def _on_client(self, peer: Peer, message: dict[str, Any]) -> None:
         kind = message["type"]
         step = message.get("step")
         now = time.monotonic()
-        if isinstance(step, int) and step != self.step:
-            self._set_step(step)
-            self.health.stepped(now)
-            self._note_progress(step, now)
-            if self.metrics is not None:
-                self.metrics.stepped(step)
+        self.progress.reported(step, now)
         if not peer.known and kind != "bye":
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
-            self.health.reported(now)
             self.desk.client_connected(peer)
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
         if kind == "started":
-            self.saving_since, self.saving_step = now, self.step
-            self.health.save_started(now)
+            self.progress.save_started(now)
             ids = message.get("ids") or []
             self.events.emit(
                 "checkpoint.started",
@@ -882,10 +797,8 @@ class Arbiter:
         elif kind == "written":
             self.desk.on_written(peer, message)
         elif kind == "committed":
-            self._save_ended(now, message)
+            self.progress.save_ended(now, message)
             ack = self.desk.on_committed(peer, message)
-            if self.metrics is not None and not message.get("reused"):
-                self.metrics.committed(message.get("step"), message.get("seconds"))
             if ack.progress:
                 self.restarts_without_progress = 0
             if ack.final and self.stop is not None:
@@ -895,39 +808,11 @@ class Arbiter:
             if not message.get("reused"):
                 self._prune(message.get("path"), message.get("step"))
         elif kind == "failed":
-            self._save_ended(now, None)
+            self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
-            if self.metrics is not None:
-                self.metrics.failed()
             if ack.final and self.stop is not None:
                 self.stop.failed = True
         self._sync_checkpointing()
-
-    def _save_ended(self, now: float, committed: dict[str, Any] | None) -> None:
-        """A save committed (``committed``: its message) or failed: clocks, and the interval."""
-        began, at_step = self.saving_since, self.saving_step
-        self.saving_since = self.saving_step = None
-        self.health.save_ended(now)
-        if self.interval is None or committed is None or committed.get("reused"):
-            return
-        seconds = committed.get("seconds")
-        # Training waited for the save when no step was reported while it ran.
-        stall = now - began if began is not None and self.step == at_step else 0.0
-        self._interval_changed(
-            self.interval.saved(stall, float(seconds) if isinstance(seconds, float) else None)
-        )
-
-    def _interval_changed(self, choice: IntervalChoice | None) -> None:
-        if choice is None:
-            return
-        self.events.emit("checkpoint.interval", **choice.to_json())
-        self.timer.retime(choice.every, time.monotonic())
-
-    def _note_progress(self, step: int, now: float) -> None:
-        """``job.progress`` now and then (goodput's step timing), not on every step."""
-        if now - self._progress_noted >= _PROGRESS_EVERY:
-            self._progress_noted = now
-            self.events.emit("job.progress", level="debug")
 
     def _on_hang(self, overdue: Overdue) -> None:
         """Dump every thread's stack of every process of the job (off the loop), then stop it."""
@@ -956,8 +841,7 @@ class Arbiter:
         log.get_logger().error("job.stacks", stacks_file=str(path), stacks=finished.result or "")
         if self.metrics is not None:
             self.metrics.hung()
-        if self.interval is not None:
-            self._interval_changed(self.interval.failed())
+        self.progress.failure()
         self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
 
     def _prune(self, committed: Any, step: Any) -> None:
@@ -977,10 +861,6 @@ class Arbiter:
             return retention.prune(directory, rules, [*protect, *kept])
 
         self.background.submit("pruned", prune)
-
-    def _set_step(self, step: int | None) -> None:
-        self.step = step
-        log.bind(step=step)
 
 
 def _drain_fd(fd: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 _STATUS_EVERY = 1.0
 
@@ -31,6 +31,8 @@ class Notifier:
         self._ready = False
         self._status = ""
         self._status_sent = 0.0
+        self._save_bytes = 0
+        self._save_checked = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -64,6 +66,23 @@ class Notifier:
         if self._next_ping is not None and self.watchdog_interval and now >= self._next_ping:
             self._next_ping = now + self.watchdog_interval
             self._send("WATCHDOG=1")
+
+    def report(
+        self, now: float, status: str, stop_deadline: float | None, written: Callable[[], int],
+        beyond: float,
+    ) -> None:  # fmt: skip
+        """Once per loop turn: the watchdog ping, and STATUS= or, while a final save visibly
+        writes (``written()`` bytes grow), EXTEND_TIMEOUT_USEC= up to ``stop_deadline + beyond``."""
+        self.ping_if_due(now)
+        if stop_deadline is None:
+            self._save_bytes = 0
+            self.status(status)
+        elif self.enabled and now - self._save_checked >= 1.0:
+            self._save_checked = now
+            size = written()
+            if size > self._save_bytes:
+                self.extend_timeout(max(0.0, stop_deadline - now) + beyond)
+            self._save_bytes = size
 
     def close(self) -> None:
         if self._socket is not None:

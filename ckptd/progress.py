@@ -1,0 +1,103 @@
+"""The job's progress as its messages tell it, and what follows from it.
+
+Owns the step, the save in flight, the hang clocks (:class:`~ckptd.health.HangWatch`),
+the periodic-checkpoint timer and, with ``every = "auto"``, its interval; updates the
+metrics and now and then records ``job.progress`` (goodput's step timing). The arbiter
+feeds it what the job says and asks it what is due; it never touches a process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import log
+from .auto_interval import AutoInterval
+from .config import JobConfig
+from .events import EventLog
+from .health import HangWatch
+from .interval import IntervalChoice
+from .metrics import Metrics
+from .sources.timer import PeriodicTimer
+
+_PROGRESS_EVERY = 10.0  # seconds between job.progress events
+
+
+class Progress:
+    def __init__(
+        self, config: JobConfig, run_dir: Path, events: EventLog, metrics: Metrics | None
+    ) -> None:
+        self.events = events
+        self.metrics = metrics
+        self.health = HangWatch(config, run_dir)
+        self.interval = AutoInterval(config, events.path) if config.every == "auto" else None
+        every = config.every if isinstance(config.every, float) else None
+        self.timer = PeriodicTimer(self.interval.choice.every if self.interval else every)
+        self.step: int | None = None
+        self._saving_since: float | None = None
+        self._saving_step: int | None = None
+        self._noted = 0.0
+
+    def set_step(self, step: int | None) -> None:
+        """The step every log line and event carries from now on."""
+        self.step = step
+        log.bind(step=step)
+
+    def launched(self, now: float, attempt: int, resume_step: int | None) -> None:
+        self.set_step(resume_step)
+        self._saving_since = self._saving_step = None
+        self.health.launched(now)
+        self.timer.reset(now)
+        if self.metrics is not None:
+            self.metrics.job_started(attempt, resume_step)
+
+    def exited(self) -> None:
+        self._saving_since = self._saving_step = None
+        self.health.exited()
+        if self.metrics is not None:
+            self.metrics.job_exited()
+
+    def reported(self, step: Any, now: float) -> None:
+        """Any message of a client: it is alive; a new ``step`` is progress."""
+        self.health.reported(now)
+        if not isinstance(step, int) or step == self.step:
+            return
+        self.set_step(step)
+        self.health.stepped(now)
+        if self.metrics is not None:
+            self.metrics.stepped(step)
+        if now - self._noted >= _PROGRESS_EVERY:
+            self._noted = now
+            self.events.emit("job.progress", level="debug")
+
+    def save_started(self, now: float) -> None:
+        self._saving_since, self._saving_step = now, self.step
+        self.health.save_started(now)
+
+    def save_ended(self, now: float, committed: dict[str, Any] | None) -> None:
+        """A save committed (``committed``: its message) or failed (None)."""
+        began, at_step = self._saving_since, self._saving_step
+        self._saving_since = self._saving_step = None
+        self.health.save_ended(now)
+        if self.metrics is not None:
+            if committed is None:
+                self.metrics.failed()
+            elif not committed.get("reused"):
+                self.metrics.committed(committed.get("step"), committed.get("seconds"))
+        if self.interval is None or committed is None or committed.get("reused"):
+            return
+        seconds = committed.get("seconds")
+        # Training waited for the save when no step was reported while it ran.
+        stall = now - began if began is not None and self.step == at_step else 0.0
+        self._retime(self.interval.saved(stall, seconds if isinstance(seconds, float) else None))
+
+    def failure(self) -> None:
+        """A crash, a hang or a preemption: the interval may shorten."""
+        if self.interval is not None:
+            self._retime(self.interval.failed())
+
+    def _retime(self, choice: IntervalChoice | None) -> None:
+        if choice is not None:
+            self.events.emit("checkpoint.interval", **choice.to_json())
+            self.timer.retime(choice.every, time.monotonic())
