@@ -133,6 +133,8 @@ def restart(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     result = call(args, "status")
     last = result.get("last_checkpoint") or {}
+    ranks = result.get("ranks") or []
+    ranks = ranks if len(ranks) > 1 else []  # one process: its pid and step are above
     rows = [
         ("job", result["job"]),
         ("state", result["state"]),
@@ -140,6 +142,10 @@ def status(args: argparse.Namespace) -> int:
         ("attempt", result["attempt"]),
         ("restarts left", result["restarts_left"]),
         ("step", result["step"]),
+        *(
+            (f"rank {r['rank']}", f"pid {r['pid']}, step {r['step']}, {_age(r['last_report'])} ago")
+            for r in ranks
+        ),
         (
             "last checkpoint",
             f"step {last.get('step')} at {last.get('path')}, {_age(last.get('age'))} ago"

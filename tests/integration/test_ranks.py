@@ -74,6 +74,14 @@ def test_request_and_stop_are_taken_by_both_ranks_at_one_step(job: Job) -> None:
     assert [(r["rank"], r["pid"]) for r in status["ranks"]] == [
         (row["rank"], row["pid"]) for row in sorted(job.records("start"), key=lambda r: r["rank"])
     ]
+    human = subprocess.run(
+        [sys.executable, "-m", "ckptd", "status", "--run-dir", str(job.run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for row in job.records("start"):
+        assert f"rank {row['rank']}" in human and f"pid {row['pid']}" in human, human
 
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
