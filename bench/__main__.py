@@ -1,4 +1,7 @@
-"""ckptd's benchmark suite: ``python -m bench`` (about five minutes on 2 cores).
+"""ckptd's benchmark suite: ``python -m bench`` (about six minutes on 2 cores).
+
+Separate scenarios with their own commands: ``python -m bench.frameworks`` (callbacks),
+``python -m bench.ranks`` (torchrun), ``python -m bench.spot`` (goodput on a spot schedule).
 
 Prints one table, writes ``bench/results.json`` and ``docs/benchmarks.md``. ``--quick``
 runs every row with tiny sizes (the test suite's smoke test), writing only to ``--out``.
@@ -11,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import latency, overhead, report, restarts, storage
+from . import latency, overhead, remote, report, restarts, storage
 from .harness import Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +35,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ckptd-bench-", dir=_scratch()))
     rows: list[Row] = []
     try:
-        for name in ("requests", "sigterm", "restarts", "cpu", "throughput", "storage", "async"):
+        for name in (
+            "requests", "sigterm", "restarts", "cpu", "throughput", "storage", "async", "remote",
+        ):  # fmt: skip
             (work / name).mkdir()
         steps = [
             ("request latency", lambda: latency.request_rows(work / "requests", requests)),
@@ -54,6 +59,7 @@ def main() -> int:
                 lambda: storage.commit_and_resume_rows(work / "storage", size, rounds),
             ),
             ("save_async", lambda: [storage.async_row(work / "async", size, rounds)]),
+            ("remote store", lambda: remote.remote_rows(work / "remote", size, rounds)),
         ]
         for title, run in steps:
             print(f"... {title}", flush=True)
