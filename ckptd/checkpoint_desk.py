@@ -142,7 +142,10 @@ class CheckpointDesk:
         if current is None or not isinstance(rid, str) or not current.answers([rid]):
             self.channel.send(peer, "done", id=rid, path=None, step=None)  # answered already
             return
-        self.group.propose(current.agreement, current.id, peer, message.get("step"))
+        at = message.get("at")
+        if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+            at = None  # a client that could not say: the others' proposals decide
+        self.group.propose(current.agreement, current.id, peer, at)
 
     def on_written(self, peer: Peer, message: dict[str, Any]) -> None:
         step = message.get("step")

@@ -125,7 +125,7 @@ class Rounds:
             if current is not None and (rid in current.ids or joins in current.ids):
                 current.ids.add(rid)
                 current.final = current.final or final
-                self._send("propose", id=rid, step=current.proposed)
+                self._send("propose", id=rid, at=current.proposed)
                 return False
             if joins is not None and joins in self._completed:
                 return True  # the save that answers it has committed (or failed) here already
@@ -133,7 +133,7 @@ class Rounds:
             self.current = current  # before the step is read: see the class docstring
             step = self._step()
             current.proposed = self.earliest(step)
-            self._send("propose", id=rid, step=current.proposed)
+            self._send("propose", id=rid, at=current.proposed)
             return False
 
     def on_agreed(self, rid: str, step: int) -> None:

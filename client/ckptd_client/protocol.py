@@ -12,7 +12,7 @@ Client to daemon:
   ``started``    {ids, step}                   a checkpoint save began
   ``committed``  {ids, step, path, metrics, bytes, seconds}
   ``failed``     {ids, step, error}
-  ``propose``    {id, step}                    group: the first step at which this rank can
+  ``propose``    {id, at}                      group: the first step at which this rank can
                                                still take request ``id``
   ``written``    {ids, step}                   group: this rank's part of the shared
                                                directory of ``step`` is written

@@ -72,7 +72,7 @@ def test_rank_proposes_its_step_and_saves_exactly_at_the_agreed_one(
         assert ck.should_checkpoint() is False  # step 4 is decided: the next step is proposed
         _request(daemon_socket, identity, "r1")
         _, propose = _receive(daemon_socket, "propose")
-        assert (propose["id"], propose["step"]) == ("r1", 5)
+        assert (propose["id"], propose["at"]) == ("r1", 5)
         assert ck.should_checkpoint() is False  # before the proposed step: no wait
         _send(daemon_socket, identity, "agreed", id="r1", step=6)
         ck.step(5)
@@ -92,7 +92,7 @@ def test_rank_past_its_proposal_waits_for_the_agreed_step(daemon_socket: zmq.Soc
         ck.step(10)
         _request(daemon_socket, identity, "r1")
         _, propose = _receive(daemon_socket, "propose")
-        assert propose["step"] == 10  # step 10 is not decided yet: it can still be taken
+        assert propose["at"] == 10  # step 10 is not decided yet: it can still be taken
         ck.step(11)
         answers: list[bool] = []
         waiter = threading.Thread(target=lambda: answers.append(ck.should_checkpoint()))
