@@ -47,6 +47,9 @@ class GoodputWatch:
         except OSError as exc:
             self.error = f"{self.events}: {exc.strerror or exc}"
             return None
+        except (ValueError, KeyError, TypeError) as exc:  # a bug must not end the thread
+            self.error = f"{self.events}: {type(exc).__name__}: {exc}"
+            return None
         self.latest, self.error = result, None
         if self.on_result is not None:
             self.on_result(result)

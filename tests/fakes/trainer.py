@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--step-time", type=float, default=0.01)
     parser.add_argument("--save-time", type=float, default=0.0)
+    parser.add_argument("--save-until", help="each save lasts until this file exists")
     parser.add_argument("--payload", type=int, default=1024, help="bytes written per checkpoint")
     parser.add_argument("--crash-at", type=int, default=None, help="exit 1 when reaching this step")
     parser.add_argument(
@@ -84,6 +85,8 @@ def main() -> None:
             def write(directory, step=step) -> None:
                 (directory / "payload.bin").write_bytes(os.urandom(args.payload))
                 time.sleep(args.save_time)
+                while args.save_until and not os.path.exists(args.save_until):
+                    time.sleep(0.01)
                 if args.fail_save:
                     raise OSError("disk full (simulated)")
                 note("written", step=step)

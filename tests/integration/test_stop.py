@@ -74,7 +74,7 @@ def test_failed_final_save_exits_non_zero_and_keeps_previous_checkpoint(make_job
     assert good == ["step-00000005"]
     again = make_job("again")
     again.start_fake("--fail-save", "--steps", "1000000")
-    again.wait_record("step", count=10)
+    again.wait_event("client.connected", count=2)  # the same run dir: the second job's client
     again.signal(signal.SIGTERM)
     assert again.wait() == 1
     assert again.events("checkpoint.failed")
