@@ -17,6 +17,7 @@ with the same disk would.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 import signal
@@ -89,6 +90,8 @@ class Side:
 
     def launch(self) -> None:
         self.deadline = None
+        if self.launches:
+            self._applied("replaced", "a new VM starts")
         self.launches.append(time.time())
         self.process = subprocess.Popen(
             self.command(),
@@ -139,6 +142,9 @@ class Side:
     def close(self) -> None:
         self._kill_vm()
         self.log.close()
+        with open(self.base / "schedule.jsonl", "w") as out:
+            for at, event, what in self.applied:
+                out.write(json.dumps({"t": at, "event": event, "what": what}) + "\n")
 
     # -- per contender -----------------------------------------------------------------
 
