@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,8 @@ def run(sides: list[Side], events: list[Event], s: Scenario) -> float:
             break
         while pending and now - began >= pending[0].at:
             event = pending.pop(0)
-            print(f"  t={now - began:6.1f} s  {event.kind}", flush=True)
+            window = f" ({event.window:g} s window)" if event.kind == "notice" else ""
+            print(f"  t={now - began:6.1f} s  {event.kind}{window}", flush=True)
             for side in sides:
                 if side.done():
                     continue
@@ -192,9 +193,9 @@ def figures(side: Side, s: Scenario, ended: float) -> Figures:
 
 
 def _restarts(side: Side, rows: list[dict[str, Any]]) -> list[float]:
-    """For each kill, notice and VM loss: seconds from it to the next step trained."""
+    """From the first launch, each kill and VM loss: seconds to the next step trained."""
     steps = [r["t"] for r in rows if r["event"] == "step"]
-    gaps = []
+    gaps = [steps[0] - side.launches[0]] if steps else []
     for at, event, what in side.applied:
         if event in ("kill", "vm loss") and not what.startswith("no "):
             later = [t for t in steps if t > at]
@@ -213,7 +214,7 @@ def _interval(side: Side) -> str:
     ]
     if not chosen:
         return "auto (no choice logged)"
-    return f"auto: {chosen[0]:.1f} -> {chosen[-1]:.1f} s ({len(chosen)} choices)"
+    return f"auto, first {chosen[0]:.1f} s, last {chosen[-1]:.1f} s ({len(chosen)} choices)"
 
 
 def _own_report(side: Side) -> dict[str, Any] | None:
@@ -282,6 +283,7 @@ def main() -> int:
     parser.add_argument("--notice-every", type=float, default=90.0, help="s per notice (90)")
     parser.add_argument("--kill-every", type=float, default=60.0, help="s per process kill (60)")
     parser.add_argument("--vm-every", type=float, default=150.0, help="s per VM loss (150)")
+    parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", type=Path, help="leave the run directories and records here")
     args = parser.parse_args()
     become_subreaper()  # orphans of a SIGKILLed ckptd come back here, to be killed
@@ -315,14 +317,33 @@ def main() -> int:
         _kill_leftovers()
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    report(results, s, events, command)
+    report(results, s, events, command, args.out)
     return 0
 
 
-def report(results: list[Figures], s: Scenario, events: list[Event], command: str) -> None:
+def report(
+    results: list[Figures], s: Scenario, events: list[Event], command: str, out: Path | None
+) -> None:
     ours, loop = results
     restart = statistics.median(loop.restart_seconds) if loop.restart_seconds else 0.5
     limits = bounds(s, events, restart)
+    if out is not None:
+        out.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "scenario": asdict(s),
+                    "events": [asdict(e) for e in events],
+                    "results": [{**asdict(f), "other": f.other} for f in results],
+                    "bounds": limits,
+                    "restart": restart,
+                    "goal": GOAL,
+                    "met": ours.goodput >= GOAL,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     print()
     print(table(results))
     if ours.own:
@@ -335,8 +356,8 @@ def report(results: list[Figures], s: Scenario, events: list[Event], command: st
             f"{own.get('preemptions', 0)} preemptions)"
         )
     print(
-        f"\nbest anyone could do on this schedule ({len(events)} events, restart "
-        f"{restart:.2f} s measured on the loop): oracle {limits['oracle']:.3f} "
+        f"\nbest anyone could do on this schedule ({len(events)} events, one restart "
+        f"{restart:.2f} s as measured on the loop): oracle {limits['oracle']:.3f} "
         f"(saves right before each kill it knows of); without foreknowledge about "
         f"{limits['young_daly']:.3f} (Young/Daly interval "
         f"{limits['young_daly_interval']:.1f} s for these kills)"
