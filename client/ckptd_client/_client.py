@@ -356,6 +356,13 @@ class Client:
             path, size = Path(outcome.path or ""), 0
             report = False
         else:
+            elsewhere = rounds.other_nodes_wrote(step)
+            if elsewhere is not None:
+                shutil.rmtree(shared, ignore_errors=True)
+                self._group_failed(rounds, ids, step, f"another node: {elsewhere}", report=True)
+                raise manifest.CommitError(
+                    f"checkpoint of step {step} not committed: another node: {elsewhere}"
+                )
             try:
                 path, written = manifest.commit(shared, step, metrics)
             except BaseException as exc:
@@ -373,6 +380,7 @@ class Client:
     def _group_failed(
         self, rounds: Rounds, ids: list[str], step: int, error: str, *, report: bool
     ) -> None:
+        rounds.abandon(step, f"rank {rounds.group.rank}: {error}" if report else error)
         with self._lock:
             if rounds.finish(ids):
                 self._stop_ready = True

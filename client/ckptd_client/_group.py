@@ -150,6 +150,13 @@ class Rounds:
     def poll(self) -> None:
         """Called by the channel thread on every turn; the daemon alone agrees for one node."""
 
+    def other_nodes_wrote(self, step: int) -> str | None:
+        """Before this node commits ``step``: None once every node wrote its part, else why not."""
+        return None
+
+    def abandon(self, step: int, error: str) -> None:
+        """This node's part of ``step`` failed: the other nodes must not commit theirs."""
+
     def close(self) -> None:
         with self._cond:
             self.closed = True

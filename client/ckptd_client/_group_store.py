@@ -7,7 +7,10 @@ in that order, writes the first step at which it can still take it, and computes
 ``WORLD_SIZE`` proposals are in, the same agreed step: the highest. Requests agreed on the same step
 are one save. All store traffic runs on the channel thread every :data:`POLL` seconds,
 never inside training's calls, and only while torch is imported by the script already.
-Each node commits its own ranks' part into its own checkpoint directory (see README).
+Each node commits its own ranks' part into its own checkpoint directory, and only once
+every node's ranks have written theirs (the node's committer counts them in the store; a
+node whose part failed says so there, and no other node commits). A crash between two
+nodes' commits can still leave one node with a step the other lacks.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class StoreRounds(Rounds):
         self._entries: dict[int, Round] = {}  # by sequence number in the store
         self._to_publish: list[dict[str, Any]] = []
         self._next = 1
-        self._store: Any = None
+        self._store: Any = None  # the channel thread's connection
+        self._saving_store: Any = None  # the saving thread's: never one socket for two threads
         self._polled = 0.0
         self._warned = False
 
@@ -93,8 +97,11 @@ class StoreRounds(Rounds):
             return entry
 
     def _connect(self) -> Any:
-        if self._store is not None:
-            return self._store
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
+
+    def _open_store(self) -> Any:
         if "torch" not in sys.modules:
             return None  # the script does not use torch: nothing to agree through
         host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
@@ -111,8 +118,7 @@ class StoreRounds(Rounds):
             self._warn(f"cannot reach the rendezvous store at {host}:{port}: {exc}")
             return None
         run = f"ckptd/{self.group.run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
-        self._store = dist.PrefixStore(run, store)
-        return self._store
+        return dist.PrefixStore(run, store)
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -120,6 +126,32 @@ class StoreRounds(Rounds):
             super()._warn(message)
 
     # -- the training (or saving) thread -----------------------------------------------
+
+    def other_nodes_wrote(self, step: int) -> str | None:
+        nodes = max(1, self.group.world_size // self.group.local_world_size)
+        store = self._saving_store = self._saving_store or self._open_store()
+        if store is None:
+            return "the rendezvous store cannot be reached"
+        try:
+            store.add(f"written/{step}", 1)
+            while not self.closed:
+                if store.check([f"aborted/{step}"]):
+                    return bytes(store.get(f"aborted/{step}")).decode(errors="replace")
+                if store.add(f"written/{step}", 0) >= nodes:
+                    return None
+                time.sleep(0.005)
+        except Exception as exc:
+            return f"the rendezvous store failed: {exc}"
+        return "the client was closed"
+
+    def abandon(self, step: int, error: str) -> None:
+        store = self._saving_store = self._saving_store or self._open_store()
+        if store is None:
+            return
+        try:
+            store.compare_set(f"aborted/{step}", "", error)  # the first node's error stays
+        except Exception:
+            pass  # the store is gone, and the other nodes' ranks with it
 
     def due(self, step: int | None) -> tuple[bool, bool]:
         mine = -1 if step is None else step

@@ -158,8 +158,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_two_nodes_a_stop_on_one_saves_one_step_on_both_and_both_exit(tmp_path: Path) -> None:
-    """2 nodes x 1 rank on loopback: SIGTERM to one node's daemon, both save one step and exit 0."""
+def test_two_nodes_fail_together_then_a_stop_on_one_saves_one_step_on_both(tmp_path: Path) -> None:
+    """2 nodes x 1 rank on loopback: a failed part commits nowhere; a SIGTERM to one saves both."""
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = []
     for index in (0, 1):
@@ -181,14 +181,19 @@ def test_two_nodes_a_stop_on_one_saves_one_step_on_both_and_both_exit(tmp_path: 
                 str(FAKES / "ddp_trainer.py"),
                 "--record",
                 str(node.record),
+                "--fail-rank",
+                "1",
             ]
             node.start(command, *FAST)
         for node in nodes:
             wait_for(lambda node=node: node.events("client.connected"), "each node's rank")
         (nodes[1].run_dir / "CHECKPOINT").touch()
         for node in nodes:
-            node.wait_record("saved")
-        assert len({node.records("saved")[0]["step"] for node in nodes}) == 1
+            node.wait_record("save_failed")
+        failed = {row["rank"]: row for node in nodes for row in node.records("save_failed")}
+        assert failed[0]["step"] == failed[1]["step"]
+        assert "another node: rank 1: OSError: injected" in failed[0]["error"], failed
+        assert not [path for node in nodes for path in node.checkpoint_dir.glob("step-*")]
         nodes[0].signal(signal.SIGTERM)
         assert [node.wait() for node in nodes] == [0, 0]
         stops = [node.records("stop")[0] for node in nodes]
