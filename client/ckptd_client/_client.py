@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from . import manifest
 from ._group import Group, Outcome, Rounds
+from ._group_saves import GroupSaves, commit_record
 from ._group_store import StoreRounds
 from .store import Checkpoint
 
@@ -49,7 +50,7 @@ def _make_inert_after_fork() -> None:
 os.register_at_fork(after_in_child=_make_inert_after_fork)
 
 
-class Client:
+class Client(GroupSaves):
     """Connection of one training process to ckptd (or to its stand-ins when standalone).
 
     ``should_checkpoint()`` and ``step()`` touch one attribute each: no syscall,
@@ -77,7 +78,7 @@ class Client:
         self._deadline: float | None = None
         self._step: int | None = resume_from.step if resume_from else None
         self._last_commit: dict[str, Any] | None = (
-            _commit_record(
+            commit_record(
                 resume_from.path,
                 resume_from.step,
                 resume_from.metrics,
@@ -174,7 +175,7 @@ class Client:
             shutil.rmtree(temp_dir, ignore_errors=True)
             self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
             raise
-        record = _commit_record(path, step, metrics, written.size, time.monotonic() - began)
+        record = commit_record(path, step, metrics, written.size, time.monotonic() - began)
         self._commit(step, record)
 
     def checkpoint_async(
@@ -256,136 +257,8 @@ class Client:
             self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
             return
         self._commit(
-            step, _commit_record(path, step, metrics, written.size, time.monotonic() - began)
+            step, commit_record(path, step, metrics, written.size, time.monotonic() - began)
         )
-
-    # -- a rank group (torchrun): one agreed step, one shared directory -----------------
-
-    @property
-    def in_group(self) -> bool:
-        """This process is one rank of a torchrun group (``WORLD_SIZE`` > 1) under ckptd."""
-        return self._rounds is not None
-
-    def shared_directory(self, step: int) -> Path:
-        """The directory every rank of the group gets from ``checkpoint(step)``, created now.
-
-        For helpers that must start writing before ``checkpoint_async`` (DCP's
-        ``async_save`` plans on the calling thread); outside a group there is none.
-        """
-        if self._rounds is None:
-            raise RuntimeError("ckptd_client: shared_directory() needs torchrun's WORLD_SIZE > 1")
-        return self._rounds.group.shared_dir(self.checkpoint_dir, step)
-
-    def _round_due(self) -> bool:
-        assert self._rounds is not None
-        save, stop = self._rounds.due(self._step)
-        if stop:
-            self._stop_ready = True
-        return save
-
-    @contextmanager
-    def _group_checkpoint(
-        self, rounds: Rounds, step: int, metrics: dict[str, Any]
-    ) -> Iterator[Path]:
-        ids, _ = rounds.claim(step)
-        shared = rounds.group.shared_dir(self.checkpoint_dir, step)
-        self._channel.send("started", ids=ids, step=step)
-        began = time.monotonic()
-        try:
-            yield shared
-        except BaseException as exc:  # the others may still write: they remove the directory
-            self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
-            raise
-        self._finish_group_save(rounds, step, metrics, ids, shared, began)
-
-    def _group_checkpoint_async(
-        self,
-        rounds: Rounds,
-        step: int,
-        write: Callable[[Path], None],
-        metrics: dict[str, Any],
-    ) -> None:
-        ids, final = rounds.claim(step)
-        self._final_in_flight = final
-        shared = rounds.group.shared_dir(self.checkpoint_dir, step)
-        self._channel.send("started", ids=ids, step=step)
-        self._in_flight = threading.Thread(
-            target=self._save_group_in_background,
-            args=(rounds, step, write, metrics, ids, shared),
-            name="ckptd-save",
-        )
-        self._in_flight.start()
-
-    def _save_group_in_background(
-        self,
-        rounds: Rounds,
-        step: int,
-        write: Callable[[Path], None],
-        metrics: dict[str, Any],
-        ids: list[str],
-        shared: Path,
-    ) -> None:
-        began = time.monotonic()
-        try:
-            try:
-                write(shared)
-            except BaseException as exc:
-                self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
-                raise
-            self._finish_group_save(rounds, step, metrics, ids, shared, began)
-        except BaseException as exc:  # reported already; raised in the training thread
-            self._async_error = exc
-
-    def _finish_group_save(
-        self,
-        rounds: Rounds,
-        step: int,
-        metrics: dict[str, Any],
-        ids: list[str],
-        shared: Path,
-        began: float,
-    ) -> None:
-        """This rank's part is written: wait for the others, then commit once or hear who did."""
-        self._channel.send("written", ids=ids, step=step)
-        outcome = rounds.await_outcome(step)
-        if outcome.kind == "aborted":  # every rank has stopped writing by now
-            shutil.rmtree(shared, ignore_errors=True)
-            self._group_failed(rounds, ids, step, outcome.error, report=False)
-            raise manifest.CommitError(f"checkpoint of step {step} not committed: {outcome.error}")
-        if outcome.kind == "done":
-            path, size = Path(outcome.path or ""), 0
-            report = False
-        else:
-            elsewhere = rounds.other_nodes_wrote(step)
-            if elsewhere is not None:
-                shutil.rmtree(shared, ignore_errors=True)
-                self._group_failed(rounds, ids, step, f"another node: {elsewhere}", report=True)
-                raise manifest.CommitError(
-                    f"checkpoint of step {step} not committed: another node: {elsewhere}"
-                )
-            try:
-                path, written = manifest.commit(shared, step, metrics)
-            except BaseException as exc:
-                self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
-                raise
-            size, report = written.size, True
-        record = _commit_record(path, step, metrics, size, time.monotonic() - began)
-        with self._lock:
-            if rounds.finish(ids):
-                self._stop_ready = True
-            self._last_commit = record
-            if report:
-                self._channel.send("committed", ids=ids, **record)
-
-    def _group_failed(
-        self, rounds: Rounds, ids: list[str], step: int, error: str, *, report: bool
-    ) -> None:
-        rounds.abandon(step, f"rank {rounds.group.rank}: {error}" if report else error)
-        with self._lock:
-            if rounds.finish(ids):
-                self._stop_ready = True
-            if report:
-                self._channel.send("failed", ids=ids, step=step, error=error)
 
     def _raise_async_error(self) -> None:
         error, self._async_error = self._async_error, None
@@ -441,18 +314,6 @@ class Client:
             self._wanted = True
             self._stop_ready = False
 
-    def _poll_group(self) -> None:
-        if self._rounds is not None:
-            self._rounds.poll()
-
-    def _on_agreed(self, rid: str, step: int) -> None:
-        if self._rounds is not None:
-            self._rounds.on_agreed(rid, step)
-
-    def _on_group_outcome(self, step: int, outcome: Outcome) -> None:
-        if self._rounds is not None:
-            self._rounds.on_outcome(step, outcome)
-
     def _on_done(self, rid: str, path: str | None = None, step: int | None = None) -> None:
         """Another rank committed ``rid``: it no longer needs this process."""
         if self._rounds is not None:
@@ -505,16 +366,3 @@ class Client:
             if any(p.final for p in failed):
                 self._stop_ready = True
             self._channel.send("failed", ids=claimed, step=step, error=error)
-
-
-def _commit_record(
-    path: Path, step: int, metrics: dict[str, Any], size: int, seconds: float, reused: bool = False
-) -> dict[str, Any]:
-    return {
-        "path": str(path),
-        "step": step,
-        "metrics": metrics,
-        "bytes": size,
-        "seconds": round(seconds, 6),
-        "reused": reused,
-    }
