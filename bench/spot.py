@@ -268,8 +268,12 @@ def report(
         f"\nbest anyone could do on this schedule ({len(events)} events, one restart "
         f"{restart:.2f} s as measured on the loop): oracle {limits['oracle']:.3f} "
         f"(saves right before each kill it knows of); without foreknowledge about "
-        f"{limits['young_daly']:.3f} (Young/Daly interval "
-        f"{limits['young_daly_interval']:.1f} s for these kills)"
+        f"{limits['young_daly']:.3f} ("
+        + (
+            f"Young/Daly interval {limits['young_daly_interval']:.1f} s for these kills)"
+            if limits["young_daly_interval"]
+            else "no kills: no periodic save needed)"
+        )
     )
     met = ours.goodput >= GOAL
     verdict = "met" if met else "NOT met"

@@ -94,5 +94,5 @@ def bounds(s: Scenario, events: list[Event], restart: float) -> dict[str, float]
     return {
         "oracle": work / (work + fixed),
         "young_daly": work / (work + fixed - kills * s.save_time + periodic),
-        "young_daly_interval": math.sqrt(2 * s.save_time * work / kills) if kills else math.inf,
+        "young_daly_interval": math.sqrt(2 * s.save_time * work / kills) if kills else 0.0,
     }
