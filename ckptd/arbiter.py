@@ -24,7 +24,7 @@ import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -43,8 +43,7 @@ from .launcher import Launcher, Prepared
 from .metrics import Metrics
 from .preemption import Preemption
 from .progress import Progress
-from .remote_copy import RemoteCopy
-from .remote_resume import RemoteUnusable
+from .remote_url import RemoteUnusable
 from .requests import Action, Origin, Request
 from .restart_policy import ExitStatus, RestartPolicy
 from .run_dir import STOP_FILE, Orphan, RunDir
@@ -55,11 +54,18 @@ from .stop_ending import StopEnding
 from .stops import Intent, Step, Stop
 from .systemd import Notifier
 from .trainer import LaunchError, Trainer
-from .uploader import Outcome, RemotePruned, Uploaded
+
+if TYPE_CHECKING:
+    from .remote_copy import RemoteCopy
+    from .uploader import Outcome
+
 
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
-_ADOPT_WINDOW = 3.0  # how long an orphan's client gets to reconnect before stop_signal
+# How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
+# a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
+# client is still importing its way to connect().
+_CLIENT_WINDOW = 3.0
 
 
 class Arbiter:
@@ -90,11 +96,12 @@ class Arbiter:
             config.keep_last, config.keep_best, config.best_metric, config.best_mode,
             config.keep_every,
         )  # fmt: skip
-        self.remote = (
-            RemoteCopy(config.storage, self.rules, post=self.post)
-            if config.storage.remote is not None
-            else None
-        )  # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
+        self.remote: RemoteCopy | None = None
+        if config.storage.remote is not None:  # fsspec is loaded only for a remote
+            from .remote_copy import RemoteCopy
+
+            # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
+            self.remote = RemoteCopy(config.storage, self.rules, post=self.post)
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
         self.background = Background(self.post)
         self.ending = StopEnding(
@@ -302,8 +309,6 @@ class Arbiter:
             request_id=request.id,
         )
         first = self.preemption is None
-        if first:
-            self.progress.failure()
         if self.preemption is None:
             last = self.desk.last_commit
             plan.committed_step_at_notice = last.get("step") if last else self.desk.newest_step
@@ -438,7 +443,9 @@ class Arbiter:
         ):
             stop.client_took_request()
         else:
-            stop.signal_at = now + signal_delay
+            # Half the grace at most: a plain job must still get stop_signal before the deadline.
+            wait = min(self.launched + _CLIENT_WINDOW - now, (stop_by - now) / 2)
+            stop.signal_at = now + max(signal_delay, wait)
 
     def _announce_stop(self, stop: Stop, superseded: str | None = None) -> None:
         if stop.intent is Intent.STOP:
@@ -602,7 +609,7 @@ class Arbiter:
             why="left running by a ckptd that died; stopping it before a new launch",
         )
         request = Request(Action.STOP, Origin.TIMER, "orphan of an earlier ckptd")
-        self._begin_stop(request, Intent.RESTART, signal_delay=_ADOPT_WINDOW)
+        self._begin_stop(request, Intent.RESTART, signal_delay=_CLIENT_WINDOW)
 
     def _check_child(self) -> None:
         trainer = self.trainer
@@ -713,7 +720,7 @@ class Arbiter:
 
     def _on_remote(self, outcome: Outcome) -> None:
         """What the uploader did, reported from its thread through the queue."""
-        level = "info" if isinstance(outcome, (Uploaded, RemotePruned)) else "warning"
+        level = "info" if outcome.event in ("remote.uploaded", "remote.pruned") else "warning"
         self.events.emit(outcome.event, level=level, **outcome.fields())
 
     def _on_pruned(self, finished: Finished) -> None:

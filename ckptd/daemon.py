@@ -15,7 +15,7 @@ from .config import JobConfig
 from .control_server import ControlServer, Curve
 from .events import EventLog
 from .job_channel import JobChannel
-from .remote_resume import RemoteUnusable
+from .remote_url import RemoteUnusable
 from .run_dir import (
     CHECKPOINT_FILE,
     EVENTS_FILE,

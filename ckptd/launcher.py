@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -24,9 +25,11 @@ from ckptd_client.store import Checkpoint, newest_valid
 from . import retention
 from .config import JobConfig
 from .health import stacks_file
-from .remote_copy import RemoteCopy
 from .run_dir import Orphan, RunDir, RunDirError
 from .trainer import Trainer
+
+if TYPE_CHECKING:
+    from .remote_copy import RemoteCopy  # imported (with fsspec) only when a remote is set
 
 _SYSTEMD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})  # not the job's
 

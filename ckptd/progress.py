@@ -47,6 +47,7 @@ class Progress:
     def launched(self, now: float, attempt: int, resume_step: int | None) -> None:
         self.set_step(resume_step)
         self._saving_since = self._saving_step = None
+        self._noted = 0.0  # the first step of an attempt is recorded at once (goodput)
         self.health.launched(now)
         self.timer.reset(now)
         if self.metrics is not None:

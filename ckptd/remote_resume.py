@@ -8,13 +8,9 @@ from pathlib import Path
 from ckptd_client.store import Checkpoint
 
 from .remote_store import InvalidRemoteCheckpoint, RemoteError, RemoteStore
-from .remote_url import redact
+from .remote_url import RemoteUnusable, redact
 
 __all__ = ["RemoteResume", "RemoteUnusable", "fetch_newer"]
-
-
-class RemoteUnusable(Exception):
-    """The remote can never work as configured (no such bucket, access denied): exit 2."""
 
 
 @dataclass(frozen=True)

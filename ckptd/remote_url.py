@@ -57,3 +57,7 @@ def redact(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+class RemoteUnusable(Exception):
+    """The remote can never work as configured (no such bucket, access denied): exit 2."""

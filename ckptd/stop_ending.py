@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from .background import Background, Finished
 from .events import EventLog
-from .remote_copy import RemoteCopy
 from .stops import Stop
+
+if TYPE_CHECKING:
+    from .remote_copy import RemoteCopy
 
 
 class StopEnding:

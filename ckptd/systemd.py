@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 
 _STATUS_EVERY = 1.0
+_SAVE_CHECK_EVERY = 0.25  # how often a final save is looked at (its bytes growing)
 
 
 class Notifier:
@@ -77,7 +78,7 @@ class Notifier:
         if stop_deadline is None:
             self._save_bytes = 0
             self.status(status)
-        elif self.enabled and now - self._save_checked >= 1.0:
+        elif self.enabled and now - self._save_checked >= _SAVE_CHECK_EVERY:
             self._save_checked = now
             size = written()
             if size > self._save_bytes:
