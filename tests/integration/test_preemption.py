@@ -61,10 +61,12 @@ def test_aws_spot_notice_checkpoints_now_and_saves_last_before_the_deadline(
     deadline = metadata.preempt(8.0)
     noticed = job.wait_event("preemption.noticed")
     assert noticed["provider"] == "aws" and abs(noticed["deadline"] - deadline) < 1.5
-    polls_at_notice = _notice_polls(metadata)
+    polls_at_notice = _polls(metadata, "spot/instance-action")
     assert job.wait() == 0
     outcome = _final_before_deadline(job, deadline)
-    assert _notice_polls(metadata) - polls_at_notice >= 5, "the notice was not polled again"
+    assert _polls(metadata, "spot/instance-action") - polls_at_notice >= 5, (
+        "the notice was not polled again"
+    )
     assert len(job.events("preemption.noticed")) == 1
     commits = job.events("checkpoint.committed")
     assert len(commits) == 2, f"expected one early checkpoint and the final one: {commits}"
@@ -74,8 +76,8 @@ def test_aws_spot_notice_checkpoints_now_and_saves_last_before_the_deadline(
     assert any(r.startswith("PUT /latest/api/token") for r in metadata.requests)
 
 
-def _notice_polls(metadata: FakeMetadata) -> int:
-    return sum("spot/instance-action" in r for r in metadata.requests)
+def _polls(metadata: FakeMetadata, path: str) -> int:
+    return sum(path in r for r in metadata.requests)
 
 
 @pytest.mark.parametrize("metadata", ["aws"], indirect=True)
@@ -87,8 +89,10 @@ def test_aws_rebalance_recommendation_is_one_plain_checkpoint(
     job.wait_event("client.connected")
     metadata.rebalance = True
     committed = job.wait_event("checkpoint.committed")
-    polls = _rebalance_polls(metadata)
-    wait_for(lambda: _rebalance_polls(metadata) >= polls + 5, "more rebalance polls")
+    polls = _polls(metadata, "recommendations/rebalance")
+    wait_for(
+        lambda: _polls(metadata, "recommendations/rebalance") >= polls + 5, "more rebalance polls"
+    )
     job.wait_record("step", count=committed["step"] + 20)
     assert len(job.events("checkpoint.committed")) == 1
     assert [e["reason"] for e in job.events("checkpoint.requested")] == [
@@ -119,10 +123,6 @@ def test_status_shows_the_pending_preemption_deadline(
     assert "aws terminate: deadline in" in human.stdout, human.stdout
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
-
-
-def _rebalance_polls(metadata: FakeMetadata) -> int:
-    return sum("recommendations/rebalance" in r for r in metadata.requests)
 
 
 @pytest.mark.parametrize("metadata", ["gcp"], indirect=True)

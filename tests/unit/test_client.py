@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,33 +18,14 @@ import ckptd_client
 from ckptd_client import protocol
 
 from conftest import wait_for
+from stand_in_daemon import receive, stand_in_daemon
 
 
 @pytest.fixture
-def daemon_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def daemon_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[zmq.Socket]:
     """A bare ROUTER socket standing in for the daemon, with the client's env pointing at it."""
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    endpoint = f"ipc://{tmp_path}/j.sock"
-    router.bind(endpoint)
-    monkeypatch.setenv("CKPTD_ENDPOINT", endpoint)
-    monkeypatch.setenv("CKPTD_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
-    monkeypatch.delenv("CKPTD_RESUME_FROM", raising=False)
-    yield router
-    router.close()
-    context.term()
-
-
-def _receive(router: zmq.Socket, kind: str) -> tuple[bytes, dict]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if router.poll(100):
-            identity, frame = router.recv_multipart()
-            message = json.loads(frame)
-            if message["type"] == kind:
-                return identity, message
-    pytest.fail(f"no {kind} message")
+    with stand_in_daemon(tmp_path, monkeypatch) as router:
+        yield router
 
 
 def _request(
@@ -58,7 +39,7 @@ def test_request_sets_flag_and_commit_is_acknowledged(daemon_socket: zmq.Socket)
     """A request raises should_checkpoint(); the commit clears it and acks with path and step."""
     ck = ckptd_client.connect()
     try:
-        identity, hello = _receive(daemon_socket, "hello")
+        identity, hello = receive(daemon_socket, "hello")
         assert hello["pid"] == os.getpid()
         assert ck.should_checkpoint() is False
         ck.step(7)
@@ -68,8 +49,8 @@ def test_request_sets_flag_and_commit_is_acknowledged(daemon_socket: zmq.Socket)
         with ck.checkpoint(7, metrics={"loss": 1.5}) as directory:
             (directory / "w").write_bytes(b"w")
         assert ck.should_checkpoint() is False and ck.should_stop() is False
-        _, started = _receive(daemon_socket, "started")
-        _, committed = _receive(daemon_socket, "committed")
+        _, started = receive(daemon_socket, "started")
+        _, committed = receive(daemon_socket, "committed")
         assert started["ids"] == ["r1"] and committed["ids"] == ["r1"]
         assert committed["step"] == 7 and committed["metrics"] == {"loss": 1.5}
         assert Path(committed["path"]).name == "step-00000007"
@@ -81,16 +62,16 @@ def test_final_request_right_after_a_commit_is_satisfied_by_it(daemon_socket: zm
     """A stop arriving when nothing trained since the last commit needs no second save."""
     ck = ckptd_client.connect()
     try:
-        identity, _ = _receive(daemon_socket, "hello")
+        identity, _ = receive(daemon_socket, "hello")
         ck.step(3)
         with ck.checkpoint(3) as directory:
             (directory / "w").write_bytes(b"w")
         _request(daemon_socket, identity, "final", final=True, deadline=None)
         wait_for(ck.should_stop, "should_stop")
         assert not ck.should_checkpoint()
-        _, ack = _receive(daemon_socket, "committed")
+        _, ack = receive(daemon_socket, "committed")
         while ack["ids"] != ["final"]:
-            _, ack = _receive(daemon_socket, "committed")
+            _, ack = receive(daemon_socket, "committed")
         assert ack["reused"] is True and ack["step"] == 3
     finally:
         ck.close()
@@ -102,13 +83,13 @@ def test_exception_in_the_block_reports_failure_and_leaves_nothing(
     """An exception inside checkpoint() removes the directory, reports failed, and propagates."""
     ck = ckptd_client.connect()
     try:
-        identity, _ = _receive(daemon_socket, "hello")
+        identity, _ = receive(daemon_socket, "hello")
         _request(daemon_socket, identity, "r", final=False, deadline=None)
         wait_for(ck.should_checkpoint, "the flag")
         with pytest.raises(RuntimeError, match="boom"), ck.checkpoint(1) as directory:
             (directory / "w").write_bytes(b"partial")
             raise RuntimeError("boom")
-        _, failed = _receive(daemon_socket, "failed")
+        _, failed = receive(daemon_socket, "failed")
         assert failed["ids"] == ["r"] and "boom" in failed["error"]
         assert list((tmp_path / "ckpt").iterdir()) == []
     finally:
@@ -119,7 +100,7 @@ def test_garbage_from_the_daemon_is_ignored(daemon_socket: zmq.Socket) -> None:
     """Frames that are not protocol messages never raise in the client or set flags."""
     ck = ckptd_client.connect()
     try:
-        identity, _ = _receive(daemon_socket, "hello")
+        identity, _ = receive(daemon_socket, "hello")
         for junk in [b"", b"\xff\xfe", b"[]", b'{"v": 99, "type": "request"}', b"{" * 10]:
             daemon_socket.send_multipart([identity, junk])
         _request(daemon_socket, identity, "ok", final=False, deadline="soon")
@@ -134,7 +115,7 @@ def test_forked_child_finds_the_client_inert(daemon_socket: zmq.Socket) -> None:
     """A process forked from a training process (a data-loader worker) never checkpoints."""
     ck = ckptd_client.connect()
     try:
-        identity, _ = _receive(daemon_socket, "hello")
+        identity, _ = receive(daemon_socket, "hello")
         _request(daemon_socket, identity, "r", final=True, deadline=None)
         wait_for(ck.should_checkpoint, "the flag in the parent")
         read_fd, write_fd = os.pipe()
@@ -190,7 +171,7 @@ def test_background_save_commits_after_returning(daemon_socket: zmq.Socket, tmp_
         (directory / "w").write_bytes(b"w")
 
     try:
-        identity, _ = _receive(daemon_socket, "hello")
+        identity, _ = receive(daemon_socket, "hello")
         _request(daemon_socket, identity, "r1")
         wait_for(ck.should_checkpoint, "the flag")
         ck.step(5)
@@ -201,7 +182,7 @@ def test_background_save_commits_after_returning(daemon_socket: zmq.Socket, tmp_
         wait_for(lambda: ck.deadline() is not None, "r2 to reach the client")
         release.set()
         ck.wait()
-        _, committed = _receive(daemon_socket, "committed")
+        _, committed = receive(daemon_socket, "committed")
         assert committed["ids"] == ["r1"] and committed["step"] == 5
         assert (tmp_path / "ckpt" / "step-00000005" / "w").read_bytes() == b"w"
         wait_for(ck.should_checkpoint, "r2 still wanted: training moved on since it arrived")
@@ -217,11 +198,11 @@ def test_background_failure_is_raised_at_the_next_call(daemon_socket: zmq.Socket
         raise OSError("disk full")
 
     try:
-        identity, _ = _receive(daemon_socket, "hello")
+        identity, _ = receive(daemon_socket, "hello")
         _request(daemon_socket, identity, "r")
         wait_for(ck.should_checkpoint, "the flag")
         ck.checkpoint_async(1, write)
-        _, failed = _receive(daemon_socket, "failed")
+        _, failed = receive(daemon_socket, "failed")
         assert failed["ids"] == ["r"] and "disk full" in failed["error"]
         with pytest.raises(RuntimeError, match="background save failed: disk full"):
             ck.step(2)
@@ -234,7 +215,7 @@ def test_should_stop_waits_for_the_final_background_save(daemon_socket: zmq.Sock
     """A final checkpoint taken in the background: should_stop() returns once it committed."""
     ck = ckptd_client.connect()
     try:
-        identity, _ = _receive(daemon_socket, "hello")
+        identity, _ = receive(daemon_socket, "hello")
         ck.step(9)
         _request(daemon_socket, identity, "final", final=True)
         wait_for(ck.should_checkpoint, "the flag")
@@ -245,7 +226,7 @@ def test_should_stop_waits_for_the_final_background_save(daemon_socket: zmq.Sock
 
         ck.checkpoint_async(9, write)
         assert ck.should_stop() is True  # blocked until the commit
-        _, committed = _receive(daemon_socket, "committed")
+        _, committed = receive(daemon_socket, "committed")
         assert committed["ids"] == ["final"]
     finally:
         ck.close()
