@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from .harness import Row, Tail, median, ms, percentile, records, start_ckptd, stop, wait
 
 # MODE RECORD [ITERATIONS]: "cost" times the client's calls; "train" trains (one allreduce
@@ -37,6 +39,7 @@ WORKER = r"""
 import json, os, sys, time
 import torch, torch.distributed as dist
 import ckptd_client
+
 mode, path = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -185,8 +188,16 @@ def crash_row(base: Path, crashes: int) -> Row:
             wait(lambda work=work: len(records(work / "record.jsonl", "start")) == 2, timeout=120)
             bare.append(max(r["t"] for r in records(work / "record.jsonl", "start")) - began)
         finally:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: torchrun and its ranks
+            # torchrun starts its ranks in sessions of their own: the group kill misses them.
+            ranks = psutil.Process(process.pid).children(recursive=True)
+            os.killpg(process.pid, signal.SIGKILL)
+            for rank in ranks:
+                try:
+                    rank.kill()
+                except psutil.NoSuchProcess:
+                    pass
             process.wait()
+            psutil.wait_procs(ranks, timeout=10)
     overhead = median(gaps) - median(bare)
     return Row(
         "rank SIGKILLed -> group training again",
