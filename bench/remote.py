@@ -78,10 +78,67 @@ def _checkpoint(base: Path, total: int) -> Path:
     return path
 
 
+# A CPU-bound stand-in for training: steps per second in 0.1 s windows, one line each.
+_STEPPER = r"""
+import sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    began, count = time.monotonic(), 0
+    while time.monotonic() - began < 0.1:
+        sum(range(200))
+        count += 1
+    print(f"{began:.6f} {count / 0.1:.0f}", flush=True)
+"""
+
+
+def training_during_upload_row(base: Path, total: int, seconds: float) -> Row:
+    """Steps/s of a CPU-bound training process while ckptd's upload runs, vs just before it.
+
+    The same process, adjacent periods: ``seconds`` without an upload, then ``seconds`` with
+    uploads of a ``total``-byte checkpoint running back to back (to a ``file://`` remote on the
+    same disk, so no server process competes for the CPU; the upload runs in this process, as
+    it does in the daemon's uploader thread).
+    """
+    from ckptd.remote_store import RemoteStore
+
+    local = _checkpoint(base / "local", total)
+    store = RemoteStore(f"file://{base / 'remote'}", {})
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", _STEPPER, str(2 * seconds)], stdout=subprocess.PIPE, text=True
+    )
+    started = time.monotonic()
+    time.sleep(seconds)  # the quiet period: this process does nothing while it lasts
+    switch, uploads = time.monotonic(), 0
+    while trainer.poll() is None:
+        store.upload(local, timeout=3600)
+        store.delete(1)
+        uploads += 1
+    assert trainer.stdout is not None
+    windows = [tuple(map(float, line.split())) for line in trainer.stdout.read().splitlines()]
+    before = [rate for at, rate in windows if started + 0.5 <= at and at + 0.1 <= switch]
+    during = [rate for at, rate in windows if at >= switch + 0.2]
+    ratio = median(during) / median(before) if before and during else None
+    return Row(
+        "training steps/s while an upload runs",
+        f"{median(during):.0f} steps/s ({uploads} uploads of {total >> 20} MiB)" if during else "-",
+        f"{median(before):.0f} steps/s with no upload" if before else "-",
+        ratio,
+        "ratio >= 0.98",
+        None if ratio is None else ratio >= 0.98,
+        note="one CPU-bound training process; the upload's reads, writes and fsyncs beside it",
+        data={"before": before, "during": during},
+    )
+
+
 def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
-    """Upload and download+verify of a ``total``-byte checkpoint, each next to raw fsspec."""
+    """Upload and download+verify of a ``total``-byte checkpoint, each next to raw fsspec;
+    training steps/s while an upload runs."""
+    training = training_during_upload_row(
+        base / "training", total, 1.0 if total < (64 << 20) else 8.0
+    )
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None:
         return [
+            training,
             Row(
                 "upload to / resume from S3",
                 "moto or s3fs not installed",
@@ -90,7 +147,7 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
                 "ratio >= 0.9",
                 None,
                 note="pip install -e '.[test,s3]' for these rows",
-            )
+            ),
         ]
     from ckptd.remote_store import RemoteStore
 
@@ -155,6 +212,7 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
             "ratio = raw time / ckptd time",
             data={"raw": down_raw, "ckptd": down_ours},
         ),
+        training,
     ]
 
 
