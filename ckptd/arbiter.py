@@ -130,7 +130,8 @@ class Arbiter:
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
         self.goodput = GoodputWatch(
-            events.path, on_result=metrics.set_goodput_of if metrics is not None else None
+            events.path,
+            on_result=(lambda result: metrics.set_goodput(result.ratio)) if metrics else None,
         )
 
     @property
@@ -417,7 +418,6 @@ class Arbiter:
             stop_by,
             {request.origin},
             self.config.kill_timeout,
-            save=save,
             requeue=requeue,
         )
         if waiter is not None:

@@ -127,10 +127,6 @@ class Metrics:
     def set_goodput(self, ratio: float) -> None:
         self.goodput.set(ratio)
 
-    def set_goodput_of(self, result: Any) -> None:
-        """From :class:`~ckptd.goodput_watch.GoodputWatch`'s thread: its newest ratio."""
-        self.goodput.set(result.ratio)
-
     def set_hang_budgets(self, budgets: dict[str, float]) -> None:
         for phase, seconds in budgets.items():
             self.hang_budget.labels(phase).set(seconds)

@@ -50,7 +50,6 @@ class Stop:
     origins: set[Origin]
     kill_timeout: float
     final_id: str = field(default_factory=new_id)
-    save: bool = True
     requeue: bool = False
     signal_at: float | None = None  # when to send stop_signal unless a client took the request
     delivered: bool = False  # a client has the final request
