@@ -298,7 +298,8 @@ class Arbiter:
         return result
 
     def _on_preemption(self, request: Request) -> None:
-        """Checkpoint at once; take the final save as late as its measured time allows."""
+        """Take the final save as late as its measured time allows (and one at once when no
+        periodic saves bound the work at risk until then)."""
         notice = request.notice
         plan = Preemption.plan(notice, self.config.preemption.margin, self.config.grace)
         self.events.emit(
@@ -332,7 +333,9 @@ class Arbiter:
                 )
         if self.stop is not None or not self._job_alive() or final_at <= time.monotonic():
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
-        elif first:
+        elif first and self.progress.timer.next_due() is None:
+            # With periodic saves running, the work at risk until the final save is less
+            # than one period, as always; without them, it is everything since the last save.
             self._request_checkpoint(Request(Action.CHECKPOINT, Origin.CLOUD, request.reason))
 
     def _save_seconds(self) -> float:
@@ -790,7 +793,9 @@ class Arbiter:
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
         if kind == "started":
-            self.progress.save_started(now)
+            stall = message.get("stall")
+            stall = float(stall) if isinstance(stall, (int, float)) and stall >= 0 else None
+            self.progress.save_started(now, stall)
             ids = message.get("ids") or []
             self.events.emit(
                 "checkpoint.started",
@@ -798,6 +803,7 @@ class Arbiter:
                 request_ids=ids,
                 pid=peer.pid,
                 rank=peer.rank,
+                **({"stall": round(stall, 6)} if stall is not None else {}),
             )
         elif kind == "propose":
             self.desk.on_propose(peer, message)

@@ -244,7 +244,9 @@ def _add_record(attempt: Attempt, record: Record) -> None:
         attempt.hung = attempt.hung or record.get("kind") == "hang"
     elif event == "checkpoint.started":
         if not attempt.saves or attempt.saves[-1].ended is not None:  # other ranks: same save
-            attempt.saves.append(Save(now, None, step, False, 0.0, None, False))
+            snapshot = record.get("stall")
+            snapshot = float(snapshot) if isinstance(snapshot, (int, float)) else 0.0
+            attempt.saves.append(Save(now, None, step, False, snapshot, None, False))
     elif event in ("checkpoint.committed", "checkpoint.failed"):
         _end_save(attempt, record)
     elif event == "job.exited":
@@ -269,7 +271,8 @@ def _end_save(attempt: Attempt, record: Record) -> None:
     if isinstance(stall, (int, float)):
         stall = float(stall)
     elif _trained_during(attempt, started, now, step):
-        stall = 0.0  # a background save: training went on while it was written
+        # A background save: training went on while it was written, after its snapshot.
+        stall = open_save.stall if open_save else 0.0
     else:
         stall = now - started
     final = any(r["event"] == "job.stopping" for r in attempt.records)

@@ -6,7 +6,8 @@ whole duration, a background save only its snapshot) and ``M`` the mean time bet
 failures. Shorter wastes time saving, longer loses more work per failure.
 
 ``M`` comes from the run directory's history (crashes, hangs, lost daemons and
-preemptions over the time the job ran) shrunk toward a prior for a young job: with a
+preemptions whose final save did not land, over the time the job ran: a preemption
+announced in time loses nothing that periodic saves would have kept) shrunk toward a prior for a young job: with a
 prior ``P`` the estimate is ``(P + T) / (1 + n)`` for ``n`` failures in ``T`` seconds (the
 mean of a gamma posterior whose prior is one failure per ``P``), so a fresh job uses ``P``
 and a long history its own rate. ``C`` is the median stall of the last few saves, so one
@@ -34,7 +35,7 @@ _WRITE_MARGIN = 2.0  # a background save must be written before the next one beg
 class FailureHistory:
     """What the interval is chosen from; the arbiter keeps one and replaces it as things happen."""
 
-    failures: int = 0  # crashes, hangs, lost daemons, preemptions
+    failures: int = 0  # what lost work: crashes, hangs, lost daemons, unsaved preemptions
     exposure: float = 0.0  # seconds the job was supervised
     stalls: tuple[float, ...] = ()  # stalls of the recent saves, oldest first
     writes: tuple[float, ...] = ()  # their whole durations (for background saves)
@@ -42,12 +43,18 @@ class FailureHistory:
     @classmethod
     def from_records(cls, records: Iterable[Record]) -> FailureHistory:
         """The history of an ``events.jsonl`` (all daemon runs in it)."""
+        records = list(records)
         result = account(records)
+        unsaved = sum(
+            1
+            for r in records
+            if r["event"] == "preemption.final" and not r.get("final_checkpoint")
+        )
         saves = [s for a in result.history.attempts for s in a.saves if s.committed and s.ended][
             -_RECENT_SAVES:
         ]
         return cls(
-            failures=result.history.failures + result.history.preemptions,
+            failures=result.history.failures + unsaved,
             exposure=result.goodput.wall,
             stalls=tuple(s.stall for s in saves),
             writes=tuple(s.seconds if s.seconds is not None else s.stall for s in saves),

@@ -36,6 +36,7 @@ class Progress:
         self.timer = PeriodicTimer(self.interval.choice.every if self.interval else every)
         self.step: int | None = None
         self._saving_since: float | None = None
+        self._snapshot: float | None = None
         self._saving_step: int | None = None
         self._noted = 0.0
 
@@ -72,8 +73,9 @@ class Progress:
             self._noted = now
             self.events.emit("job.progress", level="debug")
 
-    def save_started(self, now: float) -> None:
-        self._saving_since, self._saving_step = now, self.step
+    def save_started(self, now: float, stall: float | None = None) -> None:
+        """A save began; ``stall``: what a background save's snapshot held training up."""
+        self._saving_since, self._saving_step, self._snapshot = now, self.step, stall
         self.health.save_started(now)
 
     def save_ended(self, now: float, committed: dict[str, Any] | None) -> None:
@@ -89,8 +91,12 @@ class Progress:
         if self.interval is None or committed is None or committed.get("reused"):
             return
         seconds = committed.get("seconds")
-        # Training waited for the save when no step was reported while it ran.
-        stall = now - began if began is not None and self.step == at_step else 0.0
+        # Training waited for the save when no step was reported while it ran; a
+        # background save cost it only its snapshot.
+        if began is not None and self.step == at_step:
+            stall = now - began
+        else:
+            stall = self._snapshot or 0.0
         self._retime(self.interval.saved(stall, seconds if isinstance(seconds, float) else None))
 
     def failure(self) -> None:

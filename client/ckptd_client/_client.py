@@ -73,6 +73,7 @@ class Client(GroupSaves):
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._wanted = False
+        self._wanted_seen: float | None = None  # when should_checkpoint() first said so
         self._stop_ready = False
         self._reused_final_at: int | None = None
         self._deadline: float | None = None
@@ -126,6 +127,8 @@ class Client(GroupSaves):
             rounds.checked = self._step  # before ``current`` is read: see Rounds.earliest
             if rounds.current is not None:
                 return self._round_due()
+        if self._wanted and self._wanted_seen is None:
+            self._wanted_seen = time.monotonic()
         return self._wanted
 
     def should_stop(self) -> bool:
@@ -166,6 +169,7 @@ class Client(GroupSaves):
             return
         claimed = self._claim(step)
         temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
+        self._wanted_seen = None
         self._channel.send("started", ids=claimed, step=step)
         began = time.monotonic()
         try:
@@ -203,7 +207,10 @@ class Client(GroupSaves):
                 self._pending[rid].final for rid in claimed if rid in self._pending
             )
         temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
-        self._channel.send("started", ids=claimed, step=step)
+        # Training waited from the request it saw to here: the snapshot of its state.
+        seen, self._wanted_seen = self._wanted_seen, None
+        stall = round(time.monotonic() - seen, 6) if seen is not None else None
+        self._channel.send("started", ids=claimed, step=step, stall=stall)
         self._in_flight = threading.Thread(
             target=self._save_in_background,
             args=(step, write, metrics, claimed, temp_dir),
@@ -354,6 +361,8 @@ class Client(GroupSaves):
                 del self._pending[request.id]
             self._last_commit = record
             self._wanted = bool(self._pending)
+            if not self._wanted:
+                self._wanted_seen = None
             if any(p.final for p in done):
                 self._stop_ready = True
             # Unsolicited saves are reported too, so the daemon sees every commit.

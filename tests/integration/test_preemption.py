@@ -76,6 +76,22 @@ def test_aws_spot_notice_checkpoints_now_and_saves_last_before_the_deadline(
     assert any(r.startswith("PUT /latest/api/token") for r in metadata.requests)
 
 
+@pytest.mark.parametrize("metadata", ["aws"], indirect=True)
+def test_notice_under_periodic_saves_takes_only_the_final_checkpoint(
+    job: Job, tmp_path: Path, metadata: FakeMetadata
+) -> None:
+    """With a periodic interval running, a notice adds the final save and no early one."""
+    config = _config(tmp_path, "aws", metadata.url, "2s")
+    job.start_fake(options=("--config", str(config), "--every", "1h"))
+    job.wait_event("client.connected")
+    deadline = metadata.preempt(6.0)
+    job.wait_event("preemption.noticed")
+    assert job.wait() == 0
+    _final_before_deadline(job, deadline)
+    commits = job.events("checkpoint.committed")
+    assert len(commits) == 1, f"expected the final checkpoint only: {commits}"
+
+
 def _polls(metadata: FakeMetadata, path: str) -> int:
     return sum(path in r for r in metadata.requests)
 

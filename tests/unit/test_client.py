@@ -190,6 +190,30 @@ def test_background_save_commits_after_returning(daemon_socket: zmq.Socket, tmp_
         ck.close()
 
 
+def test_background_save_reports_its_snapshot_stall(daemon_socket: zmq.Socket) -> None:
+    """A background save tells the daemon how long training waited before it: the snapshot."""
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = receive(daemon_socket, "hello")
+        _request(daemon_socket, identity, "r1")
+        wait_for(ck.should_checkpoint, "the flag")
+        seen = time.monotonic()
+        time.sleep(0.2)  # the training thread copying its state: the stall being measured
+        ck.checkpoint_async(1, lambda directory: (directory / "w").write_bytes(b"w"))
+        upper = time.monotonic() - seen
+        ck.wait()
+        _, started = receive(daemon_socket, "started")
+        assert 0.2 <= started["stall"] <= upper
+        _request(daemon_socket, identity, "r2")
+        wait_for(ck.should_checkpoint, "the second flag")
+        with ck.checkpoint(2) as directory:
+            (directory / "w").write_bytes(b"w")
+        _, started = receive(daemon_socket, "started")
+        assert "stall" not in started  # a synchronous save's stall is its whole span
+    finally:
+        ck.close()
+
+
 def test_background_failure_is_raised_at_the_next_call(daemon_socket: zmq.Socket) -> None:
     """A failed background save is reported to the daemon and raised in the training thread."""
     ck = ckptd_client.connect()

@@ -172,6 +172,11 @@ def test_a_background_save_costs_only_its_reported_stall() -> None:
         {**records[4], "stall": None}  # no stall field: the step moving tells it was background
     ]
     assert goodput_of(sorted(unreported, key=lambda r: r["time"])).saving == 0
+    announced = [  # as the daemon logs it: the snapshot's stall on checkpoint.started
+        {**r, "stall": 0.5} if r["event"] == "checkpoint.started" else r for r in unreported
+    ]
+    found = goodput_of(sorted(announced, key=lambda r: r["time"]))
+    assert found.saving == pytest.approx(0.5)
 
 
 def test_runs_are_split_without_ckptd_started() -> None:

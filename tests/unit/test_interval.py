@@ -68,7 +68,8 @@ def test_one_slow_save_does_not_swing_the_interval() -> None:
 
 
 def test_history_from_an_event_log() -> None:
-    """Crashes and preemptions are failures; a synchronous save's span is its stall."""
+    """A crash is a failure, a preemption whose final save landed is not; a synchronous
+    save's span is its stall."""
 
     def record(time: float, event: str, attempt: int = 0, step: int | None = None, **f: object):
         return {"time": time, "event": event, "attempt": attempt, "step": step, **f}
@@ -86,14 +87,20 @@ def test_history_from_an_event_log() -> None:
         record(300, "job.stopping", attempt=1, kind="stop"),
         record(301, "checkpoint.started", attempt=1, step=191),
         record(302, "checkpoint.committed", attempt=1, step=191, seconds=1.0),
+        record(302, "preemption.final", attempt=1, step=191, final_checkpoint="/c/step-191"),
         record(302, "job.exited", attempt=1, step=191, exit_code=0),
         record(302, "ckptd.exiting", attempt=1, step=191),
     ]
     history = FailureHistory.from_records(records)
-    assert history.failures == 2
+    assert history.failures == 1
+    unsaved = [
+        {**r, "final_checkpoint": None} if r["event"] == "preemption.final" else r
+        for r in records
+    ]
+    assert FailureHistory.from_records(unsaved).failures == 2
     assert history.exposure == pytest.approx(302)
     assert history.stalls == pytest.approx((3.0, 1.0))
-    assert history.with_failure().failures == 3
+    assert history.with_failure().failures == 2
 
 
 def test_nonsense_inputs_are_refused() -> None:
