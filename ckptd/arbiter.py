@@ -797,13 +797,14 @@ class Arbiter:
             stall = float(stall) if isinstance(stall, (int, float)) and stall >= 0 else None
             self.progress.save_started(now, stall)
             ids = message.get("ids") or []
+            fields: dict[str, Any] = {"stall": round(stall, 6)} if stall is not None else {}
             self.events.emit(
                 "checkpoint.started",
                 request_id=ids[0] if ids else None,
                 request_ids=ids,
                 pid=peer.pid,
                 rank=peer.rank,
-                **({"stall": round(stall, 6)} if stall is not None else {}),
+                **fields,
             )
         elif kind == "propose":
             self.desk.on_propose(peer, message)

@@ -7,11 +7,12 @@ failures. Shorter wastes time saving, longer loses more work per failure.
 
 ``M`` comes from the run directory's history (crashes, hangs, lost daemons and
 preemptions whose final save did not land, over the time the job ran: a preemption
-announced in time loses nothing that periodic saves would have kept) shrunk toward a prior for a young job: with a
-prior ``P`` the estimate is ``(P + T) / (1 + n)`` for ``n`` failures in ``T`` seconds (the
-mean of a gamma posterior whose prior is one failure per ``P``), so a fresh job uses ``P``
-and a long history its own rate. ``C`` is the median stall of the last few saves, so one
-slow save does not swing the interval. Everything here is pure.
+announced in time loses nothing that periodic saves would have kept) shrunk toward a
+prior for a young job: with a prior ``P`` the estimate is ``(P + T) / (1 + n)`` for ``n``
+failures in ``T`` seconds (the mean of a gamma posterior whose prior is one failure per
+``P``), so a fresh job uses ``P`` and a long history its own rate. ``C`` is the median
+stall of the last few saves, so one slow save does not swing the interval. Everything
+here is pure.
 """
 
 from __future__ import annotations
@@ -46,9 +47,7 @@ class FailureHistory:
         records = list(records)
         result = account(records)
         unsaved = sum(
-            1
-            for r in records
-            if r["event"] == "preemption.final" and not r.get("final_checkpoint")
+            1 for r in records if r["event"] == "preemption.final" and not r.get("final_checkpoint")
         )
         saves = [s for a in result.history.attempts for s in a.saves if s.committed and s.ended][
             -_RECENT_SAVES:

@@ -93,10 +93,8 @@ class Progress:
         seconds = committed.get("seconds")
         # Training waited for the save when no step was reported while it ran; a
         # background save cost it only its snapshot.
-        if began is not None and self.step == at_step:
-            stall = now - began
-        else:
-            stall = self._snapshot or 0.0
+        blocked = began is not None and self.step == at_step
+        stall = now - began if began is not None and blocked else self._snapshot or 0.0
         self._retime(self.interval.saved(stall, seconds if isinstance(seconds, float) else None))
 
     def failure(self) -> None:

@@ -94,8 +94,7 @@ def test_history_from_an_event_log() -> None:
     history = FailureHistory.from_records(records)
     assert history.failures == 1
     unsaved = [
-        {**r, "final_checkpoint": None} if r["event"] == "preemption.final" else r
-        for r in records
+        {**r, "final_checkpoint": None} if r["event"] == "preemption.final" else r for r in records
     ]
     assert FailureHistory.from_records(unsaved).failures == 2
     assert history.exposure == pytest.approx(302)
