@@ -1,10 +1,11 @@
 """Goodput on a spot schedule: ckptd with ``every = "auto"`` next to a bash restart loop.
 
-``python -m bench.spot [--minutes 3] [--seed N] [--quick]``
+``python -m bench.spot [--minutes 3] [--seed N] [--saves async|sync] [--quick]``
 
 Both contenders run at the same time, on the same machine, and train the same fixed
-amount of work (``bench/spot_trainer.py``: steps of a fixed time, synchronous saves of
-``--save-time``). One seeded schedule hits both at the same moments: preemption notices
+amount of work (``bench/spot_trainer.py``: steps of a fixed time, saves of 0.5 s written
+in the background after a 50 ms snapshot, or with ``--saves sync`` with training waiting
+for all of it). One seeded schedule hits both at the same moments: preemption notices
 (a short window before the VM goes), SIGKILLs of the training process, and losses of the
 whole VM (everything SIGKILLed); a preempted or lost VM is replaced at once on the same
 disk (see ``bench/spot_sides.py``).
@@ -99,6 +100,7 @@ def figures(side: Side, s: Scenario, ended: float) -> Figures:
     rows = records(side.record)
     steps = [r for r in rows if r["event"] == "step"]
     saves = [r for r in rows if r["event"] == "saved"]
+    stalls = [r for r in rows if r["event"] == "stalled"]
     done = [r for r in rows if r["event"] == "done"]
     end = done[-1]["t"] if done else ended
     kept = s.steps if done else max((r["step"] + 1 for r in saves), default=0)
@@ -110,7 +112,7 @@ def figures(side: Side, s: Scenario, ended: float) -> Figures:
         steps_lost=len(steps) - kept,
         trained=len(steps),
         saves=len(saves),
-        save_seconds=sum(r["t"] - r["began"] for r in saves),
+        save_seconds=sum(r["t"] - r["began"] for r in stalls),
         wall=wall,
         interval=_interval(side),
         restart_seconds=_restarts(side, rows),
@@ -189,9 +191,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the schedule (1)")
     parser.add_argument("--quick", action="store_true", help="short windows and saves: smoke test")
     parser.add_argument("--mtbf", default="10m", help="ckptd's prior MTBF (10m)")
-    parser.add_argument("--notice-every", type=float, default=90.0, help="s per notice (90)")
-    parser.add_argument("--kill-every", type=float, default=60.0, help="s per process kill (60)")
-    parser.add_argument("--vm-every", type=float, default=150.0, help="s per VM loss (150)")
+    parser.add_argument("--notice-every", type=float, default=60.0, help="s per notice (60)")
+    parser.add_argument("--kill-every", type=float, default=90.0, help="s per process kill (90)")
+    parser.add_argument("--vm-every", type=float, default=0.0, help="s per VM loss (0: none)")
+    parser.add_argument(
+        "--saves",
+        choices=("async", "sync"),
+        default="async",
+        help="async: background saves stalling training for a 50 ms snapshot (default); "
+        "sync: training waits for the whole save",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", type=Path, help="leave the run directories and records here")
     args = parser.parse_args()
@@ -201,12 +210,14 @@ def main() -> int:
     command = "python -m bench.spot " + " ".join(sys.argv[1:])
     print(
         f"spot: {s.steps} steps x {s.step_time * 1e3:.0f} ms = {s.steps * s.step_time:.0f} s of "
-        f"work, saves of {s.save_time} s, {len(events)} events over {s.seconds:.0f} s "
+        f"work, saves of {s.save_time} s "
+        + (f"(in the background after a {s.snapshot} s snapshot)" if s.snapshot else "(sync)")
+        + f", {len(events)} events over {s.seconds:.0f} s "
         f"(seed {args.seed})",
         flush=True,
     )
     trainer = ["--steps", str(s.steps), "--step-time", str(s.step_time)]
-    trainer += ["--save-time", str(s.save_time)]
+    trainer += ["--save-time", str(s.save_time), "--snapshot", str(s.snapshot)]
     options = [
         "--every", "auto", "--every-min", s.every_min, "--mtbf", s.mtbf,
         "--restart-delay", "0", "--max-restarts", "1000",

@@ -20,7 +20,8 @@ class Event:
 class Scenario:
     seconds: float  # span of the schedule
     step_time: float
-    save_time: float
+    save_time: float  # what writing a checkpoint takes
+    snapshot: float  # > 0: background saves, stalling training this long; 0: synchronous
     steps: int  # the fixed amount of work
     window: tuple[float, float]  # bounds of a notice's window
     margin: float  # ckptd's [preemption] margin
@@ -38,6 +39,7 @@ def scenario(args: argparse.Namespace) -> Scenario:
         seconds=seconds,
         step_time=step_time,
         save_time=0.2 if quick else 0.5,
+        snapshot=0.0 if args.saves == "sync" else (0.02 if quick else 0.05),
         steps=int(seconds * 0.8 / step_time),  # about the schedule's span at 0.8 goodput
         window=(6.0, 8.0) if quick else (10.0, 20.0),
         margin=2.0 if quick else 5.0,
@@ -82,17 +84,20 @@ def schedule(seed: int, s: Scenario) -> list[Event]:
 def bounds(s: Scenario, events: list[Event], restart: float) -> dict[str, float]:
     """What anyone could reach on this schedule, given one restart cost of ``restart`` seconds.
 
-    ``oracle``: saves right before each kill it knows of in advance (one save and one
-    restart per failure, one final save). ``young_daly``: no foreknowledge, the best
-    fixed interval for the kills' rate, whose expected waste is sqrt(2 x save x work x kills).
+    Every notice costs a final save that the job waits for in full, and a restart; so does
+    the end of the work. ``oracle``: saves right before each kill it knows of in advance
+    (one stall and one restart per kill). ``young_daly``: no foreknowledge, the best fixed
+    interval for the kills' rate, whose expected waste is sqrt(2 x stall x work x kills).
     """
     work = s.steps * s.step_time
-    failures = len(events)
+    stall = s.snapshot or s.save_time
+    whole = s.snapshot + s.save_time
     kills = sum(1 for e in events if e.kind != "notice")
-    fixed = failures * (s.save_time + restart) + s.save_time
-    periodic = math.sqrt(2 * s.save_time * work * kills)
+    notices = len(events) - kills
+    fixed = notices * (whole + restart) + kills * restart + whole
+    periodic = math.sqrt(2 * stall * work * kills)
     return {
-        "oracle": work / (work + fixed),
-        "young_daly": work / (work + fixed - kills * s.save_time + periodic),
-        "young_daly_interval": math.sqrt(2 * s.save_time * work / kills) if kills else 0.0,
+        "oracle": work / (work + fixed + kills * stall),
+        "young_daly": work / (work + fixed + periodic),
+        "young_daly_interval": math.sqrt(2 * stall * work / kills) if kills else 0.0,
     }

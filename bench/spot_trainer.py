@@ -1,16 +1,20 @@
 """The spot scenario's training script: a fixed amount of work, a fixed step time, slow saves.
 
-``python spot_trainer.py RECORD --steps N --step-time S --save-time S [--save-every N]``
+``python spot_trainer.py RECORD --steps N --step-time S --save-time S [--save-every N]
+[--snapshot S]``
 
 Works under ckptd and standalone (then SIGTERM asks for a final save). ``--save-every N``
 saves by itself after every N-th step of the run (``if (step + 1) % N == 0``, as scripts
 that save every so many steps do). Steps are paced to a clock, so N steps of
-training take N x step time however late ``time.sleep`` wakes up. A save is synchronous:
-it writes a small payload and then stalls training for ``--save-time``. When the work is
-done, the result is saved as a checkpoint of the last step before ``done`` is recorded.
+training take N x step time however late ``time.sleep`` wakes up. A save writes a small
+payload and takes ``--save-time``: synchronously, stalling training for all of it, or with
+``--snapshot S`` in the background (``checkpoint_async``), stalling training only for the
+snapshot of ``S`` seconds, as DCP's and Orbax's async saves do. When the work is done, the
+result is saved as a checkpoint of the last step before ``done`` is recorded.
 
 Records JSON lines in RECORD: ``start {resume_step, pid, t}``, ``step {step, t}``,
-``saved {step, began, t}``, ``stop {step, t}``, ``done {step, t}``.
+``stalled {began, t}`` (training waiting for a save), ``saved {step, t}`` (its files
+written: a background save commits right after), ``stop {step, t}``, ``done {step, t}``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +37,15 @@ def main() -> None:
     parser.add_argument("--step-time", type=float, required=True)
     parser.add_argument("--save-time", type=float, required=True)
     parser.add_argument("--save-every", type=int, default=0, help="steps; 0: only when asked")
+    parser.add_argument("--snapshot", type=float, default=0.0, help="s; > 0: background saves")
     args = parser.parse_args()
     record = open(args.record, "a", buffering=1)  # noqa: SIM115 - kept open for the whole run
 
+    lock = threading.Lock()  # background saves note from their own thread
+
     def note(event: str, **fields: Any) -> None:
-        record.write(json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n")
+        with lock:
+            record.write(json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n")
 
     ck = ckptd_client.connect()
     last = ck.restore()
@@ -44,14 +53,24 @@ def main() -> None:
     step = last.step + 1 if last else 0
     kept = last.step if last else None
 
+    def write(at: int, directory: Path) -> None:
+        (directory / "model.bin").write_bytes(at.to_bytes(8, "little") * 128)
+        time.sleep(args.save_time)
+        note("saved", step=at, t=time.time())
+
     def save(at: int) -> None:
         nonlocal kept
         began = time.time()
-        with ck.checkpoint(at, metrics={"loss": 1.0 / (at + 1)}) as directory:
-            (directory / "model.bin").write_bytes(at.to_bytes(8, "little") * 128)
-            time.sleep(args.save_time)
+        metrics = {"loss": 1.0 / (at + 1)}
+        if args.snapshot > 0:
+            time.sleep(args.snapshot)
+            ck.checkpoint_async(at, lambda directory: write(at, directory), metrics)
+            note("stalled", began=began, t=time.time())
+        else:
+            with ck.checkpoint(at, metrics=metrics) as directory:
+                write(at, directory)
+            note("stalled", began=began, t=time.time())
         kept = at
-        note("saved", step=at, began=began, t=time.time())
 
     due = time.monotonic()
     while step < args.steps:
@@ -70,6 +89,7 @@ def main() -> None:
         step += 1
     if kept != args.steps - 1:
         save(args.steps - 1)
+    ck.wait()
     note("done", step=args.steps - 1, t=time.time())
     ck.close()
 

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
+_TRAINING_AT = frozenset({"hello", "step", "started"})  # messages whose step is training's
 # How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
 # a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
 # client is still importing its way to connect().
@@ -785,7 +786,7 @@ class Arbiter:
         kind = message["type"]
         step = message.get("step")
         now = time.monotonic()
-        self.progress.reported(step, now)
+        self.progress.reported(step, now, training_at=kind in _TRAINING_AT)
         if not peer.known and kind != "bye":
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)

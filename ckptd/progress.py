@@ -60,10 +60,16 @@ class Progress:
         if self.metrics is not None:
             self.metrics.job_exited()
 
-    def reported(self, step: Any, now: float) -> None:
-        """Any message of a client: it is alive; a new ``step`` is progress."""
+    def reported(self, step: Any, now: float, training_at: bool = True) -> None:
+        """Any message of a client: it is alive; a new ``step`` is progress.
+
+        ``training_at`` False: the message names a checkpoint's step (a commit), which
+        only tells where training is when it is ahead of what was reported.
+        """
         self.health.reported(now)
         if not isinstance(step, int) or step == self.step:
+            return
+        if not training_at and self.step is not None and step < self.step:
             return
         self.set_step(step)
         self.health.stepped(now)

@@ -79,3 +79,17 @@ def test_every_auto_measures_a_save_then_chooses_from_the_numbers(job: Job) -> N
     assert job.status()["goodput"] is not None
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
+
+
+def test_every_auto_counts_only_the_stall_of_a_background_save(job: Job) -> None:
+    """A background save of 1 s costs training only its snapshot: the interval's save cost."""
+    job.start_fake(
+        "--save-time", "1.0", "--background",
+        options=("--every", "auto", "--every-min", "1s"),
+    )  # fmt: skip
+    interval = job.wait_event("checkpoint.interval", timeout=60)
+    committed = job.events("checkpoint.committed")[0]
+    assert committed["seconds"] >= 1.0
+    assert interval["save_cost"] < 0.5, interval  # not the whole save
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
