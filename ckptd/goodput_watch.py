@@ -2,8 +2,9 @@
 
 Accounting reads the whole ``events.jsonl`` (a week of a busy job is about half a
 second), too slow for the supervisor loop. A thread recomputes it every ``every``
-seconds and keeps the newest result, an immutable :class:`~ckptd.goodput.Goodput` that
-the loop (``ckptd status``) and the metrics read without a lock.
+seconds (after 1, 2, 4, ... seconds at first, while the figures of a young job move
+fast) and keeps the newest result, an immutable :class:`~ckptd.goodput.Goodput` that the
+loop (``ckptd status``) and the metrics read without a lock.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class GoodputWatch:
             self._thread = None
 
     def _run(self) -> None:
+        wait = min(1.0, self.every)  # a young job's figures change fast: look often at first
         while not self._stop.is_set():
             self.refresh()
-            self._stop.wait(self.every)
+            self._stop.wait(wait)
+            wait = min(wait * 2, self.every)

@@ -250,3 +250,18 @@ def test_the_watch_refreshes_goodput_off_the_loop(tmp_path: Path) -> None:
     finally:
         watch.close()
     assert seen and watch.latest is not None
+
+
+def test_the_watch_looks_often_while_the_job_is_young(tmp_path: Path) -> None:
+    """With a 60 s period the second refresh still comes within seconds, not a minute."""
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(_record(time.time() - 1, "ckptd.started")) + "\n")
+    watch = GoodputWatch(path, every=60.0)
+    watch.start()
+    try:
+        wait_for(lambda: watch.latest is not None, "a first result")
+        with open(path, "a") as handle:
+            handle.write(json.dumps(_record(time.time(), "job.started")) + "\n")
+        wait_for(lambda: watch.latest and watch.latest.attempts == 1, "a refresh", timeout=15)
+    finally:
+        watch.close()
