@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec
 
+from ckptd_client._digest import available as digest_available
 from ckptd_client.manifest import (
     MANIFEST_NAME,
     TMP_PREFIX,
@@ -34,6 +35,7 @@ from ckptd_client.manifest import (
 )
 from ckptd_client.store import Checkpoint
 
+from .remote_download import Fetch, ObjectMismatch
 from .remote_transfer import (
     Deadline,
     RemoteCancelled,
@@ -79,7 +81,8 @@ class RemoteStore:
     """Checkpoints under one fsspec URL; ``options`` are fsspec storage options, verbatim.
 
     ``part_size`` sets the multipart part size where the filesystem takes one (s3fs: 50 MiB
-    by default; files of two parts or more go up in concurrent parts).
+    by default; files of two parts or more go up in concurrent parts), and the size of the
+    ranges a large file is downloaded in.
     """
 
     def __init__(
@@ -161,7 +164,7 @@ class RemoteStore:
         if existing is not None:
             self.transport.call("rm_file", self.path_of(step, MANIFEST_NAME), deadline=deadline)
         pairs = [(local / e.path, self.path_of(step, e.path)) for e in manifest.files]
-        self.transport.transfer(pairs, upload=True, deadline=deadline)
+        self.transport.upload(pairs, deadline=deadline)
         before_manifest()
         self._write_manifest(step, raw, deadline)
         return UploadResult(step, manifest.size + len(raw), time.monotonic() - started)
@@ -204,31 +207,39 @@ class RemoteStore:
     def download(self, step: int, into: Path, timeout: float = 600.0) -> Checkpoint:
         """Download remote ``step`` into ``into/step-N``, verified in full; return it.
 
-        Files land in a ``.tmp-`` directory of ``into`` first; only a copy whose every
-        digest matches is renamed into place (replacing a local directory of that name).
-        Raises InvalidRemoteCheckpoint for a missing manifest, a missing file or a digest
-        mismatch (nothing is left behind), RemoteError/RemoteTimeout when the remote fails.
+        Files land in a ``.tmp-`` directory of ``into`` first, each hashed as it arrives;
+        only a copy whose every size and digest matches the manifest is renamed into place
+        (replacing a local directory of that name). Raises InvalidRemoteCheckpoint for a
+        missing manifest, a missing file or a mismatch (nothing is left behind),
+        RemoteError/RemoteTimeout when the remote fails.
         """
         deadline = Deadline.after(timeout)
         raw = self._read_manifest(step, deadline)
         if raw is None:
             raise InvalidRemoteCheckpoint(step, "no manifest")
         manifest = self._parse(step, raw)
+        if not digest_available(manifest.hash):
+            raise InvalidRemoteCheckpoint(step, f"cannot check {manifest.hash} here")
+        if len({e.path for e in manifest.files}) != len(manifest.files):
+            raise InvalidRemoteCheckpoint(step, "a file listed twice")
         into.mkdir(parents=True, exist_ok=True)
         temp = into / f"{TMP_PREFIX}{checkpoint_name(step)}-{secrets.token_hex(4)}"
         temp.mkdir()
         try:
-            pairs = [(temp / e.path, self.path_of(step, e.path)) for e in manifest.files]
-            for local, _ in pairs:
-                local.parent.mkdir(parents=True, exist_ok=True)
+            fetches = [Fetch(e, self.path_of(step, e.path), temp / e.path) for e in manifest.files]
+            for fetch in fetches:
+                fetch.local.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self.transport.transfer(pairs, upload=False, deadline=deadline)
+                self.transport.fetch(fetches, manifest.hash, deadline)
             except RemoteError as exc:
                 if isinstance(exc.__cause__, FileNotFoundError):
                     raise InvalidRemoteCheckpoint(step, f"missing file: {exc}") from None
+                if isinstance(exc.__cause__, ObjectMismatch):
+                    raise InvalidRemoteCheckpoint(step, str(exc.__cause__)) from None
                 raise
             write_new(temp / MANIFEST_NAME, raw)
-            checked = verify(temp, full=True)
+            # Every digest was checked on the way in; this checks the layout (no file more).
+            checked = verify(temp, full=False)
             if not checked.ok:
                 raise InvalidRemoteCheckpoint(step, checked.reason)
             final = move_into_place(temp, into / checkpoint_name(step))

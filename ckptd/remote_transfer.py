@@ -4,8 +4,9 @@ On asynchronous filesystems (s3fs, gcsfs, adlfs) each operation runs as one coro
 fsspec's I/O loop and is cancelled when its :class:`Deadline` passes or its caller cancels
 it; files go up and down in parallel, and s3fs splits large ones into concurrent multipart
 parts. On synchronous ones (``file://``) files are copied in chunks and the deadline is
-checked between chunks. Every failure surfaces as :class:`RemoteError`, whose ``__cause__``
-is the filesystem's own exception (FileNotFoundError, ...).
+checked between chunks. Downloads go through ``remote_download``, which hashes them on
+the way. Every failure surfaces as :class:`RemoteError`, whose ``__cause__`` is the
+filesystem's own exception (FileNotFoundError, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 import fsspec.asyn
 
 from ckptd_client.manifest import TRASH_PREFIX
+
+from .remote_download import Fetch, fetch_async, fetch_sync
 
 __all__ = [
     "Deadline",
@@ -115,37 +118,60 @@ class Transport:
         except Exception as exc:
             raise RemoteError(describe_error(exc)) from exc
 
-    def transfer(
-        self, pairs: Iterable[tuple[Path, str]], *, upload: bool, deadline: Deadline
-    ) -> None:
+    def upload(self, pairs: Iterable[tuple[Path, str]], *, deadline: Deadline) -> None:
+        """Upload each ``(local, remote)`` pair, several files (and parts) at a time."""
         pairs = list(pairs)
         if self.fs.async_impl:
-            self.bounded(lambda: self._transfer_async(pairs, upload), deadline)
+            self.bounded(lambda: self._upload_async(pairs), deadline)
             return
         for local, remote in pairs:
             try:
-                _copy_chunked(self.fs, local, remote, upload, deadline)
+                _upload_chunked(self.fs, local, remote, deadline)
             except RemoteError:
                 raise
             except Exception as exc:
                 raise RemoteError(describe_error(exc)) from exc
 
-    async def _transfer_async(self, pairs: list[tuple[Path, str]], upload: bool) -> None:
-        method = self.fs._put_file if upload else self.fs._get_file
+    def fetch(self, fetches: list[Fetch], algorithm: str, deadline: Deadline) -> None:
+        """Download and check every file (see ``remote_download``); a mismatch is the cause.
+
+        Raises RemoteError whose ``__cause__`` is ObjectMismatch for an object that does not
+        match its entry, FileNotFoundError for a missing one, or the filesystem's own error.
+        """
+        if self.fs.async_impl:
+            max_parts = getattr(self.fs, "max_concurrency", None) or _FILES_IN_PARALLEL
+            self.bounded(
+                lambda: fetch_async(
+                    self.fs,
+                    fetches,
+                    algorithm,
+                    files=_FILES_IN_PARALLEL,
+                    parts=max_parts,
+                    part_size=self.part_size,
+                ),
+                deadline,
+            )
+            return
+        try:
+            fetch_sync(self.fs, fetches, algorithm, deadline.check)
+        except RemoteError:
+            raise
+        except Exception as exc:
+            raise RemoteError(describe_error(exc)) from exc
+
+    async def _upload_async(self, pairs: list[tuple[Path, str]]) -> None:
+        method = self.fs._put_file
         extra: dict[str, Any] = {}
         parameters = inspect.signature(method).parameters
         if "max_concurrency" in parameters:
             extra["max_concurrency"] = getattr(self.fs, "max_concurrency", None)
-        if upload and self.part_size and "chunksize" in parameters:
+        if self.part_size and "chunksize" in parameters:
             extra["chunksize"] = self.part_size
         gate = asyncio.Semaphore(_FILES_IN_PARALLEL)
 
         async def one(local: Path, remote: str) -> None:
             async with gate:
-                if upload:
-                    await method(str(local), remote, **extra)
-                else:
-                    await method(remote, str(local), **extra)
+                await method(str(local), remote, **extra)
 
         tasks = [asyncio.ensure_future(one(local, remote)) for local, remote in pairs]
         try:
@@ -156,15 +182,10 @@ class Transport:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _copy_chunked(fs: Any, local: Path, remote: str, upload: bool, deadline: Deadline) -> None:
-    if upload:
-        fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-    flags = (os.O_RDONLY if upload else os.O_WRONLY | os.O_CREAT | os.O_EXCL) | os.O_NOFOLLOW
-    with (
-        os.fdopen(os.open(local, flags | os.O_CLOEXEC, 0o644), "rb" if upload else "wb") as mine,
-        fs.open(remote, "wb" if upload else "rb") as theirs,
-    ):
-        source, target = (mine, theirs) if upload else (theirs, mine)
+def _upload_chunked(fs: Any, local: Path, remote: str, deadline: Deadline) -> None:
+    fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(local, flags), "rb") as source, fs.open(remote, "wb") as target:
         while chunk := source.read(_CHUNK):
             deadline.check()
             target.write(chunk)

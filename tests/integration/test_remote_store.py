@@ -88,6 +88,31 @@ def test_corrupt_remote_checkpoint_falls_back_to_older(moto: MotoServer, tmp_pat
     assert fetch_newer(store, fresh, newer_than=1).checkpoint is None
 
 
+def test_a_flipped_byte_or_a_missing_file_is_caught_while_downloading(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """One flipped byte in a ranged download, or a missing file, is invalid; nothing is left."""
+    model = os.urandom(12 * MIB)
+    local = make_checkpoint(tmp_path / "a", 6, {"model.pt": model, "small": b"abc"})
+    store = _store(moto, part_size=5 * MIB)
+    store.upload(local, timeout=60)
+    flipped = bytearray(model)
+    flipped[11 * MIB] ^= 1  # in the last of three ranged parts, same size
+    store.fs.pipe_file(store.path_of(6, "model.pt"), bytes(flipped))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InvalidRemoteCheckpoint, match=r"model\.pt: digest mismatch"):
+        store.download(6, fresh)
+    assert list(fresh.iterdir()) == []
+    store.fs.pipe_file(store.path_of(6, "model.pt"), model + b"!")
+    with pytest.raises(InvalidRemoteCheckpoint, match=r"model\.pt: size"):
+        store.download(6, fresh)
+    store.fs.pipe_file(store.path_of(6, "model.pt"), model)
+    store.fs.rm_file(store.path_of(6, "small"))
+    with pytest.raises(InvalidRemoteCheckpoint, match="missing file"):
+        store.download(6, fresh)
+    assert list(fresh.iterdir()) == []
+
+
 def test_files_without_a_manifest_are_not_a_checkpoint(moto: MotoServer, tmp_path: Path) -> None:
     """A half-uploaded step (files, no manifest) is not listed; delete removes all of it."""
     store = _store(moto)
@@ -264,6 +289,22 @@ def test_file_url_is_the_generic_path(tmp_path: Path) -> None:
         lease.check()
     store.delete(4)
     assert store.list() == []
+
+
+def test_a_file_url_download_checks_every_byte(tmp_path: Path) -> None:
+    """file://: a flipped byte or a longer file is invalid and leaves nothing behind."""
+    store = RemoteStore(f"file://{tmp_path / 'bucket'}")
+    model = os.urandom(3 * MIB)
+    store.upload(make_checkpoint(tmp_path / "a", 2, {"w.bin": model}), timeout=60)
+    remote = tmp_path / "bucket" / "step-00000002" / "w.bin"
+    fresh = tmp_path / "fresh"
+    for changed, error in ((b"\0" + model[1:], "digest mismatch"), (model + b"!", "larger")):
+        remote.write_bytes(changed)
+        with pytest.raises(InvalidRemoteCheckpoint, match=error):
+            store.download(2, fresh)
+        assert list(fresh.iterdir()) == []
+    remote.write_bytes(model)
+    assert store.download(2, fresh).valid
 
 
 def test_a_remote_down_at_launch_is_reported_not_raised(moto: MotoServer, tmp_path: Path) -> None:

@@ -1,0 +1,203 @@
+"""Fetching a checkpoint's files: each object streamed to disk and hashed on the way.
+
+Every byte is hashed as it arrives and each file's digest and size are compared with its
+manifest entry when its last byte is in, so a download is verified without reading the
+copy back. Writeback to the disk starts while the download goes on (``sync_file_range``),
+so the fsync before the rename finds little left to write. Local files are created
+exclusively and never through a symlink.
+
+On asynchronous filesystems files come down in parallel, and large ones in ranged parts
+(several in flight, taken in order so that the hash sees the bytes in order); on
+synchronous ones (``file://``) each file is read in chunks, the deadline checked between
+chunks. An object whose bytes disagree with its entry raises :class:`ObjectMismatch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import inspect
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptd_client import _digest
+from ckptd_client.manifest import FileEntry
+
+__all__ = ["Fetch", "ObjectMismatch", "fetch_async", "fetch_sync"]
+
+_CHUNK = 8 << 20  # read size on synchronous filesystems
+_WRITEBACK_EVERY = 16 << 20  # start writing back to the disk after this many new bytes
+_DEFAULT_PART = 32 << 20  # ranged part size when the filesystem names none
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+class ObjectMismatch(Exception):
+    """A remote object whose size or digest is not what the manifest says."""
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One file to fetch: its manifest entry, where it is remote, where it goes locally."""
+
+    entry: FileEntry
+    remote: str
+    local: Path
+
+
+class _LocalCopy:
+    """A new local file that hashes what is written to it and starts its writeback early."""
+
+    def __init__(self, fetch: Fetch, algorithm: str) -> None:
+        self.fetch = fetch
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd = os.open(fetch.local, flags, 0o644)
+        self.hasher = _digest.new_hasher(algorithm)
+        self.size = 0
+        self.synced_to = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        self.hasher.update(view)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+        if self.size > self.fetch.entry.size:
+            raise ObjectMismatch(f"{self.fetch.entry.path}: larger than the manifest says")
+        if self.size - self.synced_to >= _WRITEBACK_EVERY:
+            _start_writeback(self.fd, self.synced_to, self.size - self.synced_to)
+            self.synced_to = self.size
+
+    def finish(self) -> None:
+        """Check size and digest against the entry; raises ObjectMismatch."""
+        entry = self.fetch.entry
+        if self.size != entry.size:
+            raise ObjectMismatch(f"{entry.path}: size {self.size}, manifest says {entry.size}")
+        if self.hasher.hexdigest() != entry.digest:
+            raise ObjectMismatch(f"{entry.path}: digest mismatch")
+        _start_writeback(self.fd, self.synced_to, 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@contextlib.contextmanager
+def _local_copy(fetch: Fetch, algorithm: str) -> Iterator[_LocalCopy]:
+    copy = _LocalCopy(fetch, algorithm)
+    try:
+        yield copy
+        copy.finish()
+    finally:
+        copy.close()
+
+
+# -- asynchronous filesystems ----------------------------------------------------------
+
+
+async def fetch_async(
+    fs: Any,
+    fetches: list[Fetch],
+    algorithm: str,
+    *,
+    files: int,
+    parts: int,
+    part_size: int | None = None,
+) -> None:
+    """Fetch every file, ``files`` at a time; one larger than ``part_size`` (by default the
+    filesystem's block size) in ranges of that size, up to ``parts`` of them in flight."""
+    part_size = part_size or getattr(fs, "default_block_size", None) or _DEFAULT_PART
+    info_kwargs = {"refresh": True} if "refresh" in inspect.signature(fs._info).parameters else {}
+    gate = asyncio.Semaphore(files)
+
+    async def one(fetch: Fetch) -> None:
+        async with gate:
+            with _local_copy(fetch, algorithm) as copy:
+                size = fetch.entry.size
+                if size <= part_size:
+                    copy.write(await fs._cat_file(fetch.remote))
+                    return
+                found = (await fs._info(fetch.remote, **info_kwargs))["size"]
+                if found != size:
+                    raise ObjectMismatch(f"{fetch.entry.path}: size {found}, manifest says {size}")
+                ranges = [(s, min(s + part_size, size)) for s in range(0, size, part_size)]
+                reads = (
+                    lambda start=start, end=end: fs._cat_file(fetch.remote, start=start, end=end)
+                    for start, end in ranges
+                )
+                await _in_order(reads, parts, copy.write)
+
+    await _all(one(fetch) for fetch in fetches)
+
+
+async def _in_order(
+    reads: Iterator[Callable[[], Awaitable[bytes]]],
+    window: int,
+    consume: Callable[[bytes], None],
+) -> None:
+    """``consume`` each result of ``reads`` in order, with up to ``window`` reads running."""
+    running: collections.deque[asyncio.Future[bytes]] = collections.deque()
+    try:
+        while True:
+            while len(running) < window and (read := next(reads, None)) is not None:
+                running.append(asyncio.ensure_future(read()))
+            if not running:
+                return
+            consume(await running.popleft())
+    finally:
+        await _cancel(running)
+
+
+async def _all(coroutines: Iterator[Awaitable[None]]) -> None:
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks: Any) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- synchronous filesystems -----------------------------------------------------------
+
+
+def fetch_sync(fs: Any, fetches: list[Fetch], algorithm: str, check: Callable[[], None]) -> None:
+    """Fetch every file in turn; ``check()`` runs between chunks (it raises to stop)."""
+    for fetch in fetches:
+        with _local_copy(fetch, algorithm) as copy, fs.open(fetch.remote, "rb") as source:
+            while chunk := source.read(min(_CHUNK, fetch.entry.size - copy.size + 1)):
+                check()
+                copy.write(chunk)
+
+
+# -- writeback -------------------------------------------------------------------------
+
+
+def _start_writeback(fd: int, offset: int, count: int) -> None:
+    """Ask Linux to start writing a range back now, without waiting (0 bytes: to the end)."""
+    if _libc is not None:
+        _libc.sync_file_range(fd, offset, count, _SYNC_FILE_RANGE_WRITE)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.sync_file_range.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_uint,
+        ]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
