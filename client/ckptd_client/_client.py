@@ -37,6 +37,7 @@ class _Pending:
     deadline: float | None
     final: bool
     at_step: int | None
+    claimed: bool = False  # a save in flight answers it: no longer wanted of the loop
 
 
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -331,7 +332,7 @@ class Client(GroupSaves):
             return
         with self._lock:
             request = self._pending.pop(rid, None)
-            self._wanted = bool(self._pending)
+            self._wanted = self._unclaimed()
             if request and request.final:
                 self._stop_ready = True
 
@@ -350,9 +351,14 @@ class Client(GroupSaves):
 
     def _claim(self, step: int) -> list[str]:
         with self._lock:
-            return [
-                rid for rid, p in self._pending.items() if p.at_step is None or p.at_step <= step
-            ]
+            claimed = [p for p in self._pending.values() if p.at_step is None or p.at_step <= step]
+            for request in claimed:
+                request.claimed = True
+            self._wanted = self._unclaimed()
+            return [p.id for p in claimed]
+
+    def _unclaimed(self) -> bool:
+        return any(not p.claimed for p in self._pending.values())
 
     def _commit(self, step: int, record: dict[str, Any]) -> None:
         with self._lock:
@@ -360,7 +366,7 @@ class Client(GroupSaves):
             for request in done:
                 del self._pending[request.id]
             self._last_commit = record
-            self._wanted = bool(self._pending)
+            self._wanted = self._unclaimed()
             if not self._wanted:
                 self._wanted_seen = None
             if any(p.final for p in done):
@@ -371,7 +377,7 @@ class Client(GroupSaves):
     def _fail(self, claimed: list[str], step: int, error: str) -> None:
         with self._lock:
             failed = [self._pending.pop(rid) for rid in claimed if rid in self._pending]
-            self._wanted = bool(self._pending)
+            self._wanted = self._unclaimed()
             if any(p.final for p in failed):
                 self._stop_ready = True
             self._channel.send("failed", ids=claimed, step=step, error=error)

@@ -177,6 +177,7 @@ def test_background_save_commits_after_returning(daemon_socket: zmq.Socket, tmp_
         ck.step(5)
         ck.checkpoint_async(5, write)
         assert not (tmp_path / "ckpt" / "step-00000005").exists()  # returned before writing
+        assert ck.should_checkpoint() is False  # the save in flight answers r1
         ck.step(6)  # training moved on; a request now needs a newer checkpoint than step 5
         _request(daemon_socket, identity, "r2", deadline=time.time() + 60)
         wait_for(lambda: ck.deadline() is not None, "r2 to reach the client")
