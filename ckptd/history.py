@@ -69,6 +69,7 @@ class Save:
     stall: float  # seconds training was blocked (0 for a background save without a report)
     seconds: float | None  # the save's own duration as the client measured it
     final: bool  # it answered the final request of a stop
+    background: bool = False  # announced with its snapshot's stall: training went on
 
 
 @dataclass
@@ -245,8 +246,9 @@ def _add_record(attempt: Attempt, record: Record) -> None:
     elif event == "checkpoint.started":
         if not attempt.saves or attempt.saves[-1].ended is not None:  # other ranks: same save
             snapshot = record.get("stall")
-            snapshot = float(snapshot) if isinstance(snapshot, (int, float)) else 0.0
-            attempt.saves.append(Save(now, None, step, False, snapshot, None, False))
+            background = isinstance(snapshot, (int, float))
+            stall = float(snapshot) if background else 0.0
+            attempt.saves.append(Save(now, None, step, False, stall, None, False, background))
     elif event in ("checkpoint.committed", "checkpoint.failed"):
         _end_save(attempt, record)
     elif event == "job.exited":
@@ -268,16 +270,25 @@ def _end_save(attempt: Attempt, record: Record) -> None:
         _sample(attempt, now, training)
     started = open_save.started if open_save else now - (seconds or 0.0)
     stall = record.get("stall")
+    background = open_save is not None and open_save.background
     if isinstance(stall, (int, float)):
         stall = float(stall)
+    elif background and open_save is not None:
+        stall = open_save.stall  # training went on while it was written, after its snapshot
     elif _trained_during(attempt, started, now, step):
-        # A background save: training went on while it was written, after its snapshot.
-        stall = open_save.stall if open_save else 0.0
+        stall = 0.0  # a background save that did not say what it stalled
     else:
         stall = now - started
     final = any(r["event"] == "job.stopping" for r in attempt.records)
     save = Save(
-        started, now, step if isinstance(step, int) else None, committed, stall, seconds, final
+        started,
+        now,
+        step if isinstance(step, int) else None,
+        committed,
+        stall,
+        seconds,
+        final,
+        background,
     )
     if open_save is not None:
         attempt.saves[-1] = save
