@@ -247,7 +247,7 @@ def _add_record(attempt: Attempt, record: Record) -> None:
         if not attempt.saves or attempt.saves[-1].ended is not None:  # other ranks: same save
             snapshot = record.get("stall")
             background = isinstance(snapshot, (int, float))
-            stall = float(snapshot) if background else 0.0
+            stall = float(snapshot) if isinstance(snapshot, (int, float)) else 0.0
             attempt.saves.append(Save(now, None, step, False, stall, None, False, background))
     elif event in ("checkpoint.committed", "checkpoint.failed"):
         _end_save(attempt, record)
