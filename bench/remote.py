@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,51 +82,101 @@ def _checkpoint(base: Path, total: int) -> Path:
 # A CPU-bound stand-in for training: steps per second in 0.1 s windows, one line each.
 _STEPPER = r"""
 import sys, time
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
+while True:
     began, count = time.monotonic(), 0
     while time.monotonic() - began < 0.1:
         sum(range(200))
         count += 1
     print(f"{began:.6f} {count / 0.1:.0f}", flush=True)
 """
+_WINDOW = 0.1
+_SETTLE = 0.5  # after an upload ends, its writeback may still run: not a quiet window yet
 
 
-def training_during_upload_row(base: Path, total: int, seconds: float) -> Row:
-    """Steps/s of a CPU-bound training process while ckptd's upload runs, vs just before it.
+class _BackToBack:
+    """ckptd's uploader (its own thread, as in the daemon) sending one checkpoint repeatedly."""
 
-    The same process, adjacent periods: ``seconds`` without an upload, then ``seconds`` with
-    uploads of a ``total``-byte checkpoint running back to back (to a ``file://`` remote on the
-    same disk, so no server process competes for the CPU; the upload runs in this process, as
-    it does in the daemon's uploader thread).
+    def __init__(self, store: Any, local: Path) -> None:
+        from ckptd.uploader import Uploaded, Uploader
+
+        self.store, self.local, self.count = store, local, 0
+        self._uploaded = Uploaded
+        self._event = threading.Event()
+        self._failure: str | None = None
+        self.uploader = Uploader(store, self._post).start()
+
+    def _post(self, outcome: Any) -> None:
+        if not isinstance(outcome, self._uploaded):
+            self._failure = str(outcome)
+        self._event.set()
+
+    def until(self, end: float) -> None:
+        """Upload back to back until ``end`` (monotonic); the last one runs to its end."""
+        while time.monotonic() < end:
+            self._event.clear()
+            self.uploader.submit(self.local, 1)
+            if not self._event.wait(3600) or self._failure:
+                raise RuntimeError(f"upload failed: {self._failure}")
+            self.store.delete(1)  # so that the next one is a full upload again
+            self.count += 1
+
+
+def training_during_upload_row(base: Path, total: int, seconds: float, periods: int = 4) -> Row:
+    """Steps/s of a CPU-bound training process while ckptd's uploader runs, vs while it rests.
+
+    ``periods`` quiet periods alternate with as many busy ones, ``seconds`` / ``periods``
+    each (a busy one lasts until its last upload ends), so that a change in the machine's
+    other load hits both sides. Busy: uploads of a ``total``-byte checkpoint back to back
+    by ckptd's uploader thread, to a ``file://`` remote on the same disk (so no server
+    process competes for the CPU). The trainer runs in a session of its own, as the
+    daemon launches it. Only 0.1 s windows wholly inside a period count; a quiet period's
+    first ``_SETTLE`` s count for neither side.
     """
     from ckptd.remote_store import RemoteStore
 
     local = _checkpoint(base / "local", total)
     store = RemoteStore(f"file://{base / 'remote'}", {})
+    uploads = _BackToBack(store, local)
     trainer = subprocess.Popen(
-        [sys.executable, "-c", _STEPPER, str(2 * seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _STEPPER],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    started = time.monotonic()
-    time.sleep(seconds)  # the quiet period: this process does nothing while it lasts
-    switch, uploads = time.monotonic(), 0
-    while trainer.poll() is None:
-        store.upload(local, timeout=3600)
-        store.delete(1)
-        uploads += 1
-    assert trainer.stdout is not None
-    windows = [tuple(map(float, line.split())) for line in trainer.stdout.read().splitlines()]
-    before = [rate for at, rate in windows if started + 0.5 <= at and at + 0.1 <= switch]
-    during = [rate for at, rate in windows if at >= switch + 0.2]
+    try:
+        assert trainer.stdout is not None
+        trainer.stdout.readline()  # started
+        quiet: list[tuple[float, float]] = []
+        busy: list[tuple[float, float]] = []
+        length = seconds / periods
+        for _ in range(periods):
+            began = time.monotonic()
+            time.sleep(length)
+            quiet.append((began + _SETTLE, time.monotonic()))
+            began = time.monotonic()
+            uploads.until(began + length)
+            busy.append((began, time.monotonic()))
+    finally:
+        uploads.uploader.close()
+        trainer.terminate()
+        output, _ = trainer.communicate()
+    windows = [tuple(map(float, line.split())) for line in output.splitlines()]
+
+    def inside(spans: list[tuple[float, float]]) -> list[float]:
+        return [r for at, r in windows if any(a <= at and at + _WINDOW <= b for a, b in spans)]
+
+    before, during = inside(quiet), inside(busy)
     ratio = median(during) / median(before) if before and during else None
     return Row(
         "training steps/s while an upload runs",
-        f"{median(during):.0f} steps/s ({uploads} uploads of {total >> 20} MiB)" if during else "-",
+        f"{median(during):.0f} steps/s ({uploads.count} uploads of {total >> 20} MiB)"
+        if during
+        else "-",
         f"{median(before):.0f} steps/s with no upload" if before else "-",
         ratio,
         "ratio >= 0.98",
         None if ratio is None else ratio >= 0.98,
-        note="one CPU-bound training process; the upload's reads, writes and fsyncs beside it",
+        note="one CPU-bound training process; periods with and without uploads alternate",
         data={"before": before, "during": during},
     )
 
@@ -133,8 +184,9 @@ def training_during_upload_row(base: Path, total: int, seconds: float) -> Row:
 def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
     """Upload and download+verify of a ``total``-byte checkpoint, each next to raw fsspec;
     training steps/s while an upload runs."""
+    small = total < (64 << 20)
     training = training_during_upload_row(
-        base / "training", total, 1.0 if total < (64 << 20) else 8.0
+        base / "training", total, 2.0 if small else 8.0, 1 if small else 4
     )
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None:
         return [

@@ -12,6 +12,7 @@ filesystem's own exception (FileNotFoundError, ...).
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import os
 import secrets
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec.asyn
+from fsspec.implementations.local import LocalFileSystem
 
 from ckptd_client.manifest import TRASH_PREFIX
 
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 _CHUNK = 8 << 20
+_KERNEL_COPY = hasattr(os, "copy_file_range")  # Linux
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 _FILES_IN_PARALLEL = 8
 _POLL = 0.05  # how often a running operation looks at its deadline and cancellation
 
@@ -185,10 +189,38 @@ class Transport:
 def _upload_chunked(fs: Any, local: Path, remote: str, deadline: Deadline) -> None:
     fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(local, flags), "rb") as source, fs.open(remote, "wb") as target:
-        while chunk := source.read(_CHUNK):
+    with os.fdopen(os.open(local, flags), "rb") as source:
+        local_fs = _KERNEL_COPY and isinstance(fs, LocalFileSystem)
+        if local_fs and _copy_in_kernel(source, fs, remote, deadline):
+            return
+        with fs.open(remote, "wb") as target:
+            while chunk := source.read(_CHUNK):
+                deadline.check()
+                target.write(chunk)
+
+
+def _copy_in_kernel(source: Any, fs: Any, remote: str, deadline: Deadline) -> bool:
+    """Copy to a local path with copy_file_range: the bytes never pass through this process
+    (half the CPU of a read and a write; a reflink or a server-side copy where the file
+    system offers one). False when the kernel cannot do it here (nothing was written)."""
+    path = fs._strip_protocol(remote)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    target = os.open(path, flags, 0o644)
+    try:
+        first = True
+        while True:
             deadline.check()
-            target.write(chunk)
+            try:
+                copied = os.copy_file_range(source.fileno(), target, _CHUNK)
+            except OSError as exc:
+                if first and exc.errno in _NO_KERNEL_COPY:
+                    return False
+                raise
+            if not copied:
+                return True
+            first = False
+    finally:
+        os.close(target)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -14,7 +14,12 @@ from ckptd.config import StorageConfig
 from ckptd.lease import LEASE_NAME, Fenced, Lease
 from ckptd.remote_copy import RemoteCopy
 from ckptd.remote_resume import RemoteResume, RemoteUnusable, fetch_newer
-from ckptd.remote_store import InvalidRemoteCheckpoint, RemoteStore, RemoteTimeout
+from ckptd.remote_store import (
+    InvalidRemoteCheckpoint,
+    RemoteError,
+    RemoteStore,
+    RemoteTimeout,
+)
 from ckptd.retention import RetentionRules
 from ckptd.uploader import (
     Outcome,
@@ -305,6 +310,19 @@ def test_a_file_url_download_checks_every_byte(tmp_path: Path) -> None:
         assert list(fresh.iterdir()) == []
     remote.write_bytes(model)
     assert store.download(2, fresh).valid
+
+
+def test_a_file_url_upload_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    """file://: a symlink planted where a file goes up fails the upload; its target is intact."""
+    store = RemoteStore(f"file://{tmp_path / 'bucket'}")
+    local = make_checkpoint(tmp_path / "a", 3, {"w.bin": os.urandom(MIB)})
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "bucket" / "step-00000003").mkdir(parents=True)
+    (tmp_path / "bucket" / "step-00000003" / "w.bin").symlink_to(victim)
+    with pytest.raises(RemoteError, match="symbolic links"):
+        store.upload(local, timeout=60)
+    assert victim.read_bytes() == b"keep" and store.list() == []
 
 
 def test_a_remote_down_at_launch_is_reported_not_raised(moto: MotoServer, tmp_path: Path) -> None:
