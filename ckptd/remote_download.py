@@ -108,10 +108,12 @@ async def fetch_async(
     part_size: int | None = None,
 ) -> None:
     """Fetch every file, ``files`` at a time; one larger than ``part_size`` (by default the
-    filesystem's block size) in ranges of that size, up to ``parts`` of them in flight."""
+    filesystem's block size) in ranges of that size, ``parts`` ranges at most in flight or
+    waiting for their turn, across all files (the memory a download holds)."""
     part_size = part_size or getattr(fs, "default_block_size", None) or _DEFAULT_PART
     info_kwargs = {"refresh": True} if "refresh" in inspect.signature(fs._info).parameters else {}
     gate = asyncio.Semaphore(files)
+    slots = asyncio.Semaphore(parts)
 
     async def one(fetch: Fetch) -> None:
         async with gate:
@@ -128,26 +130,39 @@ async def fetch_async(
                     lambda start=start, end=end: fs._cat_file(fetch.remote, start=start, end=end)
                     for start, end in ranges
                 )
-                await _in_order(reads, parts, copy.write)
+                await _in_order(reads, slots, copy.write)
 
     await _all(one(fetch) for fetch in fetches)
 
 
 async def _in_order(
     reads: Iterator[Callable[[], Awaitable[bytes]]],
-    window: int,
+    slots: asyncio.Semaphore,
     consume: Callable[[bytes], None],
 ) -> None:
-    """``consume`` each result of ``reads`` in order, with up to ``window`` reads running."""
+    """``consume`` each result of ``reads`` in order; each read holds one of ``slots`` from
+    its start until it is consumed. More start while slots are free; with none of ours
+    running, the next waits for a slot (the head of a file's reads always holds one, so
+    every file gets on)."""
     running: collections.deque[asyncio.Future[bytes]] = collections.deque()
     try:
         while True:
-            while len(running) < window and (read := next(reads, None)) is not None:
+            while not running or not slots.locked():
+                read = next(reads, None)
+                if read is None:
+                    break
+                await slots.acquire()
                 running.append(asyncio.ensure_future(read()))
             if not running:
                 return
-            consume(await running.popleft())
+            head = running.popleft()
+            try:
+                consume(await head)
+            finally:
+                slots.release()
     finally:
+        for _ in running:
+            slots.release()
         await _cancel(running)
 
 

@@ -75,6 +75,15 @@ def test_upload_list_download_is_bit_exact(moto: MotoServer, tmp_path: Path) -> 
     assert [p.name for p in fresh.iterdir()] == ["step-00000007"]
 
 
+def test_ranged_parts_of_many_files_share_a_small_budget(moto: MotoServer, tmp_path: Path) -> None:
+    """Four files of several parts each, two parts in flight in all: bit-exact, in time."""
+    files = {f"shard{i}.bin": os.urandom(3 * MIB + i) for i in range(4)}
+    local = make_checkpoint(tmp_path / "a", 8, files)
+    _store(moto).upload(local, timeout=60)
+    store = RemoteStore(moto.url(), {**moto.options, "max_concurrency": 2}, part_size=MIB)
+    assert tree(store.download(8, tmp_path / "fresh", timeout=60).path) == tree(local)
+
+
 def test_corrupt_remote_checkpoint_falls_back_to_older(moto: MotoServer, tmp_path: Path) -> None:
     """A remote file that does not match its digest is rejected and the next older one used."""
     store = _store(moto)
