@@ -1,8 +1,9 @@
 """The remote store: upload and resume (download + verify) vs raw fsspec, on moto's S3 server.
 
-``python -m bench.remote`` (about two minutes with 1 GiB on 2 cores). The floor is the same
+``python -m bench.remote`` (about three minutes with 1 GiB on 2 cores). The floor is the same
 bytes moved by a plain ``fs.put`` / ``fs.get`` of the same files through the same s3fs, in
-the same run, alternating with ckptd's side so that neither always meets a warmer server.
+the same run, alternating with ckptd's side so that neither always meets a warmer server:
+each upload starts from the same server state, and downloads go in ABBA order.
 """
 
 from __future__ import annotations
@@ -210,23 +211,42 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
         fs = store.fs
         raw_root = f"{BUCKET}/raw"
         remote_files = [f"{raw_root}/{Path(f).name}" for f in files]
-        up_raw, up_ours, down_raw, down_ours = [], [], [], []
-        fs.put(files, remote_files)  # warm up the server and both clients' connections, untimed
-        store.upload(local, timeout=3600)
-        fs.rm(raw_root, recursive=True)
-        store.delete(1)
+        up_raw: list[float] = []
+        up_ours: list[float] = []
+        down_raw: list[float] = []
+        down_ours: list[float] = []
+
+        def upload(side: str) -> None:
+            if side == "raw":
+                fs.put(files, remote_files)
+            else:
+                assert store.upload(local, timeout=3600).bytes >= total
+
+        def remove(side: str) -> None:
+            if side == "raw":
+                fs.rm(raw_root, recursive=True)
+            else:
+                store.delete(1)
+
+        for side in ("raw", "ours"):  # warm up the server and both clients' connections
+            upload(side)
+            remove(side)
         for round_ in range(rounds):
-            # alternate which side goes first, so that neither always meets a warmer server
+            # Alternate which side goes first; each upload starts from the same server state
+            # (the one before it is deleted first: a server holding one more GiB is slower).
             for side in ("raw", "ours") if round_ % 2 == 0 else ("ours", "raw"):
                 began = time.perf_counter()
-                if side == "raw":
-                    fs.put(files, remote_files)
-                    up_raw.append(time.perf_counter() - began)
-                else:
-                    assert store.upload(local, timeout=3600).bytes >= total
-                    up_ours.append(time.perf_counter() - began)
-            for side in ("raw", "ours") if round_ % 2 == 0 else ("ours", "raw"):
-                into = base / f"{side}-{round_}"
+                upload(side)
+                (up_raw if side == "raw" else up_ours).append(time.perf_counter() - began)
+                remove(side)
+        for side in ("raw", "ours"):
+            upload(side)
+        for round_ in range(rounds):
+            # ABBA: in every round each side goes first once and second once.
+            first, second = ("raw", "ours") if round_ % 2 == 0 else ("ours", "raw")
+            order = (first, second, second, first)
+            for index, side in enumerate(order):
+                into = base / f"{side}-{round_}-{index}"
                 began = time.perf_counter()
                 if side == "raw":
                     into.mkdir()
@@ -236,8 +256,8 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
                     assert store.download(1, into, timeout=3600).valid
                     down_ours.append(time.perf_counter() - began)
                 shutil.rmtree(into)
-            fs.rm(raw_root, recursive=True)
-            store.delete(1)
+        for side in ("raw", "ours"):
+            remove(side)
     gib = total / (1 << 30)
     up_ratio = median(up_raw) / median(up_ours)
     down_ratio = median(down_raw) / median(down_ours)
