@@ -6,8 +6,9 @@ copy back. Writeback to the disk starts while the download goes on (``sync_file_
 so the fsync before the rename finds little left to write. Local files are created
 exclusively and never through a symlink.
 
-On asynchronous filesystems files come down in parallel, and large ones in ranged parts
-(several in flight, taken in order so that the hash sees the bytes in order); on
+On asynchronous filesystems files come down in parallel in ranged parts (several in
+flight, taken in order so that the hash sees the bytes in order; no object is read past
+one byte more than its entry says, so a wrong one never fills the memory or the disk); on
 synchronous ones (``file://``) each file is read in chunks, the deadline checked between
 chunks. An object whose bytes disagree with its entry raises :class:`ObjectMismatch`.
 """
@@ -115,22 +116,39 @@ async def fetch_async(
     gate = asyncio.Semaphore(files)
     slots = asyncio.Semaphore(parts)
 
+    async def size_of(remote: str) -> int:
+        return int((await fs._info(remote, **info_kwargs))["size"])
+
+    async def into(copy: _LocalCopy) -> None:
+        remote, size = copy.fetch.remote, copy.fetch.entry.size
+        if size == 0:  # no range of an empty object can be asked for
+            if (found := await size_of(remote)) != 0:
+                raise ObjectMismatch(f"{copy.fetch.entry.path}: size {found}, manifest says 0")
+            return
+        # The last range asks for one byte more: an object longer than its entry shows.
+        ranges = [(s, min(s + part_size, size)) for s in range(0, size, part_size)]
+        ranges[-1] = (ranges[-1][0], size + 1)
+        reads = (
+            lambda start=start, end=end: fs._cat_file(remote, start=start, end=end)
+            for start, end in ranges
+        )
+        await _in_order(reads, slots, copy.write)
+
     async def one(fetch: Fetch) -> None:
         async with gate:
             with _local_copy(fetch, algorithm) as copy:
-                size = fetch.entry.size
-                if size <= part_size:
-                    copy.write(await fs._cat_file(fetch.remote))
-                    return
-                found = (await fs._info(fetch.remote, **info_kwargs))["size"]
-                if found != size:
-                    raise ObjectMismatch(f"{fetch.entry.path}: size {found}, manifest says {size}")
-                ranges = [(s, min(s + part_size, size)) for s in range(0, size, part_size)]
-                reads = (
-                    lambda start=start, end=end: fs._cat_file(fetch.remote, start=start, end=end)
-                    for start, end in ranges
-                )
-                await _in_order(reads, slots, copy.write)
+                try:
+                    await into(copy)
+                except ObjectMismatch:
+                    raise
+                except Exception:
+                    # A range past the end of a shorter object fails; say why, when that is it.
+                    found = await size_of(fetch.remote)
+                    if found != fetch.entry.size:
+                        raise ObjectMismatch(
+                            f"{fetch.entry.path}: size {found}, manifest says {fetch.entry.size}"
+                        ) from None
+                    raise
 
     await _all(one(fetch) for fetch in fetches)
 

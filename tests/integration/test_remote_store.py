@@ -105,21 +105,24 @@ def test_corrupt_remote_checkpoint_falls_back_to_older(moto: MotoServer, tmp_pat
 def test_a_flipped_byte_or_a_missing_file_is_caught_while_downloading(
     moto: MotoServer, tmp_path: Path
 ) -> None:
-    """One flipped byte in a ranged download, or a missing file, is invalid; nothing is left."""
+    """A flipped byte, a longer, shorter or empty object, a missing file: invalid, nothing left."""
     model = os.urandom(12 * MIB)
     local = make_checkpoint(tmp_path / "a", 6, {"model.pt": model, "small": b"abc"})
     store = _store(moto, part_size=5 * MIB)
     store.upload(local, timeout=60)
     flipped = bytearray(model)
     flipped[11 * MIB] ^= 1  # in the last of three ranged parts, same size
-    store.fs.pipe_file(store.path_of(6, "model.pt"), bytes(flipped))
     fresh = tmp_path / "fresh"
-    with pytest.raises(InvalidRemoteCheckpoint, match=r"model\.pt: digest mismatch"):
-        store.download(6, fresh)
-    assert list(fresh.iterdir()) == []
-    store.fs.pipe_file(store.path_of(6, "model.pt"), model + b"!")
-    with pytest.raises(InvalidRemoteCheckpoint, match=r"model\.pt: size"):
-        store.download(6, fresh)
+    for changed, error in (
+        (bytes(flipped), "digest mismatch"),
+        (model + b"!", "larger than the manifest says"),
+        (model[: 7 * MIB], f"size {7 * MIB}, manifest says {12 * MIB}"),
+        (b"", f"size 0, manifest says {12 * MIB}"),
+    ):
+        store.fs.pipe_file(store.path_of(6, "model.pt"), changed)
+        with pytest.raises(InvalidRemoteCheckpoint, match=f"model.pt: {error}"):
+            store.download(6, fresh)
+        assert list(fresh.iterdir()) == []
     store.fs.pipe_file(store.path_of(6, "model.pt"), model)
     store.fs.rm_file(store.path_of(6, "small"))
     with pytest.raises(InvalidRemoteCheckpoint, match="missing file"):
