@@ -62,13 +62,13 @@ class _LocalCopy:
         self.synced_to = 0
 
     def write(self, data: bytes | memoryview) -> None:
+        if self.size + len(data) > self.fetch.entry.size:
+            raise ObjectMismatch(f"{self.fetch.entry.path}: larger than the manifest says")
         view = memoryview(data)
         self.hasher.update(view)
         while view:
             view = view[os.write(self.fd, view) :]
         self.size += len(data)
-        if self.size > self.fetch.entry.size:
-            raise ObjectMismatch(f"{self.fetch.entry.path}: larger than the manifest says")
         if self.size - self.synced_to >= _WRITEBACK_EVERY:
             _start_writeback(self.fd, self.synced_to, self.size - self.synced_to)
             self.synced_to = self.size
