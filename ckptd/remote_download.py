@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,7 +33,6 @@ __all__ = ["Fetch", "ObjectMismatch", "fetch_async", "fetch_sync"]
 _CHUNK = 8 << 20  # read size on synchronous filesystems
 _WRITEBACK_EVERY = 16 << 20  # start writing back to the disk after this many new bytes
 _DEFAULT_PART = 32 << 20  # ranged part size when the filesystem names none
-_SYNC_FILE_RANGE_WRITE = 2
 
 
 class ObjectMismatch(Exception):
@@ -70,7 +68,7 @@ class _LocalCopy:
             view = view[os.write(self.fd, view) :]
         self.size += len(data)
         if self.size - self.synced_to >= _WRITEBACK_EVERY:
-            _start_writeback(self.fd, self.synced_to, self.size - self.synced_to)
+            _digest.start_writeback(self.fd, self.synced_to, self.size - self.synced_to)
             self.synced_to = self.size
 
     def finish(self) -> None:
@@ -80,7 +78,7 @@ class _LocalCopy:
             raise ObjectMismatch(f"{entry.path}: size {self.size}, manifest says {entry.size}")
         if self.hasher.hexdigest() != entry.digest:
             raise ObjectMismatch(f"{entry.path}: digest mismatch")
-        _start_writeback(self.fd, self.synced_to, 0)
+        _digest.start_writeback(self.fd, self.synced_to, 0)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -208,29 +206,3 @@ def fetch_sync(fs: Any, fetches: list[Fetch], algorithm: str, check: Callable[[]
             while chunk := source.read(min(_CHUNK, fetch.entry.size - copy.size + 1)):
                 check()
                 copy.write(chunk)
-
-
-# -- writeback -------------------------------------------------------------------------
-
-
-def _start_writeback(fd: int, offset: int, count: int) -> None:
-    """Ask Linux to start writing a range back now, without waiting (0 bytes: to the end)."""
-    if _libc is not None:
-        _libc.sync_file_range(fd, offset, count, _SYNC_FILE_RANGE_WRITE)
-
-
-def _load_libc() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.sync_file_range.argtypes = [
-            ctypes.c_int,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_uint,
-        ]
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_libc = _load_libc()

@@ -123,7 +123,7 @@ class HashingWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.flush()
-            _start_writeback(self._file.fileno())
+            start_writeback(self._file.fileno())
             info = os.fstat(self._file.fileno())
             self._file.close()
             _known[str(self.path.resolve())] = (
@@ -145,14 +145,16 @@ _known: dict[str, tuple[str, str, tuple[int, int, int]]] = {}
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _start_writeback(fd: int) -> None:
-    """Ask Linux to start writing the file back now, without waiting (sync_file_range).
+def start_writeback(fd: int, offset: int = 0, count: int = 0) -> None:
+    """Ask Linux to start writing a range back now, without waiting (0 bytes: to the end).
 
     The commit's fsync then finds most of the file already on its way to the disk, and
     the disk works while the next file is being written, as databases do.
     """
     if _libc is not None:
-        _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE)
+        _libc.sync_file_range(
+            fd, ctypes.c_int64(offset), ctypes.c_int64(count), _SYNC_FILE_RANGE_WRITE
+        )
 
 
 def _load_libc() -> Any:
