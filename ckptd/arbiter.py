@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
 _TRAINING_AT = frozenset({"hello", "step", "started"})  # messages whose step is training's
+_MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
 # How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
 # a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
 # client is still importing its way to connect().
@@ -794,8 +795,7 @@ class Arbiter:
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
         if kind == "started":
-            stall = message.get("stall")
-            stall = float(stall) if isinstance(stall, (int, float)) and stall >= 0 else None
+            stall = _reported_stall(message.get("stall"))
             self.progress.save_started(now, stall)
             ids = message.get("ids") or []
             fields: dict[str, Any] = {"stall": round(stall, 6)} if stall is not None else {}
@@ -876,6 +876,14 @@ class Arbiter:
             return retention.prune(directory, rules, [*protect, *kept])
 
         self.background.submit("pruned", prune)
+
+
+def _reported_stall(value: Any) -> float | None:
+    """A background save's snapshot stall as its client reported it; None unless a number of
+    seconds in [0, a day] (NaN, infinities and huge integers included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 <= value <= _MAX_STALL else None
 
 
 def _drain_fd(fd: int) -> None:

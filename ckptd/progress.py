@@ -47,7 +47,7 @@ class Progress:
 
     def launched(self, now: float, attempt: int, resume_step: int | None) -> None:
         self.set_step(resume_step)
-        self._saving_since = self._saving_step = None
+        self._saving_since = self._saving_step = self._snapshot = None
         self._noted = 0.0  # the first step of an attempt is recorded at once (goodput)
         self.health.launched(now)
         self.timer.reset(now)
@@ -55,7 +55,7 @@ class Progress:
             self.metrics.job_started(attempt, resume_step)
 
     def exited(self) -> None:
-        self._saving_since = self._saving_step = None
+        self._saving_since = self._saving_step = self._snapshot = None
         self.health.exited()
         if self.metrics is not None:
             self.metrics.job_exited()
@@ -86,8 +86,8 @@ class Progress:
 
     def save_ended(self, now: float, committed: dict[str, Any] | None) -> None:
         """A save committed (``committed``: its message) or failed (None)."""
-        began, at_step = self._saving_since, self._saving_step
-        self._saving_since = self._saving_step = None
+        began, at_step, snapshot = self._saving_since, self._saving_step, self._snapshot
+        self._saving_since = self._saving_step = self._snapshot = None
         self.health.save_ended(now)
         if self.metrics is not None:
             if committed is None:
@@ -97,10 +97,14 @@ class Progress:
         if self.interval is None or committed is None or committed.get("reused"):
             return
         seconds = committed.get("seconds")
-        # Training waited for the save when no step was reported while it ran; a
-        # background save cost it only its snapshot.
-        blocked = began is not None and self.step == at_step
-        stall = now - began if began is not None and blocked else self._snapshot or 0.0
+        # A background save cost training only its snapshot, even when no step was reported
+        # while it ran (slow steps); any other save stalled it when no step was reported.
+        if snapshot is not None:
+            stall = snapshot
+        elif began is not None and self.step == at_step:
+            stall = now - began
+        else:
+            stall = 0.0
         self._retime(self.interval.saved(stall, seconds if isinstance(seconds, float) else None))
 
     def failure(self) -> None:
