@@ -140,11 +140,14 @@ class Client(GroupSaves):
         """
         if self._final_in_flight:
             self.wait()
+        ready = self._stop_ready  # first: an answer landing now sets _reused_final_at before it
         if self._reused_final_at is not None:
             self._check_reused_final()
+            ready = ready and self._stop_ready
         if self._rounds is not None and self._rounds.current is not None:
             self._round_due()
-        return self._stop_ready
+            ready = self._stop_ready
+        return ready
 
     def deadline(self) -> float | None:
         """Seconds left before the daemon forces the process down, or None when no stop is near."""
@@ -350,6 +353,7 @@ class Client(GroupSaves):
     # -- bookkeeping -----------------------------------------------------------------
 
     def _claim(self, step: int) -> list[str]:
+        self._check_reused_final()  # a save of the progress after it is the final save
         with self._lock:
             claimed = [p for p in self._pending.values() if p.at_step is None or p.at_step <= step]
             for request in claimed:
@@ -369,6 +373,10 @@ class Client(GroupSaves):
             self._wanted = self._unclaimed()
             if not self._wanted:
                 self._wanted_seen = None
+            if any(p.final and not p.claimed for p in done):
+                # It came after this save's snapshot: like a reused answer, it holds only for
+                # ``step``; a step trained since must be saved too.
+                self._reused_final_at = step
             if any(p.final for p in done):
                 self._stop_ready = True
             # Unsolicited saves are reported too, so the daemon sees every commit.
