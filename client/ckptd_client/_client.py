@@ -335,7 +335,7 @@ class Client(GroupSaves):
             return
         with self._lock:
             request = self._pending.pop(rid, None)
-            self._wanted = self._unclaimed()
+            self._refresh_wanted()
             if request and request.final:
                 self._stop_ready = True
 
@@ -358,11 +358,15 @@ class Client(GroupSaves):
             claimed = [p for p in self._pending.values() if p.at_step is None or p.at_step <= step]
             for request in claimed:
                 request.claimed = True
-            self._wanted = self._unclaimed()
+            # Not _refresh_wanted(): the save being started still reads _wanted_seen.
+            self._wanted = any(not p.claimed for p in self._pending.values())
             return [p.id for p in claimed]
 
-    def _unclaimed(self) -> bool:
-        return any(not p.claimed for p in self._pending.values())
+    def _refresh_wanted(self) -> None:
+        """Under the lock: wanted while a request no save in flight answers is pending."""
+        self._wanted = any(not p.claimed for p in self._pending.values())
+        if not self._wanted:
+            self._wanted_seen = None
 
     def _commit(self, step: int, record: dict[str, Any]) -> None:
         with self._lock:
@@ -370,9 +374,7 @@ class Client(GroupSaves):
             for request in done:
                 del self._pending[request.id]
             self._last_commit = record
-            self._wanted = self._unclaimed()
-            if not self._wanted:
-                self._wanted_seen = None
+            self._refresh_wanted()
             if any(p.final and not p.claimed for p in done):
                 # It came after this save's snapshot: like a reused answer, it holds only for
                 # ``step``; a step trained since must be saved too.
@@ -385,7 +387,7 @@ class Client(GroupSaves):
     def _fail(self, claimed: list[str], step: int, error: str) -> None:
         with self._lock:
             failed = [self._pending.pop(rid) for rid in claimed if rid in self._pending]
-            self._wanted = self._unclaimed()
+            self._refresh_wanted()
             if any(p.final for p in failed):
                 self._stop_ready = True
             self._channel.send("failed", ids=claimed, step=step, error=error)
