@@ -245,10 +245,12 @@ def _add_record(attempt: Attempt, record: Record) -> None:
         attempt.hung = attempt.hung or record.get("kind") == "hang"
     elif event == "checkpoint.started":
         if not attempt.saves or attempt.saves[-1].ended is not None:  # other ranks: same save
-            snapshot = record.get("stall")
-            background = isinstance(snapshot, (int, float))
-            stall = float(snapshot) if isinstance(snapshot, (int, float)) else 0.0
-            attempt.saves.append(Save(now, None, step, False, stall, None, False, background))
+            snapshot = record.get("stall")  # only a background save reports one
+            if isinstance(snapshot, (int, float)):
+                save = Save(now, None, step, False, float(snapshot), None, False, background=True)
+            else:
+                save = Save(now, None, step, False, 0.0, None, False)
+            attempt.saves.append(save)
     elif event in ("checkpoint.committed", "checkpoint.failed"):
         _end_save(attempt, record)
     elif event == "job.exited":
@@ -270,10 +272,10 @@ def _end_save(attempt: Attempt, record: Record) -> None:
         _sample(attempt, now, training)
     started = open_save.started if open_save else now - (seconds or 0.0)
     stall = record.get("stall")
-    background = open_save is not None and open_save.background
+    background = open_save.background if open_save is not None else False
     if isinstance(stall, (int, float)):
         stall = float(stall)
-    elif background and open_save is not None:
+    elif open_save is not None and open_save.background:
         stall = open_save.stall  # training went on while it was written, after its snapshot
     elif _trained_during(attempt, started, now, step):
         stall = 0.0  # a background save that did not say what it stalled

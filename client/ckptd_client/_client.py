@@ -128,9 +128,11 @@ class Client(GroupSaves):
             rounds.checked = self._step  # before ``current`` is read: see Rounds.earliest
             if rounds.current is not None:
                 return self._round_due()
-        if self._wanted and self._wanted_seen is None:
+        if not self._wanted:
+            return False
+        if self._wanted_seen is None:
             self._wanted_seen = time.monotonic()
-        return self._wanted
+        return True
 
     def should_stop(self) -> bool:
         """True once a stop was requested and its final checkpoint is done (or failed).
@@ -205,14 +207,15 @@ class Client(GroupSaves):
         if self._rounds is not None:
             self._group_checkpoint_async(self._rounds, step, write, metrics)
             return
+        # Training waited from the request it saw to here: the snapshot of its state.
+        seen = self._wanted_seen
         claimed = self._claim(step)
         with self._lock:
             self._final_in_flight = any(
                 self._pending[rid].final for rid in claimed if rid in self._pending
             )
         temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
-        # Training waited from the request it saw to here: the snapshot of its state.
-        seen, self._wanted_seen = self._wanted_seen, None
+        self._wanted_seen = None
         stall = round(time.monotonic() - seen, 6) if seen is not None else None
         self._channel.send("started", ids=claimed, step=step, stall=stall)
         self._in_flight = threading.Thread(
@@ -358,8 +361,7 @@ class Client(GroupSaves):
             claimed = [p for p in self._pending.values() if p.at_step is None or p.at_step <= step]
             for request in claimed:
                 request.claimed = True
-            # Not _refresh_wanted(): the save being started still reads _wanted_seen.
-            self._wanted = any(not p.claimed for p in self._pending.values())
+            self._refresh_wanted()
             return [p.id for p in claimed]
 
     def _refresh_wanted(self) -> None:

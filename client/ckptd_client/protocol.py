@@ -9,7 +9,8 @@ Client to daemon:
                                                first message after connecting; the world
                                                sizes only under torchrun (a rank group)
   ``step``       {step}                        progress heartbeat, rate limited
-  ``started``    {ids, step}                   a checkpoint save began
+  ``started``    {ids, step, stall?}           a checkpoint save began; a background save
+                                               adds how long training waited for it (s)
   ``committed``  {ids, step, path, metrics, bytes, seconds}
   ``failed``     {ids, step, error}
   ``propose``    {id, at}                      group: the first step at which this rank can
