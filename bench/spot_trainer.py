@@ -63,13 +63,12 @@ def main() -> None:
         began = time.time()
         metrics = {"loss": 1.0 / (at + 1)}
         if args.snapshot > 0:
-            time.sleep(args.snapshot)
+            time.sleep(args.snapshot)  # copying the state
             ck.checkpoint_async(at, lambda directory: write(at, directory), metrics)
-            note("stalled", began=began, t=time.time())
         else:
             with ck.checkpoint(at, metrics=metrics) as directory:
                 write(at, directory)
-            note("stalled", began=began, t=time.time())
+        note("stalled", began=began, t=time.time())
         kept = at
 
     due = time.monotonic()

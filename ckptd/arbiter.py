@@ -335,7 +335,7 @@ class Arbiter:
                 )
         if self.stop is not None or not self._job_alive() or final_at <= time.monotonic():
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
-        elif first and self.progress.timer.next_due() is None:
+        elif first and self.timer.next_due() is None:
             # With periodic saves running, the work at risk until the final save is less
             # than one period, as always; without them, it is everything since the last save.
             self._request_checkpoint(Request(Action.CHECKPOINT, Origin.CLOUD, request.reason))
