@@ -165,7 +165,7 @@ def status(args: argparse.Namespace) -> int:
             else []
         ),
         *(
-            [("goodput", f"{g['ratio']:.1%} (productive {_age(g.get('productive'))})")]
+            [("goodput", f"{g['ratio']:.1%} (productive {_age(g.get('productive'))}{_as_of(g)})")]
             if (g := result.get("goodput"))
             else []
         ),
@@ -215,6 +215,12 @@ def keygen(args: argparse.Namespace) -> int:
     Path(secret).chmod(0o600)
     print(f"public key: {public}\nsecret key: {secret} (keep it private)")
     return exit_codes.OK
+
+
+def _as_of(goodput: dict[str, Any]) -> str:
+    """How old the goodput figure is: it is recomputed off the daemon's loop."""
+    end = goodput.get("end")
+    return f", as of {_age(max(0.0, time.time() - end))} ago" if isinstance(end, float) else ""
 
 
 def _age(seconds: float | None) -> str:

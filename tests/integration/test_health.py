@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -77,6 +78,8 @@ def test_every_auto_measures_a_save_then_chooses_from_the_numbers(job: Job) -> N
     status = job.status()["interval"]
     assert status["every"] == interval["every"] and status["optimum"] is not None
     assert job.status()["goodput"] is not None
+    human = job.cli("status").stdout
+    assert re.search(r"^goodput .*, as of [0-9.]+ \w+ ago\)$", human, re.MULTILINE), human
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
 
