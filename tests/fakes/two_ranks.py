@@ -25,6 +25,7 @@ def rank(record_path: str) -> None:
         ck.step(step)
         wanted = ck.should_checkpoint()
         if me == 0 and wanted:
+            _until_rank_1_saw_it(record_path)
             with ck.checkpoint(step) as directory:
                 (directory / "rank0.bin").write_bytes(b"0" * 64)
             record.write(json.dumps({"event": "saved", "rank": 0, "step": step}) + "\n")
@@ -35,6 +36,17 @@ def rank(record_path: str) -> None:
             record.write(json.dumps({"event": "stop", "rank": me, "step": step}) + "\n")
             ck.close()
             return
+
+
+def _until_rank_1_saw_it(record_path: str) -> None:
+    """Commit only once rank 1 has seen the request up: else its `done` may come first."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(record_path) as record:
+            if '"flag_up"' in record.read():
+                return
+        time.sleep(0.01)
+    raise SystemExit("rank 1 never saw the request")
 
 
 if __name__ == "__main__":
