@@ -9,12 +9,12 @@ that daemons of one multi-node job may later share the directory by design.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import time
 from pathlib import Path
 
+from . import strict_json
 from .run_dir import RunDirError
 
 LOCK_NAME = ".ckptd-lock"
@@ -51,7 +51,7 @@ class CheckpointDirLock:
         }
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(record).encode(), 0)
+            os.pwrite(fd, strict_json.dumps(record).encode(), 0)
         except OSError:
             pass  # a full disk: the lock itself holds; only the holder's description is missing
         self._fd = fd
@@ -64,7 +64,7 @@ class CheckpointDirLock:
 
 def _read(fd: int) -> dict[str, object]:
     try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        data = strict_json.loads(os.pread(fd, 4096, 0) or b"{}")
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

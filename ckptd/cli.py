@@ -13,6 +13,7 @@ from . import remote_commands as _remote_commands  # noqa: F401 - importing regi
 from . import report_command as _report_command  # noqa: F401 - importing registers it
 
 BROKEN_PIPE = 128 + signal.SIGPIPE  # the status a shell shows for `ls | head`'s ls
+TRACEBACK_VARIABLE = "CKPTD_TRACEBACK"  # set: an internal error shows its traceback
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,16 @@ def _dispatch(argv: list[str]) -> int:
         code = exc.code
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # a bug: one line for the user, the traceback when asked for
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(
+            f"ckptd {args.command_name}: internal error: {type(exc).__name__}: {detail} "
+            f"(a bug: {TRACEBACK_VARIABLE}=1 shows where; please report it)",
+            file=sys.stderr,
+        )
+        code = exit_codes.FAILED
     sys.stdout.flush()  # a closed pipe shows here, not in the flush at interpreter exit
     return code
 

@@ -7,7 +7,6 @@ checked against it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from typing import Any
 from ckptd_client.store import inspect, scan
 
 from . import config as config_module
-from . import exit_codes, remote_listing
+from . import exit_codes, remote_listing, strict_json
+from .run_dir import JOB_FILE, NotRegularFile, read_regular
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -117,7 +117,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
         found = scan(directory, full=args.verify)
     if args.json:
-        print(json.dumps([c.to_json() for c in found], indent=2))
+        strict_json.print_json([c.to_json() for c in found])
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
@@ -157,7 +157,7 @@ def verify(args: argparse.Namespace) -> int:
     else:
         checked = inspect(Path(args.path), full=True)
     if args.json:
-        print(json.dumps(checked.to_json(), indent=2))
+        strict_json.print_json(checked.to_json())
     elif checked.valid:
         print(f"ok: {checked.path} (step {checked.step}, {_human_bytes(checked.bytes)})")
     else:
@@ -203,8 +203,10 @@ def find_run_dir(given: str | None) -> Path:
 def checkpoint_dir_of(run_dir: Path) -> Path:
     """The checkpoint directory a daemon recorded in its run directory."""
     try:
-        recorded = json.loads((run_dir / "job.json").read_text())
+        recorded = strict_json.loads(read_regular(run_dir / JOB_FILE))
         return Path(recorded["checkpoint_dir"])
+    except NotRegularFile as exc:
+        raise CommandError(str(exc)) from None
     except (OSError, ValueError, KeyError, TypeError):
         raise CommandError(f"{run_dir} has no job.json; give the checkpoint directory") from None
 

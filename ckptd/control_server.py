@@ -20,6 +20,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from . import strict_json
 from .log import get_logger
 from .run_dir import bind_private, remove_socket
 
@@ -148,14 +149,16 @@ class ControlServer:
 
     def send(self, sock: zmq.Socket, identity: bytes, reply: dict[str, Any]) -> None:
         try:
-            sock.send_multipart([identity, json.dumps(reply, default=str).encode()], zmq.NOBLOCK)
+            body = strict_json.dumps(reply, default=str).encode()
+            sock.send_multipart([identity, body], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the peer left, or stopped reading: its replies are dropped, never queued
 
     # -- events ----------------------------------------------------------------------
 
     def publish(self, event: dict[str, Any]) -> None:
-        frames = [str(event.get("event", "")).encode(), json.dumps(event, default=str).encode()]
+        body = strict_json.dumps(event, default=str).encode()
+        frames = [str(event.get("event", "")).encode(), body]
         for sock in self.publishers:
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)

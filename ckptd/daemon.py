@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 from dataclasses import asdict
 
-from . import __version__, exit_codes, log
+from . import __version__, exit_codes, log, strict_json
 from .arbiter import Arbiter
 from .checkpoint_lock import CheckpointDirLock
 from .config import JobConfig
@@ -20,6 +19,7 @@ from .run_dir import (
     CHECKPOINT_FILE,
     EVENTS_FILE,
     JOB_FILE,
+    NotRegularFile,
     Orphan,
     RunDir,
     RunDirError,
@@ -42,7 +42,8 @@ def supervise(config: JobConfig) -> int:
         orphan = run_dir.lock()
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_lock.acquire(config.name, run_dir.path)
-        write_private(run_dir.file(JOB_FILE), json.dumps(asdict(config), default=str, indent=1))
+        job = strict_json.dumps(asdict(config), default=str, indent=1)
+        write_private(run_dir.file(JOB_FILE), job)
         events = EventLog(run_dir.file(EVENTS_FILE))
     except (RunDirError, OSError) as exc:
         checkpoint_lock.release()
@@ -96,8 +97,13 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
             config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan,
             metrics=metrics,
         )  # fmt: skip
-    except RemoteUnusable as exc:
-        print(f"ckptd: remote store: {exc}", file=sys.stderr)
+    except (RemoteUnusable, NotRegularFile) as exc:
+        channel.close()
+        control.close()
+        if metrics is not None:
+            metrics.close()
+        where = "remote store: " if isinstance(exc, RemoteUnusable) else ""
+        print(f"ckptd: {where}{exc}", file=sys.stderr)
         return exit_codes.USAGE
     events.emit(
         "ckptd.started",

@@ -9,7 +9,6 @@ with the number of records lost in between.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -18,11 +17,16 @@ from typing import Any
 
 import structlog
 
+from . import strict_json
 from .log import get_logger
+from .run_dir import open_regular
 
 
 class EventLog:
     """Writes each event once to the log and once, as a JSON line, to ``events.jsonl``.
+
+    Records are strict JSON (:mod:`ckptd.strict_json`): a NaN or an infinity in a field
+    is written, and published, as null, with an ``events.nonfinite`` warning naming it.
 
     ``job``, ``attempt`` and ``step`` come from the fields bound for every log line
     (``log.bind``), so the log and the event records can never disagree.
@@ -30,9 +34,7 @@ class EventLog:
 
     def __init__(self, path: Path, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = path
-        self._fd: int | None = os.open(
-            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        self._fd: int | None = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._log = get_logger()
         self.publish = publish
         self.dropped = 0
@@ -47,7 +49,10 @@ class EventLog:
             "step": bound.get("step"),
             **fields,
         }
-        self._append(json.dumps(record, default=str) + "\n")
+        record, nonfinite = strict_json.finite(record)  # the file and the stream: strict JSON
+        if nonfinite:
+            self._log.warning("events.nonfinite", of=event, keys=nonfinite, written="null")
+        self._append(strict_json.dumps(record, default=str) + "\n")
         try:
             getattr(self._log, level)(event, **fields)
         except Exception:

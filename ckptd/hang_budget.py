@@ -10,27 +10,36 @@ earlier runs by an exponential moving average (alpha 0.5). There are three budge
 - ``save``: a save in progress (a slow save is not a hang).
 
 Until a budget has been measured (in this run or an earlier one), ``fallback`` applies;
-no learned budget is ever below ``minimum``. Within a run a budget only grows (an
-interval seen once, such as an evaluation, stays allowed); across runs the average lets
-it shrink again. Times are ``time.monotonic()`` values passed in by the caller.
+no learned budget is ever below ``minimum`` nor above ``maximum`` (a day). Within a run a
+budget only grows (an interval seen once, such as an evaluation, stays allowed); across
+runs the average lets it shrink again. Times are ``time.monotonic()`` values passed in by
+the caller.
+
+The file is input like any other: a value that is not a finite number of seconds between
+0 and ``maximum`` (``Infinity``, ``NaN``, ``-5``, ``1e300``, a string) is ignored with a
+warning (``load_problem``) and the file is rewritten with what is left, so no file can
+switch hang detection off. A symlink, FIFO or other non-regular file there is refused
+(:class:`~ckptd.run_dir.NotRegularFile`).
 """
 
 from __future__ import annotations
 
 import enum
-import json
-import os
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .run_dir import write_private
+from . import strict_json
+from .run_dir import NotRegularFile, read_regular, write_private
 
-__all__ = ["BUDGET_FILE", "Budgets", "HangBudget", "Phase"]
+__all__ = ["BUDGET_FILE", "MAXIMUM", "Budgets", "HangBudget", "Phase"]
 
 BUDGET_FILE = "hang_budget.json"
+MAXIMUM = 86400.0  # no budget above a day: five times a 4.8-hour step, save or launch
 _ALPHA = 0.5
+_MOST_RUNS = 10**9
 
 
 class Phase(enum.Enum):
@@ -56,24 +65,35 @@ class Budgets:
         return {"version": 1, **self.__dict__}
 
     @classmethod
-    def from_json(cls, data: Any) -> Budgets:
-        """Fields of the wrong type are left out (treated as not measured), never fatal."""
+    def from_json(cls, data: Any, maximum: float = MAXIMUM) -> tuple[Budgets, list[str]]:
+        """The budgets in ``data`` and the fields left out (not seconds in (0, ``maximum``]).
+
+        A left-out field counts as not measured; a missing or null one is not a problem.
+        """
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+        rejected: list[str] = []
 
         def seconds(key: str) -> float | None:
             value = data.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if value is None:
+                return None
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not 0 < value <= maximum
+            ):
+                rejected.append(f"{key}={str(value)[:24]}")
                 return None
             return float(value)
 
-        runs = data.get("runs")
-        return cls(
-            seconds("first_step"),
-            seconds("step"),
-            seconds("save"),
-            runs if isinstance(runs, int) and not isinstance(runs, bool) and runs >= 0 else 0,
-        )
+        runs = data.get("runs", 0)
+        if isinstance(runs, bool) or not isinstance(runs, int) or not 0 <= runs <= _MOST_RUNS:
+            rejected.append(f"runs={str(runs)[:24]}")
+            runs = 0
+        budgets = cls(seconds("first_step"), seconds("step"), seconds("save"), runs)
+        return budgets, rejected
 
 
 class HangBudget:
@@ -87,12 +107,13 @@ class HangBudget:
         warmup: int = 5,
         samples: int = 10,
         minimum: float = 30.0,
+        maximum: float = MAXIMUM,
         fallback: float = 1800.0,
         slow_factor: float = 5.0,
     ) -> None:
         self.learned = learned or Budgets()
         self.safety, self.warmup, self.samples = safety, warmup, samples
-        self.minimum, self.fallback = minimum, fallback
+        self.minimum, self.maximum, self.fallback = minimum, maximum, fallback
         self.slow_factor = slow_factor
         self._typical: float | None = None  # smoothed step interval, slow ones left out
         self._slow_since: float | None = None
@@ -113,24 +134,38 @@ class HangBudget:
 
     @classmethod
     def load(cls, run_dir: Path, **settings: Any) -> HangBudget:
-        """The budget learned in ``run_dir`` (fresh when none); ``load_problem`` says why not."""
+        """The budget learned in ``run_dir`` (fresh when none); ``load_problem`` says why not.
+
+        A file with a problem is rewritten at once with what was usable in it. Raises
+        :class:`~ckptd.run_dir.NotRegularFile` when a link, a FIFO or a directory is there.
+        """
+        path = run_dir / BUDGET_FILE
         learned, problem = Budgets(), None
+        maximum = settings.get("maximum", MAXIMUM)
         try:
-            fd = os.open(run_dir / BUDGET_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, encoding="utf-8") as handle:
-                learned = Budgets.from_json(json.load(handle))
+            learned, rejected = Budgets.from_json(strict_json.loads(read_regular(path)), maximum)
+            if rejected:
+                problem = f"{path}: ignored {', '.join(rejected)} (not seconds in (0, {maximum:g}])"
         except FileNotFoundError:
             pass
-        except (OSError, ValueError) as exc:
-            problem = f"{run_dir / BUDGET_FILE}: ignored ({exc}); learning again"
+        except NotRegularFile:
+            raise
+        except (OSError, ValueError, RecursionError) as exc:
+            problem = f"{path}: ignored ({exc}); learning again"
         budget = cls(learned, **settings)
         budget.load_problem = problem
+        if problem is not None:
+            try:
+                budget.save(run_dir)
+            except OSError:
+                pass  # a full run directory: the values in memory are sane all the same
         return budget
 
     def save(self, run_dir: Path) -> Budgets:
         """Write :meth:`merged` to the run directory (atomically, 0600) and return it."""
         merged = self.merged()
-        write_private(run_dir / BUDGET_FILE, json.dumps({**merged.to_json(), "saved": time.time()}))
+        record = {**merged.to_json(), "saved": time.time()}
+        write_private(run_dir / BUDGET_FILE, strict_json.dumps(record))
         return merged
 
     def merged(self) -> Budgets:
@@ -140,9 +175,9 @@ class HangBudget:
         for phase in Phase:
             new, old = measured.of(phase), self.learned.of(phase)
             if new is not None and old is not None:
-                values[phase.value] = _ALPHA * new + (1 - _ALPHA) * old
-            else:
-                values[phase.value] = new if new is not None else old
+                new = _ALPHA * new + (1 - _ALPHA) * old
+            new = new if new is not None else old
+            values[phase.value] = None if new is None else min(new, self.maximum)
         contributed = any(measured.of(phase) is not None for phase in Phase)
         return Budgets(**values, runs=self.learned.runs + (1 if contributed else 0))
 
@@ -220,7 +255,7 @@ class HangBudget:
         """The budget now in force for ``phase``, in seconds."""
         new, old = self.measured().of(phase), self.learned.of(phase)
         known = [v for v in (new, old) if v is not None]
-        return max(self.minimum, max(known)) if known else self.fallback
+        return max(self.minimum, min(self.maximum, max(known))) if known else self.fallback
 
     def current(self) -> dict[str, float]:
         """Every budget in force, for ``ckptd status`` and the metrics."""

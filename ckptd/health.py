@@ -21,6 +21,7 @@ from ckptd_client._stacks import STACKS_SIGNAL
 
 from .config import JobConfig
 from .hang_budget import HangBudget
+from .run_dir import open_regular
 from .trainer import Trainer
 
 _DUMP_WAIT = 1.0  # per process, at most, for faulthandler to finish writing
@@ -148,21 +149,29 @@ def dump_stacks(trainer: Trainer, path: Path) -> str:
 
     One process at a time, each under a header naming it, so the dumps do not interleave.
     Processes without the handler are left alone (the signal's default would kill them).
-    Returns the dump's text (its last 64 KiB) for the log.
+    Returns the dump's text (its last 64 KiB) for the log, or why there is none (a FIFO
+    or a link at ``path``: no process is asked, the job is stopped all the same).
     """
     for process in trainer.alive_tree():
         if not _catches(process.pid, STACKS_SIGNAL):
             continue
         try:
             header = f"--- pid {process.pid}: {' '.join(process.cmdline())[:200]} ---\n"
-            with open(path, "a", encoding="utf-8") as handle:
+        except psutil.Error:
+            continue
+        try:
+            fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            return f"no stack dump: {exc}"
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(header)
             os.kill(process.pid, STACKS_SIGNAL)
-        except (OSError, psutil.Error):
+        except OSError:
             continue
         _wait_quiet(path)
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(open_regular(path), "rb") as handle:
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - _LOG_BYTES))
             return handle.read().decode(errors="replace")
     except OSError:

@@ -10,12 +10,14 @@ attempt is one launch of the job: ``job.started`` (or ``job.adopted``) to
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import strict_json
+from .run_dir import open_regular
 
 __all__ = ["Attempt", "History", "Run", "Save", "read_events"]
 
@@ -38,24 +40,57 @@ _STEP_SAMPLES = frozenset(
 )
 _LAUNCH_PREPARATION = frozenset({"checkpoint.temporary_removed", "checkpoint.invalid"})
 
+_LAST_TIME = 253402300799.0  # 9999-12-31 23:59:59 UTC: the last second a clock can show
+_COUNTS = ("attempt", "step", "resume_step", "training_step")  # None or an integer
+_DURATIONS = ("seconds", "stall", "delay")  # None or seconds, at most _LONGEST
+_LONGEST = 1e9  # about 31 years
+_LARGEST_COUNT = 2**53  # what a float (a page's coordinate) holds exactly
+
 
 def read_events(path: Path) -> list[Record]:
-    """The records of an ``events.jsonl``; a torn or foreign line is skipped, never fatal."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    """The records of an ``events.jsonl``; a line that is not one is skipped, never fatal.
+
+    Skipped: a torn or foreign line, one that is not strict JSON (``NaN``, ``Infinity``,
+    ``1e400``), and one whose fields the history is built from are out of their range:
+    ``event`` a string, ``time`` a number between 1970 and the year 9999, ``attempt``,
+    ``step``, ``resume_step`` and ``training_step`` null or integers below 2**53, and
+    ``seconds``, ``stall`` and ``delay`` null or 0 to 1e9 seconds. Raises ``OSError``
+    (:class:`~ckptd.run_dir.NotRegularFile` for a FIFO or a link) when it cannot be read.
+    """
+    fd = open_regular(path)
     with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
         records = []
         for line in handle:
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = strict_json.loads(line)
+            except (ValueError, RecursionError):
                 continue
-            if (
-                isinstance(record, dict)
-                and isinstance(record.get("event"), str)
-                and isinstance(record.get("time"), (int, float))
-            ):
+            if _is_record(record):
                 records.append(record)
     return records
+
+
+def _is_record(record: Any) -> bool:
+    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+        return False
+    when: Any = record.get("time")
+    if not _number(when) or not 0 <= when <= _LAST_TIME:
+        return False
+    for key in _COUNTS:
+        value = record.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or abs(value) > _LARGEST_COUNT
+        ):
+            return False
+    for key in _DURATIONS:
+        value = record.get(key)
+        if value is not None and (not _number(value) or not 0 <= value <= _LONGEST):
+            return False
+    return True
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

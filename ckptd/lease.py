@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import strict_json
 from .remote_store import Deadline, RemoteError, RemoteStore
 
 __all__ = ["LEASE_NAME", "Fenced", "Lease", "LeaseRecord"]
@@ -65,7 +66,7 @@ class LeaseRecord:
     time: float = 0.0
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return strict_json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LeaseRecord | None:

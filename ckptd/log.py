@@ -9,6 +9,8 @@ from typing import Any
 
 import structlog
 
+from .strict_json import log_serializer
+
 __all__ = ["SafeStream", "bind", "configure", "get_logger"]
 
 
@@ -71,7 +73,7 @@ def configure(json_output: bool | None = None, stream: Any = None) -> None:
     if json_output is None:
         json_output = not stream.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=log_serializer)
         if json_output
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )

@@ -7,15 +7,15 @@ Exit codes: 0 success, 1 the operation failed (e.g. the checkpoint failed),
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ckptd_client.control import ControlError, Controller, ControlTimeout, endpoints_of
 
-from . import exit_codes
+from . import exit_codes, strict_json
 from .commands import CommandError, command, find_run_dir
 
 TIMEOUT = 3
@@ -84,7 +84,10 @@ def call(args: argparse.Namespace, name: str, **kwargs: Any) -> Any:
 
 
 def _print(args: argparse.Namespace, result: Any, human: str) -> int:
-    print(json.dumps(result, indent=2, default=str) if args.json else human)
+    if args.json:
+        strict_json.print_json(result, default=str)
+    else:
+        print(human)
     return exit_codes.OK
 
 
@@ -182,7 +185,8 @@ def events(args: argparse.Namespace) -> int:
     try:
         for event in controller.events(timeout=args.timeout):
             if args.json:
-                print(json.dumps(event), flush=True)
+                strict_json.print_json(event, indent=None)
+                sys.stdout.flush()
             else:
                 stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
                 extra = " ".join(

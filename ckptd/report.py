@@ -8,13 +8,13 @@ as JSON (``<script type="application/json" id="goodput">``) for tools.
 from __future__ import annotations
 
 import html
-import json
 import math
 import time
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from . import strict_json
 from .goodput import KINDS, Accounting, Span, first_step_time
 from .history import Attempt
 from .report_style import COLORS, LABELS, STYLE
@@ -27,8 +27,14 @@ _GAP = 28  # px for a stretch with no daemon running, whatever its length
 _MAX_POINTS = 3000
 
 
-def render(accounting: Accounting, job: str, generated: float | None = None) -> str:
-    """The page for ``accounting`` (see :func:`ckptd.goodput.account`) of job ``job``."""
+def render(
+    accounting: Accounting, job: str, generated: float | None = None, every: Any = None
+) -> str:
+    """The page for ``accounting`` (see :func:`ckptd.goodput.account`) of job ``job``.
+
+    ``every``: the job's ``every`` setting as ``job.json`` recorded it (the advice does
+    not recommend ``"auto"`` to a job that uses it).
+    """
     g = accounting.goodput
     generated = time.time() if generated is None else generated
     attempts = [_attempt_json(a, accounting.spans) for a in accounting.history.attempts]
@@ -39,7 +45,7 @@ def render(accounting: Accounting, job: str, generated: float | None = None) -> 
         "attempts": attempts,
     }
     # No "<" at all inside the script element: nothing in the log can end it or open a comment.
-    embedded = json.dumps(data, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
+    embedded = strict_json.dumps(data, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
     title = f"ckptd report: {job}"
     span = f"{_clock(g.start, True)} to {_clock(g.end, True)}" if g.start and g.end else "no events"
     return "\n".join(
@@ -442,7 +448,10 @@ def _duration(seconds: float) -> str:
 def _clock(t: float | None, with_date: bool = False) -> str:
     if t is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S", time.localtime(t))
+    except (ValueError, OverflowError, OSError):  # read_events keeps times a clock can show
+        return "-"
 
 
 def _e(text: str) -> str:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from . import exit_codes
+from . import exit_codes, strict_json
 from .commands import CommandError, command, find_run_dir
 from .goodput import account
 from .history import read_events
 from .report import render
-from .run_dir import EVENTS_FILE, JOB_FILE
+from .run_dir import EVENTS_FILE, JOB_FILE, NotRegularFile, open_regular, read_regular
 
 _SYSTEM_ROOT = Path("/var/lib/ckptd")
 
@@ -54,11 +54,12 @@ def report(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read {events}: {exc.strerror}") from None
     now = time.time()
     accounting = account(records, now if _daemon_alive(run_dir) else None)
-    job = _job_name(run_dir, records)
+    recorded = _job_record(run_dir)
+    job = _job_name(run_dir, recorded, records)
     if args.json:
-        print(json.dumps({"job": job, **accounting.goodput.to_json()}, indent=2))
+        strict_json.print_json({"job": job, **accounting.goodput.to_json()})
         return exit_codes.OK
-    page = render(accounting, job, generated=now)
+    page = render(accounting, job, generated=now, every=recorded.get("every"))
     output = args.output or f"{job}-report.html"
     if output == "-":
         sys.stdout.write(page)
@@ -84,13 +85,21 @@ def _locate(run_dir: str | None, job: str | None) -> Path:
     return find_run_dir(run_dir)
 
 
-def _job_name(run_dir: Path, records: list[dict[str, object]]) -> str:
+def _job_record(run_dir: Path) -> dict[str, Any]:
+    """The configuration the last daemon recorded (``job.json``); empty when unreadable."""
     try:
-        name = json.loads((run_dir / JOB_FILE).read_text()).get("name")
-        if isinstance(name, str) and name:
-            return name
-    except (OSError, ValueError, AttributeError):
-        pass
+        recorded = strict_json.loads(read_regular(run_dir / JOB_FILE))
+    except NotRegularFile as exc:
+        raise CommandError(str(exc)) from None
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _job_name(run_dir: Path, recorded: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    name = recorded.get("name")
+    if isinstance(name, str) and name:
+        return name
     named = [r["job"] for r in records if isinstance(r.get("job"), str)]
     return str(named[-1]) if named else run_dir.name
 
@@ -98,10 +107,11 @@ def _job_name(run_dir: Path, records: list[dict[str, object]]) -> str:
 def _daemon_alive(run_dir: Path) -> bool:
     """A daemon runs on ``run_dir`` now (then its job's open attempt is live, not lost)."""
     try:
-        fd = os.open(run_dir / "daemon.lock", os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as handle:
-            holder = json.loads(handle.read() or "{}")
+        with os.fdopen(open_regular(run_dir / "daemon.lock")) as handle:
+            holder = strict_json.loads(handle.read(4096) or "{}")
         pid, since = holder.get("daemon_pid"), holder.get("since")
+    except NotRegularFile as exc:
+        raise CommandError(str(exc)) from None
     except (OSError, ValueError, AttributeError):
         return False
     if not isinstance(pid, int) or not isinstance(since, (int, float)) or pid == os.getpid():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import stat
 import tempfile
@@ -19,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+# The one opener of run-dir files (shared with the client), re-exported for the daemon.
+from ckptd_client._run_files import NotRegularFile as NotRegularFile
+from ckptd_client._run_files import open_regular as open_regular
+from ckptd_client._run_files import read_regular as read_regular
+
+from . import strict_json
 
 CHECKPOINT_FILE = "CHECKPOINT"
 STOP_FILE = "STOP"
@@ -91,11 +97,7 @@ class RunDir:
         it belong to an earlier job whose daemon is gone: their record is returned,
         and :meth:`take_job_lock` succeeds once they are stopped.
         """
-        fd = os.open(
-            self.file(_DAEMON_LOCK_FILE),
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
+        fd = open_regular(self.file(_DAEMON_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,7 +108,7 @@ class RunDir:
         _write_record(fd, {"daemon_pid": os.getpid(), "since": time.time()})
         if self.take_job_lock(timeout=0):
             return None
-        job_fd = os.open(self.file(_LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        job_fd = open_regular(self.file(_LOCK_FILE))
         try:
             holder = _read_holder(job_fd)
         finally:
@@ -115,9 +117,7 @@ class RunDir:
 
     def take_job_lock(self, timeout: float) -> bool:
         """Take the lock the job inherits; wait up to ``timeout`` s for earlier holders to go."""
-        fd = os.open(
-            self.file(_LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd = open_regular(self.file(_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -169,7 +169,7 @@ class RunDir:
 
     def record_endpoints(self, endpoints: dict[str, str]) -> None:
         """Write where the sockets are, for ``ckptd`` commands and ``Controller``."""
-        write_private(self.file(ENDPOINTS_FILE), json.dumps(endpoints, indent=1) + "\n")
+        write_private(self.file(ENDPOINTS_FILE), strict_json.dumps(endpoints, indent=1) + "\n")
 
     def consume(self, name: str) -> bool:
         """Remove a signal file; return whether it was there. Links are removed, never followed."""
@@ -227,8 +227,9 @@ def _short_socket_dir() -> Path:
 
 
 def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (0600); whatever was at ``path`` is not opened."""
     temp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = open_regular(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(temp, path)
@@ -252,12 +253,12 @@ class Orphan:
 
 def _write_record(fd: int, record: dict[str, object]) -> None:
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode(), 0)
+    os.pwrite(fd, strict_json.dumps(record).encode(), 0)
 
 
 def _read_holder(fd: int) -> dict[str, object]:
     try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        data = strict_json.loads(os.pread(fd, 4096, 0) or b"{}")
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple, Protocol
 
+from .. import strict_json
 from ..log import get_logger
 from ..requests import Action, Origin, Request
 from . import Post
@@ -216,7 +217,7 @@ class AzureWatcher:
 
     def acknowledge(self, notice: Notice) -> None:
         if notice.event_id:
-            body = json.dumps({"StartRequests": [{"EventId": notice.event_id}]}).encode()
+            body = strict_json.dumps({"StartRequests": [{"EventId": notice.event_id}]}).encode()
             http(
                 "POST",
                 self.base + self.PATH,

@@ -15,6 +15,8 @@ import faulthandler
 import os
 import signal
 
+from ._run_files import open_regular
+
 ENV_STACKS_FILE = "CKPTD_STACKS_FILE"
 STACKS_SIGNAL = signal.SIGRTMIN + 3
 
@@ -27,10 +29,9 @@ def register_dump(path: str | None = None) -> bool:
     if not path or _registered or signal.getsignal(STACKS_SIGNAL) not in (signal.SIG_DFL, None):
         return False
     try:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o600)
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError:
-        return False  # no dump, no harm: the job is still stopped and restarted
+        return False  # no dump (a FIFO there is never waited on): the job is still restarted
     faulthandler.register(STACKS_SIGNAL, file=fd, all_threads=True, chain=False)
     _registered.append(fd)
     return True

@@ -16,6 +16,8 @@ from typing import Any
 
 import zmq
 
+from ._run_files import read_regular
+
 VERSION = 1
 ENDPOINTS_FILE = "endpoints.json"
 DEFAULT_TIMEOUT = 10.0
@@ -42,13 +44,14 @@ def endpoints_of(run_dir: str | Path) -> dict[str, str]:
     """The endpoints a daemon recorded in its run directory (``control``, ``events``, ``job``)."""
     path = Path(run_dir) / ENDPOINTS_FILE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path))
     except FileNotFoundError:
         raise ControlError(
             "not_running", f"no ckptd has run in {run_dir} ({path} is missing)"
         ) from None
     except (OSError, ValueError) as exc:
-        raise ControlError("not_running", f"cannot read {path}: {exc}") from None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ControlError("not_running", f"cannot read {path}: {detail}") from None
     if not isinstance(data, dict):
         raise ControlError("not_running", f"{path} is not a JSON object")
     return {str(k): str(v) for k, v in data.items()}

@@ -38,6 +38,9 @@ def main() -> None:
         "--hang-gil", action="store_true", help="hang inside a C call that holds the GIL"
     )
     parser.add_argument("--fail-save", action="store_true", help="raise inside every save")
+    parser.add_argument(
+        "--nan-metrics", action="store_true", help="save with a NaN loss and an infinite norm"
+    )
     parser.add_argument("--workers", type=int, default=0, help="fork data-loader-like workers")
     parser.add_argument("--background", action="store_true", help="save with checkpoint_async")
     parser.add_argument(
@@ -92,6 +95,8 @@ def main() -> None:
                 note("written", step=step)
 
             metrics = {"loss": 1.0 / (step + 1)}
+            if args.nan_metrics:
+                metrics = {"loss": float("nan"), "grad_norm": float("inf")}
             if args.background:
                 ck.checkpoint_async(step, write, metrics=metrics)
                 note("save_started", step=step)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ckptd.hang_budget import BUDGET_FILE, Budgets, HangBudget, Phase
+from ckptd.run_dir import NotRegularFile
 
 
 def _budget(learned: Budgets | None = None) -> HangBudget:
@@ -106,20 +107,69 @@ def test_minimum_bounds_a_learned_budget() -> None:
     assert budget.measured().step == pytest.approx(0.05)
 
 
-def test_a_bad_or_linked_budget_file_is_ignored_with_a_reason(tmp_path: Path) -> None:
-    """Garbage, wrong types or a symlink: learn again and say why, never crash."""
+def test_a_bad_budget_file_is_ignored_with_a_reason(tmp_path: Path) -> None:
+    """Garbage or wrong types: learn again and say why, never crash."""
     (tmp_path / BUDGET_FILE).write_text("{not json")
     budget = HangBudget.load(tmp_path)
     assert budget.learned == Budgets() and "ignored" in (budget.load_problem or "")
     (tmp_path / BUDGET_FILE).write_text(json.dumps({"step": "fast", "save": -1, "runs": True}))
     assert HangBudget.load(tmp_path).learned == Budgets()
-    (tmp_path / BUDGET_FILE).unlink()
+    assert HangBudget.load(tmp_path / "missing").load_problem is None
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        '{"first_step": Infinity, "step": Infinity, "save": Infinity, "runs": 3}',
+        '{"first_step": NaN, "step": 1e400, "save": -Infinity}',
+        '{"first_step": -5, "step": 0, "save": 1e300, "runs": -1}',
+        '{"first_step": 86401, "step": 1e12, "save": "forever", "runs": 100000000000000000000}',
+    ],
+)
+def test_a_poisoned_budget_file_is_ignored_and_rewritten_sane(tmp_path: Path, poison: str) -> None:
+    """Non-finite, negative or absurd budgets never switch hang detection off; the file is
+    rewritten at once as strict JSON with only sane values."""
+    (tmp_path / BUDGET_FILE).write_text(poison)
+    budget = HangBudget.load(tmp_path, minimum=1.0)
+    assert budget.load_problem is not None and "ignored" in budget.load_problem
+    assert budget.learned == Budgets()
+    budget.launched(0.0)
+    assert budget.timeout(Phase.FIRST_STEP) == 1800.0  # the fallback: finite, so a hang is seen
+    assert budget.overdue(1800.0) is not None
+    text = (tmp_path / BUDGET_FILE).read_text()
+    saved = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+    assert {saved[k] for k in ("first_step", "step", "save")} == {None} and saved["runs"] == 0
+    assert HangBudget.load(tmp_path).load_problem is None  # sane from now on
+
+
+def test_sane_values_survive_next_to_a_poisoned_one(tmp_path: Path) -> None:
+    """Only the bad field is dropped: what was learned of the others is kept."""
+    (tmp_path / BUDGET_FILE).write_text('{"first_step": 40.0, "step": -3, "save": 90, "runs": 2}')
+    budget = HangBudget.load(tmp_path, minimum=1.0)
+    assert budget.learned == Budgets(40.0, None, 90.0, 2)
+    assert budget.load_problem is not None and "step=-3" in budget.load_problem
+
+
+def test_no_budget_exceeds_a_day() -> None:
+    """A learned budget (even from a day-long step) is capped, in force and when saved."""
+    budget = HangBudget(Budgets(step=50000.0), warmup=0, samples=1, minimum=1.0)
+    budget.launched(0.0)
+    _steps(budget, 0.0, [1.0, 1.0, 30000.0, 1.0])
+    assert budget.timeout(Phase.STEP) == 86400.0
+    assert budget.merged().step == 86400.0
+
+
+def test_a_linked_or_fifo_budget_file_is_refused(tmp_path: Path) -> None:
+    """A symlink or a FIFO at hang_budget.json raises NotRegularFile at once (no wait)."""
     target = tmp_path / "elsewhere.json"
     target.write_text(json.dumps({"step": 99.0}))
     os.symlink(target, tmp_path / BUDGET_FILE)
-    linked = HangBudget.load(tmp_path)
-    assert linked.learned == Budgets() and linked.load_problem is not None
-    assert HangBudget.load(tmp_path / "missing").load_problem is None
+    with pytest.raises(NotRegularFile, match="symlink"):
+        HangBudget.load(tmp_path)
+    (tmp_path / BUDGET_FILE).unlink()
+    os.mkfifo(tmp_path / BUDGET_FILE)
+    with pytest.raises(NotRegularFile, match="FIFO"):
+        HangBudget.load(tmp_path)
 
 
 def test_a_collapsed_step_rate_is_straggling_and_one_long_step_is_not() -> None:

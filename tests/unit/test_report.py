@@ -107,3 +107,52 @@ def test_report_without_an_event_log_is_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and str(tmp_path) in done.stderr
+
+
+GARBAGE = [
+    '{"time": NaN, "event": "job.exited", "attempt": 0, "step": 5}',
+    '{"time": 1e400, "event": "job.exited", "attempt": 0, "step": 5}',
+    '{"time": -1e18, "event": "job.exited", "attempt": 0, "step": 5}',
+    '{"time": Infinity, "event": "ckptd.started"}',
+    '{"time": "yesterday", "event": "job.started", "attempt": 9}',
+    '{"time": 1000000000000000000000000000000, "event": "job.started", "attempt": 9}',
+    '{"time": 100.5, "event": "job.progress", "attempt": 1, "step": 1000000000000000000000000}',
+    '{"time": 100.5, "event": "job.progress", "attempt": "one", "step": 5}',
+    '{"time": 100.5, "event": "job.progress", "attempt": 1, "step": true}',
+    '{"time": 100.5, "event": "job.restarting", "attempt": 1, "delay": 1e300}',
+    '{"time": 100.5, "event": "checkpoint.committed", "attempt": 1, "step": 3, "seconds": -5}',
+    '{"time": 100.5, "event": 7}',
+    '{"time": 100.5, "event": "job.progress", "step": ' + "9" * 5000 + "}",
+    "[" * 100000 + "]" * 100000,
+]
+
+
+def _report(run_dir: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptd", "report", "--run-dir", str(run_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return done.stdout
+
+
+def test_report_skips_lines_with_impossible_numbers(tmp_path: Path) -> None:
+    """NaN, 1e400 or -1e18 as a time, huge or wrong-typed counts: each such line is skipped
+    like other garbage; the numbers and the page's data are those of the good lines."""
+    records = spot_schedule(SimulatedJob()).records
+    clean, dirty = tmp_path / "clean" / "run", tmp_path / "dirty" / "run"
+    _write_log(clean, records)
+    _write_log(dirty, records[:40])
+    with open(dirty / "events.jsonl", "a") as handle:
+        handle.write("\n".join(GARBAGE) + "\n")
+        handle.writelines(json.dumps(record) + "\n" for record in records[40:])
+    numbers = [json.loads(_report(run_dir, "--json")) for run_dir in (clean, dirty)]
+    assert numbers[1] == numbers[0] and numbers[0]["attempts"] == 5
+    pages = []
+    for run_dir in (clean, dirty):
+        _report(run_dir, "-o", str(run_dir.parent / "page.html"))
+        pages.append(_embedded((run_dir.parent / "page.html").read_text()))
+    assert pages[1]["attempts"] == pages[0]["attempts"]
+    assert pages[1]["goodput"] == pages[0]["goodput"]
