@@ -1,6 +1,10 @@
-"""How ``ckptd report`` looks: the colours of each kind of time and the page's CSS."""
+"""How ``ckptd report`` looks: the colours of each kind of time, the page's CSS, and how
+durations, clock times and text from the log are written on it."""
 
 from __future__ import annotations
+
+import html
+import time
 
 COLORS = {
     "productive": "#2e9d5b",
@@ -72,16 +76,42 @@ svg .ckpt { fill: #1f6f43; stroke: #fff; stroke-width: 1; }
 svg .ckpt-failed { fill: #fff; stroke: #d64545; stroke-width: 2; }
 svg .request { fill: #8a94a0; } svg .preempt { fill: #e07b00; }
 svg .crash { stroke: #c53030; stroke-width: 2.5; fill: none; }
-svg .hang { font-size: 14px; fill: #7b3fb0; }
+svg .hang { fill: #7b3fb0; }
+svg .count { fill: #c53030; font-size: 9px; font-weight: 700; }
+svg .lane-column rect { shape-rendering: crispEdges; }
 .advice { margin: 14px 2px 0; padding: 10px 14px; background: #fff8e6;
   border: 1px solid #f3dfa8; border-radius: 8px; }
 .advice code { background: #fdf0cc; padding: 0 4px; border-radius: 3px; }
 .legend { display: flex; flex-wrap: wrap; gap: 6px 18px; margin-top: 10px; color: var(--muted);
   font-size: 12px; align-items: center; }
-.legend .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%;
-  background: #1f6f43; margin-right: 6px; }
-.legend .sym { font-size: 12px; } .sym.req { color: #8a94a0; } .sym.pre { color: #e07b00; }
-.sym.crash { color: #c53030; font-weight: 700; }
+.legend svg.sym { width: 16px; height: 18px; vertical-align: middle; margin-right: 4px; }
+.attempts-summary { margin: 0 0 10px; color: var(--muted); }
+tr.skipped td { color: var(--muted); font-style: italic; text-align: center; }
 .legend .line-lost { display: inline-block; width: 22px; border-top: 2px dashed #d64545;
   vertical-align: 3px; }
 """
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    if seconds < 86400 * 2:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{seconds / 86400:.1f} days"
+
+
+def clock(t: float | None, with_date: bool = False, layout: str | None = None) -> str:
+    """Local time of ``t`` (``layout``: a strftime format); "-" for a time no clock shows."""
+    if t is None:
+        return "-"
+    layout = layout or ("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+    try:
+        return time.strftime(layout, time.localtime(t))
+    except (ValueError, OverflowError, OSError):  # read_events keeps times a clock can show
+        return "-"
+
+
+def escape(text: str) -> str:
+    return html.escape(text, quote=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections import defaultdict
 from typing import Any
 
@@ -77,6 +79,45 @@ class SimulatedJob:
             if self.t - self.timer >= self.every:
                 self.emit("checkpoint.requested", request_id="r", reason="every")
                 self.save_now()
+
+    def train_fast(self, until: float) -> None:
+        """:meth:`train_until` in jumps from one record to the next (for months of steps)."""
+        while True:
+            left = math.floor((until - self.t) / self.step_time + 1e-9)
+            to_save = math.ceil((self.every - (self.t - self.timer)) / self.step_time - 1e-9)
+            to_note = math.inf
+            if self.progress is not None:
+                to_note = math.ceil((self.progress - (self.t - self.last_progress)) / self.step_time)
+            steps = min(left, max(1, to_save), max(1, to_note))
+            if steps <= 0:
+                return
+            self.t += steps * self.step_time
+            self.pending += steps * self.step_time
+            self.step = (self.step or 0) + steps
+            if self.progress is not None and self.t - self.last_progress >= self.progress - 1e-6:
+                self.emit("job.progress")
+                self.last_progress = self.t
+            if self.t - self.timer >= self.every - 1e-6:
+                self.emit("checkpoint.requested", request_id="r", reason="every")
+                self.save_now()
+
+    def hang(self, waited: float) -> None:
+        """The job stops reporting; ckptd finds it hung after ``waited`` s, kills and restarts it."""
+        self.t += waited
+        self.truth["lost"] += self.pending + waited
+        self.pending = 0.0
+        self.counts["failures"] += 1
+        self.emit("job.hung", phase="step", waited=waited, timeout=waited, seconds=waited)
+        self.emit("job.stopping", reason="hang", kind="hang", grace=25)
+        self.t += 1.0
+        self.truth["lost"] += 1.0
+        self.emit("job.exited", pid=100, status="killed by SIGKILL", exit_code=-9)
+        self.t += 0.001
+        self.truth["restarting"] += 0.001
+        self.emit("job.restarting", delay=self.backoff, status="hung", restarts_left=9)
+        self.t += self.backoff
+        self.truth["idle"] += self.backoff
+        self.launch()
 
     def save_now(self, final: bool = False) -> None:
         self.emit("checkpoint.started", request_id="r", request_ids=["r"], pid=100)
@@ -154,5 +195,34 @@ def spot_schedule(job: SimulatedJob) -> SimulatedJob:
         job.daemon()
         job.launch()
     job.train_until(7200.0)
+    job.stop()
+    return job
+
+
+def busy_months(seed: int = 16) -> SimulatedJob:
+    """A report at scale: about 35k events, 300 attempts and 6.8k checkpoints over 50 days.
+
+    Steps of 1 s up to about 4.1 M, ``every = "auto"`` (``checkpoint.interval`` records)
+    near 10 min; crashes, a few hangs and preemptions (each with a new daemon after an
+    offline gap) every 3 to 4 hours. Deterministic for a given ``seed``.
+    """
+    rng = random.Random(seed)
+    job = SimulatedJob(step=1.0, save=4.0, every=600.0, startup=30.0, backoff=2.0, progress=300.0)
+    job.t = 1_700_000_000.0
+    job.daemon()
+    job.launch()
+    job.emit("checkpoint.interval", every=600.0, optimum=600.0, save_cost=4.0, mtbf=12000.0)
+    for attempt in range(299):
+        job.train_fast(job.t + rng.uniform(2.3, 5.3) * 3600)
+        if attempt % 40 == 39:
+            job.stop(preempted=True)
+            job.t += rng.uniform(300.0, 1800.0)  # a new VM
+            job.daemon()
+            job.launch()
+        elif attempt % 25 == 24:
+            job.hang(rng.uniform(60.0, 300.0))
+        else:
+            job.crash(rng.uniform(0.1, 0.9))
+    job.train_fast(job.t + 3 * 3600)
     job.stop()
     return job
