@@ -87,7 +87,8 @@ class SimulatedJob:
             to_save = math.ceil((self.every - (self.t - self.timer)) / self.step_time - 1e-9)
             to_note = math.inf
             if self.progress is not None:
-                to_note = math.ceil((self.progress - (self.t - self.last_progress)) / self.step_time)
+                since = self.t - self.last_progress
+                to_note = math.ceil((self.progress - since) / self.step_time)
             steps = min(left, max(1, to_save), max(1, to_note))
             if steps <= 0:
                 return
@@ -102,7 +103,7 @@ class SimulatedJob:
                 self.save_now()
 
     def hang(self, waited: float) -> None:
-        """The job stops reporting; ckptd finds it hung after ``waited`` s, kills and restarts it."""
+        """The job stops reporting; ckptd finds it hung ``waited`` s later and restarts it."""
         self.t += waited
         self.truth["lost"] += self.pending + waited
         self.pending = 0.0

@@ -13,11 +13,12 @@ import struct
 import subprocess
 import zlib
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import psutil
 import pytest
-from fakes.event_log import SimulatedJob, spot_schedule
+from fakes.event_log import SimulatedJob, busy_months, spot_schedule
 
 from ckptd.goodput import KINDS, account
 from ckptd.report import render
@@ -85,6 +86,30 @@ def _page(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     return page, accounting.goodput.to_json()
 
 
+# Added to a copy of the page only (the report itself runs no script): what the browser
+# laid out, as JSON in <pre id="measured">.
+MEASURE = """<script>
+const box = (e) => { const b = e.getBBox(); return [b.x, b.x + b.width, b.height]; };
+const measured = {
+  labels: [...document.querySelectorAll("svg.timeline text.time")].map(box),
+  steps: [...document.querySelectorAll("svg.timeline text.step")].map(box),
+  symbols: [...document.querySelectorAll(".legend svg.sym :is(path, circle)")].map(
+    (e) => [e.getAttribute("class"), ...box(e)]),
+};
+const out = document.createElement("pre");
+out.id = "measured";
+out.textContent = JSON.stringify(measured);
+document.body.appendChild(out);
+</script>"""
+
+
+def _busy_page(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    accounting = account(busy_months().records)
+    page = tmp_path / "busy.html"
+    page.write_text(render(accounting, "train", generated=1.7e9, every="auto"))
+    return page, accounting.goodput.to_json()
+
+
 def test_the_page_renders_without_console_errors(tmp_path: Path, browse) -> None:
     """Chromium parses the page, says nothing on its console, and sees the same numbers."""
     page, goodput = _page(tmp_path)
@@ -102,7 +127,7 @@ def test_the_page_renders_without_console_errors(tmp_path: Path, browse) -> None
     assert ratio and float(ratio.group(1)) == round(float(goodput["ratio"]) * 100, 1)
     for count in ("attempts", "failures", "preemptions", "checkpoints"):
         assert re.search(rf'data-key="{count}">{goodput[count]}<', dom), count
-    assert dom.count("<svg") == 1 and dom.count("<polyline") >= 5
+    assert dom.count('<svg class="timeline"') == 1 and dom.count("<polyline") >= 5
 
 
 def test_console_errors_would_be_seen(tmp_path: Path, browse) -> None:
@@ -170,3 +195,40 @@ def _read_png(path: Path) -> tuple[int, int, list[bytes]]:
 
 def _count(rows: list[bytes], color: bytes) -> int:
     return sum(row[i : i + 3] == color for row in rows for i in range(0, len(row), 3))
+
+
+def test_a_busy_months_page_renders_with_its_labels_apart(tmp_path: Path, browse) -> None:
+    """35k events, 300 attempts: Chromium renders the page without a console error; the
+    time labels it lays out do not overlap and stay inside; every legend symbol is drawn."""
+    page, goodput = _busy_page(tmp_path)
+    measured_page = tmp_path / "measured.html"
+    measured_page.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    shown = browse(measured_page, "--dump-dom")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert _console(shown.stderr) == []
+    data = re.search(
+        r'<script type="application/json" id="goodput">(.*?)</script>', shown.stdout, re.S
+    )
+    assert data and json.loads(data.group(1))["goodput"] == goodput
+    found = re.search(r'<pre id="measured">(.*?)</pre>', shown.stdout, re.S)
+    assert found, "the measuring script did not run"
+    measured = json.loads(found.group(1))
+    labels = measured["labels"]
+    assert len(labels) >= 5 and all(height > 5 for _, _, height in labels)
+    for (_, right, _), (left, _, _) in pairwise(labels):
+        assert left > right + 2, labels
+    assert labels[0][0] >= 0 and labels[-1][1] <= 1100, labels
+    assert len(measured["steps"]) <= 6
+    drawn = {kind for kind, left, right, height in measured["symbols"] if right - left > 4}
+    assert drawn >= {"ckpt", "ckpt-failed", "request", "preempt", "hang", "crash"}, measured
+
+
+def test_the_busy_page_screenshot_shows_the_aggregated_lane(tmp_path: Path, browse) -> None:
+    """The lane of a busy month is drawn: productive green in quantity, lost red visible."""
+    page, _ = _busy_page(tmp_path)
+    shot = tmp_path / "busy.png"
+    done = browse(page, f"--screenshot={shot}", "--window-size=1200,1400")
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    _, _, pixels = _read_png(shot)
+    assert _count(pixels, bytes.fromhex(COLORS["productive"][1:])) >= 20000
+    assert _count(pixels, bytes.fromhex(COLORS["lost"][1:])) >= 300
