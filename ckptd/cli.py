@@ -64,6 +64,8 @@ def _dispatch(argv: list[str]) -> int:
         code = exc.code
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except Exception as exc:  # a bug: one line for the user, the traceback when asked for
         if os.environ.get(TRACEBACK_VARIABLE):
             raise

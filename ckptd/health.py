@@ -195,7 +195,7 @@ def _wait_quiet(path: Path) -> None:
     size, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         try:
-            now_size = path.stat().st_size
+            now_size = path.lstat().st_size
         except OSError:
             return
         if now_size != size:
