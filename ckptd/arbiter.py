@@ -22,7 +22,6 @@ import os
 import queue
 import signal
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from .launcher import Launcher, Prepared
 from .metrics import Metrics
 from .preemption import Preemption
 from .progress import Progress
+from .redaction import redact_config
 from .remote_url import RemoteUnusable
 from .requests import Action, Origin, Request
 from .restart_policy import ExitStatus, RestartPolicy
@@ -393,7 +393,7 @@ class Arbiter:
         return [c.to_json() for c in scan(self.config.checkpoint_dir)]
 
     def effective_config(self) -> dict[str, Any]:
-        return asdict(self.config)
+        return redact_config(self.config)
 
     # -- stopping ------------------------------------------------------------------------
 

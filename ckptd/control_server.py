@@ -21,6 +21,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from .log import get_logger
+from .redaction import scrub
 from .run_dir import bind_private, remove_socket
 
 VERSION = 1
@@ -148,7 +149,8 @@ class ControlServer:
 
     def send(self, sock: zmq.Socket, identity: bytes, reply: dict[str, Any]) -> None:
         try:
-            sock.send_multipart([identity, json.dumps(reply, default=str).encode()], zmq.NOBLOCK)
+            body = json.dumps(scrub(reply), default=str).encode()
+            sock.send_multipart([identity, body], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the peer left, or stopped reading: its replies are dropped, never queued
 

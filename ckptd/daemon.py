@@ -6,9 +6,8 @@ import json
 import os
 import signal
 import sys
-from dataclasses import asdict
 
-from . import __version__, exit_codes, log
+from . import __version__, exit_codes, log, redaction
 from .arbiter import Arbiter
 from .checkpoint_lock import CheckpointDirLock
 from .config import JobConfig
@@ -34,6 +33,7 @@ from .trainer import become_subreaper
 
 def supervise(config: JobConfig) -> int:
     """Run the job under supervision until it finishes, stops or is given up on."""
+    redaction.configure(config)
     log.bind(job=config.name, attempt=0, step=None)
     run_dir = RunDir(config.run_dir)
     checkpoint_lock = CheckpointDirLock(config.checkpoint_dir)
@@ -42,7 +42,8 @@ def supervise(config: JobConfig) -> int:
         orphan = run_dir.lock()
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_lock.acquire(config.name, run_dir.path)
-        write_private(run_dir.file(JOB_FILE), json.dumps(asdict(config), default=str, indent=1))
+        job_record = json.dumps(redaction.redact_config(config), default=str, indent=1)
+        write_private(run_dir.file(JOB_FILE), job_record)
         events = EventLog(run_dir.file(EVENTS_FILE))
     except (RunDirError, OSError) as exc:
         checkpoint_lock.release()
@@ -97,7 +98,7 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
             metrics=metrics,
         )  # fmt: skip
     except RemoteUnusable as exc:
-        print(f"ckptd: remote store: {exc}", file=sys.stderr)
+        print(f"ckptd: remote store: {redaction.scrub(str(exc))}", file=sys.stderr)
         return exit_codes.USAGE
     events.emit(
         "ckptd.started",
@@ -127,8 +128,8 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return redaction.scrub(f"{where}{exc.strerror}")
+    return redaction.scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _requeue_signal(config: JobConfig) -> signal.Signals | None:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from .log import get_logger
+from .redaction import scrub
 
 
 class EventLog:
@@ -39,6 +40,7 @@ class EventLog:
 
     def emit(self, event: str, *, level: str = "info", **fields: Any) -> None:
         bound = structlog.contextvars.get_contextvars()
+        fields = scrub(fields)  # the log line, the file and the stream: one cleaned copy
         record = {
             "time": time.time(),
             "event": event,
