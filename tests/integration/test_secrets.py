@@ -57,7 +57,7 @@ def _run_dir_files(run_dir: Path) -> dict[str, str]:
 
 
 def test_planted_secrets_reach_the_job_and_no_output(job: Job, tmp_path: Path) -> None:
-    """Env and storage-option secrets: in the job's env, absent from replies, events, logs, files."""
+    """Env and storage secrets reach the job, and no reply, event, log line or run-dir file."""
     config = tmp_path / "ckptd.toml"
     config.write_text(
         f'[storage]\nremote = "file://{tmp_path / "bucket"}"\n'
