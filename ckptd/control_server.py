@@ -5,11 +5,18 @@ Owned by the arbiter's thread. Every frame gets exactly one outcome: a reply
 or a peer past its high-water mark), nothing. A request id is executed at most
 once. Each poll handles a bounded number of messages per socket, so a flood of
 commands cannot starve the job channel.
+
+With CURVE, the authorized keys are the directory's as it is now (see
+``curve_keys.AuthorizedKeys``): checked at each connection (ZAP), at each TCP request
+(a revoked key's open connection gets no answer, like a stranger's) and before each
+published event (a key found revoked re-binds the TCP publishers, so every subscriber
+reconnects and the revoked one is refused).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +27,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .curve_keys import AuthorizedKeys
 from .log import get_logger
 from .redaction import scrub
 from .run_dir import bind_private, remove_socket
@@ -29,6 +37,7 @@ _HWM = 1000
 _PER_POLL = 64
 _REMEMBERED_IDS = 4096
 _MAX_ID = 128
+_REBIND_FOR = 1.0  # a closed TCP listener's port is free again within this (async close)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,10 @@ class ControlServer:
         self._auth: Any = None
         self._log = get_logger()
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._curve = curve
+        self._keys: AuthorizedKeys | None = None
+        self._revocations = 0
+        self._refused: set[str] = set()
         self.routers = [self._router(control_ipc, max_message_bytes, None)]
         self.publishers = [self._publisher(events_ipc, None)]
         self.endpoints = {"control": control_ipc, "events": events_ipc}
@@ -100,12 +113,15 @@ class ControlServer:
 
     def handle(self, sock: zmq.Socket, dispatch: Dispatch) -> None:
         """Answer up to a bounded number of waiting requests on ``sock``."""
+        checked = self._keys is not None and sock is not self.routers[0]
         for _ in range(_PER_POLL):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity, body = frames[0], frames[1:]
+            if checked and not self._still_authorized(parts[-1]):
+                continue  # a revoked key: no answer, as for a key never authorized
+            identity, body = parts[0].bytes, [part.bytes for part in parts[1:]]
             try:
                 rid, command, args = self._parse(body)
             except ReplyError as exc:
@@ -120,6 +136,16 @@ class ControlServer:
             except Exception as exc:  # a bug in one command must not take supervision down
                 self._log.exception("control.command_failed", command=command)
                 waiter.fail("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _still_authorized(self, frame: zmq.Frame) -> bool:
+        assert self._keys is not None
+        user = str(frame.get("User-Id"))  # the z85 public key the connection authenticated with
+        if self._keys.allows(user.encode()):
+            return True
+        if user not in self._refused and len(self._refused) < _REMEMBERED_IDS:
+            self._refused.add(user)
+            self._log.warning("control.key_revoked", key=user, why="no longer authorized")
+        return False
 
     def _parse(self, body: list[bytes]) -> tuple[str, str, Any]:
         if len(body) != 1:
@@ -157,6 +183,11 @@ class ControlServer:
     # -- events ----------------------------------------------------------------------
 
     def publish(self, event: dict[str, Any]) -> None:
+        if self._keys is not None and len(self.publishers) > 1:
+            self._keys.current()
+            if self._keys.revocations != self._revocations:
+                self._revocations = self._keys.revocations
+                self._rebind_publishers()
         frames = [str(event.get("event", "")).encode(), json.dumps(event, default=str).encode()]
         for sock in self.publishers:
             try:
@@ -196,10 +227,28 @@ class ControlServer:
         bind_private(sock, endpoint)
         return sock
 
+    def _rebind_publishers(self) -> None:
+        """Drop every TCP subscriber: each reconnects, and a revoked key is refused then."""
+        endpoint = self.endpoints["events_tcp"]
+        self.publishers.pop().close(linger=0)  # the TCP one: the ipc publisher has no CURVE
+        deadline = time.monotonic() + _REBIND_FOR
+        while True:
+            try:
+                self.publishers.append(self._publisher(endpoint, self._curve))
+                break
+            except zmq.ZMQError as exc:
+                if time.monotonic() > deadline:
+                    self._log.error("control.publish_lost", endpoint=endpoint, error=str(exc))
+                    return
+                time.sleep(0.005)
+        self._log.info("control.subscribers_dropped", why="an authorized key was removed")
+
     def _start_authenticator(self, curve: Curve) -> None:
+        self._keys = AuthorizedKeys(curve.authorized_keys)
+        self._keys.current()
         self._auth = ThreadAuthenticator(self._context)
         self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(curve.authorized_keys))
+        self._auth.configure_curve_callback(domain="*", credentials_provider=self._keys)
 
 
 def _salvage_id(body: list[bytes]) -> str:

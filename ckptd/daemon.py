@@ -111,6 +111,14 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
         stop=f"ckptd stop --run-dir {run_dir.path}  (or: kill -TERM {os.getpid()})",
         subreaper=subreaper,
     )
+    if unauthenticated := config.control.unauthenticated:
+        events.emit(
+            "control.unauthenticated",
+            level="warning",
+            endpoints=unauthenticated,
+            why="no CURVE: every local user can send any command (a stop without a final "
+            "checkpoint too) and read every event; allow_unauthenticated = true",
+        )
     if arbiter.health.load_problem:
         events.emit("hang.budget_ignored", level="warning", why=arbiter.health.load_problem)
     try:

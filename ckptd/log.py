@@ -95,7 +95,7 @@ def configure(json_output: bool | None = None, stream: Any = None) -> None:
 def _hide_secrets(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """Cut the job's secrets out of every line (ckptd's own and libraries' records)."""
     if event.get("exc_info"):  # the traceback becomes text here, so it is cleaned too
-        event = structlog.processors.format_exc_info(logger, method, event)
+        event = dict(structlog.processors.format_exc_info(logger, method, event))
     cleaned: dict[str, Any] = redaction.scrub(event)
     return cleaned
 

@@ -128,6 +128,12 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
         "[control]\nbind = 1": "[control].bind: expected a string",
         '[control]\nbind = "tcp://0.0.0.0:7561"': "[control].bind: refusing tcp://0.0.0.0:7561",
         '[control]\nbind = "localhost"': "[control].bind: expected tcp://HOST:PORT",
+        '[control]\npublish = "tcp://127.0.0.1:7561"': (
+            "[control].publish: tcp://127.0.0.1:7561 without CURVE is open to every local user"
+        ),
+        '[control]\nallow_unauthenticated = "yes"': (
+            "[control].allow_unauthenticated: expected true or false"
+        ),
         "[server]\nx = 1": "unknown table [server]",
     }
     for body, expected in cases.items():
