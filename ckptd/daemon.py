@@ -52,11 +52,16 @@ def supervise(config: JobConfig) -> int:
         return exit_codes.USAGE
     try:
         return _supervise(config, run_dir, events, orphan)
-    except OSError as exc:  # setting up sockets or endpoints.json (the job is never left behind)
+    except (OSError, RunDirError) as exc:  # sockets, endpoints.json (no job is left behind)
         print(f"ckptd: {_one_line(exc)}", file=sys.stderr)
         return exit_codes.USAGE
     finally:
-        for release in (events.close, checkpoint_lock.release, run_dir.unlock):
+        for release in (
+            events.close,
+            checkpoint_lock.release,
+            run_dir.remove_socket_dir,
+            run_dir.unlock,
+        ):
             try:
                 release()
             except OSError:
