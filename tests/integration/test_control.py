@@ -168,6 +168,21 @@ def test_stop_without_checkpoint_and_restart(job: Job) -> None:
     assert not job.events("job.gave_up") and len(job.records("start")) == 2
 
 
+def test_stop_without_checkpoint_drops_a_pending_request(job: Job) -> None:
+    """A request the job has not acted on yet is not saved when stop --no-checkpoint follows it."""
+    job.start_fake("--step-time", "3")
+    job.wait_event("client.connected")
+    step = job.wait_record("step")["step"]  # the next check of the flags is 3 s away
+    with Controller(run_dir=job.run_dir) as control:
+        control.checkpoint()
+        result = control.stop(checkpoint=False, wait=True, timeout=60)
+    assert result["final_checkpoint"] is False
+    assert job.wait() == 0
+    assert [r["step"] for r in job.records("stop")] == [step + 1]
+    assert not job.records("saved") and not job.events("checkpoint.committed")
+    assert not [p for p in job.checkpoint_dir.iterdir() if p.name.startswith("step-")]
+
+
 def test_errors_are_one_line_with_exit_codes(job: Job, tmp_path: Path) -> None:
     """No daemon: exit 2; a wait that cannot finish in time: exit 3; bad arguments: an error."""
     result = ckptd(job, "status", "--run-dir", str(tmp_path))
