@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ckptd_client.manifest import remove_temporaries
 from ckptd_client.store import Checkpoint, bytes_in_progress, scan
 
 from . import exit_codes, log, retention
@@ -246,12 +247,21 @@ class Arbiter:
             self.notifier.close,
             *((self.metrics.close,) if self.metrics is not None else ()),
             *(source.stop for source in self.sources),
-            lambda: self.desk.fail_waiters("ckptd is exiting"),
+            lambda: self.desk.fail_waiters(
+                "not_running", "the job is not running any more and ckptd is exiting"
+            ),
             self.goodput.close,
             self.background.stop,
+            self._remove_interrupted_saves,
             *((self.remote.close,) if self.remote is not None else ()),
         ):
             self._guarded(close)
+
+    def _remove_interrupted_saves(self) -> None:
+        """A save cut short (a second SIGTERM, a kill at the deadline) leaves a ``.tmp-``
+        directory: removed at exit once its writer is gone, not at the next launch."""
+        for path in remove_temporaries(self.config.checkpoint_dir, only_dead_writers=True):
+            self.events.emit("checkpoint.temporary_removed", path=str(path))
 
     def _transition(self, target: JobState) -> None:
         self.state = check_transition(self.state, target)

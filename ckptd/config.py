@@ -63,6 +63,19 @@ def _only_in_file(text: str) -> Any:
 BOOLEAN = Kind("true | false", _boolean, _only_in_file)
 
 
+def _mode(value: Any) -> str:
+    """``"0700"`` from ``"0700"``, ``"700"`` or ``"0o700"``: octal, owner rwx, no special bits."""
+    text = value.lower().removeprefix("0o") if isinstance(value, str) else None
+    if not text or not re.fullmatch(r"[0-7]{3,4}", text) or int(text, 8) > 0o777:
+        raise ValueError(f'expected an octal mode like "0700", got {value!r}')
+    if int(text, 8) & 0o700 != 0o700:
+        raise ValueError(f"{value!r} must leave the owner rwx (ckptd writes and reads them)")
+    return f"{int(text, 8):04o}"
+
+
+MODE = Kind('octal mode, e.g. "0700"', _mode, _mode)
+
+
 @dataclass(frozen=True)
 class Option:
     key: str
@@ -134,6 +147,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
     Option("poll_interval", POLL_INTERVAL, 1.0, 'signal-file polling interval with watch = "poll"'),
     Option("remote", STRING, None, "fsspec URL checkpoints are uploaded to (as [storage].remote)"),
+    Option(
+        "checkpoint_mode",
+        MODE,
+        None,
+        'mode of checkpoint_dir and each checkpoint, e.g. "0700" (files: 0600); none: the umask',
+    ),
 )
 
 CONTROL_OPTIONS: tuple[Option, ...] = (
@@ -297,6 +316,7 @@ class JobConfig:
     hang_min: float = 30.0
     watch: str = "inotify"
     poll_interval: float = 1.0
+    checkpoint_mode: str | None = None
     control: ControlConfig = field(default_factory=ControlConfig)
     preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)

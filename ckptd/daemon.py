@@ -41,6 +41,8 @@ def supervise(config: JobConfig) -> int:
         run_dir.prepare()
         orphan = run_dir.lock()
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if config.checkpoint_mode is not None:
+            os.chmod(config.checkpoint_dir, int(config.checkpoint_mode, 8))
         checkpoint_lock.acquire(config.name, run_dir.path)
         job_record = json.dumps(redaction.redact_config(config), default=str, indent=1)
         write_private(run_dir.file(JOB_FILE), job_record)
