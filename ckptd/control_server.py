@@ -16,6 +16,7 @@ reconnects and the revoked one is refused).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -89,6 +90,7 @@ class ControlServer:
         curve: Curve | None = None,
         max_message_bytes: int = 64 * 1024,
     ) -> None:
+        """Bind every socket; OSError (one line: e.g. a TCP port in use) leaves nothing open."""
         self._context = zmq.Context()
         self._auth: Any = None
         self._log = get_logger()
@@ -97,17 +99,23 @@ class ControlServer:
         self._keys: AuthorizedKeys | None = None
         self._revocations = 0
         self._refused: set[str] = set()
-        self.routers = [self._router(control_ipc, max_message_bytes, None)]
-        self.publishers = [self._publisher(events_ipc, None)]
+        self.routers: list[zmq.Socket] = []
+        self.publishers: list[zmq.Socket] = []
         self.endpoints = {"control": control_ipc, "events": events_ipc}
-        if curve is not None:
-            self._start_authenticator(curve)
-        if tcp_bind:
-            self.routers.append(self._router(tcp_bind, max_message_bytes, curve))
-            self.endpoints["control_tcp"] = tcp_bind
-        if tcp_publish:
-            self.publishers.append(self._publisher(tcp_publish, curve))
-            self.endpoints["events_tcp"] = tcp_publish
+        try:
+            self.routers.append(self._router(control_ipc, max_message_bytes, None))
+            self.publishers.append(self._publisher(events_ipc, None))
+            if curve is not None:
+                self._start_authenticator(curve)
+            if tcp_bind:
+                self.routers.append(self._router(tcp_bind, max_message_bytes, curve))
+                self.endpoints["control_tcp"] = tcp_bind
+            if tcp_publish:
+                self.publishers.append(self._publisher(tcp_publish, curve))
+                self.endpoints["events_tcp"] = tcp_publish
+        except BaseException:
+            self.close()
+            raise
 
     # -- commands --------------------------------------------------------------------
 
@@ -220,11 +228,21 @@ class ControlServer:
         return self._bind(sock, endpoint, curve)
 
     def _bind(self, sock: zmq.Socket, endpoint: str, curve: Curve | None) -> zmq.Socket:
-        sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None and endpoint.startswith("tcp://"):
-            public, secret = zmq.auth.load_certificate(str(curve.secret_key_file))
-            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
-        bind_private(sock, endpoint)
+        """``sock`` bound to ``endpoint``; on failure it is closed and OSError raised."""
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            if curve is not None and endpoint.startswith("tcp://"):
+                public, secret = zmq.auth.load_certificate(str(curve.secret_key_file))
+                sock.curve_secretkey, sock.curve_publickey = secret, public
+                sock.curve_server = True
+            bind_private(sock, endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"cannot bind {endpoint}: {reason}") from None
+        except BaseException:
+            sock.close(linger=0)
+            raise
         return sock
 
     def _rebind_publishers(self) -> None:
@@ -236,7 +254,7 @@ class ControlServer:
             try:
                 self.publishers.append(self._publisher(endpoint, self._curve))
                 break
-            except zmq.ZMQError as exc:
+            except OSError as exc:
                 if time.monotonic() > deadline:
                     self._log.error("control.publish_lost", endpoint=endpoint, error=str(exc))
                     return

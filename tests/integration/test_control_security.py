@@ -59,6 +59,22 @@ def test_loopback_tcp_without_curve_needs_the_opt_in(job: Job, tmp_path: Path) -
     assert job.wait() == 0
 
 
+def test_a_tcp_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """A bind to a TCP port someone else holds: exit 2 with one line naming it, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        endpoint = f"tcp://127.0.0.1:{holder.getsockname()[1]}"
+        config = tmp_path / "ckptd.toml"
+        config.write_text(f'[control]\nbind = "{endpoint}"\nallow_unauthenticated = true\n')
+        result = _ckptd(
+            "run", "--run-dir", str(tmp_path / "run"), "--config", str(config), "--", "true"
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"ckptd: cannot bind {endpoint}: Address already in use\n"
+    assert not list((tmp_path / "run").glob("*.sock"))
+
+
 def test_keygen_never_overwrites_and_creates_the_secret_private(tmp_path: Path) -> None:
     """keygen refuses an existing pair without --force; the secret is 0600 with no chmod."""
     keys = tmp_path / "keys"
