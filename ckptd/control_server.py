@@ -147,7 +147,10 @@ class ControlServer:
 
     def _still_authorized(self, frame: zmq.Frame) -> bool:
         assert self._keys is not None
-        user = str(frame.get("User-Id"))  # the z85 public key the connection authenticated with
+        try:
+            user = str(frame.get("User-Id"))  # the z85 public key the connection authenticated with
+        except zmq.ZMQError:
+            return False  # no authenticated key on this message: never answered
         if self._keys.allows(user.encode()):
             return True
         if user not in self._refused and len(self._refused) < _REMEMBERED_IDS:
