@@ -22,12 +22,12 @@ import os
 import queue
 import signal
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ckptd_client.manifest import remove_temporaries
 from ckptd_client.store import Checkpoint, bytes_in_progress, scan
 
 from . import exit_codes, log, retention
@@ -43,6 +43,7 @@ from .launcher import Launcher, Prepared
 from .metrics import Metrics
 from .preemption import Preemption
 from .progress import Progress
+from .redaction import redact_config
 from .remote_url import RemoteUnusable
 from .requests import Action, Origin, Request
 from .restart_policy import ExitStatus, RestartPolicy
@@ -246,12 +247,21 @@ class Arbiter:
             self.notifier.close,
             *((self.metrics.close,) if self.metrics is not None else ()),
             *(source.stop for source in self.sources),
-            lambda: self.desk.fail_waiters("ckptd is exiting"),
+            lambda: self.desk.fail_waiters(
+                "not_running", "the job is not running any more and ckptd is exiting"
+            ),
             self.goodput.close,
             self.background.stop,
+            self._remove_interrupted_saves,
             *((self.remote.close,) if self.remote is not None else ()),
         ):
             self._guarded(close)
+
+    def _remove_interrupted_saves(self) -> None:
+        """A save cut short (a second SIGTERM, a kill at the deadline) leaves a ``.tmp-``
+        directory: removed at exit once its writer is gone, not at the next launch."""
+        for path in remove_temporaries(self.config.checkpoint_dir, only_dead_writers=True):
+            self.events.emit("checkpoint.temporary_removed", path=str(path))
 
     def _transition(self, target: JobState) -> None:
         self.state = check_transition(self.state, target)
@@ -393,7 +403,7 @@ class Arbiter:
         return [c.to_json() for c in scan(self.config.checkpoint_dir)]
 
     def effective_config(self) -> dict[str, Any]:
-        return asdict(self.config)
+        return redact_config(self.config)
 
     # -- stopping ------------------------------------------------------------------------
 

@@ -223,10 +223,11 @@ class CheckpointDesk:
             return True
         return False
 
-    def fail_waiters(self, message: str) -> None:
+    def fail_waiters(self, code: str, message: str) -> None:
+        """Answer everyone still waiting for the outstanding request with an error."""
         if self.outstanding is not None:
             for waiter in self.outstanding.waiters:
-                waiter.fail("checkpoint_failed", message)
+                waiter.fail(code, message)
             self.outstanding.waiters.clear()
 
     def _deliver(self, outstanding: Outstanding, trainer: Trainer | None) -> bool:

@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import commands, exit_codes
+from . import commands, exit_codes, redaction
 from . import remote_commands as _remote_commands  # noqa: F401 - importing registers them
 from . import report_command as _report_command  # noqa: F401 - importing registers it
 
@@ -60,7 +60,7 @@ def _dispatch(argv: list[str]) -> int:
     try:
         code = commands.REGISTRY[args.command_name].handler(args)
     except commands.CommandError as exc:
-        print(f"ckptd {args.command_name}: {exc}", file=sys.stderr)
+        print(f"ckptd {args.command_name}: {redaction.scrub(str(exc))}", file=sys.stderr)
         code = exc.code
     except KeyboardInterrupt:
         code = 130

@@ -50,6 +50,32 @@ NOTICE_INTERVAL = duration(0.1, why="a shorter one floods the metadata service")
 NOTICE_TIMEOUT = duration(0.1, why="a metadata request needs time to answer")
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _only_in_file(text: str) -> Any:
+    raise ValueError("only in the config file")
+
+
+BOOLEAN = Kind("true | false", _boolean, _only_in_file)
+
+
+def _mode(value: Any) -> str:
+    """``"0700"`` from ``"0700"``, ``"700"`` or ``"0o700"``: octal, owner rwx, no special bits."""
+    text = value.lower().removeprefix("0o") if isinstance(value, str) else None
+    if not text or not re.fullmatch(r"[0-7]{3,4}", text) or int(text, 8) > 0o777:
+        raise ValueError(f'expected an octal mode like "0700", got {value!r}')
+    if int(text, 8) & 0o700 != 0o700:
+        raise ValueError(f"{value!r} must leave the owner rwx (ckptd writes and reads them)")
+    return f"{int(text, 8):04o}"
+
+
+MODE = Kind('octal mode, e.g. "0700"', _mode, _mode)
+
+
 @dataclass(frozen=True)
 class Option:
     key: str
@@ -121,6 +147,12 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
     Option("poll_interval", POLL_INTERVAL, 1.0, 'signal-file polling interval with watch = "poll"'),
     Option("remote", STRING, None, "fsspec URL checkpoints are uploaded to (as [storage].remote)"),
+    Option(
+        "checkpoint_mode",
+        MODE,
+        None,
+        'mode of checkpoint_dir and each checkpoint, e.g. "0700" (files: 0600); none: the umask',
+    ),
 )
 
 CONTROL_OPTIONS: tuple[Option, ...] = (
@@ -129,6 +161,12 @@ CONTROL_OPTIONS: tuple[Option, ...] = (
     Option("curve_secret_key", STRING, None, "the daemon's CURVE key pair file (.key_secret)"),
     Option("curve_authorized_keys", STRING, None, "directory of authorized client public keys"),
     Option("max_message_bytes", COUNT, 65536, "larger control messages are dropped by ZeroMQ"),
+    Option(
+        "allow_unauthenticated",
+        BOOLEAN,
+        False,
+        "serve a loopback bind/publish without CURVE: every local user can then act and read",
+    ),
 )
 
 PREEMPTION_OPTIONS: tuple[Option, ...] = (
@@ -166,11 +204,7 @@ def _any_table(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _no_text(text: str) -> Any:
-    raise ValueError("only in the config file")
-
-
-ANY_TABLE = Kind("table", _any_table, _no_text)
+ANY_TABLE = Kind("table", _any_table, _only_in_file)
 UPLOAD_TIMEOUT = duration(1.0, why="an upload attempt needs time")
 
 STORAGE_OPTIONS: tuple[Option, ...] = (
@@ -203,6 +237,14 @@ class ControlConfig:
     curve_secret_key: Path | None = None
     curve_authorized_keys: Path | None = None
     max_message_bytes: int = 65536
+    allow_unauthenticated: bool = False
+
+    @property
+    def unauthenticated(self) -> list[str]:
+        """The TCP endpoints served without CURVE (only with ``allow_unauthenticated``)."""
+        if self.curve_secret_key is not None:
+            return []
+        return [endpoint for endpoint in (self.bind, self.publish) if endpoint is not None]
 
 
 @dataclass(frozen=True)
@@ -274,6 +316,7 @@ class JobConfig:
     hang_min: float = 30.0
     watch: str = "inotify"
     poll_interval: float = 1.0
+    checkpoint_mode: str | None = None
     control: ControlConfig = field(default_factory=ControlConfig)
     preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
@@ -377,15 +420,34 @@ def _finish_control(values: dict[str, Any], base: Path) -> ControlConfig:
         )
     if authorized is not None and not authorized.is_dir():
         raise ConfigError(f"[control].curve_authorized_keys: no such directory {authorized}")
+    if secret is not None and authorized is not None:
+        from .curve_keys import authorized_keys_problem, secret_key_problem
+
+        if problem := secret_key_problem(secret):
+            raise ConfigError(f"[control].curve_secret_key: {problem}")
+        if problem := authorized_keys_problem(authorized):
+            raise ConfigError(f"[control].curve_authorized_keys: {problem}")
     for key in ("bind", "publish"):
         endpoint = values[key]
-        if endpoint is not None and secret is None and not _loopback(endpoint):
+        if endpoint is None or secret is not None:
+            continue
+        if not _loopback(endpoint):
             raise ConfigError(
                 f"[control].{key}: refusing {endpoint} beyond loopback without CURVE "
                 "(set curve_secret_key and curve_authorized_keys)"
             )
+        if not values["allow_unauthenticated"]:
+            raise ConfigError(
+                f"[control].{key}: {endpoint} without CURVE is open to every local user; set "
+                "curve_secret_key and curve_authorized_keys, or allow_unauthenticated = true"
+            )
     return ControlConfig(
-        values["bind"], values["publish"], secret, authorized, values["max_message_bytes"]
+        bind=values["bind"],
+        publish=values["publish"],
+        curve_secret_key=secret,
+        curve_authorized_keys=authorized,
+        max_message_bytes=values["max_message_bytes"],
+        allow_unauthenticated=values["allow_unauthenticated"],
     )
 
 

@@ -5,11 +5,19 @@ Owned by the arbiter's thread. Every frame gets exactly one outcome: a reply
 or a peer past its high-water mark), nothing. A request id is executed at most
 once. Each poll handles a bounded number of messages per socket, so a flood of
 commands cannot starve the job channel.
+
+With CURVE, the authorized keys are the directory's as it is now (see
+``curve_keys.AuthorizedKeys``): checked at each connection (ZAP), at each TCP request
+(a revoked key's open connection gets no answer, like a stranger's) and before each
+published event (a key found revoked re-binds the TCP publishers, so every subscriber
+reconnects and the revoked one is refused).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +29,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from . import strict_json
+from .curve_keys import AuthorizedKeys
 from .log import get_logger
+from .redaction import scrub
 from .run_dir import bind_private, remove_socket
 
 VERSION = 1
@@ -29,6 +39,7 @@ _HWM = 1000
 _PER_POLL = 64
 _REMEMBERED_IDS = 4096
 _MAX_ID = 128
+_REBIND_FOR = 1.0  # a closed TCP listener's port is free again within this (async close)
 
 
 @dataclass(frozen=True)
@@ -80,32 +91,46 @@ class ControlServer:
         curve: Curve | None = None,
         max_message_bytes: int = 64 * 1024,
     ) -> None:
+        """Bind every socket; OSError (one line: e.g. a TCP port in use) leaves nothing open."""
         self._context = zmq.Context()
         self._auth: Any = None
         self._log = get_logger()
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self.routers = [self._router(control_ipc, max_message_bytes, None)]
-        self.publishers = [self._publisher(events_ipc, None)]
+        self._curve = curve
+        self._keys: AuthorizedKeys | None = None
+        self._revocations = 0
+        self._refused: set[str] = set()
+        self.routers: list[zmq.Socket] = []
+        self.publishers: list[zmq.Socket] = []
         self.endpoints = {"control": control_ipc, "events": events_ipc}
-        if curve is not None:
-            self._start_authenticator(curve)
-        if tcp_bind:
-            self.routers.append(self._router(tcp_bind, max_message_bytes, curve))
-            self.endpoints["control_tcp"] = tcp_bind
-        if tcp_publish:
-            self.publishers.append(self._publisher(tcp_publish, curve))
-            self.endpoints["events_tcp"] = tcp_publish
+        try:
+            self.routers.append(self._router(control_ipc, max_message_bytes, None))
+            self.publishers.append(self._publisher(events_ipc, None))
+            if curve is not None:
+                self._start_authenticator(curve)
+            if tcp_bind:
+                self.routers.append(self._router(tcp_bind, max_message_bytes, curve))
+                self.endpoints["control_tcp"] = tcp_bind
+            if tcp_publish:
+                self.publishers.append(self._publisher(tcp_publish, curve))
+                self.endpoints["events_tcp"] = tcp_publish
+        except BaseException:
+            self.close()
+            raise
 
     # -- commands --------------------------------------------------------------------
 
     def handle(self, sock: zmq.Socket, dispatch: Dispatch) -> None:
         """Answer up to a bounded number of waiting requests on ``sock``."""
+        checked = self._keys is not None and sock is not self.routers[0]
         for _ in range(_PER_POLL):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity, body = frames[0], frames[1:]
+            if checked and not self._still_authorized(parts[-1]):
+                continue  # a revoked key: no answer, as for a key never authorized
+            identity, body = parts[0].bytes, [part.bytes for part in parts[1:]]
             try:
                 rid, command, args = self._parse(body)
             except ReplyError as exc:
@@ -120,6 +145,19 @@ class ControlServer:
             except Exception as exc:  # a bug in one command must not take supervision down
                 self._log.exception("control.command_failed", command=command)
                 waiter.fail("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _still_authorized(self, frame: zmq.Frame) -> bool:
+        assert self._keys is not None
+        try:
+            user = str(frame.get("User-Id"))  # the z85 public key the connection authenticated with
+        except zmq.ZMQError:
+            return False  # no authenticated key on this message: never answered
+        if self._keys.allows(user.encode()):
+            return True
+        if user not in self._refused and len(self._refused) < _REMEMBERED_IDS:
+            self._refused.add(user)
+            self._log.warning("control.key_revoked", key=user, why="no longer authorized")
+        return False
 
     def _parse(self, body: list[bytes]) -> tuple[str, str, Any]:
         if len(body) != 1:
@@ -149,7 +187,7 @@ class ControlServer:
 
     def send(self, sock: zmq.Socket, identity: bytes, reply: dict[str, Any]) -> None:
         try:
-            body = strict_json.dumps(reply, default=str).encode()
+            body = strict_json.dumps(scrub(reply), default=str).encode()
             sock.send_multipart([identity, body], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the peer left, or stopped reading: its replies are dropped, never queued
@@ -157,6 +195,11 @@ class ControlServer:
     # -- events ----------------------------------------------------------------------
 
     def publish(self, event: dict[str, Any]) -> None:
+        if self._keys is not None and len(self.publishers) > 1:
+            self._keys.current()
+            if self._keys.revocations != self._revocations:
+                self._revocations = self._keys.revocations
+                self._rebind_publishers()
         body = strict_json.dumps(event, default=str).encode()
         frames = [str(event.get("event", "")).encode(), body]
         for sock in self.publishers:
@@ -190,17 +233,45 @@ class ControlServer:
         return self._bind(sock, endpoint, curve)
 
     def _bind(self, sock: zmq.Socket, endpoint: str, curve: Curve | None) -> zmq.Socket:
-        sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None and endpoint.startswith("tcp://"):
-            public, secret = zmq.auth.load_certificate(str(curve.secret_key_file))
-            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
-        bind_private(sock, endpoint)
+        """``sock`` bound to ``endpoint``; on failure it is closed and OSError raised."""
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            if curve is not None and endpoint.startswith("tcp://"):
+                public, secret = zmq.auth.load_certificate(str(curve.secret_key_file))
+                sock.curve_secretkey, sock.curve_publickey = secret, public
+                sock.curve_server = True
+            bind_private(sock, endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"cannot bind {endpoint}: {reason}") from None
+        except BaseException:
+            sock.close(linger=0)
+            raise
         return sock
 
+    def _rebind_publishers(self) -> None:
+        """Drop every TCP subscriber: each reconnects, and a revoked key is refused then."""
+        endpoint = self.endpoints["events_tcp"]
+        self.publishers.pop().close(linger=0)  # the TCP one: the ipc publisher has no CURVE
+        deadline = time.monotonic() + _REBIND_FOR
+        while True:
+            try:
+                self.publishers.append(self._publisher(endpoint, self._curve))
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    self._log.error("control.publish_lost", endpoint=endpoint, error=str(exc))
+                    return
+                time.sleep(0.005)
+        self._log.info("control.subscribers_dropped", why="an authorized key was removed")
+
     def _start_authenticator(self, curve: Curve) -> None:
+        self._keys = AuthorizedKeys(curve.authorized_keys)
+        self._keys.current()
         self._auth = ThreadAuthenticator(self._context)
         self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(curve.authorized_keys))
+        self._auth.configure_curve_callback(domain="*", credentials_provider=self._keys)
 
 
 def _salvage_id(body: list[bytes]) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import asdict
 
-from . import __version__, exit_codes, log, strict_json
+from . import __version__, exit_codes, log, redaction, strict_json
 from .arbiter import Arbiter
 from .checkpoint_lock import CheckpointDirLock
 from .config import JobConfig
@@ -34,6 +33,7 @@ from .trainer import become_subreaper
 
 def supervise(config: JobConfig) -> int:
     """Run the job under supervision until it finishes, stops or is given up on."""
+    redaction.configure(config)
     log.bind(job=config.name, attempt=0, step=None)
     run_dir = RunDir(config.run_dir)
     checkpoint_lock = CheckpointDirLock(config.checkpoint_dir)
@@ -41,9 +41,11 @@ def supervise(config: JobConfig) -> int:
         run_dir.prepare()
         orphan = run_dir.lock()
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if config.checkpoint_mode is not None:
+            os.chmod(config.checkpoint_dir, int(config.checkpoint_mode, 8))
         checkpoint_lock.acquire(config.name, run_dir.path)
-        job = strict_json.dumps(asdict(config), default=str, indent=1)
-        write_private(run_dir.file(JOB_FILE), job)
+        job_record = strict_json.dumps(redaction.redact_config(config), default=str, indent=1)
+        write_private(run_dir.file(JOB_FILE), job_record)
         events = EventLog(run_dir.file(EVENTS_FILE))
     except (RunDirError, OSError) as exc:
         checkpoint_lock.release()
@@ -52,11 +54,16 @@ def supervise(config: JobConfig) -> int:
         return exit_codes.USAGE
     try:
         return _supervise(config, run_dir, events, orphan)
-    except OSError as exc:  # setting up sockets or endpoints.json (the job is never left behind)
+    except (OSError, RunDirError) as exc:  # sockets, endpoints.json (no job is left behind)
         print(f"ckptd: {_one_line(exc)}", file=sys.stderr)
         return exit_codes.USAGE
     finally:
-        for release in (events.close, checkpoint_lock.release, run_dir.unlock):
+        for release in (
+            events.close,
+            checkpoint_lock.release,
+            run_dir.remove_socket_dir,
+            run_dir.unlock,
+        ):
             try:
                 release()
             except OSError:
@@ -103,7 +110,7 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
         if metrics is not None:
             metrics.close()
         where = "remote store: " if isinstance(exc, RemoteUnusable) else ""
-        print(f"ckptd: {where}{exc}", file=sys.stderr)
+        print(f"ckptd: {where}{redaction.scrub(str(exc))}", file=sys.stderr)
         return exit_codes.USAGE
     events.emit(
         "ckptd.started",
@@ -116,6 +123,14 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
         stop=f"ckptd stop --run-dir {run_dir.path}  (or: kill -TERM {os.getpid()})",
         subreaper=subreaper,
     )
+    if unauthenticated := config.control.unauthenticated:
+        events.emit(
+            "control.unauthenticated",
+            level="warning",
+            endpoints=unauthenticated,
+            why="no CURVE: every local user can send any command (a stop without a final "
+            "checkpoint too) and read every event; allow_unauthenticated = true",
+        )
     if arbiter.health.load_problem:
         events.emit("hang.budget_ignored", level="warning", why=arbiter.health.load_problem)
     try:
@@ -133,8 +148,8 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return redaction.scrub(f"{where}{exc.strerror}")
+    return redaction.scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _requeue_signal(config: JobConfig) -> signal.Signals | None:

@@ -19,6 +19,7 @@ import structlog
 
 from . import strict_json
 from .log import get_logger
+from .redaction import scrub
 from .run_dir import open_regular
 
 
@@ -41,6 +42,7 @@ class EventLog:
 
     def emit(self, event: str, *, level: str = "info", **fields: Any) -> None:
         bound = structlog.contextvars.get_contextvars()
+        fields = scrub(fields)  # the log line, the file and the stream: one cleaned copy
         record = {
             "time": time.time(),
             "event": event,

@@ -123,6 +123,7 @@ class Launcher:
             protocol.ENV_ATTEMPT: str(self.attempt),
             protocol.ENV_RUN_DIR: str(self.run_dir.path),
             protocol.ENV_JOB: self.config.name,
+            protocol.ENV_CHECKPOINT_MODE: self.config.checkpoint_mode or "",
             ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from . import redaction
 from .strict_json import log_serializer
 
 __all__ = ["SafeStream", "bind", "configure", "get_logger"]
@@ -81,6 +82,7 @@ def configure(json_output: bool | None = None, stream: Any = None) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _hide_secrets,
     ]
     _route_stdlib_logging(stream, shared, renderer)
     structlog.configure(
@@ -89,6 +91,14 @@ def configure(json_output: bool | None = None, stream: Any = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+def _hide_secrets(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Cut the job's secrets out of every line (ckptd's own and libraries' records)."""
+    if event.get("exc_info"):  # the traceback becomes text here, so it is cleaned too
+        event = dict(structlog.processors.format_exc_info(logger, method, event))
+    cleaned: dict[str, Any] = redaction.scrub(event)
+    return cleaned
 
 
 def bind(**fields: Any) -> None:

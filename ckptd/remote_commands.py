@@ -73,7 +73,7 @@ def call(args: argparse.Namespace, name: str, **kwargs: Any) -> Any:
     try:
         return controller.call(name, timeout=limit, **kwargs)
     except ControlTimeout as exc:
-        raise CommandError(f"{exc}; is the daemon running? (ckptd status)", TIMEOUT) from None
+        raise CommandError(f"{exc}; {_no_answer_hint(args)}", TIMEOUT) from None
     except ControlError as exc:
         code = (
             exit_codes.FAILED if exc.code in ("checkpoint_failed", "failed") else exit_codes.USAGE
@@ -81,6 +81,16 @@ def call(args: argparse.Namespace, name: str, **kwargs: Any) -> Any:
         raise CommandError(f"{exc} [{exc.code}]", code) from None
     finally:
         controller.close()
+
+
+def _no_answer_hint(args: argparse.Namespace) -> str:
+    if args.client_key:  # with CURVE, a daemon that does not know the key stays silent
+        public = Path(args.client_key).with_suffix(".key")
+        return (
+            "the daemon may be down, or may not know your key: is your public key "
+            f"({public}) in its curve_authorized_keys?"
+        )
+    return "is the daemon running? (ckptd status)"
 
 
 def _print(args: argparse.Namespace, result: Any, human: str) -> int:
@@ -207,17 +217,29 @@ def events(args: argparse.Namespace) -> int:
 def _keygen_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="where to write NAME.key and NAME.key_secret")
     parser.add_argument("--name", default="ckptd", help="file name stem (default: ckptd)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing key pair (clients that know its public key stop working)",
+    )
 
 
 @command("keygen", "write a CURVE key pair for the TCP control socket", _keygen_arguments)
 def keygen(args: argparse.Namespace) -> int:
-    import zmq.auth
+    from .curve_keys import KeyPairExists, write_key_pair
 
-    directory = Path(args.directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(directory), args.name)
-    Path(secret).chmod(0o600)
-    print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise CommandError(f"--name {args.name!r}: a plain file name stem, like ckptd")
+    try:
+        public, secret = write_key_pair(Path(args.directory), args.name, force=args.force)
+    except KeyPairExists as exc:
+        raise CommandError(
+            f"{exc.filename} exists; --force replaces the key pair (whoever uses the old one "
+            "is locked out)"
+        ) from None
+    except OSError as exc:
+        raise CommandError(f"cannot write the key pair: {exc.strerror or exc}") from None
+    print(f"public key: {public}\nsecret key: {secret} (0600: keep it private)")
     return exit_codes.OK
 
 

@@ -3,12 +3,17 @@
 The lock is an ``flock`` on ``<run_dir>/lock`` whose descriptor the job
 inherits: while the daemon *or any process of its job* lives, a second daemon
 cannot take the run directory, even after the first was SIGKILLed.
+
+A run directory too deep for ipc paths gets its sockets in a private directory
+made by ``mkdtemp`` (unguessable name, 0700) under ``$XDG_RUNTIME_DIR`` or the temp
+directory: no other user can create it first. A later daemon of the same run
+directory reuses it while it is still there and its own, so an orphaned job's client
+(whose ``CKPTD_ENDPOINT`` names it) can reconnect.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import stat
 import tempfile
@@ -45,6 +50,7 @@ class RunDir:
         self.path = path
         self._lock_fd: int | None = None
         self._daemon_fd: int | None = None
+        self._socket_dir: Path | None = None
 
     @property
     def has_job_lock(self) -> bool:
@@ -160,12 +166,50 @@ class RunDir:
         self._lock_fd = self._daemon_fd = None
 
     def ipc_endpoint(self, name: str) -> str:
-        """``ipc://<run_dir>/<name>.sock``, or a short private path when that is too long."""
+        """``ipc://<run_dir>/<name>.sock``, or a short private path when that is too long.
+
+        Raises RunDirError when no short private directory can be made.
+        """
         path = self.file(f"{name}.sock")
         if len(str(path)) > _MAX_IPC_PATH:
-            digest = hashlib.sha256(bytes(self.path)).hexdigest()[:20]
-            path = _short_socket_dir() / f"{digest}-{name}.sock"
+            if self._socket_dir is None:
+                self._socket_dir = self._previous_socket_dir() or _new_socket_dir()
+            path = self._socket_dir / f"{name}.sock"
+            if len(str(path)) > _MAX_IPC_PATH:
+                raise RunDirError(
+                    f"socket path {path} is too long for ipc; set XDG_RUNTIME_DIR or TMPDIR "
+                    "to a shorter directory"
+                )
         return f"ipc://{path}"
+
+    def remove_socket_dir(self) -> None:
+        """Remove the private socket directory once its sockets are gone (nothing otherwise)."""
+        if self._socket_dir is not None:
+            try:
+                self._socket_dir.rmdir()
+            except OSError:
+                pass  # a socket still there (a bug, or a crash): the next daemon reuses it
+
+    def _previous_socket_dir(self) -> Path | None:
+        """The private socket directory the last daemon here recorded, if still usable."""
+        try:
+            recorded = strict_json.loads(read_regular(self.file(ENDPOINTS_FILE)))["job"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        path = socket_path(recorded) if isinstance(recorded, str) else None
+        if path is None or path.parent == self.path or not path.parent.name.startswith("ckptd-"):
+            return None
+        try:
+            info = path.parent.lstat()
+        except OSError:
+            return None
+        if (
+            stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.getuid()
+            and stat.S_IMODE(info.st_mode) == 0o700
+        ):
+            return path.parent
+        return None
 
     def record_endpoints(self, endpoints: dict[str, str]) -> None:
         """Write where the sockets are, for ``ckptd`` commands and ``Controller``."""
@@ -211,19 +255,15 @@ def remove_socket(endpoint: str) -> None:
             pass
 
 
-def _short_socket_dir() -> Path:
+def _new_socket_dir() -> Path:
+    """A fresh private directory (0700, random name) for sockets; RunDirError if none can be."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    directory = Path(base) / f"ckptd-{os.getuid()}"
     try:
-        directory.mkdir(mode=0o700, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="ckptd-", dir=base))
     except OSError as exc:
-        raise RunDirError(f"cannot create socket directory {directory}: {exc.strerror}") from None
-    info = directory.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise RunDirError(f"socket directory {directory} is not a directory owned by you")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(directory, 0o700)
-    return directory
+        raise RunDirError(
+            f"cannot create a socket directory in {base}: {exc.strerror or exc}"
+        ) from None
 
 
 def write_private(path: Path, text: str) -> None:

@@ -113,7 +113,9 @@ class Job:
             )
         return self
 
-    def start_fake(self, *fake_args: str, options: tuple[str, ...] = ()) -> Job:
+    def start_fake(
+        self, *fake_args: str, options: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> Job:
         command = [
             sys.executable,
             str(FAKES / "trainer.py"),
@@ -121,7 +123,7 @@ class Job:
             str(self.record),
             *fake_args,
         ]
-        return self.start(command, *options)
+        return self.start(command, *options, env=env)
 
     @property
     def pid(self) -> int:

@@ -135,7 +135,8 @@ class Client(GroupSaves):
         return True
 
     def should_stop(self) -> bool:
-        """True once a stop was requested and its final checkpoint is done (or failed).
+        """True once a stop was requested and its final checkpoint is done (or failed, or was
+        not wanted: ``ckptd stop --no-checkpoint``, after which nothing more is asked for).
 
         When the final checkpoint is a background save still in flight, this waits for
         it, so no training happens after the final save has been taken.
@@ -300,7 +301,12 @@ class Client(GroupSaves):
                     self._stop_ready = True
                 return
             if final and not save:
-                self._stop_ready = True  # a stop without a final checkpoint
+                # A stop without a final checkpoint saves nothing more, not even a request that
+                # is still pending; a background save already under way completes.
+                self._pending = {k: p for k, p in self._pending.items() if p.claimed}
+                self._reused_final_at = None
+                self._refresh_wanted()
+                self._stop_ready = True
                 return
             last, step = self._last_commit, self._step
             if last is not None and step is not None and last["step"] >= step:

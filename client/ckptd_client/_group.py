@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol
-from .manifest import TMP_PREFIX, checkpoint_name
+from .manifest import TMP_PREFIX, checkpoint_mode, checkpoint_name
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Group:
         token = hashlib.sha256(self.run_id.encode()).hexdigest()[:8]
         path = checkpoint_dir / f"{TMP_PREFIX}{checkpoint_name(step)}-group-{token}"
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path.mkdir(mode=0o755, exist_ok=True)
+        path.mkdir(mode=checkpoint_mode() or 0o755, exist_ok=True)  # the commit sets it exactly
         return path
 
 

@@ -34,7 +34,8 @@ class ControlError(RuntimeError):
 
 
 class ControlTimeout(ControlError):
-    """No answer in time: the daemon is gone, busy, or the operation is still running."""
+    """No answer in time: the daemon is gone, busy, or the operation is still running; over
+    CURVE, also a daemon that does not know (or no longer knows) this client's key."""
 
     def __init__(self, message: str) -> None:
         super().__init__("timeout", message)

@@ -10,7 +10,8 @@ A ckptd request is answered at the end of the next training batch: Keras' own
 ``progress.json`` (the epoch to start at and the step), committed as ``step-N``,
 N = the optimizer's ``iterations``, with the batch's logs (``loss``, metrics). A stop
 (SIGTERM, STOP, preemption) is that save followed by ``model.stop_training``, so
-``fit`` returns normally.
+``fit`` returns normally; a stop without a checkpoint (``ckptd stop --no-checkpoint``)
+saves nothing.
 
 Resuming restores every variable, so the step count and the optimizer's moments go on
 from the checkpoint; like Keras' ``BackupAndRestore``, ``fit`` then starts the
@@ -54,8 +55,6 @@ class CkptdCallback(keras.callbacks.Callback):
         super().__init__()
         # Connect now, not at fit start: ckptd knows the job is alive from here on.
         self.client = _shared_client(client)
-        resumed = self.client.restore()
-        self._saved_step = resumed.step if resumed else None
         self._epoch = 0
         self._epoch_start_step = 0
 
@@ -69,9 +68,7 @@ class CkptdCallback(keras.callbacks.Callback):
         ck.step(step)
         if ck.should_checkpoint():
             self._save(step, batch, logs)
-        if ck.should_stop():
-            if step != self._saved_step:  # the stop came while this step ran: save it too
-                self._save(step, batch, logs)
+        if ck.should_stop():  # the final save (if one was wanted) is done: the client saw to it
             self.model.stop_training = True
 
     def _save(self, step: int, batch: int, logs: dict[str, Any] | None) -> None:
@@ -82,7 +79,6 @@ class CkptdCallback(keras.callbacks.Callback):
             # The epoch fit starts at on resume: an interrupted one is started again.
             progress = {"epoch": self._epoch + 1 if epoch_done else self._epoch, "step": step}
             (directory / PROGRESS_FILE).write_text(json.dumps(progress))
-        self._saved_step = step
 
 
 def restore(model: keras.Model, client: Client | None = None) -> Checkpoint | None:

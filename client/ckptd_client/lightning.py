@@ -8,7 +8,8 @@ A ckptd request is answered at the end of the next training batch: Lightning's o
 ``trainer.save_checkpoint`` writes ``model.ckpt`` straight into the directory ckptd
 hands out, committed as ``step-N``, N = ``trainer.global_step``, with the logged
 metrics (``trainer.callback_metrics``). A stop (SIGTERM, STOP, preemption) is that
-save followed by ``trainer.should_stop``, so ``fit`` returns normally.
+save followed by ``trainer.should_stop``, so ``fit`` returns normally; a stop without a
+checkpoint (``ckptd stop --no-checkpoint``) saves nothing.
 
 Retention: ckptd's rules (``keep_last``, ``keep_best``) keep these checkpoints;
 ``ModelCheckpoint``'s ``save_top_k`` governs only its own files. One process only
@@ -66,17 +67,20 @@ class CkptdCallback(pl.Callback):
         ck.step(step)
         if ck.should_checkpoint():
             self._save(trainer, step)
-        if ck.should_stop():
-            if step != self._saved_step:  # the stop came while this step ran: save it too
-                self._save(trainer, step)
+        if ck.should_stop():  # the final save (if one was wanted) is done: the client saw to it
             trainer.should_stop = True
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         # Standalone, Lightning's own SIGTERM handler ends fit with this exception at a step
-        # boundary, possibly before the client saw the signal: that step is saved here.
-        if isinstance(exception, SIGTERMException) and trainer.global_step != self._saved_step:
+        # boundary, possibly before the client saw the signal: that step is saved here. Under
+        # ckptd a SIGTERM only comes when the daemon has given up waiting: nothing is saved.
+        if (
+            isinstance(exception, SIGTERMException)
+            and self.client.standalone
+            and trainer.global_step != self._saved_step
+        ):
             self._save(trainer, trainer.global_step)
 
     def _save(self, trainer: pl.Trainer, step: int) -> None:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import _digest
+from . import _digest, protocol
 
 MANIFEST_NAME = "ckptd.json"
 FORMAT_VERSION = 2  # 1: entries carry "sha256"; 2: "digest", with the algorithm in "hash"
@@ -131,8 +131,22 @@ def new_temp_dir(checkpoint_dir: Path, step: int) -> Path:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     name = f"{TMP_PREFIX}{checkpoint_name(step)}-{_HOST_ID}-{os.getpid()}-{secrets.token_hex(4)}"
     path = checkpoint_dir / name
-    path.mkdir(mode=0o755)
+    mode = checkpoint_mode()
+    path.mkdir(mode=0o755 if mode is None else mode)  # the umask can only take bits away
+    if mode is not None:
+        os.chmod(path, mode)
     return path
+
+
+def checkpoint_mode() -> int | None:
+    """The mode ckptd asks checkpoint directories to have (files: the same without the x
+    bits), from ``CKPTD_CHECKPOINT_MODE``; None leaves modes to the umask."""
+    text = os.environ.get(protocol.ENV_CHECKPOINT_MODE, "")
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        return None
+    return mode if mode & 0o700 == 0o700 and mode <= 0o777 else None
 
 
 def commit(
@@ -157,6 +171,8 @@ def commit(
             hash=algorithm,
         )
         _write_synced(temp_dir / MANIFEST_NAME, manifest.to_json().encode())
+        if (mode := checkpoint_mode()) is not None:
+            _set_modes(temp_dir, mode)
         for directory in _walk_dirs(temp_dir):
             _fsync_dir(directory)
         final = checkpoint_dir / checkpoint_name(step)
@@ -326,6 +342,14 @@ def _walk_dirs(root: Path) -> Iterator[Path]:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk_dirs(Path(entry.path))
     yield root
+
+
+def _set_modes(temp_dir: Path, mode: int) -> None:
+    """Directories get ``mode``, files ``mode`` without the x bits (whoever created them)."""
+    for relative in _walk_files(temp_dir):  # regular files only: a link is refused above
+        os.chmod(temp_dir / relative, mode & 0o666)
+    for directory in _walk_dirs(temp_dir):
+        os.chmod(directory, mode)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -9,7 +9,8 @@ saves with its own ``_save_checkpoint`` (model, optimizer, scheduler, RNG, train
 state) into ``output_dir/checkpoint-N``; that directory's files are then moved
 (renamed, not copied) into a ckptd checkpoint ``step-N``, N = ``state.global_step``,
 committed with the last logged metrics (``loss``, ``eval_loss``, ...). A stop
-(SIGTERM, STOP, preemption) is that save followed by ``control.should_training_stop``.
+(SIGTERM, STOP, preemption) is that save followed by ``control.should_training_stop``;
+a stop without a checkpoint (``ckptd stop --no-checkpoint``) saves nothing.
 
 Retention: the saves made for ckptd leave ``output_dir`` and are kept by ckptd's
 rules (``keep_last``, ``keep_best``); ``save_total_limit`` governs only the Trainer's
@@ -53,8 +54,6 @@ class CkptdCallback(TrainerCallback):
         self.client = _shared_client(client)
         self.metrics: dict[str, float] = {}
         self._saving = False
-        resumed = self.client.restore()
-        self._saved_step = resumed.step if resumed else None
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -64,12 +63,8 @@ class CkptdCallback(TrainerCallback):
         if ck.should_checkpoint():
             control.should_save = True
             self._saving = True
-        elif ck.should_stop():
-            if state.global_step == self._saved_step:
-                control.should_training_stop = True
-            else:  # the stop came while this step ran: its work is saved first (see on_save)
-                control.should_save = True
-                self._saving = True
+        elif ck.should_stop():  # the final save (if one was wanted) is done: the client saw to it
+            control.should_training_stop = True
 
     def on_log(
         self,
@@ -91,7 +86,6 @@ class CkptdCallback(TrainerCallback):
         saved = Path(args.output_dir) / f"{_PREFIX}-{state.global_step}"
         with self.client.checkpoint(state.global_step, metrics=self.metrics) as directory:
             move_into(saved, directory)
-        self._saved_step = state.global_step
         if self.client.should_stop():
             control.should_training_stop = True
 

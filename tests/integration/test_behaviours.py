@@ -175,7 +175,7 @@ def test_tcp_publish_reaches_a_sub_socket(job: Job) -> None:
     """With [control] publish, a plain ZeroMQ SUB socket over TCP receives the job's events."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     config = job.base / "ckptd.toml"
-    config.write_text(f'[control]\npublish = "{endpoint}"\n')
+    config.write_text(f'[control]\npublish = "{endpoint}"\nallow_unauthenticated = true\n')
     job.start_fake(options=("--config", str(config)))
     job.wait_event("client.connected")
     context = zmq.Context()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +17,7 @@ import pytest
 
 from ckptd_client.control import ControlError, Controller, ControlTimeout
 
-from conftest import Job, read_jsonl, wait_for
+from conftest import Job, job_pids, plain_trainer, read_jsonl, wait_for
 
 
 def ckptd(job: Job, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -166,6 +168,41 @@ def test_stop_without_checkpoint_and_restart(job: Job) -> None:
     assert job.wait() == 0
     assert len(job.records("saved")) == saved
     assert not job.events("job.gave_up") and len(job.records("start")) == 2
+
+
+def test_stop_without_checkpoint_drops_a_pending_request(job: Job) -> None:
+    """A request the job has not acted on yet is not saved when stop --no-checkpoint follows it."""
+    job.start_fake("--step-time", "3")
+    job.wait_event("client.connected")
+    step = job.wait_record("step")["step"]  # the next check of the flags is 3 s away
+    with Controller(run_dir=job.run_dir) as control:
+        control.checkpoint()
+        result = control.stop(checkpoint=False, wait=True, timeout=60)
+    assert result["final_checkpoint"] is False
+    assert job.wait() == 0
+    assert [r["step"] for r in job.records("stop")] == [step + 1]
+    assert not job.records("saved") and not job.events("checkpoint.committed")
+    assert not [p for p in job.checkpoint_dir.iterdir() if p.name.startswith("step-")]
+
+
+def test_request_racing_the_job_s_own_end_is_not_running(job: Job, tmp_path: Path) -> None:
+    """A waited-for request still held when the job finishes on its own: not_running, exit 2."""
+    pids, signals = tmp_path / "pids.json", tmp_path / "signals.txt"
+    command = plain_trainer(pids, "--record-signals", str(signals), "--exit-on", "SIGUSR2")
+    job.start(command, "--restart", "never")
+    pid = job_pids(pids)["pid"]
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "ckptd", "checkpoint", "--wait", "--run-dir", str(job.run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job.wait_event("checkpoint.held")  # no client: the request waits for one
+    os.kill(pid, signal.SIGUSR2)  # the job ends by itself, exit 0
+    _, err = waiting.communicate(timeout=60)
+    assert job.wait() == 0
+    assert waiting.returncode == 2 and err.count("\n") == 1
+    assert "[not_running]" in err and "ckptd is exiting" in err
 
 
 def test_errors_are_one_line_with_exit_codes(job: Job, tmp_path: Path) -> None:

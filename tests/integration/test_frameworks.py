@@ -141,6 +141,23 @@ def test_framework_saves_on_request_resumes_after_kill_and_saves_on_sigterm(
     assert validity.get(second["step"]) is not True
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS, ids=str)
+def test_framework_saves_nothing_on_stop_without_checkpoint(job: Job, framework: Framework) -> None:
+    """stop --no-checkpoint: the callback saves nothing, the framework stops, ckptd exits 0."""
+    if importlib.util.find_spec(framework.module) is None:
+        pytest.skip(f"{framework.module} is not installed: pip install -e '.[{framework.extra}]'")
+    command = [sys.executable, str(EXAMPLES / framework.example), "--steps", "100000"]
+    job.start([*command, "--step-time", "0.03"], env=ENV)
+    wait_for(lambda: _said(job, "first step of this process"), "the first step", SLOW_START)
+    stopped = _ckptd("stop", "--no-checkpoint", "--wait", "--run-dir", str(job.run_dir))
+    assert stopped.returncode == 0, stopped.stderr
+    assert "final checkpoint: no" in stopped.stdout
+    assert job.wait(timeout=SLOW_START) == 0
+    assert _said(job, "stopped at"), f"the framework did not stop cleanly: {job.log_tail()}"
+    assert not job.events("checkpoint.committed")
+    assert not list(job.checkpoint_dir.glob("step-*"))
+
+
 @pytest.mark.parametrize("extra", ["transformers", "lightning", "keras"])
 def test_missing_framework_names_the_extra(extra: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Importing a callback module without its framework is a one-line error naming the extra."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import Job, alive, job_pids, plain_trainer, wait_for
 
@@ -38,13 +41,20 @@ def test_second_daemon_on_the_same_run_dir_is_refused(make_job: Callable[..., Jo
     assert first.wait() == 0
 
 
-def test_a_new_daemon_stops_the_orphaned_job_and_resumes(make_job: Callable[..., Job]) -> None:
+@pytest.mark.parametrize("deep", [False, True], ids=["run_dir", "deep_run_dir"])
+def test_a_new_daemon_stops_the_orphaned_job_and_resumes(
+    make_job: Callable[..., Job], deep: bool
+) -> None:
     """SIGKILL of ckptd leaves its job running; the next ckptd has it save and stop, then resumes.
 
     Never two trainers on one checkpoint directory: the new job starts only after the
     orphan is gone, and it resumes from the checkpoint the orphan saved on its way out.
+    With a deep run directory, the new daemon binds the job socket in the same private
+    socket directory, so the orphan's client reconnects and saves.
     """
     first = make_job()
+    if deep:
+        first.run_dir = first.base / ("d" * 60) / ("e" * 60) / "run"
     first.start_fake()
     orphan = first.wait_record("start")
     first.wait_record("step", count=10)
@@ -52,6 +62,7 @@ def test_a_new_daemon_stops_the_orphaned_job_and_resumes(make_job: Callable[...,
     first.process.wait()
     assert psutil.pid_exists(orphan["pid"])
     second = make_job("second")
+    second.run_dir = first.run_dir
     second.start_fake()
     adopted = second.wait_event("job.adopted")
     assert adopted["pid"] == orphan["pid"]
@@ -118,6 +129,58 @@ def test_deep_run_dir_gets_a_short_socket_path(job: Job) -> None:
     assert job.wait() == 0
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A fresh directory right under /tmp, short enough for sockets (pytest's paths are not)."""
+    path = Path(tempfile.mkdtemp(prefix="ckq", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _deep(job: Job) -> Path:
+    return job.base / ("d" * 60) / ("e" * 60) / "run"
+
+
+def test_a_squatted_socket_directory_cannot_block_a_deep_run_dir(job: Job, short_tmp: Path) -> None:
+    """Another user's ckptd-<uid> (0777) in the temp directory is ignored; sockets stay private."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to create the directory as another user (nobody)")
+    squatted = short_tmp / f"ckptd-{os.getuid()}"
+    squatted.mkdir()
+    squatted.chmod(0o777)
+    os.chown(squatted, 65534, 65534)
+    job.run_dir = _deep(job)
+    job.start_fake(env={"TMPDIR": str(short_tmp), "XDG_RUNTIME_DIR": ""})
+    job.wait_event("client.connected")
+    endpoints = json.loads((job.run_dir / "endpoints.json").read_text())
+    sockets = [Path(e.removeprefix("ipc://")) for e in endpoints.values() if e.startswith("ipc:")]
+    assert {s.parent for s in sockets} == {sockets[0].parent}
+    private = sockets[0].parent
+    assert private.parent == short_tmp and private != squatted
+    info = private.lstat()
+    assert stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+    assert stat.S_IMODE(info.st_mode) == 0o700
+    (job.run_dir / "CHECKPOINT").touch()
+    job.wait_event("checkpoint.committed")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    assert list(short_tmp.iterdir()) == [squatted]  # the private directory went with the daemon
+    assert list(squatted.iterdir()) == []
+
+
+def test_no_socket_directory_is_one_line(job: Job, tmp_path: Path) -> None:
+    """When no private socket directory can be made: one line naming where, exit 2, no job."""
+    not_a_directory = tmp_path / "runtime"
+    not_a_directory.write_text("")
+    job.run_dir = _deep(job)
+    job.start_fake(env={"XDG_RUNTIME_DIR": str(not_a_directory)})
+    assert job.wait() == 2
+    lines = job.stderr.read_text().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "socket directory" in lines[0] and str(not_a_directory) in lines[0]
+    assert not job.records("start")
+
+
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     """Unknown keys, wrong types and bad durations: exit 2 and one line that names the key."""
     cases = {
@@ -128,6 +191,12 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
         "[control]\nbind = 1": "[control].bind: expected a string",
         '[control]\nbind = "tcp://0.0.0.0:7561"': "[control].bind: refusing tcp://0.0.0.0:7561",
         '[control]\nbind = "localhost"': "[control].bind: expected tcp://HOST:PORT",
+        '[control]\npublish = "tcp://127.0.0.1:7561"': (
+            "[control].publish: tcp://127.0.0.1:7561 without CURVE is open to every local user"
+        ),
+        '[control]\nallow_unauthenticated = "yes"': (
+            "[control].allow_unauthenticated: expected true or false"
+        ),
         "[server]\nx = 1": "unknown table [server]",
     }
     for body, expected in cases.items():

@@ -54,15 +54,22 @@ def test_stop_during_a_save_waits_for_it_and_loses_nothing(job: Job) -> None:
 
 
 def test_second_sigterm_stops_now(job: Job) -> None:
-    """A second SIGTERM during a slow final save kills the job at once; exit is non-zero."""
+    """A second SIGTERM during a slow final save kills the job at once; exit is non-zero.
+
+    The save it interrupted leaves no ``.tmp-`` directory behind once ckptd has exited.
+    """
     job.start_fake("--save-time", "600", options=("--grace", "600s", "--kill-timeout", "1s"))
     job.wait_event("client.connected")
     job.signal(signal.SIGTERM)
     job.wait_event("checkpoint.started")
+    assert list(job.checkpoint_dir.glob(".tmp-step-*"))  # the save in progress
     job.signal(signal.SIGTERM)
     assert job.wait() == 1
     assert job.events("job.terminating")
     assert not job.records("saved")
+    assert not list(job.checkpoint_dir.glob(".tmp-*"))
+    removed = job.events("checkpoint.temporary_removed")
+    assert len(removed) == 1 and Path(removed[0]["path"]).name.startswith(".tmp-step-")
 
 
 def test_failed_final_save_exits_non_zero_and_keeps_previous_checkpoint(make_job) -> None:

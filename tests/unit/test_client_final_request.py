@@ -60,3 +60,22 @@ def test_reused_final_answer_stops_at_once_when_nothing_was_trained_since(tmp_pa
         assert ck.should_stop()
     finally:
         ck.close()
+
+
+def test_stop_without_checkpoint_saves_nothing_not_even_a_pending_request(tmp_path: Path) -> None:
+    """A final request with save=False: should_stop() at once, no pending request is saved."""
+    channel = _Channel()
+    ck = Client(channel, tmp_path / "ckpt", None, standalone=False)
+    try:
+        ck.step(5)
+        with ck.checkpoint(5) as directory:
+            (directory / "w.bin").write_bytes(b"5")
+        ck.step(6)
+        ck._on_request("periodic", "timer", None, final=False)
+        ck._on_request("stop", "control", None, final=True, save=False)
+        ck.step(7)
+        assert not ck.should_checkpoint(), "a stop without a checkpoint must save nothing"
+        assert ck.should_stop()
+        assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000005"]
+    finally:
+        ck.close()
