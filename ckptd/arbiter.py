@@ -198,14 +198,13 @@ class Arbiter:
                     if router in ready:
                         self.control.handle(router, self._dispatch)
                 self._drain_queue()
-                due = self._next_moment()
                 if not ready or (due is not None and due <= time.monotonic()):
                     # A child's exit wakes the loop as a request (SIGCHLD); looking here too
                     # is the only way to see an adopted process end, and a safety net.
                     self._guarded(self._check_child)
                     self._guarded(self._check_clocks)
-                    due = self._next_moment()
                 self._guarded(self._tell_systemd)
+                due = self._next_moment()  # one made due by this turn: the next turn, at once
         finally:
             self._shutdown()
         return self.exit_code
@@ -921,7 +920,7 @@ def _reported_stall(value: Any) -> float | None:
 def _sleep_ms(due: float | None) -> int:
     """Poll timeout until ``due`` (ms, rounded up so the moment has passed on waking)."""
     wait = _MAX_SLEEP if due is None else min(_MAX_SLEEP, due - time.monotonic())
-    return max(0, int(wait * 1000) + 1)
+    return 0 if wait <= 0 else int(wait * 1000) + 1
 
 
 def _drain_fd(fd: int) -> None:
