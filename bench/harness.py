@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 # A trainer that records, with wall-clock times, when it started, when it first saw each
-# request, and when its saves committed. Arguments: RECORD [crash] [save-seconds].
+# request, when its saves committed, and its first step after each. Arguments: RECORD
+# [crash] [save-seconds].
 TRAINER = r"""
 import json, os, sys, time
 import ckptd_client
@@ -27,11 +28,14 @@ if len(sys.argv) > 2 and sys.argv[2] == "crash":
     sys.exit(1)
 save_seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 ck = ckptd_client.connect()
-step = 0
+step, saved = 0, False
 while True:
     time.sleep(0.0005)
     step += 1
     ck.step(step)
+    if saved:
+        note("moved", step=step)  # past the commit: a request now is not answered by it
+        saved = False
     if ck.should_checkpoint():
         seen = time.time()
         with ck.checkpoint(step) as d:
@@ -39,6 +43,7 @@ while True:
             if save_seconds:
                 time.sleep(save_seconds)
         note("flag", seen=seen, committed=time.time(), step=step)
+        saved = True
     if ck.should_stop():
         note("stop", step=step)
         break
@@ -46,9 +51,54 @@ ck.close()
 """
 
 
+@dataclass(frozen=True)
+class Spread:
+    """The ratios of interleaved pairs: each is one ckptd run over the floor run beside it.
+
+    A VM's speed swings within seconds, so one ratio of two medians can say anything; the
+    median of the pairs' ratios, the best one and their range show what the code reaches
+    and how much of the difference is the machine.
+    """
+
+    ratios: tuple[float, ...]
+    higher_is_better: bool = True
+
+    @classmethod
+    def times(cls, ours: list[float], floor: list[float]) -> Spread:
+        """Durations of the same work: ``floor[i] / ours[i]``, higher is better."""
+        return cls(tuple(f / o for o, f in zip(ours, floor, strict=True) if o > 0), True)
+
+    @classmethod
+    def rates(cls, ours: list[float], floor: list[float]) -> Spread:
+        """Rates (steps/s): ``ours[i] / floor[i]``, higher is better."""
+        return cls(tuple(o / f for o, f in zip(ours, floor, strict=True) if f > 0), True)
+
+    @classmethod
+    def costs(cls, ours: list[float], floor: list[float]) -> Spread:
+        """A latency or a stall next to its floor: ``ours[i] / floor[i]``, lower is better."""
+        return cls(tuple(o / f for o, f in zip(ours, floor, strict=True) if f > 0), False)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def best(self) -> float:
+        return max(self.ratios) if self.higher_is_better else min(self.ratios)
+
+    def text(self) -> str:
+        return (
+            f"{self.median:.2f} (best {self.best:.2f}, range {min(self.ratios):.2f}-"
+            f"{max(self.ratios):.2f}, {len(self.ratios)} pairs)"
+        )
+
+
 @dataclass
 class Row:
-    """One line of the results table: ckptd's figure next to its floor or peer."""
+    """One line of the results table: ckptd's figure next to its floor or peer.
+
+    ``ratio`` is the median of ``spread`` when the row has interleaved pairs.
+    """
 
     figure: str
     ckptd: str
@@ -58,6 +108,7 @@ class Row:
     met: bool | None
     note: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    spread: Spread | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

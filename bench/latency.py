@@ -20,6 +20,7 @@ from ckptd_client.control import Controller
 
 from .harness import (
     Row,
+    Spread,
     Tail,
     median,
     ms,
@@ -32,73 +33,85 @@ from .harness import (
     wait_connected,
 )
 
+Rounds = list[list[float]]  # samples of each round
 
-def request_rows(base: Path, requests: int) -> list[Row]:
-    """Rows for touch / ZeroMQ / SIGUSR1 requests, each next to its raw mechanism."""
+
+def request_rows(base: Path, requests: int, rounds: int = 5) -> list[Row]:
+    """Rows for touch / ZeroMQ / SIGUSR1 requests, each next to its raw mechanism.
+
+    ``requests`` of each kind in ``rounds`` rounds; each round's floors are measured right
+    after it, while the daemon and its job still run, so each round gives one ratio.
+    """
     record = base / "record.jsonl"
     daemon = start_ckptd(base, trainer_command(base), "--keep-last", "2")
-    samples: dict[str, list[float]] = {"file": [], "zmq": [], "usr1": []}
-    status: list[float] = []
+    kinds = ("file", "usr1", "zmq", "status", "inotify", "zmq_rtt", "signal")
+    samples: dict[str, Rounds] = {kind: [] for kind in kinds}
+    per_round = max(1, requests // rounds)
     try:
         wait_connected(base)
         trigger = base / "run" / "CHECKPOINT"
         tail = Tail(record)
         with Controller(run_dir=base / "run") as control:
-            for index in range(requests * 3):
-                kind = ("file", "usr1", "zmq")[index % 3]
-                seen = tail.count("flag")
-                began = time.time()
-                if kind == "file":
-                    trigger.touch()
-                elif kind == "usr1":
-                    os.kill(daemon.pid, signal.SIGUSR1)
-                else:
-                    control.checkpoint()
-                wait(lambda seen=seen: tail.count("flag") > seen, interval=0.0002)
-                samples[kind].append(tail.last("flag")["seen"] - began)
-                # The next request must not join this one: wait until ckptd has its ack.
-                wait(
-                    lambda: (
-                        control.status()["checkpoint_in_flight"] is None and not trigger.exists()
+            for _ in range(rounds):
+                for kind in kinds:
+                    samples[kind].append([])
+                for index in range(per_round * 3):
+                    kind = ("file", "usr1", "zmq")[index % 3]
+                    seen = tail.count("flag")
+                    began = time.time()
+                    if kind == "file":
+                        trigger.touch()
+                    elif kind == "usr1":
+                        os.kill(daemon.pid, signal.SIGUSR1)
+                    else:
+                        control.checkpoint()
+                    wait(lambda seen=seen: tail.count("flag") > seen, interval=0.0002)
+                    samples[kind][-1].append(tail.last("flag")["seen"] - began)
+                    # The next request must not join this one: wait until ckptd has its ack.
+                    wait(
+                        lambda: (
+                            control.status()["checkpoint_in_flight"] is None
+                            and not trigger.exists()
+                        )
                     )
-                )
-                # ... and until the trainer has moved past that commit: a request arriving before
-                # its next step is answered by that checkpoint, and the trainer never sees it.
-                saved = tail.last("flag")["step"]
-                wait(lambda saved=saved: (control.status()["step"] or 0) > saved)
-            for _ in range(requests):
-                began = time.perf_counter()
-                control.status()
-                status.append(time.perf_counter() - began)
+                    # ... and until the trainer has stepped past that commit: a request arriving
+                    # before its next step is answered by that checkpoint, unseen by the trainer.
+                    wait(lambda seen=seen: tail.count("moved") > seen, interval=0.0002)
+                for _ in range(per_round):
+                    began = time.perf_counter()
+                    control.status()
+                    samples["status"][-1].append(time.perf_counter() - began)
+                samples["inotify"][-1] += raw_inotify(per_round)
+                samples["zmq_rtt"][-1] += raw_zmq(per_round)
+                samples["signal"][-1] += raw_signal(per_round)
     finally:
         stop(daemon)
-    inotify, zmq_rtt, signals = raw_inotify(requests), raw_zmq(requests), raw_signal(requests)
     return [
         _vs(
             "touch CHECKPOINT -> flag set",
             samples["file"],
-            inotify,
+            samples["inotify"],
             "inotify event (watchdog)",
             goal_ms=20.0,
         ),
         _vs(
             "ckptd checkpoint (ZeroMQ) -> flag set",
             samples["zmq"],
-            zmq_rtt,
+            samples["zmq_rtt"],
             "ZeroMQ ipc round trip",
             goal_ms=5.0,
         ),
         _vs(
             "status round trip over the control socket",
-            status,
-            zmq_rtt,
+            samples["status"],
+            samples["zmq_rtt"],
             "ZeroMQ ipc round trip",
             goal_ms=5.0,
         ),
         _vs(
             "SIGUSR1 -> flag set",
             samples["usr1"],
-            signals,
+            samples["signal"],
             "signal to a Python process",
             goal_ms=5.0,
         ),
@@ -107,8 +120,9 @@ def request_rows(base: Path, requests: int) -> list[Row]:
 
 def sigterm_rows(base: Path, runs: int, save_seconds: float = 0.2) -> list[Row]:
     """SIGTERM -> flag set, and SIGTERM -> final checkpoint committed minus the save itself."""
-    flag, overhead = [], []
+    flag, overhead, signals = [], [], []
     for run in range(runs):
+        signals.append(raw_signal(3))  # each run next to its own floor
         where = base / f"run{run}"
         where.mkdir()
         daemon = start_ckptd(where, trainer_command(where, "no-crash", str(save_seconds)))
@@ -120,9 +134,8 @@ def sigterm_rows(base: Path, runs: int, save_seconds: float = 0.2) -> list[Row]:
         finally:
             stop(daemon)
         final = records(where / "record.jsonl", "flag")[-1]
-        flag.append(final["seen"] - began)
+        flag.append([final["seen"] - began])
         overhead.append(final["committed"] - began - save_seconds)
-    signals = raw_signal(max(runs, 20))
     return [
         _vs("SIGTERM -> flag set", flag, signals, "signal to a Python process", goal_ms=5.0),
         Row(
@@ -138,17 +151,20 @@ def sigterm_rows(base: Path, runs: int, save_seconds: float = 0.2) -> list[Row]:
     ]
 
 
-def _vs(figure: str, ours: list[float], floor: list[float], what: str, goal_ms: float) -> Row:
-    ratio = median(ours) / median(floor) if median(floor) > 0 else None
+def _vs(figure: str, ours: Rounds, floor: Rounds, what: str, goal_ms: float) -> Row:
+    """Percentiles over every sample; one ratio of medians per round (the spread)."""
+    spread = Spread.costs([median(r) for r in ours], [median(r) for r in floor])
+    pooled, pooled_floor = [s for r in ours for s in r], [s for r in floor for s in r]
     return Row(
         figure,
-        ms(ours),
-        f"{what}: {ms(floor)}",
-        ratio,
+        ms(pooled),
+        f"{what}: {ms(pooled_floor)}",
+        spread.median if spread.ratios else None,
         f"p99 < {goal_ms:g} ms",
-        percentile(ours, 0.99) * 1e3 < goal_ms,
-        note="ratio = p50 / floor p50",
+        percentile(pooled, 0.99) * 1e3 < goal_ms,
+        note=f"ratio = p50 / floor p50, per round ({len(ours)} rounds)",
         data={"ckptd": ours, "floor": floor},
+        spread=spread,
     )
 
 

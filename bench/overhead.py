@@ -12,7 +12,18 @@ from pathlib import Path
 
 import psutil
 
-from .harness import Row, median, start_ckptd, stop, trainer_command, wait, wait_connected
+from ckptd_client.control import Controller
+
+from .harness import (
+    Row,
+    Spread,
+    median,
+    start_ckptd,
+    stop,
+    trainer_command,
+    wait,
+    wait_connected,
+)
 
 THROUGHPUT = r"""
 import json, sys, time
@@ -43,28 +54,51 @@ open(out, "w").write(json.dumps(result))
 
 
 def cpu_row(base: Path, seconds: float) -> Row:
-    """The daemon's CPU time over ``seconds`` of training with a checkpoint every 5 s."""
+    """The daemon's CPU time and its loop's wake-ups over ``seconds`` of training with a
+    checkpoint every 5 s; the CPU of each of its threads, to say what costs."""
     daemon = start_ckptd(base, trainer_command(base), "--every", "5s", "--keep-last", "2")
     try:
         wait_connected(base)
         process = psutil.Process(daemon.pid)
-        before, began = process.cpu_times(), time.monotonic()
-        time.sleep(seconds)
-        after, elapsed = process.cpu_times(), time.monotonic() - began
+        with Controller(run_dir=base / "run") as control:
+            turns = control.status()["wakeups"]
+            before, threads, began = process.cpu_times(), _thread_cpu(daemon.pid), time.monotonic()
+            time.sleep(seconds)
+            after, elapsed = process.cpu_times(), time.monotonic() - began
+            threads = {
+                tid: cpu - threads.get(tid, 0.0) for tid, cpu in _thread_cpu(daemon.pid).items()
+            }
+            turns = control.status()["wakeups"] - turns
     finally:
         stop(daemon)
     used = (after.user + after.system) - (before.user + before.system)
-    share = used / elapsed
+    share, main = used / elapsed, threads.get(daemon.pid, 0.0) / elapsed
     return Row(
         "daemon CPU while training",
-        f"{share * 100:.2f}% of a core ({used * 60 / elapsed:.2f} s per minute)",
+        f"{share * 100:.2f}% of a core ({used * 60 / elapsed:.2f} s per minute), "
+        f"{turns / elapsed:.1f} wake-ups/s",
         "-",
         None,
         "< 1% of one core",
         share < 0.01,
-        note=f"{elapsed:.0f} s of training, a checkpoint every 5 s",
-        data={"cpu_seconds": used, "elapsed": elapsed},
+        note=f"{elapsed:.0f} s of training, a checkpoint every 5 s; the loop's thread "
+        f"{main * 100:.2f}%, the {len(threads) - 1} others {(share - main) * 100:.2f}%",
+        data={"cpu_seconds": used, "elapsed": elapsed, "wakeups": turns, "threads": threads},
     )
+
+
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` (/proc/<pid>/task/<tid>/stat: utime + stime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
 
 
 def throughput_row(base: Path, seconds: float, pairs: int) -> Row:
@@ -114,20 +148,17 @@ def throughput_row(base: Path, seconds: float, pairs: int) -> Row:
             process.wait(timeout=120)
         ratio = _rate(other_out) / _rate(bare_out)
         (control if index % 3 == 2 else ratios).append(ratio)
-    value = median(ratios)
-    spread = f"{min(control):.2f}-{max(control):.2f}" if control else "-"
+    pairs, floor = Spread(tuple(ratios)), Spread(tuple(control)) if control else None
     return Row(
         "training steps/s under ckptd vs bare (side by side)",
-        f"ratio {value:.3f}",
-        f"bare vs bare (noise floor): median {median(control):.3f}, range {spread}"
-        if control
-        else "-",
-        value,
+        f"ratio {pairs.median:.3f}",
+        f"bare vs bare (noise floor): {floor.text()}" if floor else "-",
+        pairs.median,
         "ratio >= 0.99",
-        value >= 0.99,
-        note=f"median of {len(ratios)} pairs of {seconds:g} s, cores swapped each pair, "
-        "~25 us Python steps",
+        pairs.median >= 0.99,
+        note=f"{len(ratios)} pairs of {seconds:g} s, cores swapped each pair, ~25 us Python steps",
         data={"ratios": ratios, "control": control},
+        spread=pairs,
     )
 
 
@@ -145,39 +176,45 @@ def _rate(path: Path) -> float:
     return float(wait(lambda: path.exists() and json.loads(path.read_text()))["steps_per_s"])
 
 
-def hot_path_row(calls: int = 2_000_000) -> Row:
-    """What the client costs per training step: ck.step() + ck.should_checkpoint()."""
+def hot_path_row(calls: int = 2_000_000, rounds: int = 5) -> Row:
+    """What the client costs per training step: ck.step() + ck.should_checkpoint(), in
+    ``rounds`` rounds each next to the floor (an attribute write and read)."""
     import ckptd_client
 
     os.environ.pop("CKPTD_ENDPOINT", None)
     ck = ckptd_client.connect(checkpoint_dir=Path(os.devnull).parent / "nonexistent-ckptd")
-    try:
-        began = time.perf_counter()
-        for step in range(calls):
-            ck.step(step)
-            ck.should_checkpoint()
-        ours = (time.perf_counter() - began) / calls
-    finally:
-        ck.close()
 
     class Plain:
         flag = False
 
     plain = Plain()
-    began = time.perf_counter()
-    for step in range(calls):
-        plain.flag = step > -1
-        _ = plain.flag
-    floor = (time.perf_counter() - began) / calls
+    ours, floor = [], []
+    per_round = max(1, calls // rounds)
+    try:
+        for _ in range(rounds):
+            began = time.perf_counter()
+            for step in range(per_round):
+                ck.step(step)
+                ck.should_checkpoint()
+            ours.append((time.perf_counter() - began) / per_round)
+            began = time.perf_counter()
+            for step in range(per_round):
+                plain.flag = step > -1
+                _ = plain.flag
+            floor.append((time.perf_counter() - began) / per_round)
+    finally:
+        ck.close()
+    spread = Spread.costs(ours, floor)
     return Row(
         "client cost per step: step() + should_checkpoint()",
-        f"{ours * 1e9:.0f} ns",
-        f"an attribute write + read: {floor * 1e9:.0f} ns",
-        ours / floor,
+        f"{median(ours) * 1e9:.0f} ns",
+        f"an attribute write + read: {median(floor) * 1e9:.0f} ns",
+        spread.median,
         "no syscall, no lock",
         None,
         note="two method calls; < 1% of any step longer than 20 us",
         data={"ckptd_s": ours, "floor_s": floor},
+        spread=spread,
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from ckptd_client import manifest
 
-from .harness import Row, median
+from .harness import Row, Spread, median
 from .report import table
 
 _FILES = 8
@@ -167,7 +167,11 @@ def training_during_upload_row(base: Path, total: int, seconds: float, periods: 
         return [r for at, r in windows if any(a <= at and at + _WINDOW <= b for a, b in spans)]
 
     before, during = inside(quiet), inside(busy)
-    ratio = median(during) / median(before) if before and during else None
+    pairs = [(inside([b]), inside([q])) for b, q in zip(busy, quiet, strict=True)]
+    spread = Spread.rates(
+        [median(b) for b, q in pairs if b and q], [median(q) for b, q in pairs if b and q]
+    )
+    ratio = spread.median if spread.ratios else None
     return Row(
         "training steps/s while an upload runs",
         f"{median(during):.0f} steps/s ({uploads.count} uploads of {total >> 20} MiB)"
@@ -177,8 +181,10 @@ def training_during_upload_row(base: Path, total: int, seconds: float, periods: 
         ratio,
         "ratio >= 0.98",
         None if ratio is None else ratio >= 0.98,
-        note="one CPU-bound training process; periods with and without uploads alternate",
+        note="one CPU-bound training process; periods with and without uploads alternate; "
+        "ratio per pair of periods",
         data={"before": before, "during": during},
+        spread=spread,
     )
 
 
@@ -259,8 +265,8 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
         for side in ("raw", "ours"):
             remove(side)
     gib = total / (1 << 30)
-    up_ratio = median(up_raw) / median(up_ours)
-    down_ratio = median(down_raw) / median(down_ours)
+    up, down = Spread.times(up_ours, up_raw), Spread.times(down_ours, down_raw)
+    up_ratio, down_ratio = up.median, down.median
     return [
         Row(
             f"upload of a {gib:.2g} GiB checkpoint ({_FILES} files) to S3 (moto, loopback)",
@@ -272,6 +278,7 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
             note="ckptd: manifest last, parallel files and multipart parts, bounded attempt; "
             "ratio = raw time / ckptd time",
             data={"raw": up_raw, "ckptd": up_ours},
+            spread=up,
         ),
         Row(
             f"resume from S3: download + full verification of {gib:.2g} GiB",
@@ -283,6 +290,7 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
             note="ckptd also fsyncs, hashes every file and renames into place; "
             "ratio = raw time / ckptd time",
             data={"raw": down_raw, "ckptd": down_ours},
+            spread=down,
         ),
         training,
     ]

@@ -61,7 +61,9 @@ if TYPE_CHECKING:
     from .uploader import Outcome
 
 
-_MAX_SLEEP = 1.0
+# The loop sleeps until the next moment it must act at (_next_moment) or until woken; this
+# cap is only a safety net, so that nothing waits on a moment that was never counted.
+_MAX_SLEEP = 60.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
 _TRAINING_AT = frozenset({"hello", "step", "started"})  # messages whose step is training's
 _MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
@@ -128,6 +130,8 @@ class Arbiter:
         self.resumed_from: Checkpoint | None = None
         self.newest_verified: Path | None = None
         self.started = self.launched = time.monotonic()
+        self.wakeups = 0  # turns of the loop (``ckptd status``: is the daemon idle when idle?)
+        self._child_checked = self.started
         self.exit_code = exit_codes.OK
         self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
@@ -182,8 +186,10 @@ class Arbiter:
                     self._adopt(trainer)
                 else:
                     self._launch()
+            due = self._next_moment()
             while self.state is not JobState.EXITED:
-                ready = dict(poller.poll(self._sleep_ms()))
+                ready = dict(poller.poll(_sleep_ms(due)))
+                self.wakeups += 1
                 if self._wake_r in ready:
                     _drain_fd(self._wake_r)
                 if self.channel.socket in ready:
@@ -193,8 +199,13 @@ class Arbiter:
                     if router in ready:
                         self.control.handle(router, self._dispatch)
                 self._drain_queue()
-                self._guarded(self._check_child)
-                self._guarded(self._check_clocks)
+                if not ready or (due is not None and due <= time.monotonic()):
+                    # A child's exit wakes the loop as a request (SIGCHLD); looking here too
+                    # is the only way to see an adopted process end, and a safety net.
+                    self._guarded(self._check_child)
+                    self._guarded(self._check_clocks)
+                self._guarded(self._tell_systemd)
+                due = self._next_moment()  # one made due by this turn: the next turn, at once
         finally:
             self._shutdown()
         return self.exit_code
@@ -206,21 +217,28 @@ class Arbiter:
         except Exception:
             log.get_logger().exception("arbiter.handler_failed", handler=handler.__name__)
 
-    def _sleep_ms(self) -> int:
-        now = time.monotonic()
-        moments = [now + _MAX_SLEEP, self.timer.next_due(), self.notifier.next_ping()]
+    def _next_moment(self) -> float | None:
+        """The soonest moment ``_check_clocks`` (or the notifier) has something to do at,
+        unless a message, a request or a signal comes first; None when nothing is pending.
+
+        Each moment is counted only in the state where ``_check_clocks`` acts on it, so a
+        moment that has passed is always consumed and never keeps the loop spinning.
+        """
+        moments = [self.notifier.next_moment(stopping=self.stop is not None)]
         if self.state is JobState.BACKOFF:
             moments.append(self.backoff_until)
-        if self.trainer is not None and self.trainer.adopted:
-            moments.append(now + _ADOPT_POLL)
-        if self.stop is not None:
-            moments.append(self.stop.next_moment())
-        elif self.preemption is not None:
-            moments.append(self.preemption.final_at(self._save_seconds()))
-        if self._hang_watched():
-            moments.append(self.health.deadline())
-        soonest = min(m for m in moments if m is not None)
-        return max(0, int((soonest - now) * 1000) + 1)
+        if self._job_alive():
+            assert self.trainer is not None
+            if self.trainer.adopted:
+                moments.append(self._child_checked + _ADOPT_POLL)
+            if self.stop is not None:
+                moments.append(self.stop.next_moment())
+            else:
+                if self.preemption is not None:
+                    moments.append(self.preemption.final_at(self._save_seconds()))
+                moments += [self.health.deadline(), self.timer.next_due()]
+        present = [m for m in moments if m is not None]
+        return min(present) if present else None
 
     def _drain_queue(self) -> None:
         while True:
@@ -297,6 +315,8 @@ class Arbiter:
             self._on_preemption(request)
         elif action is Action.REQUEUE:
             self._begin_stop(request, Intent.STOP, requeue=True)
+        elif action is Action.WAKE:  # SIGCHLD: the job (or an orphan it left) changed state
+            self._check_child()
 
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
@@ -627,6 +647,7 @@ class Arbiter:
         self._begin_stop(request, Intent.RESTART, signal_delay=_CLIENT_WINDOW)
 
     def _check_child(self) -> None:
+        self._child_checked = time.monotonic()
         trainer = self.trainer
         if trainer is None or self.exit_status is not None:
             return
@@ -755,15 +776,8 @@ class Arbiter:
     # -- clocks --------------------------------------------------------------------------
 
     def _check_clocks(self) -> None:
+        """Act on what ``_next_moment`` said was due (each call consumes at least one)."""
         now = time.monotonic()
-        directory = self.config.checkpoint_dir
-        self.notifier.report(
-            now,
-            self._status_line(),
-            self.stop.deadline if self.stop is not None else None,
-            lambda: bytes_in_progress(directory),
-            self.config.kill_timeout + 5.0,
-        )
         if self.state is JobState.BACKOFF:
             if self.backoff_until is not None and now >= self.backoff_until:
                 self._launch()
@@ -777,14 +791,30 @@ class Arbiter:
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
         elif (overdue := self.health.overdue(now)) is not None:
             self._on_hang(overdue)
-        elif (slow := self.health.slow(now)) is not None:
+        elif self.timer.is_due(now):
+            self.timer.reset(now)
+            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
+
+    def _check_slow(self, now: float) -> None:
+        """On a new step: has the job been straggling for long enough to say so?"""
+        if self._hang_watched() and (slow := self.health.slow(now)) is not None:
             typical, seconds = slow
             self.events.emit(
                 "job.slow", level="warning", typical=round(typical, 3), seconds=round(seconds, 1)
             )
-        elif self.timer.is_due(now):
-            self.timer.reset(now)
-            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
+
+    def _tell_systemd(self) -> None:
+        """The watchdog ping, STATUS= when it changed, EXTEND_TIMEOUT_USEC= during a stop."""
+        if not self.notifier.enabled:
+            return
+        directory = self.config.checkpoint_dir
+        self.notifier.report(
+            time.monotonic(),
+            self._status_line(),
+            self.stop.deadline if self.stop is not None else None,
+            lambda: bytes_in_progress(directory),
+            self.config.kill_timeout + 5.0,
+        )
 
     def _status_line(self) -> str:
         last = self.desk.last_commit
@@ -797,7 +827,8 @@ class Arbiter:
         kind = message["type"]
         step = message.get("step")
         now = time.monotonic()
-        self.progress.reported(step, now, training_at=kind in _TRAINING_AT)
+        if self.progress.reported(step, now, training_at=kind in _TRAINING_AT):
+            self._check_slow(now)
         if not peer.known and kind != "bye":
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
@@ -894,6 +925,12 @@ def _reported_stall(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if 0 <= value <= _MAX_STALL else None
+
+
+def _sleep_ms(due: float | None) -> int:
+    """Poll timeout until ``due`` (ms, rounded up so the moment has passed on waking)."""
+    wait = _MAX_SLEEP if due is None else min(_MAX_SLEEP, due - time.monotonic())
+    return 0 if wait <= 0 else int(wait * 1000) + 1
 
 
 def _drain_fd(fd: int) -> None:

@@ -27,6 +27,8 @@ from .trainer import Trainer
 _DUMP_WAIT = 1.0  # per process, at most, for faulthandler to finish writing
 _DUMP_QUIET = 0.1  # the file has not grown for this long: that process is done
 _LOG_BYTES = 64 * 1024
+_REPORTS_PER_TIMEOUT = 5  # step reports within the shortest hang timeout that may apply
+_REPORT_EVERY_MAX = 1.0  # `ckptd status` and the metrics show a step at most this old
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,19 @@ class HangWatch:
             self.budget.save(self.run_dir)
         except OSError:
             pass  # a full run directory: learned again next run
+
+
+def report_interval(config: JobConfig) -> float:
+    """Seconds between the client's step reports (``CKPTD_REPORT_EVERY``): each wakes the
+    daemon, so as few as the hang watch needs (five within its shortest timeout), and at
+    least one a second for ``ckptd status``."""
+    if isinstance(config.hang_timeout, float):
+        shortest: float | None = config.hang_timeout
+    else:
+        shortest = config.hang_min if config.hang_timeout == "auto" else None
+    if shortest is None:
+        return _REPORT_EVERY_MAX
+    return min(_REPORT_EVERY_MAX, shortest / _REPORTS_PER_TIMEOUT)
 
 
 def stacks_file(run_dir: Path, attempt: int) -> Path:

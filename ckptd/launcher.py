@@ -24,7 +24,7 @@ from ckptd_client.store import Checkpoint, newest_valid
 
 from . import retention
 from .config import JobConfig
-from .health import stacks_file
+from .health import report_interval, stacks_file
 from .run_dir import Orphan, RunDir, RunDirError
 from .trainer import Trainer
 
@@ -124,6 +124,7 @@ class Launcher:
             protocol.ENV_RUN_DIR: str(self.run_dir.path),
             protocol.ENV_JOB: self.config.name,
             protocol.ENV_CHECKPOINT_MODE: self.config.checkpoint_mode or "",
+            protocol.ENV_REPORT_EVERY: f"{report_interval(self.config):g}",
             ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }
 

@@ -60,17 +60,17 @@ class Progress:
         if self.metrics is not None:
             self.metrics.job_exited()
 
-    def reported(self, step: Any, now: float, training_at: bool = True) -> None:
-        """Any message of a client: it is alive; a new ``step`` is progress.
+    def reported(self, step: Any, now: float, training_at: bool = True) -> bool:
+        """Any message of a client: it is alive; a new ``step`` is progress (returns True).
 
         ``training_at`` False: the message names a checkpoint's step (a commit), which
         only tells where training is when it is ahead of what was reported.
         """
         self.health.reported(now)
         if not isinstance(step, int) or step == self.step:
-            return
+            return False
         if not training_at and self.step is not None and step < self.step:
-            return
+            return False
         self.set_step(step)
         self.health.stepped(now)
         if self.metrics is not None:
@@ -78,6 +78,7 @@ class Progress:
         if now - self._noted >= _PROGRESS_EVERY:
             self._noted = now
             self.events.emit("job.progress", level="debug")
+        return True
 
     def save_started(self, now: float, stall: float | None = None) -> None:
         """A save began; ``stall``: what a background save's snapshot held training up."""

@@ -60,6 +60,7 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
         "next_checkpoint_in": None if due is None else round(max(0.0, due - now), 3),
         "checkpoint_in_flight": arbiter.desk.outstanding.id if arbiter.desk.outstanding else None,
         "uptime": round(now - arbiter.started, 3),
+        "wakeups": arbiter.wakeups,
         "preemption": None
         if arbiter.preemption is None
         else {

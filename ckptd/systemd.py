@@ -32,6 +32,7 @@ class Notifier:
         self._ready = False
         self._status = ""
         self._status_sent = 0.0
+        self._status_held: str | None = None  # a change not sent yet (at most one a second)
         self._save_bytes = 0
         self._save_checked = 0.0
 
@@ -46,11 +47,17 @@ class Notifier:
             self._status, self._status_sent = status, time.monotonic()
 
     def status(self, text: str) -> None:
-        """Update STATUS=, at most once a second and only when it changed."""
+        """Update STATUS=, at most once a second and only when it changed (a change held
+        back is due at :meth:`next_moment`)."""
         now = time.monotonic()
-        if text != self._status and now - self._status_sent >= _STATUS_EVERY:
+        self._status_held = None
+        if text == self._status:
+            return
+        if now - self._status_sent >= _STATUS_EVERY:
             self._status, self._status_sent = text, now
             self._send(f"STATUS={text}")
+        else:
+            self._status_held = text
 
     def stopping(self, status: str) -> None:
         self._status, self._status_sent = status, time.monotonic()
@@ -59,8 +66,18 @@ class Notifier:
     def extend_timeout(self, seconds: float) -> None:
         self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
-    def next_ping(self) -> float | None:
-        return self._next_ping
+    def next_moment(self, stopping: bool) -> float | None:
+        """When :meth:`report` has something to send unless the loop calls it sooner: the
+        watchdog ping, a held-back STATUS=, the next look at a final save (``stopping``)."""
+        if self._socket is None:
+            return None
+        moments = [self._next_ping]
+        if stopping:
+            moments.append(self._save_checked + _SAVE_CHECK_EVERY)
+        elif self._status_held is not None:
+            moments.append(self._status_sent + _STATUS_EVERY)
+        present = [m for m in moments if m is not None]
+        return min(present) if present else None
 
     def ping_if_due(self, now: float) -> None:
         """WATCHDOG=1 when half the watchdog interval has passed; call from the loop only."""
@@ -72,7 +89,7 @@ class Notifier:
         self, now: float, status: str, stop_deadline: float | None, written: Callable[[], int],
         beyond: float,
     ) -> None:  # fmt: skip
-        """Once per loop turn: the watchdog ping, and STATUS= or, while a final save visibly
+        """Each loop turn: the watchdog ping, and STATUS= or, while a final save visibly
         writes (``written()`` bytes grow), EXTEND_TIMEOUT_USEC= up to ``stop_deadline + beyond``."""
         self.ping_if_due(now)
         if stop_deadline is None:

@@ -12,7 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -22,6 +29,11 @@ from ..run_dir import CHECKPOINT_FILE, STOP_FILE
 from . import Post
 
 _ACTIONS = {CHECKPOINT_FILE: Action.CHECKPOINT, STOP_FILE: Action.STOP}
+# Only names appearing matter: with this filter inotify does not even report the writes to
+# events.jsonl next to them, each of which would wake the observer's threads.
+_APPEARING: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent,
+]  # fmt: skip
 
 
 class _Handler(FileSystemEventHandler):
@@ -66,7 +78,9 @@ class SignalFiles:
         if self.watch == "inotify":
             observer = Observer()
             try:
-                observer.schedule(handler, str(self.directory), recursive=False)
+                observer.schedule(
+                    handler, str(self.directory), recursive=False, event_filter=_APPEARING
+                )
                 observer.start()
                 return observer
             except OSError as exc:  # e.g. the inotify watch limit is reached
@@ -74,6 +88,6 @@ class SignalFiles:
                     "signal_files.inotify_unavailable", error=str(exc), fallback="poll"
                 )
         observer = PollingObserver(timeout=self.poll_interval)
-        observer.schedule(handler, str(self.directory), recursive=False)
+        observer.schedule(handler, str(self.directory), recursive=False, event_filter=_APPEARING)
         observer.start()
         return observer

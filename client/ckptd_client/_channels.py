@@ -6,6 +6,7 @@ Each channel runs one daemon thread that turns what it sees into calls of
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import select
@@ -13,6 +14,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,8 @@ from ._group import Group, Outcome
 if TYPE_CHECKING:
     from ._client import Client
 
-HEARTBEAT_INTERVAL = 0.1
+HEARTBEAT_INTERVAL = 0.1  # between step reports, unless the daemon says (CKPTD_REPORT_EVERY)
+_REPORT_EVERY_MAX = 60.0
 JOIN_TIMEOUT = 5.0  # close() waits this long for the channel thread, then leaves it to end alone
 _POLL_MS = 200
 _NODES_POLL_MS = 50  # ranks of several nodes look for each other's requests in the store
@@ -88,6 +91,7 @@ class DaemonChannel:
         self.endpoint = endpoint
         self.rank = rank
         self.group = Group.from_env(os.environ)  # ranks under torchrun agree on their steps
+        self.report_every = report_every(os.environ)
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -138,11 +142,15 @@ class DaemonChannel:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake.read_fd, zmq.POLLIN)
-        sent_step, sent_at = client._step, 0.0
-        poll_ms = _NODES_POLL_MS if self.group and self.group.nodes else _POLL_MS
+        # The hello carried the step; the first new one is reported at once, later ones at
+        # most every report_every: each report wakes the daemon.
+        sent_step, sent_at = client._step, -math.inf
+        nodes = bool(self.group and self.group.nodes)
+        poll_ms = _NODES_POLL_MS if nodes else _POLL_MS
+        wait_ms = poll_ms
         try:
             while True:
-                ready = dict(poller.poll(poll_ms))
+                ready = dict(poller.poll(wait_ms))
                 if self._wake.read_fd in ready:
                     self._wake.drain()
                 if sock in ready:
@@ -156,9 +164,12 @@ class DaemonChannel:
                     return
                 client._poll_group()
                 step, now = client._step, time.monotonic()
-                if step != sent_step and now - sent_at >= HEARTBEAT_INTERVAL:
+                if step != sent_step and now - sent_at >= self.report_every:
                     sock.send(protocol.encode("step", step=step))
                     sent_step, sent_at = step, now
+                # No report can go before sent_at + report_every: no need to look sooner.
+                held = sent_at + self.report_every - now
+                wait_ms = poll_ms if nodes or held <= 0 else math.ceil(held * 1000)
         finally:
             sock.close()
             context.term()
@@ -305,6 +316,16 @@ def _remove_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def report_every(env: Mapping[str, str]) -> float:
+    """Seconds between two step reports: ``CKPTD_REPORT_EVERY`` as the daemon set it for the
+    hang watch it runs, or the protocol's default when it is absent or not a sane number."""
+    try:
+        seconds = float(env.get(protocol.ENV_REPORT_EVERY, ""))
+    except ValueError:
+        return HEARTBEAT_INTERVAL
+    return seconds if 0 < seconds <= _REPORT_EVERY_MAX else HEARTBEAT_INTERVAL
 
 
 def _step_or_none(value: Any) -> int | None:

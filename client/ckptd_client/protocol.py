@@ -8,7 +8,9 @@ Client to daemon:
   ``hello``      {pid, rank, step, world_size, local_world_size}
                                                first message after connecting; the world
                                                sizes only under torchrun (a rank group)
-  ``step``       {step}                        progress heartbeat, rate limited
+  ``step``       {step}                        a new step, at most every CKPTD_REPORT_EVERY
+                                               seconds (0.1 when unset); none while the
+                                               step stands still
   ``started``    {ids, step, stall?}           a checkpoint save began; a background save
                                                adds how long training waited for it (s)
   ``committed``  {ids, step, path, metrics, bytes, seconds}
@@ -45,6 +47,7 @@ ENV_ATTEMPT = "CKPTD_ATTEMPT"
 ENV_RUN_DIR = "CKPTD_RUN_DIR"
 ENV_JOB = "CKPTD_JOB"
 ENV_CHECKPOINT_MODE = "CKPTD_CHECKPOINT_MODE"  # octal, e.g. "0700"; empty: the umask decides
+ENV_REPORT_EVERY = "CKPTD_REPORT_EVERY"  # seconds between step reports the daemon needs
 
 # Set by torchrun (torch.distributed.elastic) for each worker; a rank group when WORLD_SIZE > 1.
 ENV_RANK = "RANK"
