@@ -191,8 +191,12 @@ class HangBudget:
         self._save_between_steps = False
         self._slow_since, self._slow_count = None, 0
 
-    def stepped(self, now: float) -> None:
-        """The job reported a new step."""
+    def stepped(self, now: float, steps: int = 1) -> None:
+        """The job reported a new step, ``steps`` past the one reported before.
+
+        Reports are batched (one a second at most), so the time between two reports is the
+        hang clock's measure, and that time per step advanced is the straggler watch's.
+        """
         if self._launched is None:
             self.launched(now)
         launched = self._launched if self._launched is not None else now
@@ -205,7 +209,7 @@ class HangBudget:
         ):
             self._step_max = max(self._step_max, now - self._last_step)
             self._measured_steps += 1
-            self._note_rate(now - self._last_step, self._last_step)
+            self._note_rate((now - self._last_step) / max(1, steps), self._last_step)
         self._steps_since_launch += 1
         self._last_step = self._last_activity = now
         self._save_between_steps = self._save_started is not None

@@ -70,10 +70,11 @@ class HangWatch:
         self._reported = True
         self.last_progress = now
 
-    def stepped(self, now: float) -> None:
+    def stepped(self, now: float, steps: int = 1) -> None:
+        """A new step was reported, ``steps`` past the previous report."""
         self.reported(now)
         if self.budget is not None:
-            self.budget.stepped(now)
+            self.budget.stepped(now, steps)
 
     def save_started(self, now: float) -> None:
         self._saving = True

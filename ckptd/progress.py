@@ -71,8 +71,10 @@ class Progress:
             return False
         if not training_at and self.step is not None and step < self.step:
             return False
+        previous = self.step
         self.set_step(step)
-        self.health.stepped(now)
+        advanced = step - previous if previous is not None and step > previous else 1
+        self.health.stepped(now, advanced)
         if self.metrics is not None:
             self.metrics.stepped(step)
         if now - self._noted >= _PROGRESS_EVERY:

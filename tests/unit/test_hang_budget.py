@@ -185,3 +185,19 @@ def test_a_collapsed_step_rate_is_straggling_and_one_long_step_is_not() -> None:
     assert budget.slow(now, window=100.0) is None
     budget.stepped(now + 1.0)  # the rate recovers
     assert budget.slow(now + 1.0, window=1.0) is None
+
+
+def test_straggling_is_seen_through_batched_step_reports() -> None:
+    """Reports a second apart that carry ten times fewer steps are a collapsed step rate."""
+    budget = _budget()
+    budget.launched(0.0)
+    now = 0.0
+    for _ in range(31):  # 0.1 s steps, reported once a second: ten steps per report
+        now += 1.0
+        budget.stepped(now, 10)
+    assert budget.slow(now, window=1.0) is None
+    for _ in range(70):  # 1 s steps: one per report, still one report a second
+        now += 1.0
+        budget.stepped(now, 1)
+    typical, since = budget.slow(now, window=60.0) or (0.0, 0.0)
+    assert typical == pytest.approx(0.1) and since >= 60.0
