@@ -13,7 +13,7 @@ follows the job's exit; a later request only ever raises that intent
     stopping --job gone: intent stop--> exited
     stopping --job gone: intent restart/hang--> backoff --> starting
     running --job exited--> backoff | exited        (the restart policy decides)
-    starting/backoff --stop--> exited               (at once: nothing to save)
+    starting/backoff --stop--> exited               (nothing to save; nothing is launched)
 """
 
 from __future__ import annotations
@@ -429,6 +429,7 @@ class Arbiter:
             stop.waiters.append(waiter)
         if self.trainer is None:  # starting or in backoff: nothing runs, nothing to save
             if intent is Intent.STOP:
+                self.backoff_until = None  # no launch is prepared while the stop ends
                 self.stop = stop
                 self._announce_stop(stop)
                 self._finish_stop(None)
@@ -704,8 +705,8 @@ class Arbiter:
 
     def _on_finished(self, finished: Finished) -> None:
         if finished.tag == "prepared":
-            if self.state is not JobState.STARTING:
-                return  # stopped while preparing: nothing is launched
+            if self.state is not JobState.STARTING or self.stop is not None:
+                return  # stopped while preparing (its ending may still run): no launch
             if finished.error is not None:
                 self.events.emit("job.launch_failed", level="error", error=str(finished.error))
                 unusable = isinstance(finished.error, RemoteUnusable)
