@@ -131,7 +131,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 _human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
-                " ".join(f"{k}={v}" for k, v in sorted(c.metrics.items())),
+                " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -207,6 +207,15 @@ def checkpoint_dir_of(run_dir: Path) -> Path:
         return Path(recorded["checkpoint_dir"])
     except (OSError, ValueError, KeyError, TypeError):
         raise CommandError(f"{run_dir} has no job.json; give the checkpoint directory") from None
+
+
+def _metric_text(value: Any) -> str:
+    """A metric as a person reads it: six significant digits for a float (``0.0170001``)."""
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, (str, int)):
+        return str(value)
+    return json.dumps(value, default=str)
 
 
 def _human_bytes(size: int) -> str:

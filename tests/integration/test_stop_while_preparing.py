@@ -67,9 +67,8 @@ def _slurm(tmp_path: Path, release: Path) -> tuple[Path, Path]:
     mark = tmp_path / "requeue-started"
     script = f"touch {mark}; while [ ! -e {release} ]; do sleep 0.05; done"
     config = tmp_path / "slurm.toml"
-    config.write_text(
-        f'[slurm]\nrequeue_signal = "SIGUSR2"\nrequeue_command = {json.dumps(["sh", "-c", script])}\n'
-    )
+    command = json.dumps(["sh", "-c", script])
+    config.write_text(f'[slurm]\nrequeue_signal = "SIGUSR2"\nrequeue_command = {command}\n')
     return config, mark
 
 
