@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 _MAX_SLEEP = 1.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
-_TRAINING_AT = frozenset({"hello", "step", "started"})  # messages whose step is training's
+_TRAINING_AT = frozenset({"hello", "step", "started", "bye"})  # messages whose step is training's
 _MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
 # How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
 # a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
@@ -624,6 +624,8 @@ class Arbiter:
         status = trainer.poll()
         if status is None:
             return
+        for peer, message in self.channel.receive():  # its last words (``bye``'s step) first
+            self._guarded(self._on_client, peer, message)
         self.exit_status = status
         self.events.emit(
             "job.exited",
