@@ -131,10 +131,9 @@ class Arbiter:
         self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
-        self.goodput = GoodputWatch(
-            events.path,
-            on_result=(lambda result: metrics.set_goodput(result.ratio)) if metrics else None,
-        )
+        self.goodput = GoodputWatch(events.path)
+        if metrics is not None:
+            metrics.read_goodput(lambda: self.goodput.latest.ratio if self.goodput.latest else None)
 
     @property
     def step(self) -> int | None:
@@ -593,7 +592,12 @@ class Arbiter:
         log.bind(attempt=self.attempt)
         self.trainer = trainer
         self.launched = time.monotonic()
-        self.progress.launched(self.launched, self.attempt, resume.step if resume else None)
+        self.progress.launched(
+            self.launched,
+            self.attempt,
+            resume.step if resume else None,
+            resume.time if resume else None,
+        )
         self._transition(JobState.RUNNING)
         self.notifier.ready(self._status_line())
         self.events.emit(
@@ -815,8 +819,9 @@ class Arbiter:
         elif kind == "written":
             self.desk.on_written(peer, message)
         elif kind == "committed":
-            self.progress.save_ended(now, message)
             ack = self.desk.on_committed(peer, message)
+            at = self.desk.last_commit["time"] if self.desk.last_commit else None
+            self.progress.save_ended(now, message, at)  # the metrics' age is status's
             if ack.progress:
                 self.restarts_without_progress = 0
             if ack.final and self.stop is not None:

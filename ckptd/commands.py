@@ -129,7 +129,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 c.name,
                 str(c.step),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
-                _human_bytes(c.bytes),
+                human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
@@ -159,7 +159,7 @@ def verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(checked.to_json(), indent=2))
     elif checked.valid:
-        print(f"ok: {checked.path} (step {checked.step}, {_human_bytes(checked.bytes)})")
+        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)})")
     else:
         print(f"invalid: {checked.path}: {checked.reason}")
     return exit_codes.OK if checked.valid else exit_codes.FAILED
@@ -218,7 +218,8 @@ def _metric_text(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _human_bytes(size: int) -> str:
+def human_bytes(size: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
