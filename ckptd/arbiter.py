@@ -13,7 +13,7 @@ follows the job's exit; a later request only ever raises that intent
     stopping --job gone: intent stop--> exited
     stopping --job gone: intent restart/hang--> backoff --> starting
     running --job exited--> backoff | exited        (the restart policy decides)
-    starting/backoff --stop--> exited               (at once: nothing to save)
+    starting/backoff --stop--> exited               (nothing to save; nothing is launched)
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 # cap is only a safety net, so that nothing waits on a moment that was never counted.
 _MAX_SLEEP = 60.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
-_TRAINING_AT = frozenset({"hello", "step", "started"})  # messages whose step is training's
+_TRAINING_AT = frozenset({"hello", "step", "started", "bye"})  # messages whose step is training's
 _MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
 # How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
 # a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
@@ -136,10 +136,9 @@ class Arbiter:
         self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
-        self.goodput = GoodputWatch(
-            events.path,
-            on_result=(lambda result: metrics.set_goodput(result.ratio)) if metrics else None,
-        )
+        self.goodput = GoodputWatch(events.path)
+        if metrics is not None:
+            metrics.read_goodput(lambda: self.goodput.latest.ratio if self.goodput.latest else None)
 
     @property
     def step(self) -> int | None:
@@ -459,6 +458,7 @@ class Arbiter:
             stop.waiters.append(waiter)
         if self.trainer is None:  # starting or in backoff: nothing runs, nothing to save
             if intent is Intent.STOP:
+                self.backoff_until = None  # no launch is prepared while the stop ends
                 self.stop = stop
                 self._announce_stop(stop)
                 self._finish_stop(None)
@@ -622,7 +622,12 @@ class Arbiter:
         log.bind(attempt=self.attempt)
         self.trainer = trainer
         self.launched = time.monotonic()
-        self.progress.launched(self.launched, self.attempt, resume.step if resume else None)
+        self.progress.launched(
+            self.launched,
+            self.attempt,
+            resume.step if resume else None,
+            resume.time if resume else None,
+        )
         self._transition(JobState.RUNNING)
         self.notifier.ready(self._status_line())
         self.events.emit(
@@ -654,6 +659,8 @@ class Arbiter:
         status = trainer.poll()
         if status is None:
             return
+        for peer, message in self.channel.receive():  # its last words (``bye``'s step) first
+            self._guarded(self._on_client, peer, message)
         self.exit_status = status
         self.events.emit(
             "job.exited",
@@ -735,8 +742,8 @@ class Arbiter:
 
     def _on_finished(self, finished: Finished) -> None:
         if finished.tag == "prepared":
-            if self.state is not JobState.STARTING:
-                return  # stopped while preparing: nothing is launched
+            if self.state is not JobState.STARTING or self.stop is not None:
+                return  # stopped while preparing (its ending may still run): no launch
             if finished.error is not None:
                 self.events.emit("job.launch_failed", level="error", error=str(finished.error))
                 unusable = isinstance(finished.error, RemoteUnusable)
@@ -853,8 +860,9 @@ class Arbiter:
         elif kind == "written":
             self.desk.on_written(peer, message)
         elif kind == "committed":
-            self.progress.save_ended(now, message)
             ack = self.desk.on_committed(peer, message)
+            at = self.desk.last_commit["time"] if self.desk.last_commit else None
+            self.progress.save_ended(now, message, at)  # the metrics' age is status's
             if ack.progress:
                 self.restarts_without_progress = 0
             if ack.final and self.stop is not None:

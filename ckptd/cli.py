@@ -55,7 +55,8 @@ def _dispatch(argv: list[str]) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, job_command = argv[:split], argv[split + 1 :]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_attach_dashed_values(parser, argv))
     args.command = job_command
     try:
         code = commands.REGISTRY[args.command_name].handler(args)
@@ -78,6 +79,41 @@ def _dispatch(argv: list[str]) -> int:
         code = exit_codes.FAILED
     sys.stdout.flush()  # a closed pipe shows here, not in the flush at interpreter exit
     return code
+
+
+def _attach_dashed_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--every -5s`` becomes ``--every=-5s``.
+
+    argparse takes a value that starts with ``-`` (and is not a plain number) for an
+    option and says only "expected one argument"; attached, the value reaches its own
+    check, whose message says what is wrong with it.
+    """
+    sub = next(
+        (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None
+    )  # argparse keeps its subcommands here; there is no public way to reach them
+    command = sub.choices.get(argv[0]) if sub is not None and argv else None
+    if command is None:
+        return argv
+    options = command._option_string_actions
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        action = options.get(arg)
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if (
+            action is not None
+            and action.nargs is None
+            and following is not None
+            and following.startswith("-")
+            and following not in options
+        ):
+            joined.append(f"{arg}={following}")
+            index += 2
+            continue
+        joined.append(arg)
+        index += 1
+    return joined
 
 
 if __name__ == "__main__":

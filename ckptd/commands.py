@@ -129,9 +129,9 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 c.name,
                 str(c.step),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
-                _human_bytes(c.bytes),
+                human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
-                " ".join(f"{k}={v}" for k, v in sorted(c.metrics.items())),
+                " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -159,7 +159,7 @@ def verify(args: argparse.Namespace) -> int:
     if args.json:
         strict_json.print_json(checked.to_json())
     elif checked.valid:
-        print(f"ok: {checked.path} (step {checked.step}, {_human_bytes(checked.bytes)})")
+        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)})")
     else:
         print(f"invalid: {checked.path}: {checked.reason}")
     return exit_codes.OK if checked.valid else exit_codes.FAILED
@@ -211,7 +211,17 @@ def checkpoint_dir_of(run_dir: Path) -> Path:
         raise CommandError(f"{run_dir} has no job.json; give the checkpoint directory") from None
 
 
-def _human_bytes(size: int) -> str:
+def _metric_text(value: Any) -> str:
+    """A metric as a person reads it: six significant digits for a float (``0.0170001``)."""
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, (str, int)):
+        return str(value)
+    return strict_json.dumps(value, default=str)
+
+
+def human_bytes(size: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":

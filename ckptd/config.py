@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .job_name import default_name, name_problem
 from .options import (
     COUNT,
     DURATION,
@@ -34,10 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["JOB_OPTIONS", "ConfigError", "JobConfig", "Option", "load"]
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-
+__all__ = ["JOB_OPTIONS", "ConfigError", "JobConfig", "Option", "default_name", "load"]
 
 # Lower bounds: below them a value does harm (a job saving non-stop, a busy loop) and
 # is surely a slip of the unit, so it is refused rather than obeyed.
@@ -496,9 +494,9 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
     command = values["command"]
     if not command:
         raise ConfigError("command: nothing to run (give it after --, or as [job].command)")
-    name = values["name"] or default_name(command)
-    if not _SAFE_NAME.match(name):
-        raise ConfigError(f"name: {name!r} must be letters, digits, '.', '_' or '-'")
+    name = values["name"] if values["name"] is not None else default_name(command)
+    if (problem := name_problem(name)) is not None:
+        raise ConfigError(f"name: {problem}")
     if values["keep_best"] and not values["best_metric"]:
         raise ConfigError("keep_best: needs best_metric to rank checkpoints")
     if values["restart_delay_max"] < values["restart_delay"]:
@@ -515,22 +513,6 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
         checkpoint_dir=_absolute(values["checkpoint_dir"] or f"checkpoints/{name}", base),
     )
     return JobConfig(**values, source=source)
-
-
-def default_name(command: list[str]) -> str:
-    """``train`` for ``python train.py``, ``trainer`` for ``python -m pkg.trainer``."""
-    args = command[1:] if Path(command[0]).name.startswith("python") else command
-    for index, arg in enumerate(args):
-        if arg == "-m" and index + 1 < len(args):
-            return _sanitize(args[index + 1].rsplit(".", 1)[-1])
-        if not arg.startswith("-"):
-            return _sanitize(Path(arg).stem)
-    return _sanitize(Path(command[0]).stem)
-
-
-def _sanitize(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".-") or "job"
-    return cleaned[:64]
 
 
 def _absolute(path: str, base: Path) -> Path:

@@ -2,7 +2,8 @@
 
 The arbiter calls the ``Metrics`` methods from its loop: each only sets a number, so
 they cost next to nothing. Ages (of the last checkpoint, of unsaved work) are computed
-when Prometheus scrapes, on the server's thread, from two floats the loop writes.
+when Prometheus scrapes, on the server's thread, from two floats the loop writes; the
+goodput ratio is read then from the immutable figure its own thread keeps.
 ``prometheus_client`` is imported only when metrics are configured (extra ``metrics``).
 """
 
@@ -12,6 +13,7 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Metrics", "parse_listen"]
@@ -69,16 +71,22 @@ class Metrics:
         Gauge(
             "ckptd_unsaved_seconds", "training time a crash now would lose", registry=r
         ).set_function(self._unsaved_seconds)
-        self.goodput = Gauge(
-            "ckptd_goodput_ratio", "share of wall time that became kept progress", registry=r
-        )
+        self._goodput: Callable[[], float | None] = lambda: None
+        Gauge(
+            "ckptd_goodput_ratio",
+            "share of wall time that became kept progress (NaN until first computed)",
+            registry=r,
+        ).set_function(self._goodput_ratio)
         self.hangs = Counter("ckptd_hang_timeouts", "hangs detected (job killed)", registry=r)
         self.hang_budget = Gauge(
             "ckptd_hang_timeout_seconds", "hang budget in force", ["phase"], registry=r
         )
         self.interval = Gauge(
-            "ckptd_checkpoint_interval_seconds", "periodic checkpoint interval", registry=r
+            "ckptd_checkpoint_interval_seconds",
+            "periodic checkpoint interval (NaN without periodic checkpoints)",
+            registry=r,
         )
+        self.interval.set(float("nan"))
         self._committed_step: int | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -86,10 +94,24 @@ class Metrics:
 
     # -- called from the arbiter's loop ----------------------------------------------------
 
-    def job_started(self, attempt: int, resume_step: int | None, now: float | None = None) -> None:
+    def job_started(
+        self,
+        attempt: int,
+        resume_step: int | None,
+        now: float | None = None,
+        resume_time: float | None = None,
+    ) -> None:
+        """A launch; ``resume_time``: when its resume point was committed (wall time).
+
+        Before this daemon saw a commit, the resume point is the last checkpoint, as in
+        ``ckptd status``.
+        """
         self.attempt.set(attempt)
         self.up.set(1)
         self._committed_step = resume_step
+        if resume_step is not None and self._last_commit_time is None:
+            self.last_step.set(resume_step)
+            self._last_commit_time = resume_time
         self._at_risk_since = time.time() if now is None else now
         if attempt > 0:
             self.restarts.inc()
@@ -124,12 +146,16 @@ class Metrics:
     def hung(self) -> None:
         self.hangs.inc()
 
-    def set_goodput(self, ratio: float) -> None:
-        self.goodput.set(ratio)
+    def read_goodput(self, ratio: Callable[[], float | None]) -> None:
+        """Serve ``ratio()`` (None: not computed yet), read at each scrape: the figure that
+        ``ckptd status`` shows, which a thread off the loop keeps up to date."""
+        self._goodput = ratio
 
-    def set_hang_budgets(self, budgets: dict[str, float]) -> None:
+    def set_hang_budgets(self, budgets: dict[str, Any]) -> None:
+        """The budget of each phase in force, as ``ckptd status`` shows them (numbers only)."""
         for phase, seconds in budgets.items():
-            self.hang_budget.labels(phase).set(seconds)
+            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+                self.hang_budget.labels(phase).set(seconds)
 
     def set_interval(self, seconds: float | None) -> None:
         self.interval.set(float("nan") if seconds is None else seconds)
@@ -184,6 +210,10 @@ class Metrics:
     def _checkpoint_age(self) -> float:
         last = self._last_commit_time
         return float("nan") if last is None else max(0.0, time.time() - last)
+
+    def _goodput_ratio(self) -> float:
+        ratio = self._goodput()
+        return float("nan") if ratio is None else ratio
 
     def _unsaved_seconds(self) -> float:
         since = self._at_risk_since

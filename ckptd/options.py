@@ -31,6 +31,8 @@ def parse_duration(value: Any) -> float:
             raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
         if seconds < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
+    elif isinstance(value, str) and value.strip().startswith("-"):
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:

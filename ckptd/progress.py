@@ -34,6 +34,9 @@ class Progress:
         self.interval = AutoInterval(config, events.path) if config.every == "auto" else None
         every = config.every if isinstance(config.every, float) else None
         self.timer = PeriodicTimer(self.interval.choice.every if self.interval else every)
+        if metrics is not None:
+            metrics.set_interval(self.timer.every)
+            metrics.set_hang_budgets(self.health.budgets())
         self.step: int | None = None
         self._saving_since: float | None = None
         self._snapshot: float | None = None
@@ -45,20 +48,25 @@ class Progress:
         self.step = step
         log.bind(step=step)
 
-    def launched(self, now: float, attempt: int, resume_step: int | None) -> None:
+    def launched(
+        self, now: float, attempt: int, resume_step: int | None, resume_time: float | None = None
+    ) -> None:
+        """A launch at ``now``, resuming from ``resume_step`` committed at ``resume_time``."""
         self.set_step(resume_step)
         self._saving_since = self._saving_step = self._snapshot = None
         self._noted = 0.0  # the first step of an attempt is recorded at once (goodput)
         self.health.launched(now)
         self.timer.reset(now)
         if self.metrics is not None:
-            self.metrics.job_started(attempt, resume_step)
+            self.metrics.job_started(attempt, resume_step, resume_time=resume_time)
+            self._publish_budgets()
 
     def exited(self) -> None:
         self._saving_since = self._saving_step = self._snapshot = None
         self.health.exited()
         if self.metrics is not None:
             self.metrics.job_exited()
+            self._publish_budgets()
 
     def reported(self, step: Any, now: float, training_at: bool = True) -> bool:
         """Any message of a client: it is alive; a new ``step`` is progress (returns True).
@@ -77,6 +85,7 @@ class Progress:
         self.health.stepped(now, advanced)
         if self.metrics is not None:
             self.metrics.stepped(step)
+            self._publish_budgets()  # a step can raise what the job is known to need
         if now - self._noted >= _PROGRESS_EVERY:
             self._noted = now
             self.events.emit("job.progress", level="debug")
@@ -87,16 +96,19 @@ class Progress:
         self._saving_since, self._saving_step, self._snapshot = now, self.step, stall
         self.health.save_started(now)
 
-    def save_ended(self, now: float, committed: dict[str, Any] | None) -> None:
-        """A save committed (``committed``: its message) or failed (None)."""
+    def save_ended(
+        self, now: float, committed: dict[str, Any] | None, at: float | None = None
+    ) -> None:
+        """A save committed (``committed``: its message; ``at``: when, wall time) or failed."""
         began, at_step, snapshot = self._saving_since, self._saving_step, self._snapshot
         self._saving_since = self._saving_step = self._snapshot = None
         self.health.save_ended(now)
         if self.metrics is not None:
+            self._publish_budgets()
             if committed is None:
                 self.metrics.failed()
             elif not committed.get("reused"):
-                self.metrics.committed(committed.get("step"), committed.get("seconds"))
+                self.metrics.committed(committed.get("step"), committed.get("seconds"), at)
         if self.interval is None or committed is None or committed.get("reused"):
             return
         seconds = committed.get("seconds")
@@ -119,3 +131,10 @@ class Progress:
         if choice is not None:
             self.events.emit("checkpoint.interval", **choice.to_json())
             self.timer.retime(choice.every, time.monotonic())
+            if self.metrics is not None:
+                self.metrics.set_interval(choice.every)
+
+    def _publish_budgets(self) -> None:
+        """The hang budgets in force, as ``ckptd status`` shows them, to the metrics."""
+        assert self.metrics is not None
+        self.metrics.set_hang_budgets(self.health.budgets())

@@ -15,7 +15,7 @@ from typing import Any
 
 from ckptd_client.control import ControlError, Controller, ControlTimeout, endpoints_of
 
-from . import exit_codes, strict_json
+from . import exit_codes, status_text, strict_json
 from .commands import CommandError, command, find_run_dir
 
 TIMEOUT = 3
@@ -145,48 +145,7 @@ def restart(args: argparse.Namespace) -> int:
 @command("status", "state, pid, attempt, step, last checkpoint, unsaved work", _target_arguments)
 def status(args: argparse.Namespace) -> int:
     result = call(args, "status")
-    last = result.get("last_checkpoint") or {}
-    ranks = result.get("ranks") or []
-    ranks = ranks if len(ranks) > 1 else []  # one process: its pid and step are above
-    rows = [
-        ("job", result["job"]),
-        ("state", result["state"]),
-        ("pid", result["pid"]),
-        ("attempt", result["attempt"]),
-        ("restarts left", result["restarts_left"]),
-        ("step", result["step"]),
-        *(
-            (f"rank {r['rank']}", f"pid {r['pid']}, step {r['step']}, {_age(r['last_report'])} ago")
-            for r in ranks
-        ),
-        (
-            "last checkpoint",
-            f"step {last.get('step')} at {last.get('path')}, {_age(last.get('age'))} ago"
-            if last
-            else "none",
-        ),
-        ("unsaved", f"{result['unsaved_steps']} steps, {_age(result['unsaved_seconds'])}"),
-        (
-            "next periodic",
-            _age(result["next_checkpoint_in"])
-            if result["next_checkpoint_in"] is not None
-            else "off",
-        ),
-        *(
-            [("preemption", f"{p['reason']}: deadline in {_age(p['seconds_left'])}")]
-            if (p := result.get("preemption"))
-            else []
-        ),
-        *(
-            [("goodput", f"{g['ratio']:.1%} (productive {_age(g.get('productive'))}{_as_of(g)})")]
-            if (g := result.get("goodput"))
-            else []
-        ),
-        ("uptime", _age(result["uptime"])),
-        ("run dir", result["run_dir"]),
-    ]
-    width = max(len(key) for key, _ in rows)
-    return _print(args, result, "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    return _print(args, result, status_text.render(result))
 
 
 @command("events", "follow the live event stream (ends when ckptd exits)", _target_arguments)
@@ -241,19 +200,3 @@ def keygen(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot write the key pair: {exc.strerror or exc}") from None
     print(f"public key: {public}\nsecret key: {secret} (0600: keep it private)")
     return exit_codes.OK
-
-
-def _as_of(goodput: dict[str, Any]) -> str:
-    """How old the goodput figure is: it is recomputed off the daemon's loop."""
-    end = goodput.get("end")
-    return f", as of {_age(max(0.0, time.time() - end))} ago" if isinstance(end, float) else ""
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -70,9 +70,17 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
             "seconds_left": round(arbiter.preemption.deadline - wall, 3),
         },
         "hang_timeouts": arbiter.health.budgets(),
-        "interval": arbiter.interval.choice.to_json() if arbiter.interval is not None else None,
+        "interval": _interval(arbiter),
         "goodput": arbiter.goodput.latest.to_json() if arbiter.goodput.latest else None,
         "remote": arbiter.remote.status().to_json() if arbiter.remote is not None else None,
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }
+
+
+def _interval(arbiter: Arbiter) -> dict[str, Any] | None:
+    """The periodic interval: with ``every = "auto"`` also what it was chosen from; None: off."""
+    if arbiter.interval is not None:
+        return {"mode": "auto", **arbiter.interval.choice.to_json()}
+    every = arbiter.config.every
+    return {"mode": "fixed", "every": every} if isinstance(every, float) else None

@@ -96,8 +96,10 @@ class DaemonChannel:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._wake = _WakePipe()
+        self._client: Client | None = None
 
     def start(self, client: Client) -> None:
+        self._client = client
         self._thread = threading.Thread(
             target=self._run, args=(client,), name="ckptd-client", daemon=True
         )
@@ -109,8 +111,11 @@ class DaemonChannel:
         self._wake.poke()
 
     def close(self) -> None:
-        """Say goodbye and stop the thread; one that does not end in time closes the pipe itself."""
-        self.send("bye")
+        """Say goodbye and stop the thread; one that does not end in time closes the pipe itself.
+
+        The goodbye carries the last step, which the rate-limited heartbeat may not have sent.
+        """
+        self.send("bye", step=self._client._step if self._client is not None else None)
         self._closing = True
         self._wake.poke()
         if self._thread is not None:

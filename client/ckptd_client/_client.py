@@ -175,7 +175,7 @@ class Client(GroupSaves):
                 yield shared
             return
         claimed = self._claim(step)
-        temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
+        temp_dir = self._new_temp_dir(claimed, step)
         self._wanted_seen = None
         self._channel.send("started", ids=claimed, step=step)
         began = time.monotonic()
@@ -211,11 +211,11 @@ class Client(GroupSaves):
         # Training waited from the request it saw to here: the snapshot of its state.
         seen = self._wanted_seen
         claimed = self._claim(step)
+        temp_dir = self._new_temp_dir(claimed, step)
         with self._lock:
             self._final_in_flight = any(
                 self._pending[rid].final for rid in claimed if rid in self._pending
             )
-        temp_dir = manifest.new_temp_dir(self.checkpoint_dir, step)
         self._wanted_seen = None
         stall = round(time.monotonic() - seen, 6) if seen is not None else None
         self._channel.send("started", ids=claimed, step=step, stall=stall)
@@ -375,6 +375,15 @@ class Client(GroupSaves):
         self._wanted = any(not p.claimed for p in self._pending.values())
         if not self._wanted:
             self._wanted_seen = None
+
+    def _new_temp_dir(self, claimed: list[str], step: int) -> Path:
+        """The save's fresh directory; when it cannot be made (a read-only or missing checkpoint
+        directory), the claimed requests fail and the daemon is told, then the error propagates."""
+        try:
+            return manifest.new_temp_dir(self.checkpoint_dir, step)
+        except BaseException as exc:
+            self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
+            raise
 
     def _commit(self, step: int, record: dict[str, Any]) -> None:
         with self._lock:

@@ -62,7 +62,7 @@ class GroupSaves:
         self, rounds: Rounds, step: int, metrics: dict[str, Any]
     ) -> Iterator[Path]:
         ids, _ = rounds.claim(step)
-        shared = rounds.group.shared_dir(self.checkpoint_dir, step)
+        shared = self._shared_dir(rounds, ids, step)
         self._channel.send("started", ids=ids, step=step)
         began = time.monotonic()
         try:
@@ -80,8 +80,8 @@ class GroupSaves:
         metrics: dict[str, Any],
     ) -> None:
         ids, final = rounds.claim(step)
+        shared = self._shared_dir(rounds, ids, step)
         self._final_in_flight = final
-        shared = rounds.group.shared_dir(self.checkpoint_dir, step)
         self._channel.send("started", ids=ids, step=step)
         self._in_flight = threading.Thread(
             target=self._save_group_in_background,
@@ -109,6 +109,15 @@ class GroupSaves:
             self._finish_group_save(rounds, step, metrics, ids, shared, began)
         except BaseException as exc:  # reported already; raised in the training thread
             self._async_error = exc
+
+    def _shared_dir(self, rounds: Rounds, ids: list[str], step: int) -> Path:
+        """The group's directory of ``step``; when this rank cannot make it, the save fails on
+        every rank (the daemon and the others are told), then the error propagates."""
+        try:
+            return rounds.group.shared_dir(self.checkpoint_dir, step)
+        except BaseException as exc:
+            self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
+            raise
 
     def _finish_group_save(
         self,

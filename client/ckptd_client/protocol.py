@@ -19,7 +19,7 @@ Client to daemon:
                                                still take request ``id``
   ``written``    {ids, step}                   group: this rank's part of the shared
                                                directory of ``step`` is written
-  ``bye``        {}                            the process is closing the channel
+  ``bye``        {step}                        the process is closing the channel; its last step
 
 Daemon to client:
   ``request``    {id, reason, deadline, final, save, joins}

@@ -52,7 +52,7 @@ def test_scrape_shows_what_the_arbiter_reported(metrics: Metrics) -> None:
     metrics.job_started(attempt=1, resume_step=90, now=now - 5)
     metrics.stepped(95)
     metrics.hung()
-    metrics.set_goodput(0.93)
+    metrics.read_goodput(lambda: 0.93)
     metrics.set_hang_budgets({"step": 12.5, "save": 300.0, "first_step": 1800.0})
     metrics.set_interval(600.0)
     got = _scrape(address)
@@ -77,6 +77,8 @@ def test_before_any_checkpoint_the_age_is_not_a_number(metrics: Metrics) -> None
     """No commit yet: the age is NaN (not 0, which would look healthy)."""
     got = _scrape(metrics.start("127.0.0.1:0"))
     assert math.isnan(got["ckptd_last_checkpoint_age_seconds"])
+    assert math.isnan(got["ckptd_goodput_ratio"])
+    assert math.isnan(got["ckptd_checkpoint_interval_seconds"])
     assert got["ckptd_unsaved_seconds"] == 0 and got["ckptd_job_up"] == 0
 
 
