@@ -44,6 +44,7 @@ ENV_RESUME_STEP = "CKPTD_RESUME_STEP"
 ENV_ATTEMPT = "CKPTD_ATTEMPT"
 ENV_RUN_DIR = "CKPTD_RUN_DIR"
 ENV_JOB = "CKPTD_JOB"
+ENV_LINEAGE = "CKPTD_LINEAGE"  # the lineage id every manifest of this run records
 
 # Set by torchrun (torch.distributed.elastic) for each worker; a rank group when WORLD_SIZE > 1.
 ENV_RANK = "RANK"

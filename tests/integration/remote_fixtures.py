@@ -22,7 +22,7 @@ from typing import Any
 import fsspec.asyn
 import pytest
 
-from ckptd_client.manifest import commit, new_temp_dir
+from ckptd_client.manifest import Lineage, commit, new_temp_dir
 
 _PORT_LINE = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
 _EXECUTOR_THREADS = 4
@@ -106,12 +106,23 @@ class MotoServer:
             self.process.wait()
         self.process = None
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are accepted by the kernel and never answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the server answers again, the requests that waited included."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def logged(self, text: str) -> bool:
         """Whether the server has answered a request whose log line contains ``text``."""
         return text.encode() in self.log.read_bytes()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(10)
@@ -144,13 +155,20 @@ def moto(tmp_path: Path) -> Iterator[MotoServer]:
         server.stop()
 
 
-def make_checkpoint(checkpoint_dir: Path, step: int, files: dict[str, bytes] | None = None) -> Path:
-    """Commit a checkpoint of ``step`` with ``files`` (default: two small ones)."""
+def make_checkpoint(
+    checkpoint_dir: Path,
+    step: int,
+    files: dict[str, bytes] | None = None,
+    lineage: str | None = None,
+) -> Path:
+    """Commit a checkpoint of ``step`` with ``files`` (default: two small ones), recording
+    ``lineage`` (default: none, as before lineages were recorded)."""
     temp = new_temp_dir(checkpoint_dir, step)
     for rel, data in (files or {"model.pt": os.urandom(4096), "sub/opt.bin": b"x" * 1000}).items():
         (temp / rel).parent.mkdir(parents=True, exist_ok=True)
         (temp / rel).write_bytes(data)
-    path, _ = commit(temp, step, {"loss": 1.0 / (step + 1)})
+    recorded = Lineage(lineage) if lineage is not None else None
+    path, _ = commit(temp, step, {"loss": 1.0 / (step + 1)}, recorded)
     return path
 
 
