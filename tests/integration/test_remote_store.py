@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ckptd.uploader import (
     Uploaded,
     Uploader,
     UploadFailed,
+    UploadTimeoutShort,
     protected_locally,
 )
 from ckptd_client.store import scan
@@ -380,3 +382,103 @@ def test_a_fresh_machine_resumes_from_the_bucket(moto: MotoServer, tmp_path: Pat
     assert second.prepare(tmp_path / "b", resumed) == RemoteResume(newest_remote_step=2)
     with pytest.raises(Fenced):
         first.lease.check()
+
+
+def test_local_checkpoints_newer_than_the_remote_are_queued_at_launch(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """A launch queues every valid local checkpoint newer than the remote's newest (status shows
+    them as backlog); the newest goes up."""
+    local = tmp_path / "local"
+    _store(moto).upload(make_checkpoint(local, 1, lineage="L"), 60)
+    for step in (2, 3):
+        make_checkpoint(local, step, lineage="L")
+    copy = RemoteCopy(
+        StorageConfig(moto.url(), 60.0, 0, moto.options), RetentionRules(), Outcomes()
+    )
+    assert copy.prepare(local, scan(local)[-1]).checkpoint is None
+    copy.follow("L", 3, scan(local))
+    status = copy.status().to_json()
+    assert (status["newest_remote_step"], status["backlog_steps"], status["reached"]) == (
+        1,
+        [2, 3],
+        True,
+    )
+    assert (status["fenced"], status["lineage"], status["upload_in_flight"]) == (False, "L", None)
+    copy.start()
+    try:
+        assert copy.flush(time.monotonic() + 60)
+        status = copy.status().to_json()
+    finally:
+        copy.close()
+    assert [c.step for c in _store(moto).list()] == [1, 3]
+    assert (status["newest_remote_step"], status["backlog_steps"], status["last_error"]) == (
+        3,
+        [],
+        None,
+    )
+    assert status["last_upload"]["step"] == 3 and status["expected_upload_seconds"] is None
+
+
+def test_a_timeout_below_the_measured_upload_time_is_warned(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """remote.timeout_short when a checkpoint would take longer than upload_timeout at the
+    bandwidth measured so far: every attempt would be cut and start over."""
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes, upload_timeout=1.0, backoff=0.1, backoff_max=0.2)
+    uploader.start()
+    try:
+        uploader.submit(make_checkpoint(tmp_path / "a", 1), 1)
+        assert uploader.flush(time.monotonic() + 60)
+        bandwidth = uploader.measured_bandwidth
+        assert bandwidth is not None and not outcomes.of(UploadTimeoutShort)
+        size = int(bandwidth * 4)  # four times what one attempt can move
+        uploader.submit(make_checkpoint(tmp_path / "a", 2, {"w": os.urandom(size)}), 2)
+        warned = wait_for(lambda: outcomes.of(UploadTimeoutShort), "the warning")[0]
+    finally:
+        uploader.close()
+    assert (warned.step, warned.bytes, warned.upload_timeout) == (2, size, 1.0)
+    assert warned.expected_seconds > 3.0 and "upload_timeout" in warned.why
+
+
+def test_a_stop_gives_the_upload_in_flight_the_whole_deadline(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """At a stop, the upload in flight is not cut at upload_timeout and started over: it is one
+    attempt that runs until the stop's deadline."""
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes, upload_timeout=1.0, backoff=0.1, backoff_max=0.2)
+    flushed: list[bool] = []
+    flusher = threading.Thread(target=lambda: flushed.append(uploader.flush(time.monotonic() + 60)))
+    uploader.start()
+    try:
+        uploader.submit(make_checkpoint(tmp_path / "a", 1), 1)
+        assert uploader.flush(time.monotonic() + 60)  # listed the remote, uploaded once
+        moto.freeze()
+        uploader.submit(make_checkpoint(tmp_path / "a", 2), 2)
+        wait_for(lambda: uploader.in_flight == 2, "the upload of step 2 to begin")
+        flusher.start()
+        time.sleep(2.5)  # the stimulus: the network is stuck for longer than upload_timeout
+        moto.thaw()
+        flusher.join(60)
+    finally:
+        moto.thaw()
+        uploader.close()
+    assert flushed == [True]
+    assert outcomes.of(UploadFailed) == []
+    assert [o.step for o in outcomes.of(Uploaded)] == [1, 2]
+
+
+def test_a_deleted_bucket_is_named_not_a_lost_race(moto: MotoServer) -> None:
+    """When the bucket itself is gone, taking or checking the lease says so; it is not a race
+    that was lost eight times."""
+    store = _store(moto)
+    lease = Lease(store, "a", timeout=10)
+    lease.take()
+    store.fs.call_s3("delete_object", Bucket=moto.bucket, Key=f"run/{LEASE_NAME}")
+    store.fs.call_s3("delete_bucket", Bucket=moto.bucket)
+    for action in (lease.check, Lease(store, "b", timeout=10).take):
+        with pytest.raises(RemoteError, match=f"the bucket '{moto.bucket}' does not exist") as got:
+            action()
+        assert "race" not in str(got.value)
