@@ -146,23 +146,24 @@ class RemoteCopy:
         self.uploader.submit(path, step)
 
     def status(self) -> RemoteStatus:
-        uploader = self.uploader
-        steps, size = uploader.backlog()
-        expected = uploader.expected_seconds(size) if size else None
+        state = self.uploader.snapshot()
+        expected = self.uploader.expected_seconds(state.backlog_bytes)
         now = time.time()
-        last, error = uploader.last_upload, uploader.last_error
+        last, error = state.last_upload, state.last_error
         return RemoteStatus(
             remote=redact(self.store.url),
-            newest_remote_step=uploader.newest_remote_step,
-            backlog_steps=steps,
-            backlog_bytes=size,
-            bandwidth=uploader.measured_bandwidth,
-            fenced=uploader.fenced,
-            fenced_by=uploader.fenced_by,
-            reached=uploader.synced,
-            upload_in_flight=uploader.in_flight,
-            upload_timeout=uploader.timeout,
-            expected_upload_seconds=None if expected is None else round(expected, 3),
+            newest_remote_step=state.newest_remote_step,
+            backlog_steps=state.backlog_steps,
+            backlog_bytes=state.backlog_bytes,
+            bandwidth=self.uploader.measured_bandwidth,
+            fenced=state.fenced_by is not None,
+            fenced_by=state.fenced_by,
+            reached=state.synced,
+            upload_in_flight=state.in_flight,
+            upload_timeout=self.uploader.timeout,
+            expected_upload_seconds=None
+            if expected is None or not state.backlog_bytes
+            else round(expected, 3),
             last_upload=None
             if last is None
             else {
@@ -179,8 +180,8 @@ class RemoteCopy:
                 "upload_attempt": error.upload_attempt,
                 "age": round(max(0.0, now - error.time), 3),
             },
-            lineage=uploader.lineage,
-            other_lineage_steps=uploader.other_lineage_steps,
+            lineage=state.lineage,
+            other_lineage_steps=state.other_lineage_steps,
         )
 
     def protected(self, local: Iterable[Checkpoint]) -> list[Path]:
