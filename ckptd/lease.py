@@ -9,7 +9,8 @@
   daemon that started last holds the highest one.
 - :meth:`Lease.check` (before each upload, right before each manifest write and before each
   remote deletion) reads the lease: a higher generation, or the same one held by another
-  owner, raises :class:`Fenced`, and the uploader stops for good (``remote.fenced``). A lease
+  owner, raises :class:`Fenced`, the uploader stops for good (``remote.fenced``) and the daemon
+  stops its job (exit ``FENCED``). A missing bucket is named as such, never a lost race. A lease
   that vanished or went *down* (someone wiped the prefix) is written back with this owner's
   generation, again conditionally, so the highest generation always wins.
 
