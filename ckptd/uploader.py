@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 _PROBE_EVERY_MAX = 10.0  # a remote down since the launch is listed again at least this often
+_LIST_TIMEOUT = 60.0  # a listing, not an upload: upload_timeout is no bound for it
 
 
 def protected_locally(local: Iterable[Checkpoint], newest_remote_step: int | None) -> list[Path]:
@@ -219,7 +220,8 @@ class Uploader:
         """List the remote and compare it with the job (``remote_lineage``)."""
         try:
             self._check_lease()
-            catalog = self.store.catalog(self._queue.attempt_timeout(self.timeout))
+            bound = min(self._queue.attempt_timeout(self.timeout), _LIST_TIMEOUT)
+            catalog = self.store.catalog(bound)
         except RemoteError as exc:
             failed = self._queue.failed(
                 self._queue.newest_pending(), str(exc), ceiling=_PROBE_EVERY_MAX

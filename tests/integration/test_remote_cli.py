@@ -26,8 +26,7 @@ def _ckptd(server: MotoServer, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_list_and_verify_a_bucket(moto: MotoServer, tmp_path: Path) -> None:
-    """list shows the remote checkpoints, an object whose listed size is not the manifest's
-    as invalid without downloading; verify passes a good one and fails a corrupt one."""
+    """list shows a listed size unlike the manifest's as invalid; verify checks digests."""
     store = RemoteStore(moto.url(), moto.options)
     for step in (10, 20, 30, 40):
         store.upload(make_checkpoint(tmp_path / "a", step), timeout=60)

@@ -94,8 +94,7 @@ def test_a_final_checkpoint_left_local_goes_up_when_ckptd_runs_again(
     tmp_path: Path,
     machines: Callable[[str], Job],
 ) -> None:
-    """A final checkpoint whose upload could not land (the bucket froze) is uploaded by the next
-    `ckptd run` on that disk, without waiting for a new checkpoint."""
+    """A final checkpoint left local goes up at the next ckptd run on that disk."""
     config = storage_config(tmp_path / "storage.toml", moto.url("again"), moto.options, "2s")
     job = machines("vm")
     job.start(
@@ -131,8 +130,7 @@ def test_a_fenced_daemon_stops_its_job_and_says_so(
     tmp_path: Path,
     machines: Callable[[str], Job],
 ) -> None:
-    """Another machine takes the prefix over: the first stops its job (final checkpoint kept
-    locally), exits 4 with job.stopped {why: fenced}, and its last words say fenced."""
+    """A fenced daemon stops its job (final save kept locally), exits 4, says fenced."""
     config = storage_config(tmp_path / "storage.toml", moto.url("taken"), moto.options, "5s")
     first = machines("vm1")
     first.start(fake(first), "--config", str(config), "--every", "1s")

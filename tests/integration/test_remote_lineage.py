@@ -23,9 +23,7 @@ def test_a_bucket_frozen_at_start_ends_with_one_lineage_per_prefix(
     tmp_path: Path,
     machines: Callable[[str], Job],
 ) -> None:
-    """Both jobs train from 0 while the bucket is frozen; when it answers, the job behind the
-    remote restarts from the remote's newest (remote.ahead) and uploads nothing of its own
-    history; the job ahead uploads, and the other lineage's older checkpoint is pruned."""
+    """Frozen at start: the job behind resumes from the remote; the one ahead prunes it."""
     behind_store = RemoteStore(moto.url("behind"), moto.options)
     behind_store.upload(make_checkpoint(tmp_path / "elsewhere", 9409, lineage="elsewhere"), 60)
     ahead_store = RemoteStore(moto.url("ahead"), moto.options)

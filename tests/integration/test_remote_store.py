@@ -387,8 +387,7 @@ def test_a_fresh_machine_resumes_from_the_bucket(moto: MotoServer, tmp_path: Pat
 def test_local_checkpoints_newer_than_the_remote_are_queued_at_launch(
     moto: MotoServer, tmp_path: Path
 ) -> None:
-    """A launch queues every valid local checkpoint newer than the remote's newest (status shows
-    them as backlog); the newest goes up."""
+    """A launch queues local checkpoints newer than the remote's newest; they go up."""
     local = tmp_path / "local"
     _store(moto).upload(make_checkpoint(local, 1, lineage="L"), 60)
     for step in (2, 3):
@@ -423,8 +422,7 @@ def test_local_checkpoints_newer_than_the_remote_are_queued_at_launch(
 def test_a_timeout_below_the_measured_upload_time_is_warned(
     moto: MotoServer, tmp_path: Path
 ) -> None:
-    """remote.timeout_short when a checkpoint would take longer than upload_timeout at the
-    bandwidth measured so far: every attempt would be cut and start over."""
+    """remote.timeout_short when upload_timeout is below the time at the measured rate."""
     outcomes = Outcomes()
     uploader = Uploader(_store(moto), outcomes, upload_timeout=1.0, backoff=0.1, backoff_max=0.2)
     uploader.start()
@@ -445,8 +443,7 @@ def test_a_timeout_below_the_measured_upload_time_is_warned(
 def test_a_stop_gives_the_upload_in_flight_the_whole_deadline(
     moto: MotoServer, tmp_path: Path
 ) -> None:
-    """At a stop, the upload in flight is not cut at upload_timeout and started over: it is one
-    attempt that runs until the stop's deadline."""
+    """At a stop the upload in flight is one attempt up to the stop's deadline."""
     outcomes = Outcomes()
     uploader = Uploader(_store(moto), outcomes, upload_timeout=1.0, backoff=0.1, backoff_max=0.2)
     flushed: list[bool] = []
@@ -471,8 +468,7 @@ def test_a_stop_gives_the_upload_in_flight_the_whole_deadline(
 
 
 def test_a_deleted_bucket_is_named_not_a_lost_race(moto: MotoServer) -> None:
-    """When the bucket itself is gone, taking or checking the lease says so; it is not a race
-    that was lost eight times."""
+    """A bucket deleted under the lease is named as such, not a race kept lost."""
     store = _store(moto)
     lease = Lease(store, "a", timeout=10)
     lease.take()

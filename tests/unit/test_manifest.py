@@ -243,8 +243,7 @@ def test_remove_temporaries_spares_live_writers(tmp_path: Path) -> None:
 
 
 def test_a_manifest_records_its_lineage_and_parent(tmp_path: Path) -> None:
-    """lineage_after() inherits the resume point's id and names it by step and manifest digest;
-    a fresh start gets a new id; the lineage survives a round trip through ckptd.json."""
+    """A run inherits its resume point's lineage id and names it by step and digest."""
     fresh = manifest.lineage_after(None)
     assert (fresh.parent_step, fresh.parent_manifest) == (None, None) and fresh.id
     assert manifest.lineage_after(None).id != fresh.id
@@ -277,8 +276,7 @@ def test_a_manifest_records_its_lineage_and_parent(tmp_path: Path) -> None:
     ],
 )
 def test_a_malformed_lineage_makes_the_manifest_invalid(tmp_path: Path, lineage: object) -> None:
-    """A lineage that is not {id, parent: null | {step, manifest}} fails like any bad field;
-    a manifest without one (written before lineages were) still reads, with lineage None."""
+    """A malformed lineage fails the manifest; a manifest without one still reads."""
     path = _commit(tmp_path, 2, {"w": b"w"})
     data = json.loads((path / "ckptd.json").read_text())
     assert manifest.read_manifest(path).lineage is None
