@@ -44,6 +44,7 @@ from .metrics import Metrics
 from .preemption import Preemption
 from .progress import Progress
 from .redaction import redact_config
+from .remote_outcomes import RemoteAhead, RemoteFenced
 from .remote_url import RemoteUnusable
 from .requests import Action, Origin, Request
 from .restart_policy import ExitStatus, RestartPolicy
@@ -58,7 +59,7 @@ from .trainer import LaunchError, Trainer
 
 if TYPE_CHECKING:
     from .remote_copy import RemoteCopy
-    from .uploader import Outcome
+    from .remote_outcomes import Outcome
 
 
 # The loop sleeps until the next moment it must act at (_next_moment) or until woken; this
@@ -106,7 +107,9 @@ class Arbiter:
             from .remote_copy import RemoteCopy
 
             # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
-            self.remote = RemoteCopy(config.storage, self.rules, post=self.post)
+            self.remote = RemoteCopy(
+                config.storage, self.rules, post=self.post, progress=lambda: self.step
+            )
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
         self.background = Background(self.post)
         self.ending = StopEnding(
@@ -133,6 +136,7 @@ class Arbiter:
         self.wakeups = 0  # turns of the loop (``ckptd status``: is the daemon idle when idle?)
         self._child_checked = self.started
         self.exit_code = exit_codes.OK
+        self.fenced = False  # another daemon took the remote's lease: this job stops for good
         self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
@@ -543,8 +547,11 @@ class Arbiter:
     def _conclude_stop(self, stop: Stop) -> None:
         self.stop = None
         self.exit_code = stop.exit_code(stop.status, self.config.stop_signal)
+        if self.fenced:
+            self.exit_code = exit_codes.FENCED
         self.events.emit(
             "job.stopped",
+            why="fenced" if self.fenced else None,
             reason=stop.reason,
             final_checkpoint=stop.committed,
             final_remote=None if self.remote is None else stop.committed and not stop.local_only,
@@ -762,9 +769,21 @@ class Arbiter:
             self._continue_stop(self.stop)
 
     def _on_remote(self, outcome: Outcome) -> None:
-        """What the uploader did, reported from its thread through the queue."""
-        level = "info" if outcome.event in ("remote.uploaded", "remote.pruned") else "warning"
-        self.events.emit(outcome.event, level=level, **outcome.fields())
+        """What the uploader did, reported from its thread through the queue.
+
+        Fenced: another machine owns the job now; it is stopped (final checkpoint kept
+        locally) and ckptd exits ``FENCED``. Ahead: the job is restarted, without a save
+        (its work is behind), and the relaunch resumes from the remote's newest.
+        """
+        self.events.emit(outcome.event, level=outcome.level, **outcome.fields())
+        if isinstance(outcome, RemoteFenced) and not self.fenced:
+            self.fenced = True
+            if self.state is not JobState.EXITED:
+                request = Request(Action.STOP, Origin.REMOTE, "fenced")
+                self._begin_stop(request, Intent.STOP)
+        elif isinstance(outcome, RemoteAhead) and self._job_alive() and self.stop is None:
+            request = Request(Action.STOP, Origin.REMOTE, "remote ahead")
+            self._begin_stop(request, Intent.RESTART, save=False)
 
     def _on_pruned(self, finished: Finished) -> None:
         if finished.error is not None:

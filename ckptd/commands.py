@@ -104,9 +104,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _list_arguments(parser: argparse.ArgumentParser) -> None:
     _run_dir_argument(parser)
-    parser.add_argument("dir", nargs="?", help="a checkpoint directory (instead of --run-dir)")
+    parser.add_argument(
+        "dir",
+        nargs="?",
+        help="a checkpoint directory (instead of --run-dir), or a remote store's URL "
+        "(s3://bucket/prefix, gs://, az://, any fsspec URL)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--verify", action="store_true", help="also check every file's digest")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every file's digest (a remote checkpoint is downloaded to a temporary "
+        "directory)",
+    )
 
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
@@ -142,7 +152,11 @@ def list_checkpoints(args: argparse.Namespace) -> int:
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="one checkpoint directory")
+    parser.add_argument(
+        "path",
+        help="one checkpoint directory, or a remote one's URL (s3://bucket/prefix/step-N, "
+        "gs://, az://, any fsspec URL)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -19,8 +19,8 @@ import psutil
 
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
-from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, newest_valid
+from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
+from ckptd_client.store import Checkpoint, newest_valid, scan
 
 from . import retention
 from .config import JobConfig
@@ -53,6 +53,7 @@ class Prepared:
     downloaded: bool = False  # the resume point came from the remote store
     remote_rejected: list[Checkpoint] = field(default_factory=list)
     remote_error: str | None = None
+    lineage: str = ""  # CKPTD_LINEAGE: inherited from the resume point, or new
 
 
 class Launcher:
@@ -77,14 +78,25 @@ class Launcher:
         removed += retention.sweep_pruned(self.config.checkpoint_dir)
         rejected: list[Checkpoint] = []
         resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
-        prepared = Prepared(resume, removed, [_quarantine(bad) for bad in rejected], strays)
+        prepared = Prepared(
+            resume,
+            removed,
+            [_quarantine(bad) for bad in rejected],
+            strays,
+            lineage=_lineage(resume),
+        )
         if self.remote is None:
             return prepared
         # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
         fetched = self.remote.prepare(self.config.checkpoint_dir, resume)
+        if fetched.checkpoint is not None:
+            resume = fetched.checkpoint
+            prepared = replace(prepared, lineage=_lineage(resume))
+        local = [c for c in scan(self.config.checkpoint_dir) if c.valid]
+        self.remote.follow(prepared.lineage, resume.step if resume else None, local)
         return replace(
             prepared,
-            resume=fetched.checkpoint or resume,
+            resume=resume,
             downloaded=fetched.checkpoint is not None,
             remote_rejected=fetched.rejected,
             remote_error=fetched.error,
@@ -95,7 +107,7 @@ class Launcher:
         self.attempt += 1
         trainer = Trainer.launch(
             self.config.command,
-            self.environment(prepared.resume),
+            self.environment(prepared.resume, prepared.lineage),
             self.config.cwd,
             pass_fds=[self.run_dir.lock_fd],
         )
@@ -111,7 +123,7 @@ class Launcher:
             self.attempt += 1
         return trainer
 
-    def environment(self, resume: Checkpoint | None) -> dict[str, str]:
+    def environment(self, resume: Checkpoint | None, lineage: str = "") -> dict[str, str]:
         inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ONLY}
         return {
             **inherited,
@@ -125,6 +137,7 @@ class Launcher:
             protocol.ENV_JOB: self.config.name,
             protocol.ENV_CHECKPOINT_MODE: self.config.checkpoint_mode or "",
             protocol.ENV_REPORT_EVERY: f"{report_interval(self.config):g}",
+            protocol.ENV_LINEAGE: lineage or new_lineage_id(),
             ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }
 
@@ -142,6 +155,14 @@ class Launcher:
         if not self.run_dir.take_job_lock(self.config.kill_timeout):
             raise RunDirError(f"{self.run_dir.path}: the job lock is still held by an earlier job")
         return [p.pid for p in strays]
+
+
+def _lineage(resume: Checkpoint | None) -> str:
+    """The lineage id a launch from ``resume`` writes: the one it records, or a new one."""
+    try:
+        return lineage_after(resume.path if resume is not None else None).id
+    except (OSError, ManifestError):  # verified moments ago; gone since: a history of its own
+        return new_lineage_id()
 
 
 def _quarantine(checkpoint: Checkpoint) -> Quarantined:

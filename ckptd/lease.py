@@ -9,7 +9,8 @@
   daemon that started last holds the highest one.
 - :meth:`Lease.check` (before each upload, right before each manifest write and before each
   remote deletion) reads the lease: a higher generation, or the same one held by another
-  owner, raises :class:`Fenced`, and the uploader stops for good (``remote.fenced``). A lease
+  owner, raises :class:`Fenced`, the uploader stops for good (``remote.fenced``) and the daemon
+  stops its job (exit ``FENCED``). A missing bucket is named as such, never a lost race. A lease
   that vanished or went *down* (someone wiped the prefix) is written back with this owner's
   generation, again conditionally, so the highest generation always wins.
 
@@ -39,6 +40,7 @@ from typing import Any
 
 from . import strict_json
 from .remote_store import Deadline, RemoteError, RemoteStore
+from .remote_url import redact
 
 __all__ = ["LEASE_NAME", "Fenced", "Lease", "LeaseRecord"]
 
@@ -205,6 +207,7 @@ class Lease:
         try:
             raw, etag = self.store.transport.bounded(get, Deadline.after(self.timeout))
         except RemoteError as exc:
+            self._raise_if_bucket_gone(exc)
             if isinstance(exc.__cause__, FileNotFoundError):
                 return None, None
             raise
@@ -223,17 +226,32 @@ class Lease:
         try:
             self.store.transport.bounded(put, Deadline.after(self.timeout))
         except RemoteError as exc:
+            self._raise_if_bucket_gone(exc)
             if _lost_race(exc.__cause__):
                 return False
             raise
         fs.invalidate_cache(self.path)
         return True
 
+    def _raise_if_bucket_gone(self, exc: RemoteError) -> None:
+        """A missing bucket is not a missing lease, nor a lost race: say what it is."""
+        if _error_code(exc.__cause__) == "NoSuchBucket":
+            bucket = self.store.fs.split_path(self.path)[0]
+            raise RemoteError(
+                f"{redact(self.store.url)}: the bucket {bucket!r} does not exist (deleted?)"
+            ) from exc
+
 
 def _lost_race(cause: BaseException | None) -> bool:
     """A failed precondition (412), or If-Match on a lease deleted meanwhile (404)."""
     if isinstance(cause, (FileExistsError, FileNotFoundError)):
         return True
+    return _error_code(cause) == "PreconditionFailed"
+
+
+def _error_code(cause: BaseException | None) -> str | None:
+    """The S3 error code behind s3fs's translated exception (``NoSuchBucket``, ...)."""
     original = getattr(cause, "__cause__", None)
     response: Any = getattr(original, "response", None) or {}
-    return bool(response.get("Error", {}).get("Code") == "PreconditionFailed")
+    code = response.get("Error", {}).get("Code")
+    return code if isinstance(code, str) else None

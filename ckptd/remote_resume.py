@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ckptd_client.store import Checkpoint
 
-from .remote_store import InvalidRemoteCheckpoint, RemoteError, RemoteStore
+from .remote_store import InvalidRemoteCheckpoint, RemoteEntry, RemoteError, RemoteStore
 from .remote_url import RemoteUnusable, redact
 
 __all__ = ["RemoteResume", "RemoteUnusable", "fetch_newer"]
@@ -21,13 +21,15 @@ class RemoteResume:
     nothing remote is newer than the local resume point). ``rejected``: remote checkpoints
     that failed verification (log ``checkpoint.invalid``; they stay remote, nothing local is
     quarantined). ``error``: the remote could not be read (warn, resume from local).
-    ``newest_remote_step``: the newest valid-looking remote step (seeds the uploader).
+    ``newest_remote_step``: the newest valid-looking remote step. ``catalog``: the listing
+    (with lineages; the rejected ones marked invalid), None when it could not be read.
     """
 
     checkpoint: Checkpoint | None = None
     rejected: list[Checkpoint] = field(default_factory=list)
     error: str | None = None
     newest_remote_step: int | None = None
+    catalog: list[RemoteEntry] | None = field(default=None, compare=False)
 
 
 def fetch_newer(
@@ -46,13 +48,14 @@ def fetch_newer(
     """
     rejected: list[Checkpoint] = []
     try:
-        listed = store.list(list_timeout)
+        catalog = store.catalog(list_timeout)
     except RemoteError as exc:
         if isinstance(exc.__cause__, (FileNotFoundError, PermissionError, NotADirectoryError)):
             raise RemoteUnusable(f"{redact(store.url)}: {exc}") from None
         return RemoteResume(error=str(exc))
-    newest = max((c.step for c in listed if c.valid), default=None)
-    for candidate in reversed(listed):
+    newest = max((e.step for e in catalog if e.valid), default=None)
+    for index in reversed(range(len(catalog))):
+        candidate = catalog[index].checkpoint
         if candidate.step <= newer_than:
             break
         if not candidate.valid:
@@ -61,9 +64,11 @@ def fetch_newer(
         try:
             got = store.download(candidate.step, checkpoint_dir, timeout)
         except InvalidRemoteCheckpoint as exc:
-            rejected.append(Checkpoint(candidate.path, exc.step, valid=False, reason=exc.reason))
+            bad = Checkpoint(candidate.path, exc.step, valid=False, reason=exc.reason)
+            rejected.append(bad)
+            catalog[index] = RemoteEntry(bad, catalog[index].lineage)
         except RemoteError as exc:
-            return RemoteResume(None, rejected, str(exc), newest)
+            return RemoteResume(None, rejected, str(exc), newest, catalog)
         else:
-            return RemoteResume(got, rejected, None, newest)
-    return RemoteResume(None, rejected, None, newest)
+            return RemoteResume(got, rejected, None, newest, catalog)
+    return RemoteResume(None, rejected, None, newest, catalog)

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "Deadline",
     "InvalidRemoteCheckpoint",
     "RemoteCancelled",
+    "RemoteEntry",
     "RemoteError",
     "RemoteStore",
     "RemoteTimeout",
@@ -75,6 +76,26 @@ class UploadResult:
     step: int
     bytes: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One remote checkpoint as listed, with the lineage id its manifest records.
+
+    ``lineage`` is None for a manifest written before lineages were recorded, or one
+    that does not parse.
+    """
+
+    checkpoint: Checkpoint
+    lineage: str | None = None
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step
+
+    @property
+    def valid(self) -> bool:
+        return self.checkpoint.valid
 
 
 class RemoteStore:
@@ -105,25 +126,37 @@ class RemoteStore:
 
     # -- reading ------------------------------------------------------------------------
 
-    def list(self, timeout: float = 60.0) -> list[Checkpoint]:
+    def list(self, timeout: float = 60.0) -> builtins.list[Checkpoint]:
         """Remote checkpoints (``step-N`` directories whose manifest exists), oldest first.
 
-        ``valid`` means the manifest parses and names its own step; file digests are
-        checked only by :meth:`download`. Raises RemoteError when the remote cannot be read.
+        ``valid`` means the manifest parses, names its own step, and every file it lists
+        is there with the size it says (the sizes come with the listing: no download);
+        file digests are checked only by :meth:`download`. Raises RemoteError when the
+        remote cannot be read.
         """
+        return [entry.checkpoint for entry in self.catalog(timeout)]
+
+    def catalog(self, timeout: float = 60.0) -> builtins.list[RemoteEntry]:
+        """What :meth:`list` returns, each with the lineage its manifest records."""
         deadline = Deadline.after(timeout)
+        listed = self.transport.call("find", self.root, detail=True, deadline=deadline)
+        sizes: dict[str, int] = {}
+        for name, info in listed.items():
+            relative = name.rstrip("/")[len(self.root) + 1 :]
+            if name.startswith(f"{self.root}/") and info.get("type") != "directory":
+                sizes[relative] = int(info.get("size") or 0)
         manifests = [
-            p
-            for p in self.transport.call(
-                "glob", f"{self.root}/step-*/{MANIFEST_NAME}", deadline=deadline
-            )
-            if _is_checkpoint_name(p.rstrip("/").split("/")[-2])
+            f"{self.root}/{relative}"
+            for relative in sizes
+            if relative.count("/") == 1
+            and relative.endswith(f"/{MANIFEST_NAME}")
+            and _is_checkpoint_name(relative.split("/")[0])
         ]
         if not manifests:
             return []
         contents = self.transport.call("cat", manifests, on_error="return", deadline=deadline)
-        found = [self._describe(path, contents.get(path)) for path in manifests]
-        return sorted(found, key=lambda c: (c.step, c.name))
+        found = [self._describe(path, contents.get(path), sizes) for path in manifests]
+        return sorted(found, key=lambda e: (e.step, e.checkpoint.name))
 
     def manifest(self, step: int, timeout: float = 60.0) -> Manifest:
         """The manifest of remote ``step``; InvalidRemoteCheckpoint when absent or unusable."""
@@ -140,18 +173,21 @@ class RemoteStore:
         timeout: float,
         before_manifest: Callable[[], None] = lambda: None,
         cancelled: Callable[[], bool] | None = None,
+        until: Callable[[], float | None] = lambda: None,
+        sent: Callable[[int], None] = lambda size: None,
     ) -> UploadResult:
         """Upload one committed local checkpoint; its manifest goes last.
 
         ``before_manifest`` runs after the files are up and before the manifest is written
         (the fencing check); whatever it raises propagates and no manifest is written.
         A remote manifest of the same step that differs is deleted before any file is
-        replaced. Raises RemoteTimeout after ``timeout`` seconds, RemoteCancelled as soon as
-        ``cancelled()`` is true, RemoteError when the remote fails, ValueError when ``local``
-        is not a valid checkpoint.
+        replaced. Raises RemoteTimeout after ``timeout`` seconds (or at ``until()``, a
+        monotonic time, whenever that returns one), RemoteCancelled as soon as
+        ``cancelled()`` is true, RemoteError when the remote fails, ValueError when
+        ``local`` is not a valid checkpoint. ``sent(n)`` counts the bytes as they go up.
         """
         started = time.monotonic()
-        deadline = Deadline(started + timeout, cancelled or (lambda: False))
+        deadline = Deadline(started + timeout, cancelled or (lambda: False), until)
         checked = verify(local, full=False)
         if not checked.ok or checked.manifest is None:
             raise ValueError(f"{local}: not a valid checkpoint: {checked.reason}")
@@ -164,7 +200,7 @@ class RemoteStore:
         if existing is not None:
             self.transport.call("rm_file", self.path_of(step, MANIFEST_NAME), deadline=deadline)
         pairs = [(local / e.path, self.path_of(step, e.path)) for e in manifest.files]
-        self.transport.upload(pairs, deadline=deadline)
+        self.transport.upload(pairs, deadline=deadline, sent=sent)
         before_manifest()
         self._write_manifest(step, raw, deadline)
         return UploadResult(step, manifest.size + len(raw), time.monotonic() - started)
@@ -286,17 +322,32 @@ class RemoteStore:
             raise InvalidRemoteCheckpoint(step, f"manifest says step {manifest.step}")
         return manifest
 
-    def _describe(self, manifest_path: str, raw: Any) -> Checkpoint:
+    def _describe(self, manifest_path: str, raw: Any, sizes: dict[str, int]) -> RemoteEntry:
+        """One listed checkpoint; ``sizes`` holds every listed object's size by relative key."""
         directory = manifest_path.rsplit("/", 1)[0]
-        step = int(directory.rsplit("/", 1)[-1][len("step-") :])
+        name = directory.rsplit("/", 1)[-1]
+        step = int(name[len("step-") :])
         path = Path(directory)
         if not isinstance(raw, bytes):
-            return Checkpoint(path, step, valid=False, reason=f"unreadable manifest: {raw}")
+            reason = f"unreadable manifest: {raw}"
+            return RemoteEntry(Checkpoint(path, step, valid=False, reason=reason))
         try:
             manifest = self._parse(step, raw)
         except InvalidRemoteCheckpoint as exc:
-            return Checkpoint(path, step, valid=False, reason=exc.reason)
-        return Checkpoint(path, step, manifest.time, manifest.size, dict(manifest.metrics))
+            return RemoteEntry(Checkpoint(path, step, valid=False, reason=exc.reason))
+        lineage = manifest.lineage.id if manifest.lineage is not None else None
+        described = Checkpoint(path, step, manifest.time, manifest.size, dict(manifest.metrics))
+        for entry in manifest.files:
+            size = sizes.get(f"{name}/{entry.path}")
+            mismatch = None
+            if size is None:
+                mismatch = f"missing file {entry.path}"
+            elif size != entry.size:
+                mismatch = f"{entry.path}: size {size}, manifest says {entry.size}"
+            if mismatch is not None:
+                described = replace(described, valid=False, reason=mismatch)
+                break
+        return RemoteEntry(described, lineage)
 
 
 def _is_checkpoint_name(name: str) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec.asyn
+import fsspec.callbacks
 from fsspec.implementations.local import LocalFileSystem
 
 from ckptd_client.manifest import TRASH_PREFIX
@@ -61,19 +62,28 @@ class RemoteCancelled(RemoteError):
 
 @dataclass(frozen=True)
 class Deadline:
-    """When an operation must end: a monotonic time, or earlier when ``cancelled()`` says so."""
+    """When an operation must end: a monotonic time, or earlier when ``cancelled()`` says so.
+
+    ``moved()``, while it returns a time, replaces ``at``: a stop gives the upload in
+    flight its own deadline, later or earlier than the attempt's.
+    """
 
     at: float
     cancelled: Callable[[], bool] = lambda: False
+    moved: Callable[[], float | None] = lambda: None
 
     @classmethod
     def after(cls, timeout: float, cancelled: Callable[[], bool] | None = None) -> Deadline:
         return cls(time.monotonic() + timeout, cancelled or (lambda: False))
 
+    def end(self) -> float:
+        moved = self.moved()
+        return self.at if moved is None else moved
+
     def check(self) -> None:
         if self.cancelled():
             raise RemoteCancelled("cancelled")
-        if time.monotonic() > self.at:
+        if time.monotonic() > self.end():
             raise RemoteTimeout("timed out")
 
 
@@ -106,7 +116,7 @@ class Transport:
             try:
                 while True:
                     deadline.check()
-                    wait = min(_POLL, max(0.0, deadline.at - time.monotonic()))
+                    wait = min(_POLL, max(0.0, deadline.end() - time.monotonic()))
                     done, _ = await asyncio.wait({task}, timeout=wait)
                     if done:
                         return task.result()
@@ -122,15 +132,26 @@ class Transport:
         except Exception as exc:
             raise RemoteError(describe_error(exc)) from exc
 
-    def upload(self, pairs: Iterable[tuple[Path, str]], *, deadline: Deadline) -> None:
-        """Upload each ``(local, remote)`` pair, several files (and parts) at a time."""
+    def upload(
+        self,
+        pairs: Iterable[tuple[Path, str]],
+        *,
+        deadline: Deadline,
+        sent: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        """Upload each ``(local, remote)`` pair, several files (and parts) at a time.
+
+        ``sent(n)`` is called as each piece of ``n`` bytes is up (a part, a chunk, a small
+        file), from whichever thread moved it: an attempt cut short still tells how fast
+        the bytes went.
+        """
         pairs = list(pairs)
         if self.fs.async_impl:
-            self.bounded(lambda: self._upload_async(pairs), deadline)
+            self.bounded(lambda: self._upload_async(pairs, sent), deadline)
             return
         for local, remote in pairs:
             try:
-                _upload_chunked(self.fs, local, remote, deadline)
+                _upload_chunked(self.fs, local, remote, deadline, sent)
             except RemoteError:
                 raise
             except Exception as exc:
@@ -163,10 +184,14 @@ class Transport:
         except Exception as exc:
             raise RemoteError(describe_error(exc)) from exc
 
-    async def _upload_async(self, pairs: list[tuple[Path, str]]) -> None:
+    async def _upload_async(
+        self, pairs: list[tuple[Path, str]], sent: Callable[[int], None]
+    ) -> None:
         method = self.fs._put_file
         extra: dict[str, Any] = {}
         parameters = inspect.signature(method).parameters
+        if "callback" in parameters:
+            extra["callback"] = _Counted(sent)
         if "max_concurrency" in parameters:
             extra["max_concurrency"] = getattr(self.fs, "max_concurrency", None)
         if self.part_size and "chunksize" in parameters:
@@ -186,20 +211,36 @@ class Transport:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _upload_chunked(fs: Any, local: Path, remote: str, deadline: Deadline) -> None:
+class _Counted(fsspec.callbacks.Callback):
+    """fsspec's progress callback, reduced to the bytes each piece adds."""
+
+    def __init__(self, sent: Callable[[int], None]) -> None:
+        super().__init__()
+        self._sent = sent
+
+    def relative_update(self, inc: int = 1) -> None:
+        self._sent(inc)
+
+
+def _upload_chunked(
+    fs: Any, local: Path, remote: str, deadline: Deadline, sent: Callable[[int], None]
+) -> None:
     fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     with os.fdopen(os.open(local, flags), "rb") as source:
         local_fs = _KERNEL_COPY and isinstance(fs, LocalFileSystem)
-        if local_fs and _copy_in_kernel(source, fs, remote, deadline):
+        if local_fs and _copy_in_kernel(source, fs, remote, deadline, sent):
             return
         with fs.open(remote, "wb") as target:
             while chunk := source.read(_CHUNK):
                 deadline.check()
                 target.write(chunk)
+                sent(len(chunk))
 
 
-def _copy_in_kernel(source: Any, fs: Any, remote: str, deadline: Deadline) -> bool:
+def _copy_in_kernel(
+    source: Any, fs: Any, remote: str, deadline: Deadline, sent: Callable[[int], None]
+) -> bool:
     """Copy to a local path with copy_file_range: the bytes never pass through this process
     (half the CPU of a read and a write; a reflink or a server-side copy where the file
     system offers one). False when the kernel cannot do it here (nothing was written)."""
@@ -218,6 +259,7 @@ def _copy_in_kernel(source: Any, fs: Any, remote: str, deadline: Deadline) -> bo
                 raise
             if not copied:
                 return True
+            sent(copied)
             first = False
     finally:
         os.close(target)

@@ -28,6 +28,7 @@ class Origin(enum.Enum):
     TIMER = "timer"
     CONTROL = "control"
     CLOUD = "cloud"
+    REMOTE = "remote"  # the remote store: fenced by another daemon, or ahead of the job
 
 
 def new_id() -> str:

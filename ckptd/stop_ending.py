@@ -18,7 +18,7 @@ from .events import EventLog
 from .stops import Stop
 
 if TYPE_CHECKING:
-    from .remote_copy import RemoteCopy
+    from .remote_copy import RemoteCopy, RemoteStatus
 
 
 class StopEnding:
@@ -66,10 +66,7 @@ class StopEnding:
         uploaded = finished.error is None and bool(finished.result)
         stop.local_only = not uploaded
         status = self.remote.status()
-        why = None
-        if not uploaded:
-            why = f"the final checkpoint is local only: it did not reach {status.remote} in time"
-            why += f" ({finished.error})" if finished.error else ""
+        why = None if uploaded else self._why_local_only(status, finished.error)
         self.events.emit(
             "remote.final",
             level="info" if uploaded else "error",
@@ -77,6 +74,22 @@ class StopEnding:
             newest_remote_step=status.newest_remote_step,
             why=why,
         )
+
+    def _why_local_only(self, status: RemoteStatus, error: BaseException | None) -> str:
+        assert self.remote is not None
+        held = self.remote.uploader.held
+        if status.fenced:
+            return (
+                f"fenced: another daemon took over {status.remote} ({status.fenced_by}); "
+                "the final checkpoint is kept locally only"
+            )
+        if held is not None:
+            return (
+                f"the remote is ahead (step {held.remote_step} of another run); "
+                "the final checkpoint is kept locally only"
+            )
+        why = f"the final checkpoint is local only: it did not reach {status.remote} in time"
+        return why + (f" ({error})" if error else "")
 
     def _requeued(self, stop: Stop, finished: Finished) -> None:
         command, code, output = finished.result if finished.error is None else ([], None, "")

@@ -24,7 +24,7 @@ from ._channels import DaemonChannel, StandaloneChannel
 from ._client import Client
 from ._digest import HashingWriter as create
 from ._stacks import register_dump
-from .manifest import CommitError, remove_temporaries
+from .manifest import CommitError, lineage_after, remove_temporaries
 from .store import Checkpoint, inspect, newest_valid
 
 __all__ = ["Checkpoint", "Client", "CommitError", "connect", "create"]
@@ -55,14 +55,17 @@ def connect(
             raise RuntimeError(
                 f"ckptd_client: resume checkpoint {resume_path} is invalid: {resume.reason}"
             )
+        lineage = lineage_after(resume.path if resume else None, env.get(protocol.ENV_LINEAGE))
         register_dump()  # so that a hang can be explained before the job is killed
         channel = DaemonChannel(endpoint, rank=int(env.get("RANK", "0") or 0))
-        return Client(channel, ckpt_dir, resume, standalone=False)
+        return Client(channel, ckpt_dir, resume, standalone=False, lineage=lineage)
     remove_temporaries(ckpt_dir, only_dead_writers=True)  # another process may be saving there
     signal_dir = run_dir or env.get(protocol.ENV_RUN_DIR)
+    resume = newest_valid(ckpt_dir)
     return Client(
         StandaloneChannel(Path(signal_dir) if signal_dir else None),
         ckpt_dir,
-        newest_valid(ckpt_dir),
+        resume,
         standalone=True,
+        lineage=lineage_after(resume.path if resume else None),
     )

@@ -66,9 +66,12 @@ class Client(GroupSaves):
         resume_from: Checkpoint | None,
         *,
         standalone: bool,
+        lineage: manifest.Lineage | None = None,
     ) -> None:
         self.checkpoint_dir = checkpoint_dir
         self.standalone = standalone
+        # Recorded in every manifest this process commits (what it resumed from).
+        self.lineage = lineage or manifest.lineage_after(None)
         self._channel = channel
         self._resume_from = resume_from
         self._lock = threading.Lock()
@@ -181,7 +184,7 @@ class Client(GroupSaves):
         began = time.monotonic()
         try:
             yield temp_dir
-            path, written = manifest.commit(temp_dir, step, metrics)
+            path, written = manifest.commit(temp_dir, step, metrics, self.lineage)
         except BaseException as exc:
             shutil.rmtree(temp_dir, ignore_errors=True)
             self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
@@ -265,7 +268,7 @@ class Client(GroupSaves):
         began = time.monotonic()
         try:
             write(temp_dir)
-            path, written = manifest.commit(temp_dir, step, metrics)
+            path, written = manifest.commit(temp_dir, step, metrics, self.lineage)
         except BaseException as exc:  # reported and re-raised in the training thread
             shutil.rmtree(temp_dir, ignore_errors=True)
             self._async_error = exc  # before the report, so it is raised by any later call

@@ -25,6 +25,7 @@ class GroupSaves:
     """Saves of a rank group; the attributes are the client's own (see ``Client.__init__``)."""
 
     checkpoint_dir: Path
+    lineage: manifest.Lineage
     _channel: Channel
     _lock: threading.Lock
     _rounds: Rounds | None
@@ -147,7 +148,7 @@ class GroupSaves:
                     f"checkpoint of step {step} not committed: another node: {elsewhere}"
                 )
             try:
-                path, written = manifest.commit(shared, step, metrics)
+                path, written = manifest.commit(shared, step, metrics, self.lineage)
             except BaseException as exc:
                 self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
                 raise

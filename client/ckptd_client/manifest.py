@@ -7,6 +7,11 @@ manifest, fsync the directory, rename it into place, fsync the parent. A
 directory whose manifest is missing or whose files do not match it is not a
 checkpoint. The digest algorithm is recorded in the manifest (see ``_digest``).
 
+Each manifest also records its :class:`Lineage`: an id that every checkpoint of one run
+history shares (a run inherits it from the checkpoint it resumed from; a fresh start gets
+a new one) and that resume point's step and manifest digest, so that two histories
+written to one place can be told apart.
+
 Nothing here unpickles, imports or follows a symlink.
 """
 
@@ -38,6 +43,8 @@ STALE_AFTER = 86400.0  # a .tmp- directory untouched for a day has no writer lef
 _CLOCK_SLACK = 2.0  # /proc/stat's boot time has whole seconds
 _HOST_ID = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TMP_NAME = re.compile(r"^\.tmp-step-\d+-([0-9a-f]{8})-(\d+)-[0-9a-f]+$")  # see new_temp_dir
+_LINEAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MANIFEST_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class CommitError(RuntimeError):
@@ -56,6 +63,50 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """The run history a checkpoint belongs to.
+
+    ``id`` is shared by every checkpoint of one history: a run that resumed from a
+    checkpoint inherits its id, a fresh start (or a resume from a checkpoint written
+    before lineages were recorded) gets a new one. ``parent_step`` and
+    ``parent_manifest`` (``sha256:<hex>`` of its ``ckptd.json``) name the checkpoint the
+    run resumed from; both None on a fresh start.
+    """
+
+    id: str
+    parent_step: int | None = None
+    parent_manifest: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        parent = None
+        if self.parent_step is not None:
+            parent = {"step": self.parent_step, "manifest": self.parent_manifest}
+        return {"id": self.id, "parent": parent}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Lineage:
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+            raise ManifestError("manifest lineage must be an object with an id")
+        if not _LINEAGE_ID.match(raw["id"]):
+            raise ManifestError(f"manifest lineage id {raw['id']!r} is not 1-64 letters or digits")
+        parent = raw.get("parent")
+        if parent is None:
+            return cls(raw["id"])
+        step, digest = (
+            (parent.get("step"), parent.get("manifest"))
+            if isinstance(parent, dict)
+            else (None, None)
+        )
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ManifestError(
+                f"manifest lineage parent step {step!r} is not a non-negative integer"
+            )
+        if not isinstance(digest, str) or not _MANIFEST_DIGEST.match(digest):
+            raise ManifestError("manifest lineage parent manifest is not a sha256 digest")
+        return cls(raw["id"], step, digest)
+
+
+@dataclass(frozen=True)
 class Manifest:
     step: int
     time: float
@@ -64,6 +115,7 @@ class Manifest:
     writer: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
     hash: str = "sha256"
+    lineage: Lineage | None = None  # None: written before lineages were recorded
 
     @property
     def size(self) -> int:
@@ -72,6 +124,10 @@ class Manifest:
     def to_json(self) -> str:
         data = asdict(self)
         data["files"] = [asdict(entry) for entry in self.files]
+        if self.lineage is None:
+            del data["lineage"]
+        else:
+            data["lineage"] = self.lineage.to_json()
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
@@ -96,6 +152,7 @@ class Manifest:
         metrics, writer = data.get("metrics", {}), data.get("writer", {})
         if not isinstance(metrics, dict) or not isinstance(writer, dict):
             raise ManifestError("manifest metrics and writer must be objects")
+        lineage = data.get("lineage")
         return cls(
             step=step,
             time=float(stamp),
@@ -106,6 +163,7 @@ class Manifest:
             metrics=metrics,
             writer=writer,
             hash=algorithm,
+            lineage=None if lineage is None else Lineage.from_json(lineage),
         )
 
 
@@ -150,13 +208,17 @@ def checkpoint_mode() -> int | None:
 
 
 def commit(
-    temp_dir: Path, step: int, metrics: dict[str, Any] | None = None
+    temp_dir: Path,
+    step: int,
+    metrics: dict[str, Any] | None = None,
+    lineage: Lineage | None = None,
 ) -> tuple[Path, Manifest]:
     """Commit ``temp_dir`` as the checkpoint of ``step`` beside it; return its path and manifest.
 
-    On failure the temporary directory is removed and :class:`CommitError` raised;
-    committed checkpoints are never touched except a valid one of the same step,
-    which is replaced atomically enough that a crash leaves one of the two.
+    ``lineage`` is recorded in the manifest (see :func:`lineage_after`). On failure the
+    temporary directory is removed and :class:`CommitError` raised; committed checkpoints
+    are never touched except a valid one of the same step, which is replaced atomically
+    enough that a crash leaves one of the two.
     """
     checkpoint_dir = temp_dir.parent
     try:
@@ -169,6 +231,7 @@ def commit(
             metrics=dict(metrics or {}),
             writer={"name": "ckptd_client", "host": socket.gethostname(), "pid": os.getpid()},
             hash=algorithm,
+            lineage=lineage,
         )
         _write_synced(temp_dir / MANIFEST_NAME, manifest.to_json().encode())
         if (mode := checkpoint_mode()) is not None:
@@ -218,6 +281,11 @@ def verify(path: Path, *, full: bool = True) -> Verification:
 
 
 def read_manifest(path: Path) -> Manifest:
+    return Manifest.from_json(read_manifest_bytes(path))
+
+
+def read_manifest_bytes(path: Path) -> bytes:
+    """The raw ``ckptd.json`` of checkpoint ``path`` (never through a symlink)."""
     manifest_path = path / MANIFEST_NAME
     if manifest_path.is_symlink() or not manifest_path.is_file():
         raise ManifestError("no manifest")
@@ -225,7 +293,31 @@ def read_manifest(path: Path) -> Manifest:
         raw = handle.read(_MAX_MANIFEST_BYTES + 1)
     if len(raw) > _MAX_MANIFEST_BYTES:
         raise ManifestError("manifest too large")
-    return Manifest.from_json(raw)
+    return raw
+
+
+def manifest_digest(raw: bytes) -> str:
+    """How a lineage names a parent checkpoint: ``sha256:<hex>`` of its ``ckptd.json``."""
+    return f"sha256:{hashlib.sha256(raw).hexdigest()}"
+
+
+def new_lineage_id() -> str:
+    return secrets.token_hex(8)
+
+
+def lineage_after(resumed: Path | None, lineage_id: str | None = None) -> Lineage:
+    """The lineage of the checkpoints a run writes after resuming from ``resumed``.
+
+    The id is ``lineage_id`` when given (the daemon's ``CKPTD_LINEAGE``), else the one
+    recorded in ``resumed``'s manifest, else a new one. Raises ManifestError or OSError
+    when ``resumed`` has no readable manifest.
+    """
+    if resumed is None:
+        return Lineage(lineage_id or new_lineage_id())
+    raw = read_manifest_bytes(resumed)
+    parsed = Manifest.from_json(raw)
+    inherited = parsed.lineage.id if parsed.lineage is not None else None
+    return Lineage(lineage_id or inherited or new_lineage_id(), parsed.step, manifest_digest(raw))
 
 
 def remove_temporaries(checkpoint_dir: Path, only_dead_writers: bool = False) -> list[Path]:

@@ -7,6 +7,7 @@ they are started here, at import, so the ``no_leaks`` check does not count them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 import fsspec.asyn
 import pytest
 
-from ckptd_client.manifest import commit, new_temp_dir
+from ckptd_client.manifest import Lineage, commit, new_temp_dir
+
+from conftest import FAKES, Job
 
 _PORT_LINE = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
 _EXECUTOR_THREADS = 4
@@ -106,12 +109,23 @@ class MotoServer:
             self.process.wait()
         self.process = None
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are accepted by the kernel and never answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the server answers again, the requests that waited included."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def logged(self, text: str) -> bool:
         """Whether the server has answered a request whose log line contains ``text``."""
         return text.encode() in self.log.read_bytes()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(10)
@@ -144,13 +158,20 @@ def moto(tmp_path: Path) -> Iterator[MotoServer]:
         server.stop()
 
 
-def make_checkpoint(checkpoint_dir: Path, step: int, files: dict[str, bytes] | None = None) -> Path:
-    """Commit a checkpoint of ``step`` with ``files`` (default: two small ones)."""
+def make_checkpoint(
+    checkpoint_dir: Path,
+    step: int,
+    files: dict[str, bytes] | None = None,
+    lineage: str | None = None,
+) -> Path:
+    """Commit a checkpoint of ``step`` with ``files`` (default: two small ones), recording
+    ``lineage`` (default: none, as before lineages were recorded)."""
     temp = new_temp_dir(checkpoint_dir, step)
     for rel, data in (files or {"model.pt": os.urandom(4096), "sub/opt.bin": b"x" * 1000}).items():
         (temp / rel).parent.mkdir(parents=True, exist_ok=True)
         (temp / rel).write_bytes(data)
-    path, _ = commit(temp, step, {"loss": 1.0 / (step + 1)})
+    recorded = Lineage(lineage) if lineage is not None else None
+    path, _ = commit(temp, step, {"loss": 1.0 / (step + 1)}, recorded)
     return path
 
 
@@ -159,3 +180,39 @@ def tree(path: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
     }
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> Iterator[Callable[[str], Job]]:
+    """Jobs each on its own "machine" (base directory); all killed at the end."""
+    made: list[Job] = []
+
+    def make(name: str) -> Job:
+        base = tmp_path / name
+        base.mkdir()
+        made.append(Job(base, name))
+        return made[-1]
+
+    yield make
+    for job in made:
+        job.kill()
+
+
+def storage_config(path: Path, url: str, options: dict[str, object], timeout: str = "20s") -> Path:
+    """Write a config file whose ``[storage]`` table points at ``url``."""
+    lines = [f'[storage]\nremote = "{url}"\nupload_timeout = "{timeout}"\n[storage.options]']
+    for key, value in options.items():
+        lines.append(f"{key} = {_toml(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def fake(job: Job, *flags: str) -> list[str]:
+    """The command of the fake trainer (tests/fakes/trainer.py) recording into ``job.record``."""
+    return [sys.executable, str(FAKES / "trainer.py"), "--record", str(job.record), *flags]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ckptd.uploader import (
     Uploaded,
     Uploader,
     UploadFailed,
+    UploadTimeoutShort,
     protected_locally,
 )
 from ckptd_client.store import scan
@@ -89,9 +91,9 @@ def test_corrupt_remote_checkpoint_falls_back_to_older(moto: MotoServer, tmp_pat
     store = _store(moto)
     for step in (1, 2):
         store.upload(make_checkpoint(tmp_path / "a", step), timeout=60)
-    store.fs.pipe_file(store.path_of(2, "model.pt"), b"flipped" * 100)
+    store.fs.pipe_file(store.path_of(2, "model.pt"), b"\0" * 4096)  # its size: listed as valid
     fresh = tmp_path / "fresh"
-    with pytest.raises(InvalidRemoteCheckpoint, match=r"mismatch|size"):
+    with pytest.raises(InvalidRemoteCheckpoint, match=r"mismatch"):
         store.download(2, fresh)
     assert list(fresh.iterdir()) == []
     fetched = fetch_newer(store, fresh, newer_than=0)
@@ -163,7 +165,7 @@ def test_server_killed_during_an_upload(moto: MotoServer, tmp_path: Path) -> Non
             100 * MIB + len((local / "ckptd.json").read_bytes()),
         )
         assert uploader.backlog() == ([], 0) and uploader.newest_remote_step == 5
-        attempts = [o.attempt for o in outcomes.of(UploadFailed)]
+        attempts = [o.upload_attempt for o in outcomes.of(UploadFailed)]
         assert attempts == list(range(1, len(attempts) + 1))
     finally:
         uploader.close()
@@ -360,6 +362,7 @@ def test_a_fresh_machine_resumes_from_the_bucket(moto: MotoServer, tmp_path: Pat
     storage = StorageConfig(moto.url(), 60.0, 0, moto.options)
     first = RemoteCopy(storage, RetentionRules(keep_last=3), Outcomes())
     assert first.prepare(tmp_path / "a", None) == RemoteResume()
+    first.follow("first", None, [])
     first.start()
     try:
         for step in (1, 2):
@@ -374,7 +377,104 @@ def test_a_fresh_machine_resumes_from_the_bucket(moto: MotoServer, tmp_path: Pat
     resumed = second.prepare(tmp_path / "b", None).checkpoint
     assert resumed is not None and resumed.path == tmp_path / "b" / "step-00000002"
     assert tree(resumed.path) == tree(tmp_path / "a" / "step-00000002")
-    assert second.status().newest_remote_step == 2
+    second.follow("first", resumed.step, scan(tmp_path / "b"))
+    assert second.status().newest_remote_step == 2 and second.status().backlog_steps == []
     assert second.prepare(tmp_path / "b", resumed) == RemoteResume(newest_remote_step=2)
     with pytest.raises(Fenced):
         first.lease.check()
+
+
+def test_local_checkpoints_newer_than_the_remote_are_queued_at_launch(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """A launch queues local checkpoints newer than the remote's newest; they go up."""
+    local = tmp_path / "local"
+    _store(moto).upload(make_checkpoint(local, 1, lineage="L"), 60)
+    for step in (2, 3):
+        make_checkpoint(local, step, lineage="L")
+    copy = RemoteCopy(
+        StorageConfig(moto.url(), 60.0, 0, moto.options), RetentionRules(), Outcomes()
+    )
+    assert copy.prepare(local, scan(local)[-1]).checkpoint is None
+    copy.follow("L", 3, scan(local))
+    status = copy.status().to_json()
+    assert (status["newest_remote_step"], status["backlog_steps"], status["reached"]) == (
+        1,
+        [2, 3],
+        True,
+    )
+    assert (status["fenced"], status["lineage"], status["upload_in_flight"]) == (False, "L", None)
+    copy.start()
+    try:
+        assert copy.flush(time.monotonic() + 60)
+        status = copy.status().to_json()
+    finally:
+        copy.close()
+    assert [c.step for c in _store(moto).list()] == [1, 3]
+    assert (status["newest_remote_step"], status["backlog_steps"], status["last_error"]) == (
+        3,
+        [],
+        None,
+    )
+    assert status["last_upload"]["step"] == 3 and status["expected_upload_seconds"] is None
+
+
+def test_a_timeout_below_the_measured_upload_time_is_warned(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """remote.timeout_short when upload_timeout is below the time at the measured rate."""
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes, upload_timeout=1.0, backoff=0.1, backoff_max=0.2)
+    uploader.start()
+    try:
+        uploader.submit(make_checkpoint(tmp_path / "a", 1), 1)
+        assert uploader.flush(time.monotonic() + 60)
+        bandwidth = uploader.measured_bandwidth
+        assert bandwidth is not None and not outcomes.of(UploadTimeoutShort)
+        size = int(bandwidth * 4)  # four times what one attempt can move
+        uploader.submit(make_checkpoint(tmp_path / "a", 2, {"w": os.urandom(size)}), 2)
+        warned = wait_for(lambda: outcomes.of(UploadTimeoutShort), "the warning")[0]
+    finally:
+        uploader.close()
+    assert (warned.step, warned.bytes, warned.upload_timeout) == (2, size, 1.0)
+    assert warned.expected_seconds > 3.0 and "upload_timeout" in warned.why
+
+
+def test_a_stop_gives_the_upload_in_flight_the_whole_deadline(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """At a stop the upload in flight is one attempt up to the stop's deadline."""
+    outcomes = Outcomes()
+    uploader = Uploader(_store(moto), outcomes, upload_timeout=1.0, backoff=0.1, backoff_max=0.2)
+    flushed: list[bool] = []
+    flusher = threading.Thread(target=lambda: flushed.append(uploader.flush(time.monotonic() + 60)))
+    uploader.start()
+    try:
+        uploader.submit(make_checkpoint(tmp_path / "a", 1), 1)
+        assert uploader.flush(time.monotonic() + 60)  # listed the remote, uploaded once
+        moto.freeze()
+        uploader.submit(make_checkpoint(tmp_path / "a", 2), 2)
+        wait_for(lambda: uploader.in_flight == 2, "the upload of step 2 to begin")
+        flusher.start()
+        time.sleep(2.5)  # the stimulus: the network is stuck for longer than upload_timeout
+        moto.thaw()
+        flusher.join(60)
+    finally:
+        moto.thaw()
+        uploader.close()
+    assert flushed == [True]
+    assert outcomes.of(UploadFailed) == []
+    assert [o.step for o in outcomes.of(Uploaded)] == [1, 2]
+
+
+def test_a_deleted_bucket_is_named_not_a_lost_race(moto: MotoServer) -> None:
+    """A bucket deleted under the lease is named as such, not a race kept lost."""
+    store = _store(moto)
+    lease = Lease(store, "a", timeout=10)
+    lease.take()
+    store.fs.call_s3("delete_object", Bucket=moto.bucket, Key=f"run/{LEASE_NAME}")
+    store.fs.call_s3("delete_bucket", Bucket=moto.bucket)
+    for action in (lease.check, Lease(store, "b", timeout=10).take):
+        with pytest.raises(RemoteError, match=f"the bucket '{moto.bucket}' does not exist") as got:
+            action()
+        assert "race" not in str(got.value)

@@ -369,3 +369,25 @@ def test_connect_registers_close_at_exit(daemon_socket: zmq.Socket, monkeypatch)
     assert registered == [ck.close]
     ck.close()
     assert registered == []
+
+
+def test_commits_record_the_daemons_lineage_and_the_resume_point(
+    daemon_socket: zmq.Socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ckptd every manifest records CKPTD_LINEAGE and the resume point's step and digest."""
+    from ckptd_client import manifest
+
+    temp = manifest.new_temp_dir(tmp_path / "ckpt", 5)
+    (temp / "w").write_bytes(b"w")
+    resume, _ = manifest.commit(temp, 5, {}, manifest.Lineage("older"))
+    monkeypatch.setenv("CKPTD_RESUME_FROM", str(resume))
+    monkeypatch.setenv("CKPTD_LINEAGE", "from-the-daemon")
+    ck = ckptd_client.connect()
+    try:
+        with ck.checkpoint(6) as directory:
+            (directory / "w").write_bytes(b"v")
+    finally:
+        ck.close()
+    written = manifest.read_manifest(tmp_path / "ckpt" / "step-00000006").lineage
+    digest = manifest.manifest_digest((resume / "ckptd.json").read_bytes())
+    assert written == manifest.Lineage("from-the-daemon", 5, digest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -239,3 +240,47 @@ def test_remove_temporaries_spares_live_writers(tmp_path: Path) -> None:
     assert sorted(removed) == sorted([dead, reused, stale])
     assert live.is_dir() and other_host.is_dir() and unknown.is_dir()
     assert sorted(manifest.remove_temporaries(tmp_path)) == sorted([live, other_host, unknown])
+
+
+def test_a_manifest_records_its_lineage_and_parent(tmp_path: Path) -> None:
+    """A run inherits its resume point's lineage id and names it by step and digest."""
+    fresh = manifest.lineage_after(None)
+    assert (fresh.parent_step, fresh.parent_manifest) == (None, None) and fresh.id
+    assert manifest.lineage_after(None).id != fresh.id
+    temp = manifest.new_temp_dir(tmp_path, 4)
+    (temp / "w").write_bytes(b"w")
+    first, written = manifest.commit(temp, 4, {}, fresh)
+    assert manifest.read_manifest(first).lineage == written.lineage == fresh
+    raw = (first / "ckptd.json").read_bytes()
+    after = manifest.lineage_after(first)
+    digest = f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    assert after == manifest.Lineage(fresh.id, 4, digest)
+    assert manifest.lineage_after(first, "given").id == "given"
+    temp = manifest.new_temp_dir(tmp_path, 9)
+    second, _ = manifest.commit(temp, 9, {}, after)
+    assert json.loads((second / "ckptd.json").read_text())["lineage"] == {
+        "id": fresh.id,
+        "parent": {"step": 4, "manifest": digest},
+    }
+
+
+@pytest.mark.parametrize(
+    "lineage",
+    [
+        "abc",
+        {"parent": None},
+        {"id": "a/b", "parent": None},
+        {"id": "x" * 65},
+        {"id": "ok", "parent": {"step": -1, "manifest": "sha256:" + "0" * 64}},
+        {"id": "ok", "parent": {"step": 3, "manifest": "md5:abc"}},
+    ],
+)
+def test_a_malformed_lineage_makes_the_manifest_invalid(tmp_path: Path, lineage: object) -> None:
+    """A malformed lineage fails the manifest; a manifest without one still reads."""
+    path = _commit(tmp_path, 2, {"w": b"w"})
+    data = json.loads((path / "ckptd.json").read_text())
+    assert manifest.read_manifest(path).lineage is None
+    data["lineage"] = lineage
+    (path / "ckptd.json").write_text(json.dumps(data))
+    with pytest.raises(manifest.ManifestError, match="lineage"):
+        manifest.read_manifest(path)
