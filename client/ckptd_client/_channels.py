@@ -200,6 +200,7 @@ class DaemonChannel:
                     bool(message.get("final")),
                     message.get("save") is not False,
                     joins if isinstance(joins, str) else None,
+                    _memory_dir(message),
                 )
             elif kind == "done":
                 path = message.get("path")
@@ -331,6 +332,12 @@ def report_every(env: Mapping[str, str]) -> float:
     except ValueError:
         return HEARTBEAT_INTERVAL
     return seconds if 0 < seconds <= _REPORT_EVERY_MAX else HEARTBEAT_INTERVAL
+
+
+def _memory_dir(message: Mapping[str, Any]) -> str | None:
+    """The RAM directory a request of the memory tier is saved in; None for the disk tier."""
+    where = message.get("dir")
+    return where if message.get("tier") == "memory" and isinstance(where, str) else None
 
 
 def _step_or_none(value: Any) -> int | None:

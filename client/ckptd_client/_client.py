@@ -38,6 +38,7 @@ class _Pending:
     final: bool
     at_step: int | None
     claimed: bool = False  # a save in flight answers it: no longer wanted of the loop
+    memory_dir: Path | None = None  # a request of the memory tier: saved there (in RAM)
 
 
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -178,9 +179,9 @@ class Client(GroupSaves):
                 yield shared
             return
         claimed = self._claim(step)
-        temp_dir = self._new_temp_dir(claimed, step)
+        temp_dir, tier = self._new_temp_dir(claimed, step)
         self._wanted_seen = None
-        self._channel.send("started", ids=claimed, step=step)
+        self._channel.send("started", ids=claimed, step=step, **tier)
         began = time.monotonic()
         try:
             yield temp_dir
@@ -214,14 +215,14 @@ class Client(GroupSaves):
         # Training waited from the request it saw to here: the snapshot of its state.
         seen = self._wanted_seen
         claimed = self._claim(step)
-        temp_dir = self._new_temp_dir(claimed, step)
+        temp_dir, tier = self._new_temp_dir(claimed, step)
         with self._lock:
             self._final_in_flight = any(
                 self._pending[rid].final for rid in claimed if rid in self._pending
             )
         self._wanted_seen = None
         stall = round(time.monotonic() - seen, 6) if seen is not None else None
-        self._channel.send("started", ids=claimed, step=step, stall=stall)
+        self._channel.send("started", ids=claimed, step=step, stall=stall, **tier)
         self._in_flight = threading.Thread(
             target=self._save_in_background,
             args=(step, write, metrics, claimed, temp_dir),
@@ -293,6 +294,7 @@ class Client(GroupSaves):
         final: bool,
         save: bool = True,
         joins: str | None = None,
+        memory_dir: str | None = None,
     ) -> None:
         with self._lock:
             if deadline is not None:
@@ -320,7 +322,8 @@ class Client(GroupSaves):
                     self._reused_final_at = step
                     self._stop_ready = True
                 return
-            self._pending[rid] = _Pending(rid, reason, deadline, final, step)
+            in_ram = Path(memory_dir) if memory_dir and os.path.isabs(memory_dir) else None
+            self._pending[rid] = _Pending(rid, reason, deadline, final, step, memory_dir=in_ram)
             self._wanted = True
 
     def _check_reused_final(self) -> None:
@@ -379,14 +382,29 @@ class Client(GroupSaves):
         if not self._wanted:
             self._wanted_seen = None
 
-    def _new_temp_dir(self, claimed: list[str], step: int) -> Path:
-        """The save's fresh directory; when it cannot be made (a read-only or missing checkpoint
-        directory), the claimed requests fail and the daemon is told, then the error propagates."""
+    def _new_temp_dir(self, claimed: list[str], step: int) -> tuple[Path, dict[str, str]]:
+        """The save's fresh directory and its tier, as the ``started`` message tells it.
+
+        In RAM when every claimed request is of the memory tier; when the memory directory
+        cannot take it, on disk instead (``fallback`` says why). When no directory can be
+        made (a read-only or missing checkpoint directory), the claimed requests fail and
+        the daemon is told, then the error propagates.
+        """
+        with self._lock:
+            places = {self._pending[rid].memory_dir for rid in claimed if rid in self._pending}
+        memory_dir = places.pop() if len(places) == 1 else None
+        fallback = None
+        if memory_dir is not None:
+            try:
+                return manifest.new_temp_dir(memory_dir, step), {"tier": "memory"}
+            except OSError as exc:
+                fallback = f"{type(exc).__name__}: {exc}"
         try:
-            return manifest.new_temp_dir(self.checkpoint_dir, step)
+            path = manifest.new_temp_dir(self.checkpoint_dir, step)
         except BaseException as exc:
             self._fail(claimed, step, f"{type(exc).__name__}: {exc}")
             raise
+        return path, {"tier": "disk", **({"fallback": fallback} if fallback else {})}
 
     def _commit(self, step: int, record: dict[str, Any]) -> None:
         with self._lock:
