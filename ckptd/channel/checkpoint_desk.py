@@ -197,6 +197,7 @@ class CheckpointDesk:
             "metrics": message.get("metrics"),
             "bytes": message.get("bytes"),
             "seconds": message.get("seconds"),
+            "tier": self.tier_of(message.get("path")),
         }
         final = (
             self.outstanding is not None

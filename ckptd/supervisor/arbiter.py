@@ -50,6 +50,7 @@ from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
 from ckptd.supervisor.ending import StopEnding
 from ckptd.supervisor.launcher import Launcher, Prepared
+from ckptd.supervisor.memory_copy import PERSISTED, PRUNED, MemoryCopy
 from ckptd.supervisor.preemption import Preemption
 from ckptd.supervisor.states import JobState, check_transition
 from ckptd.supervisor.stops import Intent, Step, Stop
@@ -110,8 +111,14 @@ class Arbiter:
             self.remote = RemoteCopy(
                 config.storage, self.rules, post=self.post, progress=lambda: self.step
             )
-        self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
         self.background = Background(self.post)
+        # MemoryPlaceError (no RAM filesystem, a memory_dir not ours): exit 2 at start
+        self.memory = MemoryCopy(config, events, self.background) if config.memory_every else None
+        self.desk.memory_dir = self.memory.path if self.memory is not None else None
+        self.launcher = Launcher(
+            config, run_dir, channel.endpoint, self.remote,
+            self.memory.path if self.memory is not None else None,
+        )  # fmt: skip
         self.ending = StopEnding(
             events, self.background, self.remote, config.slurm.requeue_command,
             config.kill_timeout,
@@ -240,6 +247,8 @@ class Arbiter:
                 if self.preemption is not None:
                     moments.append(self.preemption.final_at(self._save_seconds()))
                 moments += [self.health.deadline(), self.timer.next_due()]
+                if self.memory is not None:
+                    moments.append(self.memory.next_due())
         present = [m for m in moments if m is not None]
         return min(present) if present else None
 
@@ -273,6 +282,7 @@ class Arbiter:
             ),
             self.goodput.close,
             self.background.stop,
+            *((self.memory.close,) if self.memory is not None else ()),
             self._remove_interrupted_saves,
             *((self.remote.close,) if self.remote is not None else ()),
         ):
@@ -321,14 +331,17 @@ class Arbiter:
         elif action is Action.WAKE:  # SIGCHLD: the job (or an orphan it left) changed state
             self._check_child()
 
-    def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
+    def _request_checkpoint(
+        self, request: Request, waiter: Waiter | None = None, tier: str = "disk"
+    ) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
         if self.stop is not None or self.state is JobState.EXITED:
             if waiter is not None:
                 raise ReplyError("not_running", f"the job is {self.state.value}")
             return None
-        result = self.desk.request(request, self.trainer if self._job_alive() else None, waiter)
+        trainer = self.trainer if self._job_alive() else None
+        result = self.desk.request(request, trainer, waiter, tier)
         self._sync_checkpointing()
         return result
 
@@ -610,6 +623,10 @@ class Arbiter:
             )
         if prepared.remote_error is not None:
             self.events.emit("remote.unreachable", level="warning", error=prepared.remote_error)
+        if self.memory is not None and prepared.memory is not None:
+            persisted = self.memory.report(prepared.memory, why="before the launch")
+            if persisted is not None:
+                self._prune(str(persisted.path), persisted.step)
         resume = prepared.resume
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
@@ -635,6 +652,8 @@ class Arbiter:
             resume.step if resume else None,
             resume.time if resume else None,
         )
+        if self.memory is not None:
+            self.memory.launched(self.launched, resume.path if resume else None)
         self._transition(JobState.RUNNING)
         self.notifier.ready(self._status_line())
         self.events.emit(
@@ -678,6 +697,8 @@ class Arbiter:
         self.channel.forget_peers()
         self.desk.job_exited()
         self.progress.exited()
+        if self.memory is not None:
+            self.memory.exited()
         self.background.submit("cleaned", lambda: self._clean_up(trainer))
 
     def _clean_up(self, trainer: Trainer) -> tuple[int, int | None]:
@@ -764,9 +785,25 @@ class Arbiter:
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
+        elif finished.tag in (PERSISTED, PRUNED) and self.memory is not None:
+            self._on_memory(finished)
         elif finished.tag in ("flushed", "requeued") and self.stop is not None:
             self.ending.finished(self.stop, finished)
             self._continue_stop(self.stop)
+
+    def _on_memory(self, finished: Finished) -> None:
+        """The memory tier's work on the worker: a RAM checkpoint persisted (then pruned on
+        disk and uploaded like any commit; the ``every`` period starts again), RAM pruned."""
+        assert self.memory is not None
+        if finished.tag == PRUNED:
+            self.memory.on_pruned(finished)
+            return
+        persisted = self.memory.on_persisted(finished)
+        if persisted is not None:
+            self._prune(str(persisted.path), persisted.step)
+            self.progress.persisted(persisted.seconds)
+            if self.stop is None and self._job_alive():
+                self.timer.reset(time.monotonic())
 
     def _on_remote(self, outcome: Outcome) -> None:
         """What the uploader did, reported from its thread through the queue.
@@ -817,9 +854,15 @@ class Arbiter:
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
         elif (overdue := self.health.overdue(now)) is not None:
             self._on_hang(overdue)
+        elif self.memory is not None and self.memory.due(now):
+            request = Request(Action.CHECKPOINT, Origin.TIMER, "memory_every")
+            self._request_checkpoint(request, tier=self.memory.tier())
         elif self.timer.is_due(now):
             self.timer.reset(now)
-            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
+            if self.memory is not None:  # the disk tier is fed from RAM, not by the job
+                self.memory.persist()
+            else:
+                self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
 
     def _check_slow(self, now: float) -> None:
         """On a new step: has the job been straggling for long enough to say so?"""
@@ -862,6 +905,8 @@ class Arbiter:
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
         if kind == "started":
+            if self.memory is not None:
+                self.memory.started(message)
             stall = _reported_stall(message.get("stall"))
             self.progress.save_started(now, stall)
             ids = message.get("ids") or []
@@ -879,18 +924,24 @@ class Arbiter:
         elif kind == "written":
             self.desk.on_written(peer, message)
         elif kind == "committed":
+            persist_now = self.desk.persist_wanted(message.get("ids") or [])
             ack = self.desk.on_committed(peer, message)
+            in_ram = self.memory is not None and self.memory.committed(
+                message, persist_now=persist_now
+            )
             at = self.desk.last_commit["time"] if self.desk.last_commit else None
-            self.progress.save_ended(now, message, at)  # the metrics' age is status's
+            self.progress.save_ended(now, message, at, feeds_interval=not in_ram)
             if ack.progress:
                 self.restarts_without_progress = 0
             if ack.final and self.stop is not None:
                 self.stop.committed = True
-            if self.stop is None:
+            if self.stop is None and not in_ram:
                 self.timer.reset(now)
-            if not message.get("reused"):
+            if not message.get("reused") and not in_ram:
                 self._prune(message.get("path"), message.get("step"))
         elif kind == "failed":
+            if self.memory is not None:
+                self.memory.failed(message)
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
             if ack.final and self.stop is not None:

@@ -22,10 +22,18 @@ from ckptd.process.trainer import Trainer
 from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
 from ckptd.storage import retention
+from ckptd.storage.persist import Pickup, persist_newest
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
-from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
-from ckptd_client.store import Checkpoint, newest_valid, scan
+from ckptd_client.manifest import (
+    ManifestError,
+    checkpoint_name,
+    lineage_after,
+    new_lineage_id,
+    read_manifest_bytes,
+    remove_temporaries,
+)
+from ckptd_client.store import Checkpoint, inspect, newest_valid, scan
 
 if TYPE_CHECKING:
     from ckptd.supervisor.remote_copy import (
@@ -55,16 +63,23 @@ class Prepared:
     remote_rejected: list[Checkpoint] = field(default_factory=list)
     remote_error: str | None = None
     lineage: str = ""  # CKPTD_LINEAGE: inherited from the resume point, or new
+    memory: Pickup | None = None  # the memory tier's newest, persisted before this launch
 
 
 class Launcher:
     def __init__(
-        self, config: JobConfig, run_dir: RunDir, endpoint: str, remote: RemoteCopy | None = None
+        self,
+        config: JobConfig,
+        run_dir: RunDir,
+        endpoint: str,
+        remote: RemoteCopy | None = None,
+        memory_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.endpoint = endpoint
         self.remote = remote
+        self.memory_dir = memory_dir
         self.attempt = -1
 
     def prepare(self) -> Prepared:
@@ -77,6 +92,7 @@ class Launcher:
         strays = self._take_job_lock()
         removed = remove_temporaries(self.config.checkpoint_dir)
         removed += retention.sweep_pruned(self.config.checkpoint_dir)
+        pickup = self._persist_memory(removed)
         rejected: list[Checkpoint] = []
         resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
         prepared = Prepared(
@@ -85,9 +101,10 @@ class Launcher:
             [_quarantine(bad) for bad in rejected],
             strays,
             lineage=_lineage(resume),
+            memory=pickup,
         )
         if self.remote is None:
-            return prepared
+            return replace(prepared, resume=self._from_ram(resume))
         # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
         fetched = self.remote.prepare(self.config.checkpoint_dir, resume)
         if fetched.checkpoint is not None:
@@ -97,11 +114,35 @@ class Launcher:
         self.remote.follow(prepared.lineage, resume.step if resume else None, local)
         return replace(
             prepared,
-            resume=resume,
+            resume=resume if fetched.checkpoint is not None else self._from_ram(resume),
             downloaded=fetched.checkpoint is not None,
             remote_rejected=fetched.rejected,
             remote_error=fetched.error,
         )
+
+    def _persist_memory(self, removed: list[Path]) -> Pickup | None:
+        """The memory tier's newest checkpoint newer than the disk's, persisted before a launch
+        (a trainer that died, or an earlier ckptd that died with it); corrupt ones skipped."""
+        if self.memory_dir is None:
+            return None
+        removed += remove_temporaries(self.memory_dir)  # the job is held down: none is live
+        mode = int(self.config.checkpoint_mode, 8) if self.config.checkpoint_mode else None
+        return persist_newest(self.memory_dir, self.config.checkpoint_dir, mode)
+
+    def _from_ram(self, resume: Checkpoint | None) -> Checkpoint | None:
+        """The RAM copy of the resume point when it is the same checkpoint and verifies in full:
+        the relaunch then reads memory, not the disk."""
+        if resume is None or self.memory_dir is None:
+            return resume
+        copy = self.memory_dir / checkpoint_name(resume.step)
+        if copy.is_symlink() or not copy.is_dir():
+            return resume
+        try:
+            same = read_manifest_bytes(copy) == read_manifest_bytes(resume.path)
+        except (OSError, ManifestError):
+            return resume
+        in_ram = inspect(copy, full=True) if same else None
+        return in_ram if in_ram is not None and in_ram.valid else resume
 
     def start(self, prepared: Prepared) -> Trainer:
         """Spawn the job (its own session; it inherits the job lock). Raises LaunchError."""

@@ -1,0 +1,296 @@
+"""The memory tier, for the arbiter: when the job saves to RAM, and the copies ckptd makes of it.
+
+Owned by the arbiter and called only from its thread. It keeps the ``memory_every`` timer
+(with ``"auto"``, Young/Daly from the measured RAM save stall), chooses the tier of each of
+its requests (RAM, or disk with ``checkpoint.tier_fallback`` when RAM is short or the last RAM
+save failed), and has the background worker persist the newest RAM checkpoint to
+``checkpoint_dir`` (after each RAM commit without ``every``, else each ``every``) and prune
+RAM to ``memory_keep``. At most one persistence is queued; a commit during one asks for
+another. At exit, what RAM holds newer than the disk is persisted, then RAM is cleared.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptd.config import JobConfig
+from ckptd.events import EventLog
+from ckptd.progress.interval import FailureHistory, IntervalChoice, choose_interval
+from ckptd.sources.timer import PeriodicTimer
+from ckptd.storage.memory import MemoryPlace, clear, find_place, prune, room_for
+from ckptd.storage.persist import Persisted, Pickup, persist_newest
+from ckptd.supervisor.background import Background, Finished
+
+PERSISTED = "memory_persisted"  # Background tags whose Finished values come back here
+PRUNED = "memory_pruned"
+_MEMORY_MIN = 1.0
+_INITIAL = 10.0  # memory_every = "auto" before a RAM save was measured
+_CHANGE = 0.05
+
+
+@dataclass
+class _Newest:
+    step: int
+    path: str
+    bytes: int
+    time: float
+
+
+class MemoryInterval:
+    """``memory_every = "auto"``: Young/Daly from the RAM saves' stall, within [1s, every_min]."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
+        self.history = FailureHistory()
+        self.choice = self._choose()
+
+    @property
+    def every(self) -> float:
+        return self.choice.every if self.choice.optimum is not None else _INITIAL
+
+    def saved(self, stall: float, seconds: float | None) -> IntervalChoice | None:
+        before = self.every
+        self.history = self.history.with_save(stall, seconds)
+        self.choice = self._choose()
+        return self.choice if abs(self.every - before) > _CHANGE * before else None
+
+    def failed(self) -> None:
+        self.history = self.history.with_failure()
+        self.choice = self._choose()
+
+    def _choose(self) -> IntervalChoice:
+        return choose_interval(
+            self.history,
+            prior_mtbf=self.config.mtbf,
+            every_min=_MEMORY_MIN,
+            every_max=max(_MEMORY_MIN, self.config.every_min),
+        )
+
+
+class MemoryCopy:
+    def __init__(
+        self,
+        config: JobConfig,
+        events: EventLog,
+        background: Background,
+        place: MemoryPlace | None = None,
+    ) -> None:
+        """Raises MemoryPlaceError when the memory tier has nowhere to live (exit 2)."""
+        self.config = config
+        self.place = place or find_place(config.name, config.checkpoint_dir, config.memory_dir)
+        self.events = events
+        self.background = background
+        self.auto = MemoryInterval(config) if config.memory_every == "auto" else None
+        fixed = config.memory_every if isinstance(config.memory_every, float) else None
+        self.timer = PeriodicTimer(self.auto.every if self.auto else fixed)
+        self.each_commit = config.every is None  # no disk interval: persist every RAM save
+        self.mode = int(config.checkpoint_mode, 8) if config.checkpoint_mode else None
+        self.newest: _Newest | None = None
+        self.persisted_step: int | None = None
+        self.resumed: Path | None = None  # a RAM resume point: never pruned while in use
+        self.persisting = False
+        self._again = False
+        self._saving_tier: str | None = None
+        self._failed_save: str | None = None
+        self.fallbacks = 0
+
+    @property
+    def path(self) -> Path:
+        return self.place.path
+
+    def place_fields(self) -> dict[str, Any]:
+        """The ``memory.ready`` event: where the tier lives and whether that is RAM."""
+        return {
+            "dir": str(self.path),
+            "filesystem": self.place.filesystem,
+            "in_ram": self.place.in_ram,
+            "explicit": self.place.explicit,
+            "every": self.timer.every,
+            "keep": self.config.memory_keep,
+        }
+
+    # -- clocks ----------------------------------------------------------------------------
+
+    def launched(self, now: float, resume: Path | None) -> None:
+        self.timer.reset(now)
+        self.resumed = resume if resume is not None and resume.parent == self.path else None
+        self._saving_tier = None
+
+    def exited(self) -> None:
+        self.timer.pause()
+        if self.auto is not None:
+            self.auto.failed()
+
+    def next_due(self) -> float | None:
+        return self.timer.next_due()
+
+    def due(self, now: float) -> bool:
+        """The memory timer is due: it restarts, and the arbiter asks for a RAM save."""
+        if not self.timer.is_due(now):
+            return False
+        self.timer.reset(now)
+        return True
+
+    def tier(self) -> str:
+        """The tier of the next memory-timer request: ``memory``, or ``disk`` with an event."""
+        why = None
+        if self._failed_save is not None:
+            why = f"the last memory save failed: {self._failed_save}"
+            self._failed_save = None  # RAM is tried again after this one
+        elif self.newest is not None:
+            why = room_for(self.path, self.newest.bytes)
+        if why is None:
+            return "memory"
+        self._fallback(why)
+        return "disk"
+
+    # -- the job's messages ----------------------------------------------------------------
+
+    def started(self, message: dict[str, Any]) -> None:
+        self._saving_tier = message.get("tier") if isinstance(message.get("tier"), str) else None
+        if isinstance(fallback := message.get("fallback"), str):
+            ids = message.get("ids") or []
+            self._fallback(fallback, request_id=ids[0] if ids else None, step=message.get("step"))
+
+    def failed(self, message: dict[str, Any]) -> None:
+        if self._saving_tier == "memory":
+            self._failed_save = str(message.get("error"))
+        self._saving_tier = None
+
+    def committed(self, message: dict[str, Any], *, persist_now: bool) -> bool:
+        """A commit was acknowledged; True when it is in RAM (then it is no disk commit).
+
+        A RAM commit is persisted at once without ``every`` or when a disk request joined it
+        (``persist_now``), and RAM is pruned to ``memory_keep``.
+        """
+        self._saving_tier = None
+        path, step = message.get("path"), message.get("step")
+        if not isinstance(path, str) or Path(path).parent != self.path or not isinstance(step, int):
+            if isinstance(step, int) and isinstance(path, str):
+                self._note_on_disk(step)
+            return False
+        if message.get("reused"):
+            if persist_now:
+                self.persist()
+            return True
+        size = message.get("bytes")
+        self.newest = _Newest(step, path, size if isinstance(size, int) else 0, time.time())
+        seconds = message.get("seconds")
+        if self.auto is not None and isinstance(seconds, (int, float)):
+            stall = message.get("stall")
+            choice = self.auto.saved(float(stall if stall is not None else seconds), seconds)
+            if choice is not None:
+                self.timer.retime(self.auto.every, time.monotonic())
+                self.events.emit("memory.interval", **choice.to_json())
+        if self.each_commit or persist_now:
+            self.persist()
+        place, keep, protect = self.path, self.config.memory_keep, self._protected()
+        self.background.submit(PRUNED, lambda: prune(place, keep, protect))
+        return True
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def persist(self) -> None:
+        """Copy the newest RAM checkpoint newer than the disk's to ``checkpoint_dir`` (worker)."""
+        if self.persisting:
+            self._again = True
+            return
+        self.persisting, self._again = True, False
+        place, disk, mode = self.path, self.config.checkpoint_dir, self.mode
+        self.background.submit(PERSISTED, lambda: persist_newest(place, disk, mode))
+
+    def on_persisted(self, finished: Finished) -> Persisted | None:
+        """A persistence ended; return the new disk checkpoint (to prune, upload), if any."""
+        self.persisting = False
+        if finished.error is not None:
+            pickup = Pickup(error=f"{type(finished.error).__name__}: {finished.error}")
+        else:
+            pickup = finished.result
+        persisted = self.report(pickup, why="background")
+        if self._again:
+            self.persist()
+        return persisted
+
+    def on_pruned(self, finished: Finished) -> None:
+        if finished.error is not None:
+            self.events.emit("checkpoint.prune_failed", level="warning", error=str(finished.error))
+            return
+        for gone in finished.result:
+            self.events.emit("checkpoint.pruned", path=str(gone), tier="memory")
+
+    def report(self, pickup: Pickup, *, why: str) -> Persisted | None:
+        """Events for a persistence (``why``: background, before the launch, at exit)."""
+        for bad in pickup.skipped:
+            self.events.emit(
+                "checkpoint.invalid", level="warning", path=str(bad.path), step=bad.step,
+                why=bad.why, moved_to=None, tier="memory",
+            )  # fmt: skip
+        if pickup.error is not None:
+            self.events.emit("checkpoint.persist_failed", level="error", error=pickup.error)
+        done = pickup.persisted
+        if done is None or not done.copied:
+            if done is not None:
+                self._note_on_disk(done.step)
+            return None
+        self._note_on_disk(done.step)
+        self.events.emit(
+            "checkpoint.persisted", step=done.step, path=str(done.path), source=str(done.source),
+            bytes=done.bytes, seconds=round(done.seconds, 6), tier="disk", why=why,
+        )  # fmt: skip
+        return done
+
+    def close(self) -> None:
+        """At exit, the job gone: persist what RAM holds newer than the disk, then clear RAM.
+
+        RAM is kept (with a warning) when that persistence failed: the next run picks it up.
+        """
+        pickup = persist_newest(self.path, self.config.checkpoint_dir, self.mode)
+        self.report(pickup, why="at exit")
+        if pickup.error is not None:
+            self.events.emit(
+                "memory.kept", level="warning", dir=str(self.path), why=pickup.error
+            )  # fmt: skip
+            return
+        clear(self.place)
+        self.events.emit("memory.cleared", dir=str(self.path))
+
+    def status(self) -> dict[str, Any]:
+        newest = self.newest
+        backlog = None
+        if newest is not None:
+            backlog = newest.step - self.persisted_step if self.persisted_step is not None else 1
+        return {
+            **self.place_fields(),
+            "newest": None
+            if newest is None
+            else {
+                "step": newest.step,
+                "path": newest.path,
+                "bytes": newest.bytes,
+                "age": round(time.time() - newest.time, 3),
+            },
+            "persisted_step": self.persisted_step,
+            "backlog_steps": max(0, backlog) if backlog is not None else None,
+            "persisting": self.persisting,
+            "fallbacks": self.fallbacks,
+            "next_in": None
+            if self.timer.next_due() is None
+            else round(max(0.0, (self.timer.next_due() or 0.0) - time.monotonic()), 3),
+        }
+
+    def _note_on_disk(self, step: int) -> None:
+        if self.persisted_step is None or step > self.persisted_step:
+            self.persisted_step = step
+
+    def _protected(self) -> list[Path]:
+        return [self.resumed] if self.resumed is not None else []
+
+    def _fallback(self, why: str, request_id: str | None = None, step: Any = None) -> None:
+        self.fallbacks += 1
+        self.events.emit(
+            "checkpoint.tier_fallback", level="warning", request_id=request_id, step=step,
+            why=why, tier="disk",
+        )  # fmt: skip
