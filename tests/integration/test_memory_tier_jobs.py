@@ -3,6 +3,7 @@ picked up by the next ckptd when both died, corrupt copies skipped, disk when RA
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -134,3 +135,23 @@ def test_ram_that_cannot_take_a_save_sends_it_to_disk(job: Job, tmp_path: Path) 
     assert inspect(Path(committed["path"]), full=True).valid
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
+
+
+def test_without_every_each_ram_save_is_persisted_and_ram_keeps_memory_keep(
+    job: Job, ram: Path
+) -> None:
+    """No `every`: ckptd copies each RAM checkpoint to disk in the background (verified, ready
+    to upload) and RAM holds memory_keep of them; a `ckptd checkpoint` request saves to disk."""
+    options = ("--memory-every", "1s", "--memory-keep", "1", "--memory-dir", str(ram), *FAST)
+    job.start_fake("--step-time", "0.01", options=options)
+    wait_for(lambda: len(job.events("checkpoint.persisted")) >= 2, "two persisted RAM saves")
+    for persisted in job.events("checkpoint.persisted"):
+        assert persisted["why"] == "background" and Path(persisted["source"]).parent == ram
+        assert inspect(Path(persisted["path"]), full=True).valid
+    wait_for(lambda: len([c for c in scan(ram) if c.valid]) == 1, "RAM pruned to memory_keep")
+    asked = job.cli("checkpoint", "--wait", "--json")
+    assert asked.returncode == 0, asked.stderr
+    assert Path(json.loads(asked.stdout)["path"]).parent == job.checkpoint_dir
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    assert list(ram.iterdir()) == []
