@@ -271,6 +271,6 @@ def test_memory_every_auto_follows_the_measured_ram_stall(tmp_path: Path) -> Non
     assert interval.every == 10.0
     assert interval.saved(0.01, 0.01) is not None
     assert interval.every == pytest.approx((2 * 0.01 * config.mtbf) ** 0.5)
-    interval.saved(100.0, 100.0)
-    interval.saved(100.0, 100.0)
+    interval.saved(30.0, 1.0)
+    interval.saved(30.0, 1.0)
     assert interval.every == config.every_min
