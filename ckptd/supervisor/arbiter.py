@@ -390,6 +390,8 @@ class Arbiter:
         """What a final save costs: the last save's time, plus its upload when a remote is set."""
         last = self.desk.last_commit or {}
         seconds = last.get("seconds")
+        if self.memory is not None and last.get("tier") == "memory":
+            seconds = self.memory.disk_seconds  # the final save goes to disk
         total = float(seconds) if isinstance(seconds, (int, float)) else 0.0
         size = last.get("bytes")
         if self.remote is not None and isinstance(size, int):
@@ -856,7 +858,7 @@ class Arbiter:
             self._on_hang(overdue)
         elif self.memory is not None and self.memory.due(now):
             request = Request(Action.CHECKPOINT, Origin.TIMER, "memory_every")
-            self._request_checkpoint(request, tier=self.memory.tier())
+            self._request_checkpoint(request, tier=self.memory.tier(group=self.desk.group.active))
         elif self.timer.is_due(now):
             self.timer.reset(now)
             if self.memory is not None:  # the disk tier is fed from RAM, not by the job

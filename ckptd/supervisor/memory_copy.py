@@ -96,6 +96,7 @@ class MemoryCopy:
         self._saving_tier: str | None = None
         self._failed_save: str | None = None
         self.fallbacks = 0
+        self.disk_seconds: float | None = None  # the last save to disk (or copy): a final's cost
 
     @property
     def path(self) -> Path:
@@ -134,10 +135,16 @@ class MemoryCopy:
         self.timer.reset(now)
         return True
 
-    def tier(self) -> str:
-        """The tier of the next memory-timer request: ``memory``, or ``disk`` with an event."""
+    def tier(self, *, group: bool = False) -> str:
+        """The tier of the next memory-timer request: ``memory``, or ``disk`` with an event.
+
+        ``group``: the ranks of a torchrun group share one directory on disk; the memory
+        tier is for single-process jobs so far.
+        """
         why = None
-        if self._failed_save is not None:
+        if group:
+            why = "the ranks of a torchrun group save to disk (memory tier: one process only)"
+        elif self._failed_save is not None:
             why = f"the last memory save failed: {self._failed_save}"
             self._failed_save = None  # RAM is tried again after this one
         elif self.newest is not None:
@@ -171,6 +178,9 @@ class MemoryCopy:
         if not isinstance(path, str) or Path(path).parent != self.path or not isinstance(step, int):
             if isinstance(step, int) and isinstance(path, str):
                 self._note_on_disk(step)
+                seconds = message.get("seconds")
+                if isinstance(seconds, (int, float)) and not message.get("reused"):
+                    self.disk_seconds = float(seconds)
             return False
         if message.get("reused"):
             if persist_now:
@@ -236,6 +246,7 @@ class MemoryCopy:
                 self._note_on_disk(done.step)
             return None
         self._note_on_disk(done.step)
+        self.disk_seconds = done.seconds if self.disk_seconds is None else self.disk_seconds
         self.events.emit(
             "checkpoint.persisted", step=done.step, path=str(done.path), source=str(done.source),
             bytes=done.bytes, seconds=round(done.seconds, 6), tier="disk", why=why,
