@@ -27,7 +27,6 @@ from ckptd.supervisor.background import Background, Finished
 PERSISTED = "memory_persisted"  # Background tags whose Finished values come back here
 PRUNED = "memory_pruned"
 _MEMORY_MIN = 1.0
-_INITIAL = 10.0  # memory_every = "auto" before a RAM save was measured
 _CHANGE = 0.05
 
 
@@ -40,16 +39,19 @@ class _Newest:
 
 
 class MemoryInterval:
-    """``memory_every = "auto"``: Young/Daly from the RAM saves' stall, within [1s, every_min]."""
+    """``memory_every = "auto"``: Young/Daly from the RAM saves' stall and the failures seen
+    by this daemon (``mtbf`` the prior), within [1s, every_min]; 1s until a save is measured
+    (the first save is what measures the cost)."""
 
     def __init__(self, config: JobConfig) -> None:
         self.config = config
         self.history = FailureHistory()
+        self._since = time.monotonic()
         self.choice = self._choose()
 
     @property
     def every(self) -> float:
-        return self.choice.every if self.choice.optimum is not None else _INITIAL
+        return self.choice.every
 
     def saved(self, stall: float, seconds: float | None) -> IntervalChoice | None:
         before = self.every
@@ -67,6 +69,7 @@ class MemoryInterval:
             prior_mtbf=self.config.mtbf,
             every_min=_MEMORY_MIN,
             every_max=max(_MEMORY_MIN, self.config.every_min),
+            running=time.monotonic() - self._since,
         )
 
 
