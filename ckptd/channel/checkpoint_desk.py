@@ -244,10 +244,13 @@ class CheckpointDesk:
         return "memory" if in_ram and Path(path).parent == self.memory_dir else "disk"
 
     def persist_wanted(self, ids: list[str]) -> bool:
-        """Whether the commit answering ``ids`` must be persisted at once (a disk request
-        joined its memory save); called before :meth:`on_committed` forgets the request."""
+        """Whether a commit answering ``ids`` must be persisted at once when it is in RAM: a
+        disk request joined its memory save, or a disk request was answered by reusing a RAM
+        checkpoint. Called before :meth:`on_committed` forgets the request."""
         current = self.outstanding
-        return current is not None and current.persist and current.answers(ids)
+        if current is None or not current.answers(ids):
+            return False
+        return current.persist or current.tier == "disk"
 
     def note_progress(self, step: int) -> bool:
         """A checkpoint of ``step`` exists (found on disk); return whether it is newer."""
