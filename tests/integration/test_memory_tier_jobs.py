@@ -55,11 +55,12 @@ def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
     status = job.status()
     assert status["memory"]["dir"] == str(ram) and status["memory"]["newest"]["step"] >= 0
     assert status["last_checkpoint"]["tier"] == "memory"
+    acknowledged = _memory_commits(job)[-1]["step"]
     os.kill(pid, signal.SIGKILL)
     started = job.wait_event("job.started", 2)
-    newest = max(c.step for c in scan(ram) if c.valid)
     persisted = job.wait_event("checkpoint.persisted")
-    assert persisted["why"] == "before the launch" and persisted["step"] == newest
+    newest = persisted["step"]  # a commit after the one read above may have landed too
+    assert persisted["why"] == "before the launch" and newest >= acknowledged
     assert inspect(job.checkpoint_dir / f"step-{newest:08d}", full=True).valid
     assert started["resume_step"] == newest and started["resume_from"].startswith(str(ram))
     assert job.wait_record("start", 2)["resume_step"] == newest
