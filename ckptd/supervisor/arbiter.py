@@ -148,6 +148,8 @@ class Arbiter:
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
         self.goodput = GoodputWatch(events.path)
+        if metrics is not None and self.memory is not None:
+            metrics.read_memory(self.memory.status)  # on the scrape thread: attribute reads
         if metrics is not None:
             metrics.read_goodput(lambda: self.goodput.latest.ratio if self.goodput.latest else None)
 
