@@ -37,11 +37,10 @@ from ._decisions import (
     State,
     decide,
 )
-from ._group import Group, Rounds
-from ._group_saves import GroupSave, GroupSaves
-from ._group_store import StoreRounds
+from ._group import Group
+from ._group_saves import GroupSaves
 from ._messages import CheckpointRequested, DaemonMessage, Done, Inbox, StopRequested
-from ._save import Save
+from ._save import Save, Underway, write_and_commit
 from .store import Checkpoint
 
 
@@ -89,7 +88,14 @@ class Client:
         self._resume_from = resume_from
         self._step: int | None = resume_from.step if resume_from else None
         self._lock = threading.Lock()
-        self._group = self._group_saves(getattr(channel, "group", None))
+        group: Group | None = getattr(channel, "group", None)
+        self._group = (
+            GroupSaves.of(
+                group, channel.send, lambda: self._step, checkpoint_dir, self.lineage, self._settle
+            )
+            if group is not None
+            else None
+        )
         self._state = State(group=self._group is not None, last=_resumed(resume_from))
         # Mirrors of the state for the calls made on every step (written by _apply only).
         self._quiet = self._group is None
@@ -189,7 +195,7 @@ class Client:
         self.wait()
         save = self._begin(step, background=True)
         self._in_flight = threading.Thread(
-            target=_write_and_commit, args=(save, write, metrics), name="ckptd-save"
+            target=write_and_commit, args=(save, write, metrics), name="ckptd-save"
         )
         self._in_flight.start()
 
@@ -293,7 +299,7 @@ class Client:
             raise RuntimeError(f"ckptd_client: {call}() in a forked child process")
         return metrics
 
-    def _begin(self, step: int, *, background: bool) -> Save | GroupSave:
+    def _begin(self, step: int, *, background: bool) -> Underway:
         if self._group is not None:
             return self._group.begin(step, background=background)
         # A save of the progress made after a final answer is the final save.
@@ -308,30 +314,6 @@ class Client:
         if stop:
             self._settle(RoundEnded(final=True))
         return save
-
-    def _group_saves(self, group: Group | None) -> GroupSaves | None:
-        if group is None:
-            return None
-        kind = StoreRounds if group.nodes else Rounds
-        rounds = kind(group, self._channel.send, lambda: self._step)
-        return GroupSaves(
-            rounds, self._channel.send, self.checkpoint_dir, self.lineage, self._settle
-        )
-
-
-def _write_and_commit(
-    save: Save | GroupSave, write: Callable[[Path], None], metrics: dict[str, Any]
-) -> None:
-    """A background save's thread; its failure is settled by the save, for training to raise."""
-    try:
-        write(save.directory)
-    except BaseException as exc:
-        save.fail(exc)
-        return
-    try:
-        save.commit(metrics)
-    except BaseException:
-        return  # settled as the save failed: training raises it at its next call
 
 
 def _resumed(checkpoint: Checkpoint | None) -> Commit | None:

@@ -32,30 +32,6 @@ from typing import Any
 
 from ._messages import CheckpointRequested, StopRequested
 
-__all__ = [
-    "AnsweredElsewhere",
-    "Commit",
-    "Effect",
-    "ErrorRaised",
-    "Event",
-    "Forked",
-    "GroupSaveEnded",
-    "GroupSaveStarted",
-    "JoinRound",
-    "Progressed",
-    "Request",
-    "Requested",
-    "RoundEnded",
-    "SaveCommitted",
-    "SaveFailed",
-    "SaveStarted",
-    "Saving",
-    "Seen",
-    "Send",
-    "State",
-    "decide",
-]
-
 
 @dataclass(frozen=True)
 class Commit:

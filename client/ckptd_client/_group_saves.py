@@ -18,7 +18,8 @@ from typing import Any
 
 from . import manifest
 from ._decisions import Commit, GroupSaveEnded, GroupSaveStarted, JoinRound
-from ._group import Outcome, Rounds
+from ._group import Group, Outcome, Rounds
+from ._group_store import StoreRounds
 from ._messages import Aborted, Agreed, CommitOrdered, DaemonMessage, Done
 from ._save import Settle, describe
 
@@ -27,6 +28,20 @@ Send = Callable[..., None]  # the channel's send(kind, **fields)
 
 class GroupSaves:
     """This rank's side of the group's checkpoint rounds."""
+
+    @classmethod
+    def of(
+        cls,
+        group: Group,
+        send: Send,
+        step: Callable[[], int | None],
+        checkpoint_dir: Path,
+        lineage: manifest.Lineage,
+        settle: Settle,
+    ) -> GroupSaves:
+        """The saves of ``group``'s rank; ranks on several nodes agree through the store."""
+        kind = StoreRounds if group.nodes else Rounds
+        return cls(kind(group, send, step), send, checkpoint_dir, lineage, settle)
 
     def __init__(
         self,

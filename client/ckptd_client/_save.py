@@ -12,12 +12,21 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import manifest
 from ._decisions import Commit, Event, SaveCommitted, SaveFailed, SaveStarted
 
 Settle = Callable[[Event], object]
+
+
+class Underway(Protocol):
+    """A save that has begun (this one, or a rank group's): ``fail`` or ``commit`` ends it."""
+
+    directory: Path
+
+    def fail(self, error: BaseException) -> None: ...
+    def commit(self, metrics: dict[str, Any]) -> None: ...
 
 
 def describe(error: BaseException) -> str:
@@ -82,3 +91,18 @@ class Save:
             raise
         seconds = time.monotonic() - self._began
         self._settle(SaveCommitted(Commit(str(path), self.step, metrics, written.size, seconds)))
+
+
+def write_and_commit(
+    save: Underway, write: Callable[[Path], None], metrics: dict[str, Any]
+) -> None:
+    """A background save's thread; its failure is settled by the save, for training to raise."""
+    try:
+        write(save.directory)
+    except BaseException as exc:
+        save.fail(exc)
+        return
+    try:
+        save.commit(metrics)
+    except BaseException:
+        return  # settled as the save failed: training raises it at its next call
