@@ -142,11 +142,12 @@ class Client:
         not wanted: ``ckptd stop --no-checkpoint``, after which nothing more is asked for).
 
         When the final checkpoint is a background save still in flight, this waits for
-        it, so no training happens after the final save has been taken.
+        it, so no training happens after the final save has been taken; like ``wait()``,
+        it raises a background save that failed.
         """
         if self._inert:
             return False
-        if self._state.final_in_flight:
+        if self._state.final_in_flight or self._async_error is not None:
             self.wait()
         state = self._state
         if state.final_at is not None:
@@ -189,7 +190,8 @@ class Client:
         only touch a snapshot of the state (``ckptd_client.torch.save_async`` makes one).
         At most one save is in flight: a call while one runs first waits for it. A failed
         background save is reported to the daemon and raised by the next call of ``step()``,
-        ``should_checkpoint()``, ``checkpoint*()`` or ``wait()``; it is never swallowed.
+        ``should_checkpoint()``, ``should_stop()``, ``checkpoint*()`` or ``wait()``; it is
+        never swallowed.
         """
         metrics = self._usable("checkpoint_async", metrics)
         self.wait()

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ckptd_client import Client
 from ckptd_client._messages import CheckpointRequested, Inbox, StopRequested
+
+from conftest import wait_for
 
 
 class _Channel:
@@ -83,5 +87,26 @@ def test_stop_without_checkpoint_saves_nothing_not_even_a_pending_request(tmp_pa
         assert not ck.should_checkpoint(), "a stop without a checkpoint must save nothing"
         assert ck.should_stop()
         assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000005"]
+    finally:
+        ck.close()
+
+
+def test_a_failed_final_background_save_is_raised_by_should_stop(tmp_path: Path) -> None:
+    """The final save fails in the background before should_stop() is asked: it raises, once."""
+    channel = _Channel()
+    ck = Client(channel, tmp_path / "ckpt", None, standalone=False)
+
+    def write(directory: Path) -> None:
+        raise OSError("disk full")
+
+    try:
+        ck.step(5)
+        channel.post(StopRequested("final", "SIGTERM"))
+        assert ck.should_checkpoint()
+        ck.checkpoint_async(5, write)
+        wait_for(lambda: any(kind == "failed" for kind, _ in channel.sent), "the failure report")
+        with pytest.raises(RuntimeError, match="background save failed: disk full"):
+            ck.should_stop()
+        assert ck.should_stop(), "the final request was answered (by a failure)"
     finally:
         ck.close()
