@@ -15,18 +15,6 @@ from typing import Any
 
 from . import protocol
 
-__all__ = [
-    "Aborted",
-    "Agreed",
-    "CheckpointRequested",
-    "CommitOrdered",
-    "DaemonMessage",
-    "Done",
-    "Inbox",
-    "StopRequested",
-    "parse",
-]
-
 
 @dataclass(frozen=True)
 class CheckpointRequested:
