@@ -13,8 +13,9 @@ Client to daemon:
                                                step stands still
   ``started``    {ids, step, stall?}           a checkpoint save began; a background save
                                                adds how long training waited for it (s); ``tier``:
-                                               ``memory`` or ``disk``, ``fallback``: why a
-                                               request of the memory tier went to disk
+                                               ``memory`` (in RAM), or ``disk`` with
+                                               ``fallback``: why a memory-tier request
+                                               went to disk
   ``committed``  {ids, step, path, metrics, bytes, seconds}
   ``failed``     {ids, step, error}
   ``propose``    {id, at}                      group: the first step at which this rank can
