@@ -156,3 +156,13 @@ def test_without_every_each_ram_save_is_persisted_and_ram_keeps_memory_keep(
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
     assert list(ram.iterdir()) == []
+
+
+def test_a_memory_dir_that_is_a_link_is_a_one_line_start_error(job: Job, tmp_path: Path) -> None:
+    """A memory_dir that is a symlink is refused before anything is launched (exit 2)."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    job.start_fake(options=("--memory-every", "5s", "--memory-dir", str(tmp_path / "link")))
+    assert job.wait() == 2
+    assert "memory_dir:" in job.log_tail() and "link is not followed" in job.log_tail()
+    assert not job.records("start")
