@@ -18,7 +18,7 @@ from typing import Any
 
 from ckptd.config import JobConfig
 from ckptd.events import EventLog
-from ckptd.progress.interval import FailureHistory, IntervalChoice, choose_interval
+from ckptd.progress.memory_interval import MemoryInterval
 from ckptd.sources.timer import PeriodicTimer
 from ckptd.storage.memory import MemoryPlace, clear, find_place, prune, room_for
 from ckptd.storage.persist import Persisted, Pickup, persist_newest
@@ -26,8 +26,6 @@ from ckptd.supervisor.background import Background, Finished
 
 PERSISTED = "memory_persisted"  # Background tags whose Finished values come back here
 PRUNED = "memory_pruned"
-_MEMORY_MIN = 1.0
-_CHANGE = 0.05
 
 
 @dataclass
@@ -36,41 +34,6 @@ class _Newest:
     path: str
     bytes: int
     time: float
-
-
-class MemoryInterval:
-    """``memory_every = "auto"``: Young/Daly from the RAM saves' stall and the failures seen
-    by this daemon (``mtbf`` the prior), within [1s, every_min]; 1s until a save is measured
-    (the first save is what measures the cost)."""
-
-    def __init__(self, config: JobConfig) -> None:
-        self.config = config
-        self.history = FailureHistory()
-        self._since = time.monotonic()
-        self.choice = self._choose()
-
-    @property
-    def every(self) -> float:
-        return self.choice.every
-
-    def saved(self, stall: float, seconds: float | None) -> IntervalChoice | None:
-        before = self.every
-        self.history = self.history.with_save(stall, seconds)
-        self.choice = self._choose()
-        return self.choice if abs(self.every - before) > _CHANGE * before else None
-
-    def failed(self) -> None:
-        self.history = self.history.with_failure()
-        self.choice = self._choose()
-
-    def _choose(self) -> IntervalChoice:
-        return choose_interval(
-            self.history,
-            prior_mtbf=self.config.mtbf,
-            every_min=_MEMORY_MIN,
-            every_max=max(_MEMORY_MIN, self.config.every_min),
-            running=time.monotonic() - self._since,
-        )
 
 
 class MemoryCopy:
@@ -86,7 +49,8 @@ class MemoryCopy:
         self.place = place or find_place(config.name, config.checkpoint_dir, config.memory_dir)
         self.events = events
         self.background = background
-        self.auto = MemoryInterval(config) if config.memory_every == "auto" else None
+        auto = config.memory_every == "auto"
+        self.auto = MemoryInterval(config, events.path) if auto else None
         fixed = config.memory_every if isinstance(config.memory_every, float) else None
         self.timer = PeriodicTimer(self.auto.every if self.auto else fixed)
         self.each_commit = config.every is None  # no disk interval: persist every RAM save

@@ -264,7 +264,7 @@ def test_a_memory_directory_that_cannot_be_written_falls_back_to_disk(
 def test_memory_every_auto_follows_the_measured_ram_stall(tmp_path: Path) -> None:
     """memory_every = "auto": 1s until a RAM save is measured, then Young/Daly within
     [1s, every_min]."""
-    from ckptd.supervisor.memory_copy import MemoryInterval
+    from ckptd.progress.memory_interval import MemoryInterval
 
     config = load(None, {"command": ["x"], "memory_every": "auto"}, base=tmp_path)
     interval = MemoryInterval(config)
