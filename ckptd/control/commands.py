@@ -10,15 +10,27 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ckptd import __version__
 from ckptd.control.server import ReplyError, Waiter
 
-if TYPE_CHECKING:
-    from ckptd.supervisor.arbiter import Arbiter
-
 LATER = object()
+
+
+class Supervisor(Protocol):
+    """What the commands ask of the daemon (the arbiter, on its own thread)."""
+
+    @property
+    def job_name(self) -> str: ...
+    @property
+    def endpoints(self) -> dict[str, str]: ...
+    def control_checkpoint(self, waiter: Waiter | None) -> Any: ...
+    def control_stop(self, save: bool, waiter: Waiter | None) -> Any: ...
+    def control_restart(self) -> Any: ...
+    def status(self) -> dict[str, Any]: ...
+    def checkpoints(self) -> list[dict[str, Any]]: ...
+    def effective_config(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,7 @@ class ControlCommand:
     name: str
     doc: str
     args: tuple[Arg, ...]
-    handler: Callable[[Arbiter, dict[str, Any], Waiter], Any]
+    handler: Callable[[Supervisor, dict[str, Any], Waiter], Any]
 
     def parse(self, raw: Any) -> dict[str, Any]:
         """Checked arguments with defaults filled in; ReplyError("bad_arguments") otherwise."""
@@ -59,21 +71,21 @@ REGISTRY: dict[str, ControlCommand] = {}
 
 
 def control_command(name: str, doc: str, *args: Arg) -> Callable[..., Any]:
-    def register(handler: Callable[[Arbiter, dict[str, Any], Waiter], Any]) -> Any:
+    def register(handler: Callable[[Supervisor, dict[str, Any], Waiter], Any]) -> Any:
         REGISTRY[name] = ControlCommand(name, doc, args, handler)
         return handler
 
     return register
 
 
-def execute(arbiter: Arbiter, name: str, raw_args: Any, waiter: Waiter) -> None:
+def execute(daemon: Supervisor, name: str, raw_args: Any, waiter: Waiter) -> None:
     """Run one command for ``waiter``; errors become error replies."""
     command = REGISTRY.get(name)
     if command is None:
         raise ReplyError(
             "unknown_command", f"unknown command {name!r}; known: " + ", ".join(sorted(REGISTRY))
         )
-    result = command.handler(arbiter, command.parse(raw_args), waiter)
+    result = command.handler(daemon, command.parse(raw_args), waiter)
     if result is not LATER:
         waiter.reply(result)
 
@@ -87,13 +99,13 @@ def _is_type(value: Any, kind: type) -> bool:
 
 
 @control_command("ping", "Liveness check. Result: version, pid, job name, endpoints.")
-def ping(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
+def ping(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
     return {
         "pong": True,
         "version": __version__,
         "pid": os.getpid(),
-        "job": arbiter.config.name,
-        "endpoints": arbiter.endpoints,
+        "job": daemon.job_name,
+        "endpoints": daemon.endpoints,
     }
 
 
@@ -104,8 +116,8 @@ def ping(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
     "path, step, metrics, bytes, seconds) or failed (error code checkpoint_failed).",
     Arg("wait", bool, False, "reply only when the checkpoint committed or failed"),
 )
-def checkpoint(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.control_checkpoint(waiter if args["wait"] else None)
+def checkpoint(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    return daemon.control_checkpoint(waiter if args["wait"] else None)
 
 
 @control_command(
@@ -115,8 +127,8 @@ def checkpoint(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
     Arg("checkpoint", bool, True, "false: stop without a final checkpoint"),
     Arg("wait", bool, False, "reply only when the job has stopped"),
 )
-def stop(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.control_stop(args["checkpoint"], waiter if args["wait"] else None)
+def stop(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    return daemon.control_stop(args["checkpoint"], waiter if args["wait"] else None)
 
 
 @control_command(
@@ -124,8 +136,8 @@ def stop(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
     "Final checkpoint, then relaunch the job from it (not counted as a failure). Result: "
     "{restarting: true}.",
 )
-def restart(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.control_restart()
+def restart(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    return daemon.control_restart()
 
 
 @control_command(
@@ -133,15 +145,15 @@ def restart(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
     "State, pid, attempt, restarts left, step, last checkpoint and its age, unsaved steps and "
     "seconds, seconds to the next periodic checkpoint, uptime.",
 )
-def status(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.status()
+def status(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    return daemon.status()
 
 
 @control_command("list", "The checkpoints on disk: name, path, step, time, bytes, metrics, valid.")
-def list_checkpoints(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.checkpoints()
+def list_checkpoints(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    return daemon.checkpoints()
 
 
 @control_command("config", "The effective configuration of the job (after file and flags).")
-def config(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.effective_config()
+def config(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    return daemon.effective_config()

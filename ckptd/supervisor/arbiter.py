@@ -31,6 +31,7 @@ from ckptd import exit_codes, log
 from ckptd.channel.checkpoint_desk import CheckpointDesk, file_request_is_stale
 from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.config import JobConfig
+from ckptd.control.commands import LATER, execute
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
@@ -52,6 +53,7 @@ from ckptd.supervisor.ending import StopEnding
 from ckptd.supervisor.launcher import Launcher, Prepared
 from ckptd.supervisor.preemption import Preemption
 from ckptd.supervisor.states import JobState, check_transition
+from ckptd.supervisor.status import status_of
 from ckptd.supervisor.stops import Intent, Step, Stop
 from ckptd.supervisor.systemd import Notifier
 from ckptd_client.manifest import remove_temporaries
@@ -386,20 +388,14 @@ class Arbiter:
     # -- control commands ----------------------------------------------------------------
 
     def _dispatch(self, command: str, args: Any, waiter: Waiter) -> None:
-        from ckptd.control.commands import execute
-
         execute(self, command, args, waiter)
 
     def control_checkpoint(self, waiter: Waiter | None) -> Any:
-        from ckptd.control.commands import LATER
-
         request = Request(Action.CHECKPOINT, Origin.CONTROL, "control")
         result = self._request_checkpoint(request, waiter)
         return LATER if waiter is not None and not waiter.done else result
 
     def control_stop(self, save: bool, waiter: Waiter | None) -> Any:
-        from ckptd.control.commands import LATER
-
         if self.stop is not None and self.stop.intent is Intent.STOP:
             if waiter is not None:
                 self.stop.waiters.append(waiter)
@@ -417,9 +413,11 @@ class Arbiter:
         self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), Intent.RESTART)
         return {"restarting": True}
 
-    def status(self) -> dict[str, Any]:
-        from ckptd.control.status import status_of
+    @property
+    def job_name(self) -> str:
+        return self.config.name
 
+    def status(self) -> dict[str, Any]:
         return status_of(self)
 
     def checkpoints(self) -> list[dict[str, Any]]:
