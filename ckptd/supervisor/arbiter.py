@@ -31,7 +31,7 @@ from ckptd import exit_codes, log
 from ckptd.channel.checkpoint_desk import CheckpointDesk, file_request_is_stale
 from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.config import JobConfig
-from ckptd.control.commands import LATER, execute
+from ckptd.control.commands import execute
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
@@ -254,7 +254,7 @@ class Arbiter:
             if isinstance(item, Finished):
                 self._guarded(self._on_finished, item)
             elif isinstance(item, Request):
-                self._guarded(self._on_request, item)
+                self._guarded(self._answer, item)
             else:
                 self._guarded(self._on_remote, item)
 
@@ -302,19 +302,46 @@ class Arbiter:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _on_request(self, request: Request) -> None:
+    def _answer(self, request: Request) -> None:
+        """Decide on one request; a control command's is answered (or kept, with ``wait``)."""
+        reply_to = request.reply_to
+        if reply_to is None:
+            self._on_request(request)
+            return
+        try:
+            result = self._on_request(request)
+        except ReplyError as exc:
+            reply_to.fail(exc.code, str(exc))
+            return
+        except Exception as exc:  # a bug: the command's answer says so, supervision goes on
+            reply_to.fail("internal_error", f"{type(exc).__name__}: {exc}")
+            raise
+        if not request.wait:
+            reply_to.reply(result)
+
+    def _on_request(self, request: Request) -> Any:
+        """The one place every request is decided, wherever it came from; returns the answer
+        a control command gets (ReplyError: the command cannot act now)."""
         action = request.action
         if action is Action.CHECKPOINT:
-            self._request_checkpoint(request)
-        elif action is Action.STOP:
-            if self.stop is not None and self.stop.intent is Intent.STOP:
-                if request.origin is Origin.SIGNAL:
-                    self._stop_now(request.reason)  # a second SIGTERM/SIGINT: wait no longer
-                else:
-                    self.stop.origins.add(request.origin)
-            else:
-                self._begin_stop(request, Intent.STOP)
-        elif action is Action.STOP_NOW:
+            return self._request_checkpoint(request, _waiter(request))
+        if action is Action.STOP:
+            already = self.stop is not None and self.stop.intent is Intent.STOP
+            if already and request.origin is Origin.SIGNAL:
+                self._stop_now(request.reason)  # a second SIGTERM/SIGINT: wait no longer
+            else:  # a stop under way takes it in (Stop.supersede)
+                self._begin_stop(request, Intent.STOP, save=request.save, waiter=_waiter(request))
+            return {"stopping": True, "already": True} if already else {"stopping": True}
+        if action is Action.RESTART:
+            if self.stop is not None:
+                raise ReplyError(
+                    "not_running", f"a {self.stop.intent.value} is already in progress"
+                )
+            if not self._job_alive():
+                raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+            self._begin_stop(request, Intent.RESTART)
+            return {"restarting": True}
+        if action is Action.STOP_NOW:
             self._stop_now(request.reason)
         elif action is Action.PREEMPT:
             self._on_preemption(request)
@@ -322,12 +349,13 @@ class Arbiter:
             self._begin_stop(request, Intent.STOP, requeue=True)
         elif action is Action.WAKE:  # SIGCHLD: the job (or an orphan it left) changed state
             self._check_child()
+        return None
 
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
         if self.stop is not None or self.state is JobState.EXITED:
-            if waiter is not None:
+            if request.reply_to is not None:
                 raise ReplyError("not_running", f"the job is {self.state.value}")
             return None
         result = self.desk.request(request, self.trainer if self._job_alive() else None, waiter)
@@ -389,29 +417,6 @@ class Arbiter:
 
     def _dispatch(self, command: str, args: Any, waiter: Waiter) -> None:
         execute(self, command, args, waiter)
-
-    def control_checkpoint(self, waiter: Waiter | None) -> Any:
-        request = Request(Action.CHECKPOINT, Origin.CONTROL, "control")
-        result = self._request_checkpoint(request, waiter)
-        return LATER if waiter is not None and not waiter.done else result
-
-    def control_stop(self, save: bool, waiter: Waiter | None) -> Any:
-        if self.stop is not None and self.stop.intent is Intent.STOP:
-            if waiter is not None:
-                self.stop.waiters.append(waiter)
-                return LATER
-            return {"stopping": True, "already": True}
-        request = Request(Action.STOP, Origin.CONTROL, "control")
-        self._begin_stop(request, Intent.STOP, save=save, waiter=waiter)
-        return LATER if waiter is not None and not waiter.done else {"stopping": True}
-
-    def control_restart(self) -> Any:
-        if self.stop is not None:
-            raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
-        if not self._job_alive():
-            raise ReplyError("not_running", f"no job process is running ({self.state.value})")
-        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), Intent.RESTART)
-        return {"restarting": True}
 
     @property
     def job_name(self) -> str:
@@ -942,6 +947,12 @@ class Arbiter:
             return retention.prune(directory, rules, [*protect, *kept])
 
         self.background.submit("pruned", prune)
+
+
+def _waiter(request: Request) -> Waiter | None:
+    """The control waiter a request keeps to answer once it is done (``wait``), else None."""
+    reply_to = request.reply_to
+    return reply_to if request.wait and isinstance(reply_to, Waiter) else None
 
 
 def _reported_stall(value: Any) -> float | None:
