@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ckptd import exit_codes, log
+from ckptd.channel import messages
 from ckptd.channel.checkpoint_desk import CheckpointDesk, file_request_is_stale
 from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.config import JobConfig
@@ -68,8 +69,8 @@ if TYPE_CHECKING:
 # cap is only a safety net, so that nothing waits on a moment that was never counted.
 _MAX_SLEEP = 60.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
-_TRAINING_AT = frozenset({"hello", "step", "started", "bye"})  # messages whose step is training's
-_MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
+# messages whose step is training's
+_TRAINING_AT = (messages.Hello, messages.StepReport, messages.Started, messages.Bye)
 # How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
 # a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
 # client is still importing its way to connect().
@@ -852,36 +853,34 @@ class Arbiter:
 
     # -- messages from the job -----------------------------------------------------------
 
-    def _on_client(self, peer: Peer, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        step = message.get("step")
+    def _on_client(self, peer: Peer, message: messages.ClientMessage) -> None:
         now = time.monotonic()
-        if self.progress.reported(step, now, training_at=kind in _TRAINING_AT):
+        training_at = isinstance(message, _TRAINING_AT)
+        if self.progress.reported(message.step, now, training_at=training_at):
             self._check_slow(now)
-        if not peer.known and kind != "bye":
+        if not peer.known and not isinstance(message, messages.Bye):
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
             self.desk.client_connected(peer)
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
-        if kind == "started":
-            stall = _reported_stall(message.get("stall"))
+        if isinstance(message, messages.Started):
+            stall, ids = message.stall, message.ids
             self.progress.save_started(now, stall)
-            ids = message.get("ids") or []
             fields: dict[str, Any] = {"stall": round(stall, 6)} if stall is not None else {}
             self.events.emit(
                 "checkpoint.started",
                 request_id=ids[0] if ids else None,
-                request_ids=ids,
+                request_ids=list(ids),
                 pid=peer.pid,
                 rank=peer.rank,
                 **fields,
             )
-        elif kind == "propose":
+        elif isinstance(message, messages.Propose):
             self.desk.on_propose(peer, message)
-        elif kind == "written":
+        elif isinstance(message, messages.Written):
             self.desk.on_written(peer, message)
-        elif kind == "committed":
+        elif isinstance(message, messages.Committed):
             ack = self.desk.on_committed(peer, message)
             at = self.desk.last_commit["time"] if self.desk.last_commit else None
             self.progress.save_ended(now, message, at)  # the metrics' age is status's
@@ -891,9 +890,9 @@ class Arbiter:
                 self.stop.committed = True
             if self.stop is None:
                 self.timer.reset(now)
-            if not message.get("reused"):
-                self._prune(message.get("path"), message.get("step"))
-        elif kind == "failed":
+            if not message.reused:
+                self._prune(message.path, message.step)
+        elif isinstance(message, messages.Failed):
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
             if ack.final and self.stop is not None:
@@ -930,12 +929,12 @@ class Arbiter:
         self.progress.failure()
         self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
 
-    def _prune(self, committed: Any, step: Any) -> None:
+    def _prune(self, committed: str | None, step: int | None) -> None:
         """Retention after a commit, off the loop; never the newest verified checkpoint, nor
         one newer than the newest remote one (the only copy)."""
-        if isinstance(committed, str) and Path(committed).parent == self.config.checkpoint_dir:
+        if committed is not None and Path(committed).parent == self.config.checkpoint_dir:
             self.newest_verified = Path(committed)
-            if self.remote is not None and isinstance(step, int):
+            if self.remote is not None and step is not None:
                 self.remote.submit(Path(committed), step)
         protect = [self.resumed_from.path] if self.resumed_from else []
         if self.newest_verified is not None:
@@ -953,14 +952,6 @@ def _waiter(request: Request) -> Waiter | None:
     """The control waiter a request keeps to answer once it is done (``wait``), else None."""
     reply_to = request.reply_to
     return reply_to if request.wait and isinstance(reply_to, Waiter) else None
-
-
-def _reported_stall(value: Any) -> float | None:
-    """A background save's snapshot stall as its client reported it; None unless a number of
-    seconds in [0, a day] (NaN, infinities and huge integers included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if 0 <= value <= _MAX_STALL else None
 
 
 def _sleep_ms(due: float | None) -> int:
