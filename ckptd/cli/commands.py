@@ -1,7 +1,7 @@
 """The command registry: each command's name, arguments, documentation and handler in one place.
 
-``cli/main.py`` builds its parser from this table; the README's command list is
-checked against it. The commands that talk to a daemon are made from the control
+``cli/main.py`` builds its parser from this table; docs/commands.md's command list
+is checked against it. The commands that talk to a daemon are made from the control
 registry (``cli/remote.py``).
 """
 
