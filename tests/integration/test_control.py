@@ -188,7 +188,7 @@ def test_stop_without_checkpoint_drops_a_pending_request(job: Job) -> None:
 def test_commands_during_a_file_s_stop_are_decided_as_requests(job: Job) -> None:
     """During a STOP file's stop, `stop` joins it (already; its waiter gets the end) and
     `checkpoint` and `restart` are refused with not_running."""
-    job.start_fake("--save-time", "5", options=("--grace", "600s"))
+    job.start_fake("--save-time", "10", options=("--grace", "600s"))  # the stop outlasts the calls
     job.wait_event("client.connected")
     (job.run_dir / "STOP").touch()
     job.wait_event("checkpoint.started")
