@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ckptd.channel.messages import Committed, Failed, Started
 from ckptd.config import JobConfig
 from ckptd.events import EventLog
 from ckptd.progress.memory_interval import MemoryInterval
@@ -61,6 +62,7 @@ class MemoryCopy:
         self.persisting = False
         self._again = False
         self._saving_tier: str | None = None
+        self._stall: float | None = None  # the snapshot of the background save under way
         self._failed_save: str | None = None
         self.fallbacks = 0
         self.disk_seconds: float | None = None  # the last save to disk (or copy): a final's cost
@@ -123,42 +125,41 @@ class MemoryCopy:
 
     # -- the job's messages ----------------------------------------------------------------
 
-    def started(self, message: dict[str, Any]) -> None:
-        self._saving_tier = message.get("tier") if isinstance(message.get("tier"), str) else None
-        if isinstance(fallback := message.get("fallback"), str):
-            ids = message.get("ids") or []
-            self._fallback(fallback, request_id=ids[0] if ids else None, step=message.get("step"))
+    def started(self, message: Started) -> None:
+        self._saving_tier = message.tier
+        self._stall = message.stall
+        if message.fallback is not None:
+            request_id = message.ids[0] if message.ids else None
+            self._fallback(message.fallback, request_id=request_id, step=message.step)
 
-    def failed(self, message: dict[str, Any]) -> None:
+    def failed(self, message: Failed) -> None:
         if self._saving_tier == "memory":
-            self._failed_save = str(message.get("error"))
+            self._failed_save = message.error
         self._saving_tier = None
 
-    def committed(self, message: dict[str, Any], *, persist_now: bool) -> bool:
+    def committed(self, message: Committed, *, persist_now: bool) -> bool:
         """A commit was acknowledged; True when it is in RAM (then it is no disk commit).
 
         A RAM commit is persisted at once without ``every`` or when a disk request joined it
         (``persist_now``), and RAM is pruned to ``memory_keep``.
         """
         self._saving_tier = None
-        path, step = message.get("path"), message.get("step")
-        if not isinstance(path, str) or Path(path).parent != self.path or not isinstance(step, int):
-            if isinstance(step, int) and isinstance(path, str):
+        path, step = message.path, message.step
+        if path is None or step is None or Path(path).parent != self.path:
+            if path is not None and step is not None:
                 self._note_on_disk(step)
-                seconds = message.get("seconds")
-                if isinstance(seconds, (int, float)) and not message.get("reused"):
-                    self.disk_seconds = float(seconds)
+                if message.seconds is not None and not message.reused:
+                    self.disk_seconds = message.seconds
             return False
-        if message.get("reused"):
+        if message.reused:
             if persist_now:
                 self.persist()
             return True
-        size = message.get("bytes")
-        self.newest = _Newest(step, path, size if isinstance(size, int) else 0, time.time())
-        seconds = message.get("seconds")
-        if self.auto is not None and isinstance(seconds, (int, float)):
-            stall = message.get("stall")
-            choice = self.auto.saved(float(stall if stall is not None else seconds), seconds)
+        self.newest = _Newest(step, path, message.bytes or 0, time.time())
+        if self.auto is not None and message.seconds is not None:
+            # A RAM save stalls training for all of it, or a background one for its snapshot.
+            stall = self._stall if self._stall is not None else message.seconds
+            choice = self.auto.saved(stall, message.seconds)
             if choice is not None:
                 self.timer.retime(self.auto.every, time.monotonic())
                 self.events.emit("memory.interval", **choice.to_json())
