@@ -100,6 +100,8 @@ def _memory_rows(memory: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not memory:
         return []
     where = f"{memory.get('dir')}" + ("" if memory.get("in_ram") else " (not in RAM)")
+    if isinstance(memory.get("every"), (int, float)):
+        where += f", every {memory['every']:g} s"
     newest = memory.get("newest")
     persisted = memory.get("persisted_step")
     text = "none yet" if not newest else f"step {newest['step']}, {age(newest.get('age'))} ago"
