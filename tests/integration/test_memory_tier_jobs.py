@@ -166,3 +166,22 @@ def test_a_memory_dir_that_is_a_link_is_a_one_line_start_error(job: Job, tmp_pat
     assert job.wait() == 2
     assert "memory_dir:" in job.log_tail() and "link is not followed" in job.log_tail()
     assert not job.records("start")
+
+
+def test_a_hung_trainer_killed_by_ckptd_resumes_from_its_ram_checkpoint(
+    job: Job, ram: Path
+) -> None:
+    """A hang kill is a trainer death like any: the RAM checkpoint taken before the hang is
+    persisted before the relaunch and resumed from."""
+    job.start_fake(
+        "--step-time", "0.02", "--hang-at", "150", "--steps", "200",
+        options=(*MEMORY, "--memory-dir", str(ram), "--hang-timeout", "1s"),
+    )  # fmt: skip
+    job.wait_record("hang")
+    assert job.wait() == 0
+    assert job.events("job.hung")
+    persisted = [e for e in job.events("checkpoint.persisted") if e["why"] == "before the launch"]
+    starts = job.records("start")
+    assert len(starts) == 2 and persisted and starts[1]["resume_step"] == persisted[0]["step"]
+    assert 0 < persisted[0]["step"] < 150
+    assert job.records("done")
