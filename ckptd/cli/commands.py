@@ -17,6 +17,7 @@ from typing import Any
 from ckptd import config as config_module
 from ckptd import exit_codes, strict_json
 from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
+from ckptd.storage.memory import expected_path
 from ckptd.storage.remote import listing as remote_listing
 from ckptd_client.store import inspect, scan
 
@@ -130,18 +131,28 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
 def list_checkpoints(args: argparse.Namespace) -> int:
+    tiers: dict[Path, str] = {}  # with a memory tier: which tier each checkpoint is in
     if remote_listing.is_remote(args.dir):
         directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
-    else:
-        directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
+    elif args.dir:
+        directory = Path(args.dir)
         found = scan(directory, full=args.verify)
+    else:
+        run_dir = find_run_dir(args.run_dir)
+        directory = checkpoint_dir_of(run_dir)
+        found = scan(directory, full=args.verify)
+        if (ram := memory_dir_of(run_dir, directory)) is not None:
+            held = scan(ram, full=args.verify)
+            tiers = {**{c.path: "memory" for c in held}, **{c.path: "disk" for c in found}}
+            found = sorted([*found, *held], key=lambda c: (c.step, tiers[c.path]))
     if args.json:
-        strict_json.print_json([c.to_json() for c in found])
+        tier = (lambda c: {"tier": tiers[c.path]}) if tiers else (lambda c: {})
+        strict_json.print_json([{**c.to_json(), **tier(c)} for c in found])
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
         return exit_codes.OK
-    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", "METRICS")]
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *(("TIER",) if tiers else ()), "METRICS")]
     for c in found:
         rows.append(
             (
@@ -150,6 +161,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
+                *((tiers[c.path],) if tiers else ()),
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
@@ -232,6 +244,22 @@ def checkpoint_dir_of(run_dir: Path) -> Path:
         raise CommandError(str(exc)) from None
     except (OSError, ValueError, KeyError, TypeError):
         raise CommandError(f"{run_dir} has no job.json; give the checkpoint directory") from None
+
+
+def memory_dir_of(run_dir: Path, checkpoint_dir: Path) -> Path | None:
+    """The memory tier's directory of the job recorded in ``run_dir``; None without one (or
+    when it is gone, or a link)."""
+    try:
+        recorded = strict_json.loads(read_regular(run_dir / JOB_FILE))
+        if not recorded.get("memory_every"):
+            return None
+        named = recorded.get("memory_dir")
+        path = expected_path(
+            str(recorded["name"]), checkpoint_dir, Path(named) if named else None
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NotRegularFile):
+        return None
+    return path if path is not None and path.is_dir() and not path.is_symlink() else None
 
 
 def _metric_text(value: Any) -> str:

@@ -71,13 +71,9 @@ def find_place(
         _private_dir(explicit, parents=True)
         return MemoryPlace(explicit, filesystem_of(explicit), explicit=True)
     searched = list(roots if roots is not None else default_roots())
-    for root in searched:
-        if not root.is_dir() or filesystem_of(root) not in RAM_FILESYSTEMS:
-            continue
-        base = root / _ROOT_DIR.format(uid=os.geteuid())
-        _private_dir(base)
-        tag = hashlib.sha256(str(checkpoint_dir).encode()).hexdigest()[:8]
-        path = base / f"{name}-{tag}"
+    path = expected_path(name, checkpoint_dir, None, searched)
+    if path is not None:
+        _private_dir(path.parent)
         _private_dir(path)
         return MemoryPlace(path, filesystem_of(path), explicit=False)
     where = ", ".join(str(root) for root in searched) or "nowhere"
@@ -85,6 +81,23 @@ def find_place(
         f"memory_dir: no RAM-backed filesystem (tmpfs) found ({where}); "
         "set memory_dir to the directory the memory tier should use"
     )
+
+
+def expected_path(
+    name: str,
+    checkpoint_dir: Path,
+    explicit: Path | None,
+    roots: Iterable[Path] | None = None,
+) -> Path | None:
+    """Where :func:`find_place` puts the memory tier of this job (nothing is created); None
+    when no RAM-backed filesystem is there. ``ckptd list`` reads RAM from it."""
+    if explicit is not None:
+        return explicit
+    for root in roots if roots is not None else default_roots():
+        if root.is_dir() and filesystem_of(root) in RAM_FILESYSTEMS:
+            tag = hashlib.sha256(str(checkpoint_dir).encode()).hexdigest()[:8]
+            return root / _ROOT_DIR.format(uid=os.geteuid()) / f"{name}-{tag}"
+    return None
 
 
 def filesystem_of(path: Path) -> str:

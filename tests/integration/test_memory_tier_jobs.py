@@ -142,7 +142,8 @@ def test_without_every_each_ram_save_is_persisted_and_ram_keeps_memory_keep(
     job: Job, ram: Path
 ) -> None:
     """No `every`: ckptd copies each RAM checkpoint to disk in the background (verified, ready
-    to upload) and RAM holds memory_keep of them; a `ckptd checkpoint` request saves to disk."""
+    to upload) and RAM holds memory_keep of them; `ckptd list` shows both tiers; a `ckptd
+    checkpoint` request saves to disk."""
     options = ("--memory-every", "1s", "--memory-keep", "1", "--memory-dir", str(ram), *FAST)
     job.start_fake("--step-time", "0.01", options=options)
     wait_for(lambda: len(job.events("checkpoint.persisted")) >= 2, "two persisted RAM saves")
@@ -150,6 +151,11 @@ def test_without_every_each_ram_save_is_persisted_and_ram_keeps_memory_keep(
         assert persisted["why"] == "background" and Path(persisted["source"]).parent == ram
         assert inspect(Path(persisted["path"]), full=True).valid
     wait_for(lambda: len([c for c in scan(ram) if c.valid]) == 1, "RAM pruned to memory_keep")
+    listed = job.cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    tiers = {(c["step"], c["tier"]) for c in json.loads(listed.stdout) if c["valid"]}
+    assert {tier for _, tier in tiers} == {"memory", "disk"}
+    assert "TIER" in job.cli("list").stdout.splitlines()[0]
     asked = job.cli("checkpoint", "--wait", "--json")
     assert asked.returncode == 0, asked.stderr
     assert Path(json.loads(asked.stdout)["path"]).parent == job.checkpoint_dir
