@@ -98,7 +98,7 @@ class _BackToBack:
     """ckptd's uploader (its own thread, as in the daemon) sending one checkpoint repeatedly."""
 
     def __init__(self, store: Any, local: Path) -> None:
-        from ckptd.uploader import Uploaded, Uploader
+        from ckptd.storage.remote.uploader import Uploaded, Uploader
 
         self.store, self.local, self.count = store, local, 0
         self._uploaded = Uploaded
@@ -133,7 +133,7 @@ def training_during_upload_row(base: Path, total: int, seconds: float, periods: 
     daemon launches it. Only 0.1 s windows wholly inside a period count; a quiet period's
     first ``_SETTLE`` s count for neither side.
     """
-    from ckptd.remote_store import RemoteStore
+    from ckptd.storage.remote.store import RemoteStore
 
     local = _checkpoint(base / "local", total)
     store = RemoteStore(f"file://{base / 'remote'}", {})
@@ -208,7 +208,7 @@ def remote_rows(base: Path, total: int, rounds: int) -> list[Row]:
                 note="pip install -e '.[test,s3]' for these rows",
             ),
         ]
-    from ckptd.remote_store import RemoteStore
+    from ckptd.storage.remote.store import RemoteStore
 
     local = _checkpoint(base / "local", total)
     files = sorted(str(p) for p in local.glob("part*.bin"))

@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from ckptd.trainer import become_subreaper
+from ckptd.process.trainer import become_subreaper
 
 from .harness import records
 from .spot_schedule import Event, Scenario, bounds, scenario, schedule

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .job_name import default_name, name_problem
-from .options import (
+from ckptd.control.keys import authorized_keys_problem, secret_key_problem
+from ckptd.job_name import default_name, name_problem
+from ckptd.options import (
     COUNT,
     DURATION,
     SIGNAL,
@@ -29,6 +30,8 @@ from .options import (
     duration,
     or_auto,
 )
+from ckptd.reporting.prometheus import parse_listen
+from ckptd.storage.remote.url import check_remote_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -419,8 +422,6 @@ def _finish_control(values: dict[str, Any], base: Path) -> ControlConfig:
     if authorized is not None and not authorized.is_dir():
         raise ConfigError(f"[control].curve_authorized_keys: no such directory {authorized}")
     if secret is not None and authorized is not None:
-        from .curve_keys import authorized_keys_problem, secret_key_problem
-
         if problem := secret_key_problem(secret):
             raise ConfigError(f"[control].curve_secret_key: {problem}")
         if problem := authorized_keys_problem(authorized):
@@ -452,8 +453,6 @@ def _finish_control(values: dict[str, Any], base: Path) -> ControlConfig:
 def _finish_storage(values: dict[str, Any], base: Path) -> StorageConfig:
     remote = values["remote"]
     if remote is not None:
-        from .remote_url import check_remote_url
-
         try:
             remote = check_remote_url(remote, base)
         except ValueError as exc:
@@ -462,7 +461,6 @@ def _finish_storage(values: dict[str, Any], base: Path) -> StorageConfig:
 
 
 def _finish_metrics(values: dict[str, Any]) -> MetricsConfig:
-    from .metrics import parse_listen
 
     listen = values["listen"]
     if listen is not None:

@@ -17,10 +17,11 @@ from typing import Any
 
 import structlog
 
+from ckptd.log import get_logger
+from ckptd.redaction import scrub
+from ckptd.run_dir import open_regular
+
 from . import strict_json
-from .log import get_logger
-from .redaction import scrub
-from .run_dir import open_regular
 
 
 class EventLog:

@@ -9,8 +9,9 @@ from typing import Any
 
 import structlog
 
+from ckptd.strict_json import log_serializer
+
 from . import redaction
-from .strict_json import log_serializer
 
 __all__ = ["SafeStream", "bind", "configure", "get_logger"]
 

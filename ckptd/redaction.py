@@ -21,11 +21,33 @@ control replies. Both are pure functions of their argument and the learned value
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .config import JobConfig
+
+class _Storage(Protocol):
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
+class _Preemption(Protocol):
+    @property
+    def endpoint(self) -> str | None: ...
+
+
+class JobConfig(Protocol):
+    """What redaction reads of a :class:`ckptd.config.JobConfig`, without importing it."""
+
+    @property
+    def env(self) -> Mapping[str, str]: ...
+    @property
+    def storage(self) -> _Storage: ...
+    @property
+    def preemption(self) -> _Preemption: ...
+
 
 __all__ = ["REDACTED", "SECRET_NAME", "configure", "redact_config", "scrub"]
 
@@ -55,7 +77,7 @@ def configure(config: JobConfig) -> None:
 
 def redact_config(config: JobConfig) -> dict[str, Any]:
     """``config`` as a JSON-able dict with every secret replaced by :data:`REDACTED`."""
-    shown = asdict(config)
+    shown = asdict(config)  # type: ignore[call-overload]  # a dataclass, by the protocol's one user
     shown["env"] = {name: REDACTED for name in config.env}
     shown["storage"]["options"] = _redact_named(config.storage.options)
     result: dict[str, Any] = scrub(shown)

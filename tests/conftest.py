@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from ckptd.trainer import become_subreaper
+from ckptd.process.trainer import become_subreaper
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = ROOT / "tests" / "fakes"

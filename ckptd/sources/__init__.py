@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..requests import Request
+from ckptd.requests import Request
 
 Post = Callable[[Request], None]
 

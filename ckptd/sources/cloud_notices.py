@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple, Protocol
 
-from .. import strict_json
-from ..log import get_logger
-from ..requests import Action, Origin, Request
-from . import Post
+from ckptd import strict_json
+from ckptd.log import get_logger
+from ckptd.requests import Action, Origin, Request
+from ckptd.sources import Post
 
 GCE_WINDOW = 30.0  # GCE gives no time in its notice: 30 s by its documentation
 _ERROR_EVERY = 60.0

@@ -12,8 +12,8 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-from ..requests import Action, Origin, Request
-from . import Post
+from ckptd.requests import Action, Origin, Request
+from ckptd.sources import Post
 
 _ACTIONS = {
     signal.SIGTERM: Action.STOP,

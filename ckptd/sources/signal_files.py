@@ -23,10 +23,10 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from ..log import get_logger
-from ..requests import Action, Origin, Request
-from ..run_dir import CHECKPOINT_FILE, STOP_FILE
-from . import Post
+from ckptd.log import get_logger
+from ckptd.requests import Action, Origin, Request
+from ckptd.run_dir import CHECKPOINT_FILE, STOP_FILE
+from ckptd.sources import Post
 
 _ACTIONS = {CHECKPOINT_FILE: Action.CHECKPOINT, STOP_FILE: Action.STOP}
 # Only names appearing matter: with this filter inotify does not even report the writes to

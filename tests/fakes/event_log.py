@@ -12,7 +12,7 @@ class SimulatedJob:
     """Writes the events a daemon would log for a job with known step and save times.
 
     ``truth`` adds up, by construction, what each second was spent on, with the same
-    definitions as ckptd.goodput (the first step after a launch counts as restarting).
+    definitions as ckptd.reporting.goodput (the first step after a launch counts as restarting).
     """
 
     def __init__(

@@ -90,7 +90,7 @@ def test_keygen_never_overwrites_and_creates_the_secret_private(tmp_path: Path) 
         "import os, sys\n"
         "os.umask(0)\n"
         "os.chmod = lambda *args, **kwargs: None\n"
-        "from ckptd.cli import main\n"
+        "from ckptd.cli.main import main\n"
         "sys.exit(main(['keygen', sys.argv[1], '--name', 'server', '--force']))\n"
     )
     forced = subprocess.run(

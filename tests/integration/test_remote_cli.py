@@ -10,7 +10,7 @@ from pathlib import Path
 
 from remote_fixtures import MotoServer, make_checkpoint, moto
 
-from ckptd.remote_store import RemoteStore
+from ckptd.storage.remote.store import RemoteStore
 
 __all__ = ["moto"]  # the fixture, imported for pytest
 

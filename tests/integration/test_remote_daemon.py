@@ -18,7 +18,7 @@ from remote_fixtures import (
 )
 
 from ckptd import exit_codes
-from ckptd.remote_store import RemoteStore
+from ckptd.storage.remote.store import RemoteStore
 
 from conftest import Job, wait_for
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from remote_fixtures import MotoServer, fake, machines, make_checkpoint, moto, storage_config
 
-from ckptd.remote_store import RemoteStore
+from ckptd.storage.remote.store import RemoteStore
 
 from conftest import Job
 

@@ -12,17 +12,15 @@ import pytest
 from remote_fixtures import MotoServer, make_checkpoint, moto, tree
 
 from ckptd.config import StorageConfig
-from ckptd.lease import LEASE_NAME, Fenced, Lease
-from ckptd.remote_copy import RemoteCopy
-from ckptd.remote_resume import RemoteResume, RemoteUnusable, fetch_newer
-from ckptd.remote_store import (
+from ckptd.storage.remote.lease import LEASE_NAME, Fenced, Lease
+from ckptd.storage.remote.resume import RemoteResume, RemoteUnusable, fetch_newer
+from ckptd.storage.remote.store import (
     InvalidRemoteCheckpoint,
     RemoteError,
     RemoteStore,
     RemoteTimeout,
 )
-from ckptd.retention import RetentionRules
-from ckptd.uploader import (
+from ckptd.storage.remote.uploader import (
     Outcome,
     RemoteFenced,
     RemotePruned,
@@ -32,6 +30,8 @@ from ckptd.uploader import (
     UploadTimeoutShort,
     protected_locally,
 )
+from ckptd.storage.retention import RetentionRules
+from ckptd.supervisor.remote_copy import RemoteCopy
 from ckptd_client.store import scan
 
 from conftest import wait_for

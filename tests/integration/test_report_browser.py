@@ -20,9 +20,9 @@ import psutil
 import pytest
 from fakes.event_log import SimulatedJob, busy_months, spot_schedule
 
-from ckptd.goodput import KINDS, account
-from ckptd.report import render
-from ckptd.report_style import COLORS
+from ckptd.reporting.goodput import KINDS, account
+from ckptd.reporting.html import render
+from ckptd.reporting.style import COLORS
 
 BROWSER = next(
     (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from ckptd.goodput import goodput_of
-from ckptd.history import read_events
+from ckptd.reporting.goodput import goodput_of
+from ckptd.reporting.history import read_events
 
 from conftest import Job
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd import preflight
+from ckptd.cli import preflight
 from ckptd.config import load
 
 USAGE = 2

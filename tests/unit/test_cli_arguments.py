@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ckptd import cli
+from ckptd.cli import main as cli
 
 
 def _error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -10,11 +10,11 @@ from pathlib import Path
 # A real ckptd process whose report command hits a bug (injected: render raises).
 BUGGY_REPORT = """
 import sys
-import ckptd.report_command
+import ckptd.cli.report
 def broken(*args, **kwargs):
     raise KeyError("a bug\\nspanning lines")
-ckptd.report_command.render = broken
-from ckptd.cli import main
+ckptd.cli.report.render = broken
+from ckptd.cli.main import main
 sys.exit(main(["report", "--run-dir", sys.argv[1], "-o", "-"]))
 """
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import ckptd.cli  # noqa: F401 - registers every CLI command
-from ckptd.commands import REGISTRY as CLI_COMMANDS
+import ckptd.cli.main  # noqa: F401 - registers every CLI command
+from ckptd.cli.commands import REGISTRY as CLI_COMMANDS
 from ckptd.config import TABLES
-from ckptd.control_commands import REGISTRY as CONTROL_COMMANDS
+from ckptd.control.commands import REGISTRY as CONTROL_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 

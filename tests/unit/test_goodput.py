@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fakes.event_log import SimulatedJob, spot_schedule
 
-from ckptd.goodput import KINDS, account, goodput_of
-from ckptd.goodput_watch import GoodputWatch
-from ckptd.history import History, read_events
+from ckptd.reporting.goodput import KINDS, account, goodput_of
+from ckptd.reporting.goodput_watch import GoodputWatch
+from ckptd.reporting.history import History, read_events
 
 from conftest import wait_for
 

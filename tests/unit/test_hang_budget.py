@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.hang_budget import BUDGET_FILE, Budgets, HangBudget, Phase
+from ckptd.progress.hang_budget import BUDGET_FILE, Budgets, HangBudget, Phase
 from ckptd.run_dir import NotRegularFile
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ckptd.interval import FailureHistory, choose_interval, estimate_mtbf, young_daly
+from ckptd.progress.interval import FailureHistory, choose_interval, estimate_mtbf, young_daly
 
 HOUR = 3600.0
 

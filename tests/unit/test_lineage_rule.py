@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.remote_lineage import reconcile, superseded
-from ckptd.remote_store import RemoteEntry
+from ckptd.storage.remote.lineage import reconcile, superseded
+from ckptd.storage.remote.store import RemoteEntry
 from ckptd_client.store import Checkpoint
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd import cli
+from ckptd.cli import main as cli
 from ckptd_client import manifest
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ckptd import config
-from ckptd.metrics import Metrics, parse_listen
+from ckptd.reporting.prometheus import Metrics, parse_listen
 
 pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
 from prometheus_client.parser import text_string_to_metric_families

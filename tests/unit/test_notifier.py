@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.systemd import Notifier
+from ckptd.supervisor.systemd import Notifier
 
 from conftest import wait_for
 

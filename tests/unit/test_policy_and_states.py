@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.restart_policy import ExitStatus, RestartPolicy
-from ckptd.retention import RetentionRules, plan
+from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.sources.timer import PeriodicTimer
-from ckptd.states import JobState, TransitionError, check_transition
+from ckptd.storage.retention import RetentionRules, plan
+from ckptd.supervisor.states import JobState, TransitionError, check_transition
 from ckptd_client.store import Checkpoint
 
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ckptd.preemption import Preemption
 from ckptd.sources.cloud_notices import Notice
+from ckptd.supervisor.preemption import Preemption
 
 
 def test_a_checkpoint_at_step_0_counts_as_the_last_commit_before_the_notice() -> None:

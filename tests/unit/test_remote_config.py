@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ckptd import config
-from ckptd.remote_url import redact
+from ckptd.storage.remote.url import redact
 
 
 def _load(tmp_path: Path, text: str | None, **flags: object) -> config.JobConfig:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fakes.event_log import SimulatedJob, spot_schedule
 
-from ckptd.goodput import account
-from ckptd.report import render
+from ckptd.reporting.goodput import account
+from ckptd.reporting.html import render
 
 
 def _page(records: list[dict[str, object]], job: str = "train") -> str:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from fakes.event_log import SimulatedJob, busy_months, spot_schedule
 
-from ckptd.goodput import KINDS, Accounting, account
-from ckptd.report import render
-from ckptd.report_markers import DOT_BIN, MARK_BIN
-from ckptd.report_style import COLORS
-from ckptd.report_timeline import PLOT, step_scale
+from ckptd.reporting.goodput import KINDS, Accounting, account
+from ckptd.reporting.html import render
+from ckptd.reporting.markers import DOT_BIN, MARK_BIN
+from ckptd.reporting.style import COLORS
+from ckptd.reporting.timeline import PLOT, step_scale
 
 
 @pytest.fixture(scope="module")

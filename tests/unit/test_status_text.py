@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptd.status_text import render
+from ckptd.cli.status_text import render
 
 _BASE: dict[str, Any] = {
     "job": "train",

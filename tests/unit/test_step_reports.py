@@ -14,7 +14,7 @@ import zmq
 
 import ckptd_client
 from ckptd.config import load
-from ckptd.health import report_interval
+from ckptd.progress.health import report_interval
 from ckptd_client._channels import HEARTBEAT_INTERVAL, report_every
 
 from stand_in_daemon import receive, stand_in_daemon

@@ -14,9 +14,9 @@ import structlog
 
 from ckptd import log, strict_json
 from ckptd.events import EventLog
-from ckptd.goodput import account
-from ckptd.hang_budget import BUDGET_FILE, Budgets, HangBudget
-from ckptd.report import render
+from ckptd.progress.hang_budget import BUDGET_FILE, Budgets, HangBudget
+from ckptd.reporting.goodput import account
+from ckptd.reporting.html import render
 from ckptd.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,246 @@
+"""The command registry: each command's name, arguments, documentation and handler in one place.
+
+``cli.py`` builds its parser from this table; the README's command list is
+checked against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptd import config as config_module
+from ckptd import exit_codes, strict_json
+from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
+from ckptd.storage.remote import listing as remote_listing
+from ckptd_client.store import inspect, scan
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+
+
+REGISTRY: dict[str, Command] = {}
+
+
+def command(name: str, summary: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def register(handler: Handler) -> Handler:
+        REGISTRY[name] = Command(name, summary, add_arguments, handler)
+        return handler
+
+    return register
+
+
+class CommandError(Exception):
+    """A one-line error for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = exit_codes.USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML file with a [job] table")
+    for option in config_module.JOB_OPTIONS:
+        if option.key == "command":
+            continue
+        parser.add_argument(
+            option.flag,
+            dest=option.key,
+            metavar=option.key.upper(),
+            type=_flag_type(option),
+            action="append" if option.key == "env" else "store",
+            help=f"{option.help} [{option.kind.describe}]",
+        )
+
+
+def _flag_type(option: config_module.Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.kind.parse_text(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = option.key
+    return parse
+
+
+@command(
+    "run",
+    "supervise one job in the foreground: ckptd run [OPTIONS] -- CMD [ARGS...]",
+    _run_arguments,
+)
+def run(args: argparse.Namespace) -> int:
+    from ckptd import log
+    from ckptd.cli import preflight
+    from ckptd.supervisor import daemon
+
+    flags = {o.key: getattr(args, o.key, None) for o in config_module.JOB_OPTIONS}
+    if flags["env"]:
+        flags["env"] = {k: v for pair in flags["env"] for k, v in pair.items()}
+    flags["command"] = args.command or None
+    try:
+        job = config_module.load(args.config, flags)
+        preflight.check(job)
+    except config_module.ConfigError as exc:
+        raise CommandError(f"config error: {exc}") from None
+    log.configure()
+    return daemon.supervise(job)
+
+
+# -- list / verify -----------------------------------------------------------------------
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_dir_argument(parser)
+    parser.add_argument(
+        "dir",
+        nargs="?",
+        help="a checkpoint directory (instead of --run-dir), or a remote store's URL "
+        "(s3://bucket/prefix, gs://, az://, any fsspec URL)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every file's digest (a remote checkpoint is downloaded to a temporary "
+        "directory)",
+    )
+
+
+@command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
+def list_checkpoints(args: argparse.Namespace) -> int:
+    if remote_listing.is_remote(args.dir):
+        directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
+    else:
+        directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
+        found = scan(directory, full=args.verify)
+    if args.json:
+        strict_json.print_json([c.to_json() for c in found])
+        return exit_codes.OK
+    if not found:
+        print(f"no checkpoints in {directory}")
+        return exit_codes.OK
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", "METRICS")]
+    for c in found:
+        rows.append(
+            (
+                c.name,
+                str(c.step),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
+                human_bytes(c.bytes),
+                "yes" if c.valid else f"NO ({c.reason})",
+                " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = (cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
+        print("  ".join(cells) + "  " + row[-1])
+    return exit_codes.OK
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path",
+        help="one checkpoint directory, or a remote one's URL (s3://bucket/prefix/step-N, "
+        "gs://, az://, any fsspec URL)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command(
+    "verify",
+    "check one checkpoint against its manifest (exit 1 if it does not verify)",
+    _verify_arguments,
+)
+def verify(args: argparse.Namespace) -> int:
+    if remote_listing.is_remote(args.path):
+        checked = _remote(remote_listing.inspect_remote, args.path)
+    else:
+        checked = inspect(Path(args.path), full=True)
+    if args.json:
+        strict_json.print_json(checked.to_json())
+    elif checked.valid:
+        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)})")
+    else:
+        print(f"invalid: {checked.path}: {checked.reason}")
+    return exit_codes.OK if checked.valid else exit_codes.FAILED
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _remote(function: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return function(*args)
+    except remote_listing.RemoteListingError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run-dir",
+        metavar="D",
+        help="the job's run directory (default: the only job under .ckptd/)",
+    )
+
+
+def find_run_dir(given: str | None) -> Path:
+    if given:
+        path = Path(given)
+        if not path.is_dir():
+            raise CommandError(f"no run directory at {path}")
+        return path
+    root = Path(".ckptd")
+    jobs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if len(jobs) == 1:
+        return jobs[0]
+    if not jobs:
+        raise CommandError("no job under .ckptd/ here; give --run-dir")
+    raise CommandError(
+        f"several jobs under .ckptd/ ({', '.join(p.name for p in jobs)}); give --run-dir"
+    )
+
+
+def checkpoint_dir_of(run_dir: Path) -> Path:
+    """The checkpoint directory a daemon recorded in its run directory."""
+    try:
+        recorded = strict_json.loads(read_regular(run_dir / JOB_FILE))
+        return Path(recorded["checkpoint_dir"])
+    except NotRegularFile as exc:
+        raise CommandError(str(exc)) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CommandError(f"{run_dir} has no job.json; give the checkpoint directory") from None
+
+
+def _metric_text(value: Any) -> str:
+    """A metric as a person reads it: six significant digits for a float (``0.0170001``)."""
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, (str, int)):
+        return str(value)
+    return strict_json.dumps(value, default=str)
+
+
+def human_bytes(size: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

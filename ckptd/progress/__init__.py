@@ -1,0 +1,2 @@
+"""Where training is: steps, hangs and their budgets, and the checkpoint interval (``every =
+"auto"``)."""

@@ -1,0 +1,140 @@
+"""The job's progress as its messages tell it, and what follows from it.
+
+Owns the step, the save in flight, the hang clocks (:class:`~ckptd.progress.health.HangWatch`),
+the periodic-checkpoint timer and, with ``every = "auto"``, its interval; updates the
+metrics and now and then records ``job.progress`` (goodput's step timing). The arbiter
+feeds it what the job says and asks it what is due; it never touches a process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ckptd import log
+from ckptd.config import JobConfig
+from ckptd.events import EventLog
+from ckptd.progress.auto_interval import AutoInterval
+from ckptd.progress.health import HangWatch
+from ckptd.progress.interval import IntervalChoice
+from ckptd.reporting.prometheus import Metrics
+from ckptd.sources.timer import PeriodicTimer
+
+_PROGRESS_EVERY = 10.0  # seconds between job.progress events
+
+
+class Progress:
+    def __init__(
+        self, config: JobConfig, run_dir: Path, events: EventLog, metrics: Metrics | None
+    ) -> None:
+        self.events = events
+        self.metrics = metrics
+        self.health = HangWatch(config, run_dir)
+        self.interval = AutoInterval(config, events.path) if config.every == "auto" else None
+        every = config.every if isinstance(config.every, float) else None
+        self.timer = PeriodicTimer(self.interval.choice.every if self.interval else every)
+        if metrics is not None:
+            metrics.set_interval(self.timer.every)
+            metrics.set_hang_budgets(self.health.budgets())
+        self.step: int | None = None
+        self._saving_since: float | None = None
+        self._snapshot: float | None = None
+        self._saving_step: int | None = None
+        self._noted = 0.0
+
+    def set_step(self, step: int | None) -> None:
+        """The step every log line and event carries from now on."""
+        self.step = step
+        log.bind(step=step)
+
+    def launched(
+        self, now: float, attempt: int, resume_step: int | None, resume_time: float | None = None
+    ) -> None:
+        """A launch at ``now``, resuming from ``resume_step`` committed at ``resume_time``."""
+        self.set_step(resume_step)
+        self._saving_since = self._saving_step = self._snapshot = None
+        self._noted = 0.0  # the first step of an attempt is recorded at once (goodput)
+        self.health.launched(now)
+        self.timer.reset(now)
+        if self.metrics is not None:
+            self.metrics.job_started(attempt, resume_step, resume_time=resume_time)
+            self._publish_budgets()
+
+    def exited(self) -> None:
+        self._saving_since = self._saving_step = self._snapshot = None
+        self.health.exited()
+        if self.metrics is not None:
+            self.metrics.job_exited()
+            self._publish_budgets()
+
+    def reported(self, step: Any, now: float, training_at: bool = True) -> bool:
+        """Any message of a client: it is alive; a new ``step`` is progress (returns True).
+
+        ``training_at`` False: the message names a checkpoint's step (a commit), which
+        only tells where training is when it is ahead of what was reported.
+        """
+        self.health.reported(now)
+        if not isinstance(step, int) or step == self.step:
+            return False
+        if not training_at and self.step is not None and step < self.step:
+            return False
+        previous = self.step
+        self.set_step(step)
+        advanced = step - previous if previous is not None and step > previous else 1
+        self.health.stepped(now, advanced)
+        if self.metrics is not None:
+            self.metrics.stepped(step)
+            self._publish_budgets()  # a step can raise what the job is known to need
+        if now - self._noted >= _PROGRESS_EVERY:
+            self._noted = now
+            self.events.emit("job.progress", level="debug")
+        return True
+
+    def save_started(self, now: float, stall: float | None = None) -> None:
+        """A save began; ``stall``: what a background save's snapshot held training up."""
+        self._saving_since, self._saving_step, self._snapshot = now, self.step, stall
+        self.health.save_started(now)
+
+    def save_ended(
+        self, now: float, committed: dict[str, Any] | None, at: float | None = None
+    ) -> None:
+        """A save committed (``committed``: its message; ``at``: when, wall time) or failed."""
+        began, at_step, snapshot = self._saving_since, self._saving_step, self._snapshot
+        self._saving_since = self._saving_step = self._snapshot = None
+        self.health.save_ended(now)
+        if self.metrics is not None:
+            self._publish_budgets()
+            if committed is None:
+                self.metrics.failed()
+            elif not committed.get("reused"):
+                self.metrics.committed(committed.get("step"), committed.get("seconds"), at)
+        if self.interval is None or committed is None or committed.get("reused"):
+            return
+        seconds = committed.get("seconds")
+        # A background save cost training only its snapshot, even when no step was reported
+        # while it ran (slow steps); any other save stalled it when no step was reported.
+        if snapshot is not None:
+            stall = snapshot
+        elif began is not None and self.step == at_step:
+            stall = now - began
+        else:
+            stall = 0.0
+        self._retime(self.interval.saved(stall, seconds if isinstance(seconds, float) else None))
+
+    def failure(self) -> None:
+        """A crash, a hang or a preemption: the interval may shorten."""
+        if self.interval is not None:
+            self._retime(self.interval.failed())
+
+    def _retime(self, choice: IntervalChoice | None) -> None:
+        if choice is not None:
+            self.events.emit("checkpoint.interval", **choice.to_json())
+            self.timer.retime(choice.every, time.monotonic())
+            if self.metrics is not None:
+                self.metrics.set_interval(choice.every)
+
+    def _publish_budgets(self) -> None:
+        """The hang budgets in force, as ``ckptd status`` shows them, to the metrics."""
+        assert self.metrics is not None
+        self.metrics.set_hang_budgets(self.health.budgets())

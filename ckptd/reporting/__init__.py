@@ -1,0 +1,2 @@
+"""What happened, afterwards: the event history, goodput accounting, the HTML report and Prometheus
+metrics."""

@@ -1,0 +1,1 @@
+"""Checkpoints on disk: the checkpoint-directory lock and retention."""

@@ -1,0 +1,2 @@
+"""The bucket: store, transfers, uploader and its queue, the lease, lineage, resume from remote,
+listing."""

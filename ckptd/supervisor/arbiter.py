@@ -1,0 +1,968 @@
+"""The supervisor loop: the only owner of the job's lifecycle.
+
+Sources post immutable Requests (thread- and signal-safe), the background worker
+posts Finished values, the job channel delivers client messages and the control
+server commands; the loop polls them all plus a wake-up pipe, and acts. Everything
+here runs on one thread. The lifecycle is ``self.state`` (see ``states``) plus, while
+the job is being stopped, one :class:`~ckptd.supervisor.stops.Stop` whose ``intent`` says what
+follows the job's exit; a later request only ever raises that intent
+(:meth:`Stop.supersede`: a stop supersedes a restart, a hang, an adoption):
+
+    starting --prepared, launched--> running <--> checkpointing
+    running/checkpointing --stop, restart, hang--> stopping
+    stopping --job gone: intent stop--> exited
+    stopping --job gone: intent restart/hang--> backoff --> starting
+    running --job exited--> backoff | exited        (the restart policy decides)
+    starting/backoff --stop--> exited               (nothing to save; nothing is launched)
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from ckptd import exit_codes, log
+from ckptd.channel.checkpoint_desk import CheckpointDesk, file_request_is_stale
+from ckptd.channel.job_channel import JobChannel, Peer
+from ckptd.config import JobConfig
+from ckptd.control.server import ControlServer, ReplyError, Waiter
+from ckptd.events import EventLog
+from ckptd.process.restart_policy import ExitStatus, RestartPolicy
+from ckptd.process.trainer import LaunchError, Trainer
+from ckptd.progress.health import Overdue, dump_stacks, stacks_file
+from ckptd.progress.steps import Progress
+from ckptd.redaction import redact_config
+from ckptd.reporting.goodput_watch import GoodputWatch
+from ckptd.reporting.prometheus import Metrics
+from ckptd.requests import Action, Origin, Request
+from ckptd.run_dir import STOP_FILE, Orphan, RunDir
+from ckptd.sources import RequestSource
+from ckptd.sources.cloud_notices import CloudNotices
+from ckptd.storage import retention
+from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
+from ckptd.storage.remote.url import RemoteUnusable
+from ckptd.supervisor.background import Background, Finished
+from ckptd.supervisor.ending import StopEnding
+from ckptd.supervisor.launcher import Launcher, Prepared
+from ckptd.supervisor.preemption import Preemption
+from ckptd.supervisor.states import JobState, check_transition
+from ckptd.supervisor.stops import Intent, Step, Stop
+from ckptd.supervisor.systemd import Notifier
+from ckptd_client.manifest import remove_temporaries
+from ckptd_client.store import Checkpoint, bytes_in_progress, scan
+
+if TYPE_CHECKING:
+    from ckptd.storage.remote.outcomes import Outcome
+    from ckptd.supervisor.remote_copy import RemoteCopy
+
+
+# The loop sleeps until the next moment it must act at (_next_moment) or until woken; this
+# cap is only a safety net, so that nothing waits on a moment that was never counted.
+_MAX_SLEEP = 60.0
+_ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
+_TRAINING_AT = frozenset({"hello", "step", "started", "bye"})  # messages whose step is training's
+_MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
+# How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
+# a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
+# client is still importing its way to connect().
+_CLIENT_WINDOW = 3.0
+
+
+class Arbiter:
+    def __init__(
+        self,
+        config: JobConfig,
+        run_dir: RunDir,
+        events: EventLog,
+        channel: JobChannel,
+        control: ControlServer,
+        sources: list[RequestSource],
+        wake_fds: tuple[int, int],
+        orphan: Orphan | None = None,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.events = events
+        self.channel = channel
+        self.control = control
+        self.sources = sources
+        self.desk = CheckpointDesk(config, channel, events, run_dir)
+        self.policy = RestartPolicy(
+            config.restart, config.max_restarts, config.restart_delay, config.restart_delay_max
+        )
+        self.rules = retention.RetentionRules(
+            config.keep_last, config.keep_best, config.best_metric, config.best_mode,
+            config.keep_every,
+        )  # fmt: skip
+        self.remote: RemoteCopy | None = None
+        if config.storage.remote is not None:  # fsspec is loaded only for a remote
+            from ckptd.supervisor.remote_copy import RemoteCopy
+
+            # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
+            self.remote = RemoteCopy(
+                config.storage, self.rules, post=self.post, progress=lambda: self.step
+            )
+        self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
+        self.background = Background(self.post)
+        self.ending = StopEnding(
+            events, self.background, self.remote, config.slurm.requeue_command,
+            config.kill_timeout,
+        )  # fmt: skip
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics
+        self.progress = Progress(config, run_dir.path, events, metrics)
+        self.health = self.progress.health
+        self.interval = self.progress.interval
+        self.timer = self.progress.timer
+        self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
+        self.state = JobState.STARTING
+        self.trainer: Trainer | None = None
+        self.exit_status: ExitStatus | None = None  # the job's main process is gone: cleaning up
+        self.stop: Stop | None = None
+        self.backoff_until: float | None = None
+        self.preemption: Preemption | None = None
+        self.restarts_without_progress = 0
+        self.resumed_from: Checkpoint | None = None
+        self.newest_verified: Path | None = None
+        self.started = self.launched = time.monotonic()
+        self.wakeups = 0  # turns of the loop (``ckptd status``: is the daemon idle when idle?)
+        self._child_checked = self.started
+        self.exit_code = exit_codes.OK
+        self.fenced = False  # another daemon took the remote's lease: this job stops for good
+        self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = wake_fds
+        self._orphan = orphan
+        self.goodput = GoodputWatch(events.path)
+        if metrics is not None:
+            metrics.read_goodput(lambda: self.goodput.latest.ratio if self.goodput.latest else None)
+
+    @property
+    def step(self) -> int | None:
+        return self.progress.step
+
+    @property
+    def attempt(self) -> int:
+        return self.launcher.attempt
+
+    @property
+    def restarts_left(self) -> int:
+        return max(0, self.config.max_restarts - self.restarts_without_progress)
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return {"job": self.channel.endpoint, **self.control.endpoints}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def post(self, item: Request | Finished | Outcome) -> None:
+        """Hand a value to the loop; safe from any thread and from signal handlers."""
+        self._queue.put(item)
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # pipe full: the loop is awake anyway
+
+    def run(self) -> int:
+        for source in self.sources:
+            source.start(self.post)
+        self.goodput.start()
+        if self.remote is not None:
+            self.remote.start()
+        poller = zmq.Poller()
+        poller.register(self.channel.socket, zmq.POLLIN)
+        for router in self.control.routers:
+            poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            self._drain_queue()  # a STOP file present at start is answered before any launch
+            if self.state is JobState.STARTING:
+                trainer = self.launcher.adopt(self._orphan)
+                if trainer is not None:
+                    self._adopt(trainer)
+                else:
+                    self._launch()
+            due = self._next_moment()
+            while self.state is not JobState.EXITED:
+                ready = dict(poller.poll(_sleep_ms(due)))
+                self.wakeups += 1
+                if self._wake_r in ready:
+                    _drain_fd(self._wake_r)
+                if self.channel.socket in ready:
+                    for peer, message in self.channel.receive():
+                        self._guarded(self._on_client, peer, message)
+                for router in self.control.routers:
+                    if router in ready:
+                        self.control.handle(router, self._dispatch)
+                self._drain_queue()
+                if not ready or (due is not None and due <= time.monotonic()):
+                    # A child's exit wakes the loop as a request (SIGCHLD); looking here too
+                    # is the only way to see an adopted process end, and a safety net.
+                    self._guarded(self._check_child)
+                    self._guarded(self._check_clocks)
+                self._guarded(self._tell_systemd)
+                due = self._next_moment()  # one made due by this turn: the next turn, at once
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _guarded(self, handler: Any, *args: Any) -> None:
+        """Run one handler; a bug in it is logged, and supervision goes on."""
+        try:
+            handler(*args)
+        except Exception:
+            log.get_logger().exception("arbiter.handler_failed", handler=handler.__name__)
+
+    def _next_moment(self) -> float | None:
+        """The soonest moment ``_check_clocks`` (or the notifier) has something to do at,
+        unless a message, a request or a signal comes first; None when nothing is pending.
+
+        Each moment is counted only in the state where ``_check_clocks`` acts on it, so a
+        moment that has passed is always consumed and never keeps the loop spinning.
+        """
+        moments = [self.notifier.next_moment(stopping=self.stop is not None)]
+        if self.state is JobState.BACKOFF:
+            moments.append(self.backoff_until)
+        if self._job_alive():
+            assert self.trainer is not None
+            if self.trainer.adopted:
+                moments.append(self._child_checked + _ADOPT_POLL)
+            if self.stop is not None:
+                moments.append(self.stop.next_moment())
+            else:
+                if self.preemption is not None:
+                    moments.append(self.preemption.final_at(self._save_seconds()))
+                moments += [self.health.deadline(), self.timer.next_due()]
+        present = [m for m in moments if m is not None]
+        return min(present) if present else None
+
+    def _drain_queue(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Finished):
+                self._guarded(self._on_finished, item)
+            elif isinstance(item, Request):
+                self._guarded(self._on_request, item)
+            else:
+                self._guarded(self._on_remote, item)
+
+    def _shutdown(self) -> None:
+        """Leave nothing behind: the job is signalled before anything that could fail."""
+        trainer = self.trainer
+        if trainer is not None and self.exit_status is None and trainer.poll() is None:
+            # Only reached when the loop itself failed: never leave a job behind.
+            trainer.signal_tree(signal.SIGTERM)
+            self.events.emit("job.abandoned", level="error", pid=trainer.pid)
+            trainer.kill_leftovers(self.config.kill_timeout)
+        for close in (
+            self.notifier.close,
+            *((self.metrics.close,) if self.metrics is not None else ()),
+            *(source.stop for source in self.sources),
+            lambda: self.desk.fail_waiters(
+                "not_running", "the job is not running any more and ckptd is exiting"
+            ),
+            self.goodput.close,
+            self.background.stop,
+            self._remove_interrupted_saves,
+            *((self.remote.close,) if self.remote is not None else ()),
+        ):
+            self._guarded(close)
+
+    def _remove_interrupted_saves(self) -> None:
+        """A save cut short (a second SIGTERM, a kill at the deadline) leaves a ``.tmp-``
+        directory: removed at exit once its writer is gone, not at the next launch."""
+        for path in remove_temporaries(self.config.checkpoint_dir, only_dead_writers=True):
+            self.events.emit("checkpoint.temporary_removed", path=str(path))
+
+    def _transition(self, target: JobState) -> None:
+        self.state = check_transition(self.state, target)
+
+    def _sync_checkpointing(self) -> None:
+        if self.state in (JobState.RUNNING, JobState.CHECKPOINTING):
+            self._transition(JobState.CHECKPOINTING if self.desk.in_flight else JobState.RUNNING)
+
+    def _job_alive(self) -> bool:
+        return self.trainer is not None and self.exit_status is None
+
+    def _hang_watched(self) -> bool:
+        """Hangs are watched while the job runs and no stop is under way."""
+        return self._job_alive() and self.stop is None
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _on_request(self, request: Request) -> None:
+        action = request.action
+        if action is Action.CHECKPOINT:
+            self._request_checkpoint(request)
+        elif action is Action.STOP:
+            if self.stop is not None and self.stop.intent is Intent.STOP:
+                if request.origin is Origin.SIGNAL:
+                    self._stop_now(request.reason)  # a second SIGTERM/SIGINT: wait no longer
+                else:
+                    self.stop.origins.add(request.origin)
+            else:
+                self._begin_stop(request, Intent.STOP)
+        elif action is Action.STOP_NOW:
+            self._stop_now(request.reason)
+        elif action is Action.PREEMPT:
+            self._on_preemption(request)
+        elif action is Action.REQUEUE:
+            self._begin_stop(request, Intent.STOP, requeue=True)
+        elif action is Action.WAKE:  # SIGCHLD: the job (or an orphan it left) changed state
+            self._check_child()
+
+    def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
+        if file_request_is_stale(self.run_dir, request):
+            return None
+        if self.stop is not None or self.state is JobState.EXITED:
+            if waiter is not None:
+                raise ReplyError("not_running", f"the job is {self.state.value}")
+            return None
+        result = self.desk.request(request, self.trainer if self._job_alive() else None, waiter)
+        self._sync_checkpointing()
+        return result
+
+    def _on_preemption(self, request: Request) -> None:
+        """Take the final save as late as its measured time allows (and one at once when no
+        periodic saves bound the work at risk until then)."""
+        notice = request.notice
+        plan = Preemption.plan(notice, self.config.preemption.margin, self.config.grace)
+        self.events.emit(
+            "preemption.noticed",
+            provider=notice.provider,
+            kind=notice.kind,
+            deadline=plan.deadline,
+            seconds_left=round(plan.deadline - time.time(), 3),
+            request_id=request.id,
+        )
+        first = self.preemption is None
+        if self.preemption is None:
+            last = self.desk.last_commit
+            plan.committed_step_at_notice = last.get("step") if last else self.desk.newest_step
+            self.preemption = plan
+        elif plan.stop_by < self.preemption.stop_by:
+            self.preemption.stop_by, self.preemption.deadline = plan.stop_by, plan.deadline
+        final_at = self.preemption.final_at(self._save_seconds())
+        if first and self.remote is not None:
+            needed, left = (
+                self._save_seconds(),
+                self.preemption.stop_by_monotonic() - time.monotonic(),
+            )
+            if needed > left:
+                self.events.emit(
+                    "preemption.shortfall",
+                    level="warning",
+                    needed=round(needed, 3),
+                    available=round(left, 3),
+                    why="the final save and its upload may not fit before the deadline",
+                )
+        if self.stop is not None or not self._job_alive() or final_at <= time.monotonic():
+            self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
+        elif first and self.timer.next_due() is None:
+            # With periodic saves running, the work at risk until the final save is less
+            # than one period, as always; without them, it is everything since the last save.
+            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.CLOUD, request.reason))
+
+    def _save_seconds(self) -> float:
+        """What a final save costs: the last save's time, plus its upload when a remote is set."""
+        last = self.desk.last_commit or {}
+        seconds = last.get("seconds")
+        total = float(seconds) if isinstance(seconds, (int, float)) else 0.0
+        size = last.get("bytes")
+        if self.remote is not None and isinstance(size, int):
+            total += self.remote.uploader.expected_seconds(size) or 0.0
+        return total
+
+    # -- control commands ----------------------------------------------------------------
+
+    def _dispatch(self, command: str, args: Any, waiter: Waiter) -> None:
+        from ckptd.control.commands import execute
+
+        execute(self, command, args, waiter)
+
+    def control_checkpoint(self, waiter: Waiter | None) -> Any:
+        from ckptd.control.commands import LATER
+
+        request = Request(Action.CHECKPOINT, Origin.CONTROL, "control")
+        result = self._request_checkpoint(request, waiter)
+        return LATER if waiter is not None and not waiter.done else result
+
+    def control_stop(self, save: bool, waiter: Waiter | None) -> Any:
+        from ckptd.control.commands import LATER
+
+        if self.stop is not None and self.stop.intent is Intent.STOP:
+            if waiter is not None:
+                self.stop.waiters.append(waiter)
+                return LATER
+            return {"stopping": True, "already": True}
+        request = Request(Action.STOP, Origin.CONTROL, "control")
+        self._begin_stop(request, Intent.STOP, save=save, waiter=waiter)
+        return LATER if waiter is not None and not waiter.done else {"stopping": True}
+
+    def control_restart(self) -> Any:
+        if self.stop is not None:
+            raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
+        if not self._job_alive():
+            raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), Intent.RESTART)
+        return {"restarting": True}
+
+    def status(self) -> dict[str, Any]:
+        from ckptd.control.status import status_of
+
+        return status_of(self)
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return [c.to_json() for c in scan(self.config.checkpoint_dir)]
+
+    def effective_config(self) -> dict[str, Any]:
+        return redact_config(self.config)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _begin_stop(
+        self,
+        request: Request,
+        intent: Intent,
+        *,
+        save: bool = True,
+        waiter: Waiter | None = None,
+        deadline: float | None = None,
+        requeue: bool = False,
+        signal_delay: float = 0.0,
+    ) -> None:
+        now = time.monotonic()
+        stop_by = min(now + self.config.grace, deadline if deadline is not None else now + 1e9)
+        if self.stop is not None:
+            before = self.stop.intent
+            if self.stop.supersede(
+                request.reason, intent, request.origin, stop_by, requeue=requeue, waiter=waiter
+            ):
+                self._announce_stop(self.stop, superseded=before.value)
+            return
+        stop = Stop(
+            request.reason,
+            intent,
+            stop_by,
+            {request.origin},
+            self.config.kill_timeout,
+            requeue=requeue,
+        )
+        if waiter is not None:
+            stop.waiters.append(waiter)
+        if self.trainer is None:  # starting or in backoff: nothing runs, nothing to save
+            if intent is Intent.STOP:
+                self.backoff_until = None  # no launch is prepared while the stop ends
+                self.stop = stop
+                self._announce_stop(stop)
+                self._finish_stop(None)
+            return
+        self.stop = stop
+        if self.exit_status is not None:
+            return  # the job has exited already; its cleanup ends in _after_exit
+        self._transition(JobState.STOPPING)
+        self.timer.pause()
+        self._announce_stop(stop)
+        if intent is Intent.HANG:
+            self._terminate(stop, now, "hang")
+            return
+        wall_deadline = time.time() + (stop_by - now)
+        if self.desk.request_final(
+            stop.final_id, request.reason, request.origin, wall_deadline, save
+        ):
+            stop.client_took_request()
+        else:
+            # Half the grace at most: a plain job must still get stop_signal before the deadline.
+            wait = min(self.launched + _CLIENT_WINDOW - now, (stop_by - now) / 2)
+            stop.signal_at = now + max(signal_delay, wait)
+
+    def _announce_stop(self, stop: Stop, superseded: str | None = None) -> None:
+        if stop.intent is Intent.STOP:
+            self.notifier.stopping(
+                f"stopping ({stop.reason}): final checkpoint within {self.config.grace:g}s"
+            )
+        self.events.emit(
+            "job.stopping",
+            reason=stop.reason,
+            kind=stop.intent.value,
+            grace=self.config.grace,
+            request_id=stop.final_id,
+            superseded=superseded,
+        )
+
+    def _stop_now(self, reason: str) -> None:
+        if self.stop is not None and not self.stop.forced and self._job_alive():
+            self._terminate(self.stop, time.monotonic(), reason)
+
+    def _terminate(self, stop: Stop, now: float, reason: str) -> None:
+        assert self.trainer is not None
+        stop.force(now)
+        self.events.emit("job.terminating", level="warning", reason=reason, pid=self.trainer.pid)
+        self.trainer.signal_tree(signal.SIGTERM)
+
+    def _advance_stop(self, stop: Stop, now: float) -> None:
+        assert self.trainer is not None
+        step = stop.due(now)
+        if step is Step.SIGNAL_MAIN:
+            self.trainer.signal_main(signal.Signals[self.config.stop_signal])
+            self.events.emit(
+                "job.signalled",
+                signal=self.config.stop_signal,
+                pid=self.trainer.pid,
+                why="no client connected",
+            )
+        elif step is Step.TERMINATE:
+            self.events.emit(
+                "job.terminating", level="warning", reason="grace period over", pid=self.trainer.pid
+            )
+            self.trainer.signal_tree(signal.SIGTERM)
+        elif step is Step.KILL:
+            self.events.emit("job.killing", level="warning", pid=self.trainer.pid)
+            self.trainer.signal_tree(signal.SIGKILL)
+
+    def _finish_stop(self, status: ExitStatus | None) -> None:
+        """The job of a STOP is gone: report the preemption, then the steps that remain."""
+        stop = self.stop
+        assert stop is not None
+        stop.status = status
+        if self.preemption is not None:
+            self._report_preemption(stop)
+        self._continue_stop(stop)
+
+    def _continue_stop(self, stop: Stop) -> None:
+        """The final upload, the requeue command (each off the loop), then the end."""
+        if self.ending.advance(stop, preempted=self.preemption is not None):
+            self._conclude_stop(stop)
+
+    def _conclude_stop(self, stop: Stop) -> None:
+        self.stop = None
+        self.exit_code = stop.exit_code(stop.status, self.config.stop_signal)
+        if self.fenced:
+            self.exit_code = exit_codes.FENCED
+        self.events.emit(
+            "job.stopped",
+            why="fenced" if self.fenced else None,
+            reason=stop.reason,
+            final_checkpoint=stop.committed,
+            final_remote=None if self.remote is None else stop.committed and not stop.local_only,
+            exit_code=self.exit_code,
+            request_id=stop.final_id,
+            superseded=stop.superseded or None,
+        )
+        for waiter in stop.waiters:
+            waiter.reply(
+                {"stopped": True, "final_checkpoint": stop.committed, "exit_code": self.exit_code}
+            )
+        self.run_dir.consume(STOP_FILE)  # a STOP file touched during any stop is answered by it
+        self._transition(JobState.EXITED)
+
+    def _report_preemption(self, stop: Stop) -> None:
+        """How much work the final checkpoint saved and how much was lost; approve the event."""
+        assert self.preemption is not None
+        outcome = self.preemption.outcome(
+            self.desk.last_commit if stop.committed else None, self.step
+        )
+        self.events.emit("preemption.final", **outcome)
+        if self.cloud is not None and self.preemption.notice is not None:
+            self.cloud.acknowledge(self.preemption.notice)
+
+    # -- the job process -----------------------------------------------------------------
+
+    def _launch(self) -> None:
+        """Prepare a launch off the loop; the process starts when the preparation is back."""
+        self._transition(JobState.STARTING)
+        self.backoff_until = None
+        self.background.submit("prepared", self.launcher.prepare)
+
+    def _on_prepared(self, prepared: Prepared) -> None:
+        log.bind(attempt=self.attempt + 1)
+        for path in prepared.removed:
+            self.events.emit("checkpoint.temporary_removed", path=str(path))
+        if prepared.strays_killed:
+            self.events.emit("job.strays_killed", level="warning", pids=prepared.strays_killed)
+        for bad in prepared.quarantined:
+            self.events.emit(
+                "checkpoint.invalid",
+                level="warning",
+                path=str(bad.checkpoint.path),
+                step=bad.checkpoint.step,
+                why=bad.checkpoint.reason,
+                moved_to=str(bad.moved_to) if bad.moved_to else None,
+            )
+        for rejected in prepared.remote_rejected:
+            self.events.emit(
+                "checkpoint.invalid",
+                level="warning",
+                path=str(rejected.path),
+                step=rejected.step,
+                why=rejected.reason,
+                remote=True,
+            )
+        if prepared.remote_error is not None:
+            self.events.emit("remote.unreachable", level="warning", error=prepared.remote_error)
+        resume = prepared.resume
+        if prepared.downloaded and resume is not None:
+            self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
+        self.resumed_from = resume
+        if resume is not None:
+            self.desk.note_progress(resume.step)
+            self.newest_verified = resume.path
+        try:
+            trainer = self.launcher.start(prepared)
+        except LaunchError as exc:
+            # Not found, not executable: no restart can fix that (README: exit 127).
+            log.bind(attempt=self.attempt)
+            self.events.emit("job.launch_failed", level="error", error=str(exc), exit_code=127)
+            self.exit_code = exit_codes.CANNOT_EXECUTE
+            self._transition(JobState.EXITED)
+            return
+        log.bind(attempt=self.attempt)
+        self.trainer = trainer
+        self.launched = time.monotonic()
+        self.progress.launched(
+            self.launched,
+            self.attempt,
+            resume.step if resume else None,
+            resume.time if resume else None,
+        )
+        self._transition(JobState.RUNNING)
+        self.notifier.ready(self._status_line())
+        self.events.emit(
+            "job.started",
+            pid=trainer.pid,
+            resume_from=str(resume.path) if resume else None,
+            resume_step=resume.step if resume else None,
+        )
+
+    def _adopt(self, trainer: Trainer) -> None:
+        """A job left running by a dead daemon: final checkpoint, then relaunch from it."""
+        log.bind(attempt=self.attempt)
+        self.trainer = trainer
+        self._transition(JobState.RUNNING)
+        self.events.emit(
+            "job.adopted",
+            level="warning",
+            pid=trainer.pid,
+            why="left running by a ckptd that died; stopping it before a new launch",
+        )
+        request = Request(Action.STOP, Origin.TIMER, "orphan of an earlier ckptd")
+        self._begin_stop(request, Intent.RESTART, signal_delay=_CLIENT_WINDOW)
+
+    def _check_child(self) -> None:
+        self._child_checked = time.monotonic()
+        trainer = self.trainer
+        if trainer is None or self.exit_status is not None:
+            return
+        status = trainer.poll()
+        if status is None:
+            return
+        for peer, message in self.channel.receive():  # its last words (``bye``'s step) first
+            self._guarded(self._on_client, peer, message)
+        self.exit_status = status
+        self.events.emit(
+            "job.exited",
+            pid=trainer.pid,
+            status=str(status),
+            exit_code=None if trainer.adopted else status.shell_code,
+        )
+        self.channel.forget_peers()
+        self.desk.job_exited()
+        self.progress.exited()
+        self.background.submit("cleaned", lambda: self._clean_up(trainer))
+
+    def _clean_up(self, trainer: Trainer) -> tuple[int, int | None]:
+        """On the worker: stop what is left of the tree; the newest checkpoint step on disk."""
+        leftovers = trainer.kill_leftovers(self.config.kill_timeout)
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
+        return leftovers, max(steps) if steps else None
+
+    def _on_cleaned(self, finished: Finished) -> None:
+        status = self.exit_status or ExitStatus()
+        self.exit_status = None
+        self.trainer = None
+        self.run_dir.record_holder(None)
+        if finished.error is None:
+            leftovers, newest = finished.result
+            if leftovers:
+                self.events.emit("job.leftovers_killed", count=leftovers)
+            # A commit whose acknowledgement died with the job still counts as progress.
+            if newest is not None and self.desk.note_progress(newest):
+                self.restarts_without_progress = 0
+        self._after_exit(status)
+
+    def _after_exit(self, status: ExitStatus) -> None:
+        stop = self.stop
+        if stop is not None and stop.intent is Intent.STOP:
+            self._finish_stop(status)
+            return
+        self.stop = None
+        if stop is not None and stop.intent is Intent.RESTART:
+            self.events.emit(
+                "job.restarting", delay=0, reason=stop.reason, final_checkpoint=stop.committed
+            )
+            self._back_off(0.0)
+            return
+        if not self.policy.wants_restart(status):
+            self.exit_code = status.shell_code
+            self.events.emit("job.finished", status=str(status), exit_code=self.exit_code)
+            self._transition(JobState.EXITED)
+            return
+        self.restarts_without_progress += 1
+        if stop is None or stop.intent is not Intent.HANG:  # a hang was counted when found
+            self.progress.failure()
+        if self.policy.exhausted(self.restarts_without_progress):
+            self.exit_code = exit_codes.GAVE_UP
+            self.events.emit(
+                "job.gave_up",
+                level="error",
+                status=str(status),
+                restarts=self.restarts_without_progress - 1,
+                why="max_restarts reached without a new checkpoint",
+            )
+            self._transition(JobState.EXITED)
+            return
+        import random
+
+        delay = self.policy.backoff(self.restarts_without_progress, random.Random())
+        self.events.emit(
+            "job.restarting", delay=round(delay, 3), status=str(status),
+            restarts_left=self.restarts_left,
+        )  # fmt: skip
+        self._back_off(delay)
+
+    def _back_off(self, delay: float) -> None:
+        self.timer.pause()
+        self._transition(JobState.BACKOFF)
+        self.backoff_until = time.monotonic() + delay
+
+    # -- values posted back by the worker ------------------------------------------------
+
+    def _on_finished(self, finished: Finished) -> None:
+        if finished.tag == "prepared":
+            if self.state is not JobState.STARTING or self.stop is not None:
+                return  # stopped while preparing (its ending may still run): no launch
+            if finished.error is not None:
+                self.events.emit("job.launch_failed", level="error", error=str(finished.error))
+                unusable = isinstance(finished.error, RemoteUnusable)
+                self.exit_code = exit_codes.USAGE if unusable else exit_codes.FAILED
+                self._transition(JobState.EXITED)
+                return
+            self._on_prepared(finished.result)
+        elif finished.tag == "cleaned":
+            self._on_cleaned(finished)
+        elif finished.tag == "stacks":
+            self._on_stacks(finished)
+        elif finished.tag == "pruned":
+            self._on_pruned(finished)
+        elif finished.tag in ("flushed", "requeued") and self.stop is not None:
+            self.ending.finished(self.stop, finished)
+            self._continue_stop(self.stop)
+
+    def _on_remote(self, outcome: Outcome) -> None:
+        """What the uploader did, reported from its thread through the queue.
+
+        Fenced: another machine owns the job now; it is stopped (final checkpoint kept
+        locally) and ckptd exits ``FENCED``. Ahead: the job is restarted, without a save
+        (its work is behind), and the relaunch resumes from the remote's newest.
+        """
+        self.events.emit(outcome.event, level=outcome.level, **outcome.fields())
+        if isinstance(outcome, RemoteFenced) and not self.fenced:
+            self.fenced = True
+            if self.state is not JobState.EXITED:
+                request = Request(Action.STOP, Origin.REMOTE, "fenced")
+                self._begin_stop(request, Intent.STOP)
+        elif isinstance(outcome, RemoteAhead) and self._job_alive() and self.stop is None:
+            request = Request(Action.STOP, Origin.REMOTE, "remote ahead")
+            self._begin_stop(request, Intent.RESTART, save=False)
+
+    def _on_pruned(self, finished: Finished) -> None:
+        if finished.error is not None:
+            self.events.emit("checkpoint.prune_failed", level="warning", error=str(finished.error))
+            return
+        pruned: retention.Pruned = finished.result
+        for gone in pruned.deleted:
+            self.events.emit(
+                "checkpoint.pruned", path=str(gone.path), step=gone.step, valid=gone.valid
+            )
+        for kept, why in pruned.failed:
+            self.events.emit(
+                "checkpoint.prune_failed", level="warning", path=str(kept.path), error=why
+            )
+
+    # -- clocks --------------------------------------------------------------------------
+
+    def _check_clocks(self) -> None:
+        """Act on what ``_next_moment`` said was due (each call consumes at least one)."""
+        now = time.monotonic()
+        if self.state is JobState.BACKOFF:
+            if self.backoff_until is not None and now >= self.backoff_until:
+                self._launch()
+            return
+        if not self._job_alive():
+            return
+        if self.stop is not None:
+            self._advance_stop(self.stop, now)
+        elif self.preemption is not None and now >= self.preemption.final_at(self._save_seconds()):
+            request = Request(Action.STOP, Origin.CLOUD, self.preemption.reason)
+            self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
+        elif (overdue := self.health.overdue(now)) is not None:
+            self._on_hang(overdue)
+        elif self.timer.is_due(now):
+            self.timer.reset(now)
+            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
+
+    def _check_slow(self, now: float) -> None:
+        """On a new step: has the job been straggling for long enough to say so?"""
+        if self._hang_watched() and (slow := self.health.slow(now)) is not None:
+            typical, seconds = slow
+            self.events.emit(
+                "job.slow", level="warning", typical=round(typical, 3), seconds=round(seconds, 1)
+            )
+
+    def _tell_systemd(self) -> None:
+        """The watchdog ping, STATUS= when it changed, EXTEND_TIMEOUT_USEC= during a stop."""
+        if not self.notifier.enabled:
+            return
+        directory = self.config.checkpoint_dir
+        self.notifier.report(
+            time.monotonic(),
+            self._status_line(),
+            self.stop.deadline if self.stop is not None else None,
+            lambda: bytes_in_progress(directory),
+            self.config.kill_timeout + 5.0,
+        )
+
+    def _status_line(self) -> str:
+        last = self.desk.last_commit
+        saved = f"last checkpoint step {last['step']}" if last else "no checkpoint yet"
+        return f"{self.state.value}: attempt {self.attempt}, step {self.step}, {saved}"
+
+    # -- messages from the job -----------------------------------------------------------
+
+    def _on_client(self, peer: Peer, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        step = message.get("step")
+        now = time.monotonic()
+        if self.progress.reported(step, now, training_at=kind in _TRAINING_AT):
+            self._check_slow(now)
+        if not peer.known and kind != "bye":
+            peer.known = True
+            self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
+            self.desk.client_connected(peer)
+            if self.stop is not None and self.desk.in_flight_final:
+                self.stop.client_took_request()
+        if kind == "started":
+            stall = _reported_stall(message.get("stall"))
+            self.progress.save_started(now, stall)
+            ids = message.get("ids") or []
+            fields: dict[str, Any] = {"stall": round(stall, 6)} if stall is not None else {}
+            self.events.emit(
+                "checkpoint.started",
+                request_id=ids[0] if ids else None,
+                request_ids=ids,
+                pid=peer.pid,
+                rank=peer.rank,
+                **fields,
+            )
+        elif kind == "propose":
+            self.desk.on_propose(peer, message)
+        elif kind == "written":
+            self.desk.on_written(peer, message)
+        elif kind == "committed":
+            ack = self.desk.on_committed(peer, message)
+            at = self.desk.last_commit["time"] if self.desk.last_commit else None
+            self.progress.save_ended(now, message, at)  # the metrics' age is status's
+            if ack.progress:
+                self.restarts_without_progress = 0
+            if ack.final and self.stop is not None:
+                self.stop.committed = True
+            if self.stop is None:
+                self.timer.reset(now)
+            if not message.get("reused"):
+                self._prune(message.get("path"), message.get("step"))
+        elif kind == "failed":
+            self.progress.save_ended(now, None)
+            ack = self.desk.on_failed(message, peer)
+            if ack.final and self.stop is not None:
+                self.stop.failed = True
+        self._sync_checkpointing()
+
+    def _on_hang(self, overdue: Overdue) -> None:
+        """Dump every thread's stack of every process of the job (off the loop), then stop it."""
+        assert self.trainer is not None
+        self.health.dumping = True
+        path = stacks_file(self.run_dir.path, self.attempt)
+        trainer = self.trainer
+        self.background.submit(
+            "stacks", lambda: dump_stacks(trainer, path), context=(overdue, self.step, path)
+        )
+
+    def _on_stacks(self, finished: Finished) -> None:
+        overdue, since_step, path = finished.context
+        if not self._job_alive() or self.stop is not None:
+            return
+        self.events.emit(
+            "job.hung",
+            level="error",
+            phase=overdue.phase,
+            since_step=since_step,
+            waited=round(overdue.waited, 3),
+            timeout=round(overdue.timeout, 3),
+            seconds=round(overdue.timeout, 3),
+            stacks_file=str(path),
+        )
+        log.get_logger().error("job.stacks", stacks_file=str(path), stacks=finished.result or "")
+        if self.metrics is not None:
+            self.metrics.hung()
+        self.progress.failure()
+        self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
+
+    def _prune(self, committed: Any, step: Any) -> None:
+        """Retention after a commit, off the loop; never the newest verified checkpoint, nor
+        one newer than the newest remote one (the only copy)."""
+        if isinstance(committed, str) and Path(committed).parent == self.config.checkpoint_dir:
+            self.newest_verified = Path(committed)
+            if self.remote is not None and isinstance(step, int):
+                self.remote.submit(Path(committed), step)
+        protect = [self.resumed_from.path] if self.resumed_from else []
+        if self.newest_verified is not None:
+            protect.append(self.newest_verified)
+        directory, rules, remote = self.config.checkpoint_dir, self.rules, self.remote
+
+        def prune() -> retention.Pruned:
+            kept = remote.protected(scan(directory)) if remote is not None else []
+            return retention.prune(directory, rules, [*protect, *kept])
+
+        self.background.submit("pruned", prune)
+
+
+def _reported_stall(value: Any) -> float | None:
+    """A background save's snapshot stall as its client reported it; None unless a number of
+    seconds in [0, a day] (NaN, infinities and huge integers included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 <= value <= _MAX_STALL else None
+
+
+def _sleep_ms(due: float | None) -> int:
+    """Poll timeout until ``due`` (ms, rounded up so the moment has passed on waking)."""
+    wait = _MAX_SLEEP if due is None else min(_MAX_SLEEP, due - time.monotonic())
+    return 0 if wait <= 0 else int(wait * 1000) + 1
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

@@ -1,0 +1,177 @@
+"""Launching the job: the job lock, the resume point, the environment, the process.
+
+:meth:`Launcher.prepare` does the slow part (waiting for an earlier job's processes to
+let go of the job lock, removing interrupted commits, verifying the resume point in
+full and moving aside every checkpoint that fails) and runs on the background worker;
+:meth:`Launcher.start` only spawns the process, on the loop. Neither emits events:
+they return values that the arbiter reports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+
+from ckptd.config import JobConfig
+from ckptd.process.trainer import Trainer
+from ckptd.progress.health import report_interval, stacks_file
+from ckptd.run_dir import Orphan, RunDir, RunDirError
+from ckptd.storage import retention
+from ckptd_client import protocol
+from ckptd_client._stacks import ENV_STACKS_FILE
+from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
+from ckptd_client.store import Checkpoint, newest_valid, scan
+
+if TYPE_CHECKING:
+    from ckptd.supervisor.remote_copy import (
+        RemoteCopy,  # imported (with fsspec) only when a remote is set
+    )
+
+_SYSTEMD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})  # not the job's
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A checkpoint that failed full verification, moved out of the ``step-N`` namespace."""
+
+    checkpoint: Checkpoint
+    moved_to: Path | None  # None when it could not be moved (it is then left in place)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a launch resumes from, and what was cleaned up on the way."""
+
+    resume: Checkpoint | None
+    removed: list[Path] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    strays_killed: list[int] = field(default_factory=list)
+    downloaded: bool = False  # the resume point came from the remote store
+    remote_rejected: list[Checkpoint] = field(default_factory=list)
+    remote_error: str | None = None
+    lineage: str = ""  # CKPTD_LINEAGE: inherited from the resume point, or new
+
+
+class Launcher:
+    def __init__(
+        self, config: JobConfig, run_dir: RunDir, endpoint: str, remote: RemoteCopy | None = None
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.endpoint = endpoint
+        self.remote = remote
+        self.attempt = -1
+
+    def prepare(self) -> Prepared:
+        """Take the job lock, clean the checkpoint directory, find the newest valid checkpoint.
+
+        Blocking (a full hash of the resume candidate; up to ``kill_timeout`` for an
+        earlier job's processes): runs on the background worker. Raises RunDirError
+        when an earlier job will not let go of the job lock.
+        """
+        strays = self._take_job_lock()
+        removed = remove_temporaries(self.config.checkpoint_dir)
+        removed += retention.sweep_pruned(self.config.checkpoint_dir)
+        rejected: list[Checkpoint] = []
+        resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
+        prepared = Prepared(
+            resume,
+            removed,
+            [_quarantine(bad) for bad in rejected],
+            strays,
+            lineage=_lineage(resume),
+        )
+        if self.remote is None:
+            return prepared
+        # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
+        fetched = self.remote.prepare(self.config.checkpoint_dir, resume)
+        if fetched.checkpoint is not None:
+            resume = fetched.checkpoint
+            prepared = replace(prepared, lineage=_lineage(resume))
+        local = [c for c in scan(self.config.checkpoint_dir) if c.valid]
+        self.remote.follow(prepared.lineage, resume.step if resume else None, local)
+        return replace(
+            prepared,
+            resume=resume,
+            downloaded=fetched.checkpoint is not None,
+            remote_rejected=fetched.rejected,
+            remote_error=fetched.error,
+        )
+
+    def start(self, prepared: Prepared) -> Trainer:
+        """Spawn the job (its own session; it inherits the job lock). Raises LaunchError."""
+        self.attempt += 1
+        trainer = Trainer.launch(
+            self.config.command,
+            self.environment(prepared.resume, prepared.lineage),
+            self.config.cwd,
+            pass_fds=[self.run_dir.lock_fd],
+        )
+        self.run_dir.record_holder(trainer.pid)
+        return trainer
+
+    def adopt(self, orphan: Orphan | None) -> Trainer | None:
+        """Take charge of a job left running by a dead daemon; None when there is none."""
+        if orphan is None or orphan.pid is None:
+            return None
+        trainer = Trainer.adopt(orphan.pid, orphan.started)
+        if trainer is not None:
+            self.attempt += 1
+        return trainer
+
+    def environment(self, resume: Checkpoint | None, lineage: str = "") -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ONLY}
+        return {
+            **inherited,
+            **self.config.env,
+            protocol.ENV_ENDPOINT: self.endpoint,
+            protocol.ENV_CHECKPOINT_DIR: str(self.config.checkpoint_dir),
+            protocol.ENV_RESUME_FROM: str(resume.path) if resume else "",
+            protocol.ENV_RESUME_STEP: str(resume.step) if resume else "",
+            protocol.ENV_ATTEMPT: str(self.attempt),
+            protocol.ENV_RUN_DIR: str(self.run_dir.path),
+            protocol.ENV_JOB: self.config.name,
+            protocol.ENV_CHECKPOINT_MODE: self.config.checkpoint_mode or "",
+            protocol.ENV_REPORT_EVERY: f"{report_interval(self.config):g}",
+            protocol.ENV_LINEAGE: lineage or new_lineage_id(),
+            ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
+        }
+
+    def _take_job_lock(self) -> list[int]:
+        """The lock the job inherits; stray holders from an earlier job are killed first."""
+        if self.run_dir.has_job_lock or self.run_dir.take_job_lock(self.config.kill_timeout):
+            return []
+        strays = self.run_dir.lock_holders()
+        for process in strays:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(strays, timeout=self.config.kill_timeout)
+        if not self.run_dir.take_job_lock(self.config.kill_timeout):
+            raise RunDirError(f"{self.run_dir.path}: the job lock is still held by an earlier job")
+        return [p.pid for p in strays]
+
+
+def _lineage(resume: Checkpoint | None) -> str:
+    """The lineage id a launch from ``resume`` writes: the one it records, or a new one."""
+    try:
+        return lineage_after(resume.path if resume is not None else None).id
+    except (OSError, ManifestError):  # verified moments ago; gone since: a history of its own
+        return new_lineage_id()
+
+
+def _quarantine(checkpoint: Checkpoint) -> Quarantined:
+    """``step-N`` becomes ``step-N.corrupt-<time>``: kept for a person, never resumed or pruned."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = checkpoint.path.with_name(f"{checkpoint.name}.corrupt-{stamp}")
+    try:
+        os.rename(checkpoint.path, target)
+    except OSError:
+        return Quarantined(checkpoint, None)
+    return Quarantined(checkpoint, target)
