@@ -148,6 +148,8 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
     Option("poll_interval", POLL_INTERVAL, 1.0, 'signal-file polling interval with watch = "poll"'),
     Option("remote", STRING, None, "fsspec URL checkpoints are uploaded to (as [storage].remote)"),
+    Option("signing_key", STRING, None, "PEM EC private key that signs checkpoints ([integrity])"),
+    Option("verify_key", STRING, None, "PEM EC public key: resume only signed checkpoints"),
     Option(
         "checkpoint_mode",
         MODE,
@@ -215,6 +217,21 @@ STORAGE_OPTIONS: tuple[Option, ...] = (
     Option("options", ANY_TABLE, {}, "[storage.options]: passed verbatim to fsspec"),
 )
 
+INTEGRITY_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "signing_key",
+        STRING,
+        None,
+        "PEM EC private key (mode 0600) the daemon signs each committed checkpoint with",
+    ),
+    Option(
+        "verify_key",
+        STRING,
+        None,
+        "PEM EC public key: resume only from checkpoints whose model.sig it verifies",
+    ),
+)
+
 METRICS_OPTIONS: tuple[Option, ...] = (
     Option("listen", STRING, None, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464"),
 )
@@ -226,6 +243,7 @@ TABLES: dict[str, tuple[Option, ...]] = {
     "slurm": SLURM_OPTIONS,
     "metrics": METRICS_OPTIONS,
     "storage": STORAGE_OPTIONS,
+    "integrity": INTEGRITY_OPTIONS,
 }
 
 
@@ -280,6 +298,14 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class IntegrityConfig:
+    """The ``[integrity]`` table: signing committed checkpoints, verifying them at resume."""
+
+    signing_key: Path | None = None
+    verify_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The ``[metrics]`` table: a Prometheus endpoint (off when ``listen`` is None)."""
 
@@ -323,6 +349,7 @@ class JobConfig:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
     source: str = field(default="defaults", compare=False)
 
 
@@ -343,6 +370,7 @@ def load(
     slurm = {option.key: option.default for option in SLURM_OPTIONS}
     metrics = {option.key: option.default for option in METRICS_OPTIONS}
     storage = {option.key: option.default for option in STORAGE_OPTIONS}
+    integrity = {option.key: option.default for option in INTEGRITY_OPTIONS}
     if config_file is not None:
         tables = _read_tables(Path(config_file))
         values.update(tables.get("job", {}))
@@ -351,6 +379,7 @@ def load(
         slurm.update(tables.get("slurm", {}))
         metrics.update(tables.get("metrics", {}))
         storage.update(tables.get("storage", {}))
+        integrity.update(tables.get("integrity", {}))
     if preemption["endpoint"] is not None and not re.match(r"^https?://", preemption["endpoint"]):
         raise ConfigError(
             f"[preemption].endpoint: expected an http:// URL, got {preemption['endpoint']!r}"
@@ -365,6 +394,9 @@ def load(
     values["metrics"] = _finish_metrics(metrics)
     storage["remote"] = values.pop("remote") or storage["remote"]
     values["storage"] = _finish_storage(storage, base)
+    for key in ("signing_key", "verify_key"):
+        integrity[key] = values.pop(key) or integrity[key]
+    values["integrity"] = _finish_integrity(integrity, base)
     return _finish(values, base, str(config_file) if config_file else "defaults")
 
 
@@ -458,6 +490,31 @@ def _finish_storage(values: dict[str, Any], base: Path) -> StorageConfig:
         except ValueError as exc:
             raise ConfigError(f"[storage].remote: {exc}") from None
     return StorageConfig(remote, values["upload_timeout"], values["keep_remote"], values["options"])
+
+
+def _finish_integrity(values: dict[str, Any], base: Path) -> IntegrityConfig:
+    """Key files are read and checked now: a key that cannot sign or verify is exit 2."""
+    signing = _absolute(values["signing_key"], base) if values["signing_key"] else None
+    verifying = _absolute(values["verify_key"], base) if values["verify_key"] else None
+    if signing is None and verifying is None:
+        return IntegrityConfig()
+    # cryptography and model-signing are the signing extra's: loaded only when configured
+    from ckptd import integrity
+
+    try:
+        signer = integrity.Signer(signing) if signing else None
+    except (integrity.KeyProblem, integrity.SigningUnavailable) as exc:
+        raise ConfigError(f"[integrity].signing_key: {exc}") from None
+    try:
+        verifier = integrity.Verifier(verifying) if verifying else None
+    except (integrity.KeyProblem, integrity.SigningUnavailable) as exc:
+        raise ConfigError(f"[integrity].verify_key: {exc}") from None
+    if signer is not None and verifier is not None and signer.public_pem != verifier.key.pem:
+        raise ConfigError(
+            f"[integrity].verify_key: {verifying} is not the public half of {signing}; "
+            "checkpoints signed now would be refused at the next resume"
+        )
+    return IntegrityConfig(signing, verifying)
 
 
 def _finish_metrics(values: dict[str, Any]) -> MetricsConfig:

@@ -119,23 +119,29 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
         help="also check every file's digest (a remote checkpoint is downloaded to a temporary "
         "directory)",
     )
+    _key_argument(parser)
 
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
 def list_checkpoints(args: argparse.Namespace) -> int:
     if remote_listing.is_remote(args.dir):
+        _local_only_key(args)
         directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
     else:
         directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
         found = scan(directory, full=args.verify)
+    verifier = _verifier(args)
+    verdicts = {c.path: verifier.check(c.path) for c in found} if verifier else {}
     if args.json:
-        strict_json.print_json([c.to_json() for c in found])
+        strict_json.print_json([_with_signature(c.to_json(), verdicts.get(c.path)) for c in found])
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
         return exit_codes.OK
-    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", "METRICS")]
+    signed = ("SIGNATURE",) if verifier else ()
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *signed, "METRICS")]
     for c in found:
+        verdict = verdicts.get(c.path)
         rows.append(
             (
                 c.name,
@@ -143,6 +149,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
+                *((verdict.text(),) if verdict is not None else ()),
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
@@ -160,6 +167,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
         "gs://, az://, any fsspec URL)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _key_argument(parser)
 
 
 @command(
@@ -169,16 +177,58 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def verify(args: argparse.Namespace) -> int:
     if remote_listing.is_remote(args.path):
+        _local_only_key(args)
         checked = _remote(remote_listing.inspect_remote, args.path)
     else:
         checked = inspect(Path(args.path), full=True)
+    verifier = _verifier(args)
+    verdict = verifier.check(checked.path) if verifier else None
+    good = checked.valid and (verdict is None or verdict.ok)
     if args.json:
-        strict_json.print_json(checked.to_json())
-    elif checked.valid:
-        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)})")
-    else:
+        strict_json.print_json(_with_signature(checked.to_json(), verdict))
+    elif not checked.valid:
         print(f"invalid: {checked.path}: {checked.reason}")
-    return exit_codes.OK if checked.valid else exit_codes.FAILED
+    elif verdict is not None and not verdict.ok:
+        print(f"invalid: {checked.path}: signature {verdict.text()}")
+    else:
+        signed = f", signed-ok by {verifier.fingerprint}" if verifier else ""
+        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)}{signed})")
+    return exit_codes.OK if good else exit_codes.FAILED
+
+
+def _key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key",
+        metavar="PUB",
+        help="also check each checkpoint's model.sig against this PEM public key "
+        "(signed-ok, unsigned, mismatch)",
+    )
+
+
+def _verifier(args: argparse.Namespace) -> Any:
+    """The Verifier of ``--key``; None without it. A key that cannot be used: exit 2."""
+    if not args.key:
+        return None
+    from ckptd import integrity
+
+    try:
+        return integrity.Verifier(Path(args.key))
+    except (integrity.KeyProblem, integrity.SigningUnavailable) as exc:
+        raise CommandError(f"--key: {exc}") from None
+
+
+def _local_only_key(args: argparse.Namespace) -> None:
+    if args.key:
+        raise CommandError(
+            "--key checks local checkpoints; download the remote one first "
+            "(ckptd run resumes only signed ones with [integrity] verify_key)"
+        )
+
+
+def _with_signature(record: dict[str, Any], verdict: Any) -> dict[str, Any]:
+    if verdict is None:
+        return record
+    return {**record, "signature": {"status": verdict.status.value, "reason": verdict.reason}}
 
 
 # -- helpers -----------------------------------------------------------------------------

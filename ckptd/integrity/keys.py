@@ -13,9 +13,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from .upstream import INSTALL_HINT, SigningUnavailable
+
+if TYPE_CHECKING:  # cryptography comes with the signing extra: imported when a key is loaded
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 _MAX_KEY_BYTES = 64 << 10
@@ -40,6 +43,8 @@ class PublicKey:
 
 def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
     """``sha256:<first 16 hex>`` of the key's DER SubjectPublicKeyInfo (what ``ckptd`` shows)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
     der = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -54,6 +59,7 @@ def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     Refused: a file that is not regular, one readable or writable by its group or others
     (``chmod 600`` it), an encrypted key, a key that is not EC on a supported curve.
     """
+    serialization, ec = _cryptography()
     raw, mode = _read_key_file(path, "signing_key")
     if mode & 0o077:
         raise KeyProblem(
@@ -81,6 +87,7 @@ def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def load_verify_key(path: Path) -> PublicKey:
     """The public key in ``path``; :class:`KeyProblem` when it is missing or not one."""
+    serialization, ec = _cryptography()
     raw, _ = _read_key_file(path, "verify_key")
     try:
         key = serialization.load_pem_public_key(raw)
@@ -101,9 +108,22 @@ def load_verify_key(path: Path) -> PublicKey:
 
 
 def public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def _cryptography() -> tuple[Any, Any]:
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+    except ImportError:
+        raise SigningUnavailable(
+            f"signatures need the cryptography package: {INSTALL_HINT}"
+        ) from None
+    return serialization, ec
 
 
 def _read_key_file(path: Path, what: str) -> tuple[bytes, int]:

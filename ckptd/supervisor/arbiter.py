@@ -22,6 +22,7 @@ import os
 import queue
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ from ckptd.supervisor.background import Background, Finished
 from ckptd.supervisor.ending import StopEnding
 from ckptd.supervisor.launcher import Launcher, Prepared
 from ckptd.supervisor.preemption import Preemption
+from ckptd.supervisor.signatures import Signed, sign_then_upload, signer_of
 from ckptd.supervisor.states import JobState, check_transition
 from ckptd.supervisor.stops import Intent, Step, Stop
 from ckptd.supervisor.systemd import Notifier
@@ -111,6 +113,7 @@ class Arbiter:
                 config.storage, self.rules, post=self.post, progress=lambda: self.step
             )
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
+        self.signer = signer_of(config.integrity)  # the key stays in the daemon
         self.background = Background(self.post)
         self.ending = StopEnding(
             events, self.background, self.remote, config.slurm.requeue_command,
@@ -764,6 +767,8 @@ class Arbiter:
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
+        elif finished.tag == "signed":
+            self._on_signed(finished)
         elif finished.tag in ("flushed", "requeued") and self.stop is not None:
             self.ending.finished(self.stop, finished)
             self._continue_stop(self.stop)
@@ -784,6 +789,27 @@ class Arbiter:
         elif isinstance(outcome, RemoteAhead) and self._job_alive() and self.stop is None:
             request = Request(Action.STOP, Origin.REMOTE, "remote ahead")
             self._begin_stop(request, Intent.RESTART, save=False)
+
+    def _on_signed(self, finished: Finished) -> None:
+        if finished.error is not None:  # a bug of the library's: the upload did not happen
+            self.events.emit("checkpoint.sign_failed", level="error", error=str(finished.error))
+            return
+        signed: Signed = finished.result
+        if signed.error is not None:
+            self.events.emit(
+                "checkpoint.sign_failed",
+                level="warning",
+                path=str(signed.path),
+                step=signed.step,
+                error=signed.error,
+            )
+        else:
+            self.events.emit(
+                "checkpoint.signed",
+                path=str(signed.path),
+                step=signed.step,
+                seconds=round(signed.seconds, 3),
+            )
 
     def _on_pruned(self, finished: Finished) -> None:
         if finished.error is not None:
@@ -931,9 +957,18 @@ class Arbiter:
         """Retention after a commit, off the loop; never the newest verified checkpoint, nor
         one newer than the newest remote one (the only copy)."""
         if isinstance(committed, str) and Path(committed).parent == self.config.checkpoint_dir:
-            self.newest_verified = Path(committed)
+            path = Path(committed)
+            self.newest_verified = path
+            upload = None
             if self.remote is not None and isinstance(step, int):
-                self.remote.submit(Path(committed), step)
+                upload = partial(self.remote.submit, path, step)
+            if self.signer is not None:  # signed first: model.sig goes up before ckptd.json
+                signer = self.signer
+                self.background.submit(
+                    "signed", lambda: sign_then_upload(signer, path, step, upload)
+                )
+            elif upload is not None:
+                upload()
         protect = [self.resumed_from.path] if self.resumed_from else []
         if self.newest_verified is not None:
             protect.append(self.newest_verified)

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 import psutil
 
 from ckptd.config import JobConfig
+from ckptd.integrity.signer import remove_signature_temporaries
 from ckptd.process.trainer import Trainer
 from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
 from ckptd.storage import retention
+from ckptd.supervisor.signatures import signature_problem, verifier_of
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
 from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
@@ -66,6 +68,7 @@ class Launcher:
         self.endpoint = endpoint
         self.remote = remote
         self.attempt = -1
+        self.verifier = verifier_of(config.integrity)
 
     def prepare(self) -> Prepared:
         """Take the job lock, clean the checkpoint directory, find the newest valid checkpoint.
@@ -77,19 +80,14 @@ class Launcher:
         strays = self._take_job_lock()
         removed = remove_temporaries(self.config.checkpoint_dir)
         removed += retention.sweep_pruned(self.config.checkpoint_dir)
-        rejected: list[Checkpoint] = []
-        resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
-        prepared = Prepared(
-            resume,
-            removed,
-            [_quarantine(bad) for bad in rejected],
-            strays,
-            lineage=_lineage(resume),
-        )
+        removed += remove_signature_temporaries(self.config.checkpoint_dir)
+        quarantined: list[Quarantined] = []
+        resume = self._newest_trusted(quarantined)
+        prepared = Prepared(resume, removed, quarantined, strays, lineage=_lineage(resume))
         if self.remote is None:
             return prepared
         # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
-        fetched = self.remote.prepare(self.config.checkpoint_dir, resume)
+        fetched = self.remote.prepare(self.config.checkpoint_dir, resume, self.signature_problem)
         if fetched.checkpoint is not None:
             resume = fetched.checkpoint
             prepared = replace(prepared, lineage=_lineage(resume))
@@ -102,6 +100,26 @@ class Launcher:
             remote_rejected=fetched.rejected,
             remote_error=fetched.error,
         )
+
+    def signature_problem(self, path: Path) -> str | None:
+        """Why ``path`` may not be resumed under ``verify_key`` (None: it may, or no key)."""
+        return signature_problem(self.verifier, path)
+
+    def _newest_trusted(self, quarantined: list[Quarantined]) -> Checkpoint | None:
+        """The newest checkpoint that verifies in full, and whose signature verifies when
+        ``verify_key`` is set; each one that fails is moved aside (into ``quarantined``)."""
+        while True:
+            rejected: list[Checkpoint] = []
+            resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
+            quarantined += [_quarantine(bad) for bad in rejected]
+            problem = None if resume is None else self.signature_problem(resume.path)
+            if problem is None:
+                return resume
+            assert resume is not None
+            moved = _quarantine(replace(resume, valid=False, reason=problem))
+            quarantined.append(moved)
+            if moved.moved_to is None:  # cannot be moved: never resumed; older ones are not
+                return None  # tried either, so that a failing rename cannot loop forever
 
     def start(self, prepared: Prepared) -> Trainer:
         """Spawn the job (its own session; it inherits the job lock). Raises LaunchError."""
