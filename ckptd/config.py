@@ -350,6 +350,7 @@ class JobConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    resume_from: str | None = None  # ``ckptd run --resume-from``: a step or a path, first launch
     source: str = field(default="defaults", compare=False)
 
 

@@ -7,6 +7,7 @@ checked against it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 from ckptd import config as config_module
 from ckptd import exit_codes, strict_json
 from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
+from ckptd.storage import branches
+from ckptd.storage.branches import BRANCHES_DIR
 from ckptd.storage.remote import listing as remote_listing
 from ckptd_client.store import inspect, scan
 
@@ -54,6 +57,12 @@ class CommandError(Exception):
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with a [job] table")
+    parser.add_argument(
+        "--resume-from",
+        metavar="STEP|PATH",
+        help="start from this checkpoint (verified) instead of the newest; newer ones are set "
+        "aside under checkpoint_dir/.branches/<time>/ (a branch's checkpoint is brought back)",
+    )
     for option in config_module.JOB_OPTIONS:
         if option.key == "command":
             continue
@@ -97,8 +106,25 @@ def run(args: argparse.Namespace) -> int:
         preflight.check(job)
     except config_module.ConfigError as exc:
         raise CommandError(f"config error: {exc}") from None
+    if args.resume_from:
+        job = _with_resume_from(job, args.resume_from)
     log.configure()
     return daemon.supervise(job)
+
+
+def _with_resume_from(job: config_module.JobConfig, value: str) -> config_module.JobConfig:
+    """The job with ``--resume-from`` resolved to a checkpoint path that exists (else exit 2)."""
+    if job.storage.remote is not None:
+        raise CommandError(
+            "--resume-from: not supported with [storage] remote yet (the bucket's newer "
+            "checkpoints would be resumed again)"
+        )
+    target = branches.target_of(job.checkpoint_dir, value)
+    try:
+        branches.check_target(target)
+    except branches.GoBackError as exc:
+        raise CommandError(f"--resume-from: {exc}") from None
+    return dataclasses.replace(job, resume_from=str(target))
 
 
 # -- list / verify -----------------------------------------------------------------------
@@ -120,6 +146,11 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
         "directory)",
     )
     _key_argument(parser)
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the checkpoints set aside by --resume-from and rollback (.branches/)",
+    )
 
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
@@ -130,10 +161,18 @@ def list_checkpoints(args: argparse.Namespace) -> int:
     else:
         directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
         found = scan(directory, full=args.verify)
+    aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
+    branch_of = {c.path: name for name, c in aside}
+    found += [c for _, c in aside]
     verifier = _verifier(args)
     verdicts = {c.path: verifier.check(c.path) for c in found} if verifier else {}
     if args.json:
-        strict_json.print_json([_with_signature(c.to_json(), verdicts.get(c.path)) for c in found])
+        strict_json.print_json(
+            [
+                _with_branch(_with_signature(c.to_json(), verdicts.get(c.path)), branch_of, c)
+                for c in found
+            ]
+        )
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
@@ -144,7 +183,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         verdict = verdicts.get(c.path)
         rows.append(
             (
-                c.name,
+                f"{BRANCHES_DIR}/{branch_of[c.path]}/{c.name}" if c.path in branch_of else c.name,
                 str(c.step),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 human_bytes(c.bytes),
@@ -223,6 +262,11 @@ def _local_only_key(args: argparse.Namespace) -> None:
             "--key checks local checkpoints; download the remote one first "
             "(ckptd run resumes only signed ones with [integrity] verify_key)"
         )
+
+
+def _with_branch(record: dict[str, Any], branch_of: dict[Path, str], c: Any) -> dict[str, Any]:
+    """``branch``: the ``.branches/`` entry a set-aside checkpoint is in (None: not set aside)."""
+    return {**record, "branch": branch_of.get(c.path)} if branch_of else record
 
 
 def _with_signature(record: dict[str, Any], verdict: Any) -> dict[str, Any]:

@@ -142,6 +142,21 @@ def restart(args: argparse.Namespace) -> int:
     return _print(args, call(args, "restart"), "restarting")
 
 
+def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
+    _target_arguments(parser)
+    parser.add_argument("step", type=int, help="the step of the checkpoint to go back to")
+
+
+@command(
+    "rollback",
+    "final checkpoint, then relaunch the job from checkpoint STEP (newer ones set aside)",
+    _rollback_arguments,
+)
+def rollback(args: argparse.Namespace) -> int:
+    result = call(args, "rollback", step=args.step)
+    return _print(args, result, f"rolling back to {result.get('path')}")
+
+
 @command("status", "state, pid, attempt, step, last checkpoint, unsaved work", _target_arguments)
 def status(args: argparse.Namespace) -> int:
     result = call(args, "status")

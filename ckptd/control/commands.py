@@ -129,6 +129,19 @@ def restart(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
 
 
 @control_command(
+    "rollback",
+    "Final checkpoint of the current state, then relaunch the job from checkpoint step; every "
+    "newer checkpoint (that final one included) is set aside under .branches/<time>/, never "
+    "deleted. Result: {rolling_back: true, step, path}.",
+    Arg("step", int, None, "the step of the checkpoint to go back to"),
+)
+def rollback(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
+    if args["step"] is None or args["step"] < 0:
+        raise ReplyError("bad_arguments", "rollback: step must be a non-negative integer")
+    return arbiter.control_rollback(args["step"])
+
+
+@control_command(
     "status",
     "State, pid, attempt, restarts left, step, last checkpoint and its age, unsaved steps and "
     "seconds, seconds to the next periodic checkpoint, uptime.",

@@ -46,6 +46,7 @@ from ckptd.run_dir import STOP_FILE, Orphan, RunDir
 from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
+from ckptd.storage.branches import GoBackError, check_target, target_of
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
@@ -57,7 +58,7 @@ from ckptd.supervisor.states import JobState, check_transition
 from ckptd.supervisor.stops import Intent, Step, Stop
 from ckptd.supervisor.systemd import Notifier
 from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, bytes_in_progress, scan
+from ckptd_client.store import Checkpoint, bytes_in_progress, inspect, scan
 
 if TYPE_CHECKING:
     from ckptd.storage.remote.outcomes import Outcome
@@ -114,6 +115,9 @@ class Arbiter:
             )
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
         self.signer = signer_of(config.integrity)  # the key stays in the daemon
+        self.pinned: Path | None = None  # gone back to: never pruned in this run
+        if config.resume_from:
+            self.launcher.go_back = target_of(config.checkpoint_dir, config.resume_from)
         self.background = Background(self.post)
         self.ending = StopEnding(
             events, self.background, self.remote, config.slurm.requeue_command,
@@ -420,6 +424,28 @@ class Arbiter:
         self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), Intent.RESTART)
         return {"restarting": True}
 
+    def control_rollback(self, step: int) -> Any:
+        """Final save of the current state, then a relaunch from checkpoint ``step``; the newer
+        checkpoints (that final save included) are set aside, not deleted."""
+        if self.remote is not None:
+            raise ReplyError("bad_arguments", "rollback is not supported with a remote store yet")
+        if self.stop is not None:
+            raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
+        if not self._job_alive():
+            raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+        target = target_of(self.config.checkpoint_dir, str(step))
+        try:
+            check_target(target)
+        except GoBackError as exc:
+            raise ReplyError("no_checkpoint", str(exc)) from None
+        if not inspect(target, full=False).valid:
+            raise ReplyError("no_checkpoint", f"{target} is not a valid checkpoint")
+        self.launcher.go_back = target
+        self.pinned = target  # the final save's retention must not prune it
+        request = Request(Action.STOP, Origin.CONTROL, f"rollback to step {step}")
+        self._begin_stop(request, Intent.RESTART)
+        return {"rolling_back": True, "step": step, "path": str(target)}
+
     def status(self) -> dict[str, Any]:
         from ckptd.control.status import status_of
 
@@ -614,6 +640,17 @@ class Arbiter:
         if prepared.remote_error is not None:
             self.events.emit("remote.unreachable", level="warning", error=prepared.remote_error)
         resume = prepared.resume
+        if prepared.went_back is not None:
+            went = prepared.went_back
+            self.pinned = went.path
+            self.events.emit(
+                "job.rolled_back",
+                step=went.step,
+                path=str(went.path),
+                chosen=str(went.chosen),
+                branch=str(went.set_aside.branch) if went.set_aside.branch else None,
+                set_aside=[p.name for p in went.set_aside.moved],
+            )
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
         self.resumed_from = resume
@@ -756,7 +793,7 @@ class Arbiter:
                 return  # stopped while preparing (its ending may still run): no launch
             if finished.error is not None:
                 self.events.emit("job.launch_failed", level="error", error=str(finished.error))
-                unusable = isinstance(finished.error, RemoteUnusable)
+                unusable = isinstance(finished.error, (RemoteUnusable, GoBackError))
                 self.exit_code = exit_codes.USAGE if unusable else exit_codes.FAILED
                 self._transition(JobState.EXITED)
                 return
@@ -970,6 +1007,8 @@ class Arbiter:
             elif upload is not None:
                 upload()
         protect = [self.resumed_from.path] if self.resumed_from else []
+        if self.pinned is not None:
+            protect.append(self.pinned)
         if self.newest_verified is not None:
             protect.append(self.newest_verified)
         directory, rules, remote = self.config.checkpoint_dir, self.rules, self.remote

@@ -23,11 +23,12 @@ from ckptd.process.trainer import Trainer
 from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
 from ckptd.storage import retention
+from ckptd.storage.branches import GoBackError, SetAside, bring_back, check_target, set_aside_newer
 from ckptd.supervisor.signatures import signature_problem, verifier_of
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
 from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
-from ckptd_client.store import Checkpoint, newest_valid, scan
+from ckptd_client.store import Checkpoint, inspect, newest_valid, scan
 
 if TYPE_CHECKING:
     from ckptd.supervisor.remote_copy import (
@@ -57,6 +58,17 @@ class Prepared:
     remote_rejected: list[Checkpoint] = field(default_factory=list)
     remote_error: str | None = None
     lineage: str = ""  # CKPTD_LINEAGE: inherited from the resume point, or new
+    went_back: WentBack | None = None  # resumed from a chosen checkpoint, not the newest
+
+
+@dataclass(frozen=True)
+class WentBack:
+    """A launch from a chosen checkpoint (``--resume-from``, ``rollback``)."""
+
+    step: int
+    path: Path
+    chosen: Path  # as named (a branch's path when it was brought back)
+    set_aside: SetAside
 
 
 class Launcher:
@@ -69,6 +81,7 @@ class Launcher:
         self.remote = remote
         self.attempt = -1
         self.verifier = verifier_of(config.integrity)
+        self.go_back: Path | None = None  # the next launch resumes from this checkpoint
 
     def prepare(self) -> Prepared:
         """Take the job lock, clean the checkpoint directory, find the newest valid checkpoint.
@@ -82,9 +95,17 @@ class Launcher:
         removed += retention.sweep_pruned(self.config.checkpoint_dir)
         removed += remove_signature_temporaries(self.config.checkpoint_dir)
         quarantined: list[Quarantined] = []
-        resume = self._newest_trusted(quarantined)
-        prepared = Prepared(resume, removed, quarantined, strays, lineage=_lineage(resume))
-        if self.remote is None:
+        went_back = None
+        resume: Checkpoint | None
+        if self.go_back is not None:
+            target, self.go_back = self.go_back, None
+            resume, went_back = self._go_back(target)
+        else:
+            resume = self._newest_trusted(quarantined)
+        prepared = Prepared(
+            resume, removed, quarantined, strays, lineage=_lineage(resume), went_back=went_back
+        )
+        if self.remote is None or went_back is not None:
             return prepared
         # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
         fetched = self.remote.prepare(self.config.checkpoint_dir, resume, self.signature_problem)
@@ -104,6 +125,19 @@ class Launcher:
     def signature_problem(self, path: Path) -> str | None:
         """Why ``path`` may not be resumed under ``verify_key`` (None: it may, or no key)."""
         return signature_problem(self.verifier, path)
+
+    def _go_back(self, target: Path) -> tuple[Checkpoint, WentBack]:
+        """Resume from ``target`` (verified in full, and its signature with ``verify_key``);
+        every newer checkpoint is set aside first. Raises GoBackError, nothing moved."""
+        check_target(target)
+        checked = inspect(target, full=True)
+        if not checked.valid:
+            raise GoBackError(f"{target} does not verify: {checked.reason}")
+        if (problem := self.signature_problem(target)) is not None:
+            raise GoBackError(f"{target}: {problem}")
+        aside = set_aside_newer(self.config.checkpoint_dir, checked.step)
+        home = bring_back(target, self.config.checkpoint_dir)
+        return replace(checked, path=home), WentBack(checked.step, home, target, aside)
 
     def _newest_trusted(self, quarantined: list[Quarantined]) -> Checkpoint | None:
         """The newest checkpoint that verifies in full, and whose signature verifies when
