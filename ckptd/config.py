@@ -232,6 +232,51 @@ INTEGRITY_OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _text_number(text: str) -> float:
+    try:
+        return _positive_number(float(text))
+    except ValueError:
+        raise ValueError(f"expected a positive number, got {text!r}") from None
+
+
+POSITIVE_NUMBER = Kind("number > 0", _positive_number, _text_number)
+
+
+def _window(value: Any) -> int:
+    number = COUNT.check(value)
+    if number < 2:
+        raise ValueError(f"expected at least 2 losses, got {value!r}")
+    return int(number)
+
+
+WINDOW = Kind("integer >= 2", _window, lambda text: _window(COUNT.parse_text(text)))
+
+GUARD_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "nonfinite",
+        choice("off", "rollback", "stop"),
+        "off",
+        "a NaN or infinite loss (ck.step(n, loss=...)): go back before it, or stop",
+    ),
+    Option(
+        "spike",
+        POSITIVE_NUMBER,
+        None,
+        "k: a loss above the mean + k sigma of the last spike_window reports diverged",
+    ),
+    Option("spike_window", WINDOW, 100, "reported losses the spike rule's mean and sigma cover"),
+    Option("rollback_limit", COUNT, 3, "rollbacks after divergences in one run; then exit 5"),
+)
+
 METRICS_OPTIONS: tuple[Option, ...] = (
     Option("listen", STRING, None, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464"),
 )
@@ -244,6 +289,7 @@ TABLES: dict[str, tuple[Option, ...]] = {
     "metrics": METRICS_OPTIONS,
     "storage": STORAGE_OPTIONS,
     "integrity": INTEGRITY_OPTIONS,
+    "guard": GUARD_OPTIONS,
 }
 
 
@@ -306,6 +352,20 @@ class IntegrityConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """The ``[guard]`` table: what a diverging loss makes ckptd do."""
+
+    nonfinite: str = "off"
+    spike: float | None = None
+    spike_window: int = 100
+    rollback_limit: int = 3
+
+    @property
+    def active(self) -> bool:
+        return self.nonfinite != "off" or self.spike is not None
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The ``[metrics]`` table: a Prometheus endpoint (off when ``listen`` is None)."""
 
@@ -350,6 +410,7 @@ class JobConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     resume_from: str | None = None  # ``ckptd run --resume-from``: a step or a path, first launch
     source: str = field(default="defaults", compare=False)
 
@@ -372,6 +433,7 @@ def load(
     metrics = {option.key: option.default for option in METRICS_OPTIONS}
     storage = {option.key: option.default for option in STORAGE_OPTIONS}
     integrity = {option.key: option.default for option in INTEGRITY_OPTIONS}
+    guard = {option.key: option.default for option in GUARD_OPTIONS}
     if config_file is not None:
         tables = _read_tables(Path(config_file))
         values.update(tables.get("job", {}))
@@ -381,6 +443,7 @@ def load(
         metrics.update(tables.get("metrics", {}))
         storage.update(tables.get("storage", {}))
         integrity.update(tables.get("integrity", {}))
+        guard.update(tables.get("guard", {}))
     if preemption["endpoint"] is not None and not re.match(r"^https?://", preemption["endpoint"]):
         raise ConfigError(
             f"[preemption].endpoint: expected an http:// URL, got {preemption['endpoint']!r}"
@@ -398,6 +461,7 @@ def load(
     for key in ("signing_key", "verify_key"):
         integrity[key] = values.pop(key) or integrity[key]
     values["integrity"] = _finish_integrity(integrity, base)
+    values["guard"] = GuardConfig(**guard)
     return _finish(values, base, str(config_file) if config_file else "defaults")
 
 

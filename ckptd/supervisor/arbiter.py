@@ -34,6 +34,7 @@ from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.config import JobConfig
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
+from ckptd.guard import Divergence
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.process.trainer import LaunchError, Trainer
 from ckptd.progress.health import Overdue, dump_stacks, stacks_file
@@ -50,6 +51,7 @@ from ckptd.storage.branches import GoBackError, check_target, target_of
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
+from ckptd.supervisor.divergence import DivergenceGuard, GiveUp, loss_field
 from ckptd.supervisor.ending import StopEnding
 from ckptd.supervisor.launcher import Launcher, Prepared
 from ckptd.supervisor.preemption import Preemption
@@ -57,7 +59,7 @@ from ckptd.supervisor.signatures import Signed, sign_then_upload, signer_of
 from ckptd.supervisor.states import JobState, check_transition
 from ckptd.supervisor.stops import Intent, Step, Stop
 from ckptd.supervisor.systemd import Notifier
-from ckptd_client.manifest import remove_temporaries
+from ckptd_client.manifest import checkpoint_name, remove_temporaries
 from ckptd_client.store import Checkpoint, bytes_in_progress, inspect, scan
 
 if TYPE_CHECKING:
@@ -116,6 +118,8 @@ class Arbiter:
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
         self.signer = signer_of(config.integrity)  # the key stays in the daemon
         self.pinned: Path | None = None  # gone back to: never pruned in this run
+        self.guard = DivergenceGuard(config.guard) if config.guard.active else None
+        self.diverged: str | None = None  # the job stopped for good after a divergence
         if config.resume_from:
             self.launcher.go_back = target_of(config.checkpoint_dir, config.resume_from)
         self.background = Background(self.post)
@@ -578,9 +582,11 @@ class Arbiter:
         self.exit_code = stop.exit_code(stop.status, self.config.stop_signal)
         if self.fenced:
             self.exit_code = exit_codes.FENCED
+        elif self.diverged is not None:
+            self.exit_code = exit_codes.DIVERGED
         self.events.emit(
             "job.stopped",
-            why="fenced" if self.fenced else None,
+            why="fenced" if self.fenced else "diverged" if self.diverged is not None else None,
             reason=stop.reason,
             final_checkpoint=stop.committed,
             final_remote=None if self.remote is None else stop.committed and not stop.local_only,
@@ -924,6 +930,13 @@ class Arbiter:
             self.desk.client_connected(peer)
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
+        diverged = (
+            self.guard.observe(step, message.get("loss"))
+            if kind == "step" and self.guard is not None and self.stop is None
+            else None
+        )
+        if diverged is not None:
+            self._on_diverged(diverged)
         if kind == "started":
             stall = _reported_stall(message.get("stall"))
             self.progress.save_started(now, stall)
@@ -959,6 +972,34 @@ class Arbiter:
             if ack.final and self.stop is not None:
                 self.stop.failed = True
         self._sync_checkpointing()
+
+    def _on_diverged(self, divergence: Divergence) -> None:
+        """Stop the job without saving its diverged state; relaunch from before it, or end."""
+        assert self.guard is not None
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
+        decision = self.guard.decide(divergence, steps, self.remote is not None)
+        fields: dict[str, Any] = {
+            "step": divergence.step,
+            "loss": loss_field(divergence.loss),
+            "rule": divergence.rule,
+            "detail": divergence.detail,
+        }
+        request = Request(Action.STOP, Origin.TIMER, "diverged")
+        if isinstance(decision, GiveUp):
+            self.diverged = decision.reason
+            self.events.emit("job.diverged", level="error", **fields, action="stop",
+                             why=decision.reason)  # fmt: skip
+            self._begin_stop(request, Intent.STOP, save=False)
+            return
+        target = self.config.checkpoint_dir / checkpoint_name(decision.resume_step or 0)
+        self.launcher.go_back = target
+        self.launcher.skip_steps = self.guard.skip_text
+        self.pinned = target
+        self.events.emit(
+            "job.diverged", level="warning", **fields, action="rollback",
+            resume_step=decision.resume_step, skip=decision.skip.text(), depth=decision.depth,
+        )  # fmt: skip
+        self._begin_stop(request, Intent.RESTART, save=False)
 
     def _on_hang(self, overdue: Overdue) -> None:
         """Dump every thread's stack of every process of the job (off the loop), then stop it."""

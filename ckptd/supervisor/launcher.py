@@ -28,6 +28,7 @@ from ckptd.supervisor.signatures import signature_problem, verifier_of
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
 from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
+from ckptd_client.skip_steps import ENV_SKIP_STEPS
 from ckptd_client.store import Checkpoint, inspect, newest_valid, scan
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Launcher:
         self.attempt = -1
         self.verifier = verifier_of(config.integrity)
         self.go_back: Path | None = None  # the next launch resumes from this checkpoint
+        self.skip_steps = ""  # CKPTD_SKIP_STEPS: set after a divergence, for every later launch
 
     def prepare(self) -> Prepared:
         """Take the job lock, clean the checkpoint directory, find the newest valid checkpoint.
@@ -191,6 +193,7 @@ class Launcher:
             protocol.ENV_CHECKPOINT_MODE: self.config.checkpoint_mode or "",
             protocol.ENV_REPORT_EVERY: f"{report_interval(self.config):g}",
             protocol.ENV_LINEAGE: lineage or new_lineage_id(),
+            ENV_SKIP_STEPS: self.skip_steps or self.config.env.get(ENV_SKIP_STEPS, ""),
             ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }
 
