@@ -275,6 +275,9 @@ GUARD_OPTIONS: tuple[Option, ...] = (
     ),
     Option("spike_window", WINDOW, 100, "reported losses the spike rule's mean and sigma cover"),
     Option("rollback_limit", COUNT, 3, "rollbacks after divergences in one run; then exit 5"),
+    Option("monitor", STRING, None, "early stopping: a metric of the committed checkpoints"),
+    Option("mode", choice("min", "max"), "min", "whether a lower or a higher monitor is better"),
+    Option("patience", COUNT, 3, "checkpoints without improvement of monitor before stopping"),
 )
 
 METRICS_OPTIONS: tuple[Option, ...] = (
@@ -359,6 +362,9 @@ class GuardConfig:
     spike: float | None = None
     spike_window: int = 100
     rollback_limit: int = 3
+    monitor: str | None = None
+    mode: str = "min"
+    patience: int = 3
 
     @property
     def active(self) -> bool:
@@ -461,6 +467,8 @@ def load(
     for key in ("signing_key", "verify_key"):
         integrity[key] = values.pop(key) or integrity[key]
     values["integrity"] = _finish_integrity(integrity, base)
+    if guard["monitor"] is not None and guard["patience"] < 1:
+        raise ConfigError("[guard].patience: must be at least 1 with a monitor")
     values["guard"] = GuardConfig(**guard)
     return _finish(values, base, str(config_file) if config_file else "defaults")
 
@@ -617,6 +625,9 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
     name = values["name"] if values["name"] is not None else default_name(command)
     if (problem := name_problem(name)) is not None:
         raise ConfigError(f"name: {problem}")
+    if values["keep_best"] and not values["best_metric"] and values["guard"].monitor:
+        # keep_best keeps the best by what early stopping watches, unless told otherwise
+        values["best_metric"], values["best_mode"] = values["guard"].monitor, values["guard"].mode
     if values["keep_best"] and not values["best_metric"]:
         raise ConfigError("keep_best: needs best_metric to rank checkpoints")
     if values["restart_delay_max"] < values["restart_delay"]:

@@ -34,7 +34,7 @@ from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.config import JobConfig
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
-from ckptd.guard import Divergence
+from ckptd.guard import Divergence, EarlyStop, EarlyStopRule
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.process.trainer import LaunchError, Trainer
 from ckptd.progress.health import Overdue, dump_stacks, stacks_file
@@ -120,6 +120,8 @@ class Arbiter:
         self.pinned: Path | None = None  # gone back to: never pruned in this run
         self.guard = DivergenceGuard(config.guard) if config.guard.active else None
         self.diverged: str | None = None  # the job stopped for good after a divergence
+        self.early_stop: EarlyStop | None = None  # rebuilt from the checkpoints at each launch
+        self.stopped_early = False
         if config.resume_from:
             self.launcher.go_back = target_of(config.checkpoint_dir, config.resume_from)
         self.background = Background(self.post)
@@ -584,9 +586,10 @@ class Arbiter:
             self.exit_code = exit_codes.FENCED
         elif self.diverged is not None:
             self.exit_code = exit_codes.DIVERGED
+        why = "fenced" if self.fenced else "diverged" if self.diverged is not None else None
         self.events.emit(
             "job.stopped",
-            why="fenced" if self.fenced else "diverged" if self.diverged is not None else None,
+            why="early_stop" if self.stopped_early and why is None else why,
             reason=stop.reason,
             final_checkpoint=stop.committed,
             final_remote=None if self.remote is None else stop.committed and not stop.local_only,
@@ -660,6 +663,12 @@ class Arbiter:
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
         self.resumed_from = resume
+        if self.config.guard.monitor is not None:  # what the checkpoints on disk say so far
+            rule = EarlyStopRule(
+                self.config.guard.monitor, self.config.guard.mode, self.config.guard.patience
+            )
+            history = [(c.step, c.metrics) for c in scan(self.config.checkpoint_dir) if c.valid]
+            self.early_stop = EarlyStop.from_history(rule, history)
         if resume is not None:
             self.desk.note_progress(resume.step)
             self.newest_verified = resume.path
@@ -966,12 +975,30 @@ class Arbiter:
                 self.timer.reset(now)
             if not message.get("reused"):
                 self._prune(message.get("path"), message.get("step"))
+                self._watch_metrics(message.get("step"), message.get("metrics"))
         elif kind == "failed":
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
             if ack.final and self.stop is not None:
                 self.stop.failed = True
         self._sync_checkpointing()
+
+    def _watch_metrics(self, step: Any, metrics: Any) -> None:
+        """Early stopping: after ``patience`` commits without improvement, a final save and
+        the end of the job (``job.stopped {why: early_stop}``)."""
+        watch = self.early_stop
+        if watch is None or not isinstance(step, int) or not isinstance(metrics, dict):
+            return
+        decision = watch.observe(step, metrics)
+        if decision.stop and self.stop is None and self._job_alive():
+            self.stopped_early = True
+            self.events.emit(
+                "job.early_stop",
+                reason=decision.reason,
+                best_step=decision.state.best_step,
+                best=decision.state.best,
+            )
+            self._begin_stop(Request(Action.STOP, Origin.TIMER, "early stop"), Intent.STOP)
 
     def _on_diverged(self, divergence: Divergence) -> None:
         """Stop the job without saving its diverged state; relaunch from before it, or end."""

@@ -82,3 +82,19 @@ def test_a_spike_rolls_back_too(job: Job, tmp_path: Path) -> None:
     assert job.wait() == 5, job.log_tail()
     event = job.events("job.diverged")[-1]
     assert event["rule"] == "spike" and event["loss"] == 1e6 and event["step"] >= 130
+
+
+def test_early_stopping_after_patience_keeps_the_best(job: Job, tmp_path: Path) -> None:
+    """monitor/mode/patience: two commits without improvement stop the job with a final save
+    (job.stopped {why: early_stop}, exit 0); keep_best keeps the best one."""
+    config = _guard(tmp_path, monitor="loss", mode="max", patience=2)
+    job.start_fake(
+        "--save-every", "5", "--step-time", "0.02",
+        options=("--config", str(config), "--keep-last", "1", "--keep-best", "1"),
+    )  # fmt: skip
+    assert job.wait() == 0, job.log_tail()
+    early = job.events("job.early_stop")[-1]
+    assert early["best_step"] == 5 and "patience 2" in early["reason"]
+    stopped = job.events("job.stopped")[-1]
+    assert stopped["why"] == "early_stop" and stopped["final_checkpoint"] is True
+    assert (tmp_path / "ckpt" / "step-00000005").is_dir()
