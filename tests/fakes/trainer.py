@@ -104,7 +104,8 @@ def main() -> None:
 
             def write(directory, step=step) -> None:
                 (directory / "payload.bin").write_bytes(os.urandom(args.payload))
-                (directory / "state.json").write_text(json.dumps(trained))
+                if args.bad_data_at is not None:  # what training did, for the guard's tests
+                    (directory / "state.json").write_text(json.dumps(trained))
                 time.sleep(args.save_time)
                 while args.save_until and not os.path.exists(args.save_until):
                     time.sleep(0.01)

@@ -112,7 +112,6 @@ def test_resume_moves_aside_forged_and_unsigned_checkpoints(
     forged = ckpt / manifest.checkpoint_name(forged_step)
     temp = manifest.new_temp_dir(tmp_path / "forge", forged_step)
     (temp / "payload.bin").write_bytes(b"poisoned weights")
-    shutil.copyfile(forged / "state.json", temp / "state.json")
     rewritten, _ = manifest.commit(temp, forged_step, {"loss": 0.0})
     for name in ("payload.bin", "ckptd.json"):
         shutil.copyfile(rewritten / name, forged / name)
