@@ -1,8 +1,8 @@
 """Configuration: the ``[job]`` table of ``ckptd.toml`` and its command-line flags.
 
 One table, :data:`JOB_OPTIONS`, defines every key: its kind, default and help.
-The TOML loader, the ``ckptd run`` flags and the README reference all come from it.
-Precedence: flags over the file, the file over the defaults.
+The TOML loader and the ``ckptd run`` flags come from it, and docs/configuration.md is
+checked against it. Precedence: flags over the file, the file over the defaults.
 """
 
 from __future__ import annotations

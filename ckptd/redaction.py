@@ -1,6 +1,6 @@
 """What ckptd never shows: the one rule for secrets, applied to every way out of the daemon.
 
-The rule (README, "Security"):
+The rule (docs/security.md, "Secrets"):
 
 - every value of the job's ``env`` is hidden; its names stay visible (the job gets
   the values directly, nothing else needs them);

@@ -1,7 +1,7 @@
 """The command registry: each command's name, arguments, documentation and handler in one place.
 
-``cli.py`` builds its parser from this table; the README's command list is
-checked against it.
+``cli.py`` builds its parser from this table; docs/commands.md's command list
+is checked against it.
 """
 
 from __future__ import annotations

@@ -675,7 +675,7 @@ class Arbiter:
         try:
             trainer = self.launcher.start(prepared)
         except LaunchError as exc:
-            # Not found, not executable: no restart can fix that (README: exit 127).
+            # Not found, not executable: no restart can fix that (docs/exit-codes.md: 127).
             log.bind(attempt=self.attempt)
             self.events.emit("job.launch_failed", level="error", error=str(exc), exit_code=127)
             self.exit_code = exit_codes.CANNOT_EXECUTE

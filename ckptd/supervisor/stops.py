@@ -117,7 +117,7 @@ class Stop:
         self.kill_at = now + self.kill_timeout
 
     def exit_code(self, status: ExitStatus | None, stop_signal: str) -> int:
-        """``ckptd run``'s status once the job of a STOP has exited (README: exit codes)."""
+        """``ckptd run``'s status once the job of a STOP has exited (docs/exit-codes.md)."""
         if self.local_only:
             return exit_codes.FAILED  # the machine's disk may not outlive it
         if self.committed and not self.failed:

@@ -1,5 +1,5 @@
-"""README behaviours, end to end with real processes: standalone requests, SIGHUP, `--job` lookup,
-TCP event publishing, the atexit flush, stop_signal and cwd."""
+"""Documented behaviours (docs/), end to end with real processes: standalone requests, SIGHUP,
+`--job` lookup, TCP event publishing, the atexit flush, stop_signal and cwd."""
 
 from __future__ import annotations
 

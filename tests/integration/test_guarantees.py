@@ -1,4 +1,4 @@
-"""What ckptd guarantees (README): what is never deleted, what a stop promises, how it ends.
+"""What ckptd guarantees (docs/guarantees.md): what is never deleted, what a stop promises, the end.
 
 Each test here failed on the code before the fix it guards (issue 8).
 """

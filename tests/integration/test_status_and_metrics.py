@@ -26,9 +26,9 @@ _STEADY = ("--save-every", "20", "--hang-at", "50", "--step-time", "0.005")
 
 
 def _documented_metrics() -> list[tuple[str, str | None]]:
-    """``(metric, status field or None)`` of each row of the README's metrics table."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("| metric | `status --json` field | meaning |", 1)[1].split("\n\n", 1)[0]
+    """``(metric, status field or None)`` of each row of docs/metrics.md's table."""
+    page = (ROOT / "docs" / "metrics.md").read_text()
+    table = page.split("| metric | `status --json` field | meaning |", 1)[1].split("\n\n", 1)[0]
     rows = []
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -91,7 +91,7 @@ def _steady_job(job: Job, tmp_path: Path, every: str, *options: str) -> int:
 def test_every_documented_metric_shows_what_status_shows(
     job: Job, tmp_path: Path, every: str, options: tuple[str, ...]
 ) -> None:
-    """After a short stretch of training, each metric of the README's table has a sample, with
+    """After a short stretch of training, each metric of docs/metrics.md has a sample, with
     the value `status --json` shows in the field the table names."""
     port = _steady_job(job, tmp_path, every, *options)
     first = job.status()
@@ -124,7 +124,7 @@ def test_human_status_shows_the_interval_its_inputs_and_the_remote(
     job: Job, tmp_path: Path
 ) -> None:
     """`ckptd status` shows the interval with every = "auto"'s inputs, the newest remote step
-    and the backlog, as the README says."""
+    and the backlog, as docs/hangs-and-goodput.md and docs/spot-vms.md say."""
     remote = tmp_path / "remote"
     remote.mkdir()
     _steady_job(

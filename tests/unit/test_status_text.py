@@ -1,4 +1,4 @@
-"""The human `ckptd status`: what the README says it shows, from the daemon's JSON."""
+"""The human `ckptd status`: what the docs say it shows, from the daemon's JSON."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_an_auto_interval_shows_its_inputs() -> None:
 
 
 def test_the_remote_facts_are_shown() -> None:
-    """Newest remote step, backlog (steps and bytes) and fenced, as the README promises."""
+    """Newest remote step, backlog (steps and bytes) and fenced, as docs/spot-vms.md promises."""
     remote = {
         "remote": "s3://b/run", "newest_step": 900, "backlog_steps": [1000, 1100],
         "backlog_bytes": 3 * 1024 * 1024, "fenced": True,
