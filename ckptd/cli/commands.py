@@ -8,6 +8,7 @@ registry (``cli/remote.py``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from typing import Any
 from ckptd import config as config_module
 from ckptd import exit_codes, strict_json
 from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
+from ckptd.storage import branches
+from ckptd.storage.branches import BRANCHES_DIR
 from ckptd.storage.memory import expected_path
 from ckptd.storage.remote import listing as remote_listing
-from ckptd_client.store import inspect, scan
+from ckptd_client.store import Checkpoint, inspect, scan
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -62,6 +65,12 @@ class CommandError(Exception):
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with a [job] table")
+    parser.add_argument(
+        "--resume-from",
+        metavar="STEP|PATH",
+        help="start from this checkpoint (verified) instead of the newest; newer ones are set "
+        "aside under checkpoint_dir/.branches/<time>/ (a branch's checkpoint is brought back)",
+    )
     for option in config_module.JOB_OPTIONS:
         if option.key == "command":
             continue
@@ -105,8 +114,25 @@ def run(args: argparse.Namespace) -> int:
         preflight.check(job)
     except config_module.ConfigError as exc:
         raise CommandError(f"config error: {exc}") from None
+    if args.resume_from:
+        job = _with_resume_from(job, args.resume_from)
     log.configure()
     return daemon.supervise(job)
+
+
+def _with_resume_from(job: config_module.JobConfig, value: str) -> config_module.JobConfig:
+    """The job with ``--resume-from`` resolved to a checkpoint path that exists (else exit 2)."""
+    if job.storage.remote is not None:
+        raise CommandError(
+            "--resume-from: not supported with [storage] remote yet (the bucket's newer "
+            "checkpoints would be resumed again)"
+        )
+    target = branches.target_of(job.checkpoint_dir, value)
+    try:
+        branches.check_target(target)
+    except branches.GoBackError as exc:
+        raise CommandError(f"--resume-from: {exc}") from None
+    return dataclasses.replace(job, resume_from=str(target))
 
 
 # -- list / verify -----------------------------------------------------------------------
@@ -127,41 +153,62 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
         help="also check every file's digest (a remote checkpoint is downloaded to a temporary "
         "directory)",
     )
+    _key_argument(parser)
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the checkpoints set aside by --resume-from and rollback (.branches/)",
+    )
 
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
 def list_checkpoints(args: argparse.Namespace) -> int:
     tiers: dict[Path, str] = {}  # with a memory tier: which tier each checkpoint is in
     if remote_listing.is_remote(args.dir):
+        _local_only_key(args)
         directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
-    elif args.dir:
-        directory = Path(args.dir)
-        found = scan(directory, full=args.verify)
     else:
-        run_dir = find_run_dir(args.run_dir)
-        directory = checkpoint_dir_of(run_dir)
+        run_dir = None if args.dir else find_run_dir(args.run_dir)
+        directory = Path(args.dir) if run_dir is None else checkpoint_dir_of(run_dir)
         found = scan(directory, full=args.verify)
-        if (ram := memory_dir_of(run_dir, directory)) is not None:
-            held = scan(ram, full=args.verify)
-            tiers = {**{c.path: "memory" for c in held}, **{c.path: "disk" for c in found}}
-            found = sorted([*found, *held], key=lambda c: (c.step, tiers[c.path]))
+        if run_dir is not None and (ram := memory_dir_of(run_dir, directory)) is not None:
+            found, tiers = _with_memory_tier(found, scan(ram, full=args.verify))
+    aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
+    branch_of = {c.path: name for name, c in aside}
+    found += [c for _, c in aside]
+    verifier = _verifier(args)
+    verdicts = {c.path: verifier.check(c.path) for c in found} if verifier else {}
     if args.json:
-        tier = (lambda c: {"tier": tiers[c.path]}) if tiers else (lambda c: {})
-        strict_json.print_json([{**c.to_json(), **tier(c)} for c in found])
+        tier_of = (lambda c: {"tier": tiers.get(c.path, "disk")}) if tiers else (lambda c: {})
+        strict_json.print_json(
+            [
+                {
+                    **_with_branch(
+                        _with_signature(c.to_json(), verdicts.get(c.path)), branch_of, c
+                    ),
+                    **tier_of(c),
+                }
+                for c in found
+            ]
+        )
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
         return exit_codes.OK
-    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *(("TIER",) if tiers else ()), "METRICS")]
+    signed = ("SIGNATURE",) if verifier else ()
+    tier = ("TIER",) if tiers else ()
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *signed, *tier, "METRICS")]
     for c in found:
+        verdict = verdicts.get(c.path)
         rows.append(
             (
-                c.name,
+                f"{BRANCHES_DIR}/{branch_of[c.path]}/{c.name}" if c.path in branch_of else c.name,
                 str(c.step),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
-                *((tiers[c.path],) if tiers else ()),
+                *((verdict.text(),) if verdict is not None else ()),
+                *((tiers.get(c.path, "disk"),) if tiers else ()),
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
@@ -179,6 +226,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
         "gs://, az://, any fsspec URL)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _key_argument(parser)
 
 
 @command(
@@ -188,16 +236,63 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def verify(args: argparse.Namespace) -> int:
     if remote_listing.is_remote(args.path):
+        _local_only_key(args)
         checked = _remote(remote_listing.inspect_remote, args.path)
     else:
         checked = inspect(Path(args.path), full=True)
+    verifier = _verifier(args)
+    verdict = verifier.check(checked.path) if verifier else None
+    good = checked.valid and (verdict is None or verdict.ok)
     if args.json:
-        strict_json.print_json(checked.to_json())
-    elif checked.valid:
-        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)})")
-    else:
+        strict_json.print_json(_with_signature(checked.to_json(), verdict))
+    elif not checked.valid:
         print(f"invalid: {checked.path}: {checked.reason}")
-    return exit_codes.OK if checked.valid else exit_codes.FAILED
+    elif verdict is not None and not verdict.ok:
+        print(f"invalid: {checked.path}: signature {verdict.text()}")
+    else:
+        signed = f", signed-ok by {verifier.fingerprint}" if verifier else ""
+        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)}{signed})")
+    return exit_codes.OK if good else exit_codes.FAILED
+
+
+def _key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key",
+        metavar="PUB",
+        help="also check each checkpoint's model.sig against this PEM public key "
+        "(signed-ok, unsigned, mismatch)",
+    )
+
+
+def _verifier(args: argparse.Namespace) -> Any:
+    """The Verifier of ``--key``; None without it. A key that cannot be used: exit 2."""
+    if not args.key:
+        return None
+    from ckptd import integrity
+
+    try:
+        return integrity.Verifier(Path(args.key))
+    except (integrity.KeyProblem, integrity.SigningUnavailable) as exc:
+        raise CommandError(f"--key: {exc}") from None
+
+
+def _local_only_key(args: argparse.Namespace) -> None:
+    if args.key:
+        raise CommandError(
+            "--key checks local checkpoints; download the remote one first "
+            "(ckptd run resumes only signed ones with [integrity] verify_key)"
+        )
+
+
+def _with_branch(record: dict[str, Any], branch_of: dict[Path, str], c: Any) -> dict[str, Any]:
+    """``branch``: the ``.branches/`` entry a set-aside checkpoint is in (None: not set aside)."""
+    return {**record, "branch": branch_of.get(c.path)} if branch_of else record
+
+
+def _with_signature(record: dict[str, Any], verdict: Any) -> dict[str, Any]:
+    if verdict is None:
+        return record
+    return {**record, "signature": {"status": verdict.status.value, "reason": verdict.reason}}
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -260,6 +355,14 @@ def memory_dir_of(run_dir: Path, checkpoint_dir: Path) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, NotRegularFile):
         return None
     return path if path is not None and path.is_dir() and not path.is_symlink() else None
+
+
+def _with_memory_tier(
+    on_disk: list[Checkpoint], in_ram: list[Checkpoint]
+) -> tuple[list[Checkpoint], dict[Path, str]]:
+    """Both tiers' checkpoints, oldest step first (disk before RAM), and each one's tier."""
+    tiers = {**{c.path: "memory" for c in in_ram}, **{c.path: "disk" for c in on_disk}}
+    return sorted([*on_disk, *in_ram], key=lambda c: (c.step, tiers[c.path])), tiers
 
 
 def _metric_text(value: Any) -> str:

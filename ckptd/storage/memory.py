@@ -24,8 +24,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptd_client.manifest import TMP_PREFIX, remove_temporaries
-from ckptd_client.store import Checkpoint, is_checkpoint_name, scan
+from ckptd_client.manifest import (
+    TMP_PREFIX,
+    ManifestError,
+    checkpoint_name,
+    read_manifest_bytes,
+    remove_temporaries,
+)
+from ckptd_client.store import Checkpoint, inspect, is_checkpoint_name, scan
 
 RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 _ROOT_DIR = "ckptd-{uid}"  # below a world-writable RAM root: one private directory per user
@@ -170,6 +176,29 @@ def prune(memory_dir: Path, keep: int, protect: Iterable[Path] = ()) -> list[Pat
         shutil.rmtree(path, ignore_errors=True)
     removed += remove_temporaries(memory_dir, only_dead_writers=True)
     return removed
+
+
+def drop_newer(memory_dir: Path, step: int) -> list[Path]:
+    """Remove the RAM checkpoints newer than ``step`` (the job went back to it); return them."""
+    gone = [c.path for c in scan(memory_dir) if c.step > step]
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
+
+
+def ram_copy_of(resume: Checkpoint, memory_dir: Path) -> Checkpoint | None:
+    """The RAM checkpoint of ``resume``'s step when its manifest is byte for byte the one of
+    ``resume`` and it verifies in full; else None."""
+    copy = memory_dir / checkpoint_name(resume.step)
+    if copy.is_symlink() or not copy.is_dir():
+        return None
+    try:
+        if read_manifest_bytes(copy) != read_manifest_bytes(resume.path):
+            return None
+    except (OSError, ManifestError):
+        return None
+    checked = inspect(copy, full=True)
+    return checked if checked.valid else None
 
 
 def clear(place: MemoryPlace) -> None:

@@ -22,6 +22,7 @@ import os
 import queue
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from ckptd.config import JobConfig
 from ckptd.control.commands import execute
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
+from ckptd.guard import Divergence, EarlyStop, EarlyStopRule
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.process.trainer import LaunchError, Trainer
 from ckptd.progress.health import Overdue, dump_stacks, stacks_file
@@ -47,19 +49,22 @@ from ckptd.run_dir import STOP_FILE, Orphan, RunDir
 from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
+from ckptd.storage.branches import GoBackError, check_target, target_of
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
+from ckptd.supervisor.divergence import DivergenceGuard, GiveUp, loss_field
 from ckptd.supervisor.ending import StopEnding
 from ckptd.supervisor.launcher import Launcher, Prepared
 from ckptd.supervisor.memory_copy import PERSISTED, PRUNED, MemoryCopy
 from ckptd.supervisor.preemption import Preemption
+from ckptd.supervisor.signatures import Signed, sign_then_upload, signer_of
 from ckptd.supervisor.states import JobState, check_transition
 from ckptd.supervisor.status import status_of
 from ckptd.supervisor.stops import Intent, Step, Stop
 from ckptd.supervisor.systemd import Notifier
-from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, bytes_in_progress, scan
+from ckptd_client.manifest import checkpoint_name, remove_temporaries
+from ckptd_client.store import Checkpoint, bytes_in_progress, inspect, scan
 
 if TYPE_CHECKING:
     from ckptd.storage.remote.outcomes import Outcome
@@ -122,6 +127,14 @@ class Arbiter:
             config, run_dir, channel.endpoint, self.remote,
             self.memory.path if self.memory is not None else None,
         )  # fmt: skip
+        self.signer = signer_of(config.integrity)  # the key stays in the daemon
+        self.pinned: Path | None = None  # gone back to: never pruned in this run
+        self.guard = DivergenceGuard(config.guard) if config.guard.active else None
+        self.diverged: str | None = None  # the job stopped for good after a divergence
+        self.early_stop: EarlyStop | None = None  # rebuilt from the checkpoints at each launch
+        self.stopped_early = False
+        if config.resume_from:
+            self.launcher.go_back = target_of(config.checkpoint_dir, config.resume_from)
         self.ending = StopEnding(
             events, self.background, self.remote, config.slurm.requeue_command,
             config.kill_timeout,
@@ -440,6 +453,28 @@ class Arbiter:
     def job_name(self) -> str:
         return self.config.name
 
+    def control_rollback(self, step: int) -> Any:
+        """Final save of the current state, then a relaunch from checkpoint ``step``; the newer
+        checkpoints (that final save included) are set aside, not deleted."""
+        if self.remote is not None:
+            raise ReplyError("bad_arguments", "rollback is not supported with a remote store yet")
+        if self.stop is not None:
+            raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
+        if not self._job_alive():
+            raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+        target = target_of(self.config.checkpoint_dir, str(step))
+        try:
+            check_target(target)
+        except GoBackError as exc:
+            raise ReplyError("no_checkpoint", str(exc)) from None
+        if not inspect(target, full=False).valid:
+            raise ReplyError("no_checkpoint", f"{target} is not a valid checkpoint")
+        self.launcher.go_back = target
+        self.pinned = target  # the final save's retention must not prune it
+        request = Request(Action.STOP, Origin.CONTROL, f"rollback to step {step}")
+        self._begin_stop(request, Intent.RESTART)
+        return {"rolling_back": True, "step": step, "path": str(target)}
+
     def status(self) -> dict[str, Any]:
         return status_of(self)
 
@@ -570,9 +605,12 @@ class Arbiter:
         self.exit_code = stop.exit_code(stop.status, self.config.stop_signal)
         if self.fenced:
             self.exit_code = exit_codes.FENCED
+        elif self.diverged is not None:
+            self.exit_code = exit_codes.DIVERGED
+        why = "fenced" if self.fenced else "diverged" if self.diverged is not None else None
         self.events.emit(
             "job.stopped",
-            why="fenced" if self.fenced else None,
+            why="early_stop" if self.stopped_early and why is None else why,
             reason=stop.reason,
             final_checkpoint=stop.committed,
             final_remote=None if self.remote is None else stop.committed and not stop.local_only,
@@ -636,9 +674,26 @@ class Arbiter:
             if persisted is not None:
                 self._prune(str(persisted.path), persisted.step)
         resume = prepared.resume
+        if prepared.went_back is not None:
+            went = prepared.went_back
+            self.pinned = went.path
+            self.events.emit(
+                "job.rolled_back",
+                step=went.step,
+                path=str(went.path),
+                chosen=str(went.chosen),
+                branch=str(went.set_aside.branch) if went.set_aside.branch else None,
+                set_aside=[p.name for p in went.set_aside.moved],
+            )
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
         self.resumed_from = resume
+        if self.config.guard.monitor is not None:  # what the checkpoints on disk say so far
+            rule = EarlyStopRule(
+                self.config.guard.monitor, self.config.guard.mode, self.config.guard.patience
+            )
+            history = [(c.step, c.metrics) for c in scan(self.config.checkpoint_dir) if c.valid]
+            self.early_stop = EarlyStop.from_history(rule, history)
         if resume is not None:
             self.desk.note_progress(resume.step)
             self.newest_verified = resume.path
@@ -782,7 +837,7 @@ class Arbiter:
                 return  # stopped while preparing (its ending may still run): no launch
             if finished.error is not None:
                 self.events.emit("job.launch_failed", level="error", error=str(finished.error))
-                unusable = isinstance(finished.error, RemoteUnusable)
+                unusable = isinstance(finished.error, (RemoteUnusable, GoBackError))
                 self.exit_code = exit_codes.USAGE if unusable else exit_codes.FAILED
                 self._transition(JobState.EXITED)
                 return
@@ -795,6 +850,8 @@ class Arbiter:
             self._on_pruned(finished)
         elif finished.tag in (PERSISTED, PRUNED) and self.memory is not None:
             self._on_memory(finished)
+        elif finished.tag == "signed":
+            self._on_signed(finished)
         elif finished.tag in ("flushed", "requeued") and self.stop is not None:
             self.ending.finished(self.stop, finished)
             self._continue_stop(self.stop)
@@ -829,6 +886,27 @@ class Arbiter:
         elif isinstance(outcome, RemoteAhead) and self._job_alive() and self.stop is None:
             request = Request(Action.STOP, Origin.REMOTE, "remote ahead")
             self._begin_stop(request, Intent.RESTART, save=False)
+
+    def _on_signed(self, finished: Finished) -> None:
+        if finished.error is not None:  # a bug of the library's: the upload did not happen
+            self.events.emit("checkpoint.sign_failed", level="error", error=str(finished.error))
+            return
+        signed: Signed = finished.result
+        if signed.error is not None:
+            self.events.emit(
+                "checkpoint.sign_failed",
+                level="warning",
+                path=str(signed.path),
+                step=signed.step,
+                error=signed.error,
+            )
+        else:
+            self.events.emit(
+                "checkpoint.signed",
+                path=str(signed.path),
+                step=signed.step,
+                seconds=round(signed.seconds, 3),
+            )
 
     def _on_pruned(self, finished: Finished) -> None:
         if finished.error is not None:
@@ -911,6 +989,12 @@ class Arbiter:
             self.desk.client_connected(peer)
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
+        guarded = self.guard is not None and self.stop is None
+        if isinstance(message, messages.StepReport) and guarded:
+            assert self.guard is not None
+            diverged = self.guard.observe(message.step, message.loss)
+            if diverged is not None:
+                self._on_diverged(diverged)
         if isinstance(message, messages.Started):
             if self.memory is not None:
                 self.memory.started(message)
@@ -945,6 +1029,7 @@ class Arbiter:
                 self.timer.reset(now)
             if not message.reused and not in_ram:
                 self._prune(message.path, message.step)
+                self._watch_metrics(message.step, message.metrics)
         elif isinstance(message, messages.Failed):
             if self.memory is not None:
                 self.memory.failed(message)
@@ -953,6 +1038,51 @@ class Arbiter:
             if ack.final and self.stop is not None:
                 self.stop.failed = True
         self._sync_checkpointing()
+
+    def _watch_metrics(self, step: Any, metrics: Any) -> None:
+        """Early stopping: after ``patience`` commits without improvement, a final save and
+        the end of the job (``job.stopped {why: early_stop}``)."""
+        watch = self.early_stop
+        if watch is None or not isinstance(step, int) or not isinstance(metrics, dict):
+            return
+        decision = watch.observe(step, metrics)
+        if decision.stop and self.stop is None and self._job_alive():
+            self.stopped_early = True
+            self.events.emit(
+                "job.early_stop",
+                reason=decision.reason,
+                best_step=decision.state.best_step,
+                best=decision.state.best,
+            )
+            self._begin_stop(Request(Action.STOP, Origin.TIMER, "early stop"), Intent.STOP)
+
+    def _on_diverged(self, divergence: Divergence) -> None:
+        """Stop the job without saving its diverged state; relaunch from before it, or end."""
+        assert self.guard is not None
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
+        decision = self.guard.decide(divergence, steps, self.remote is not None)
+        fields: dict[str, Any] = {
+            "step": divergence.step,
+            "loss": loss_field(divergence.loss),
+            "rule": divergence.rule,
+            "detail": divergence.detail,
+        }
+        request = Request(Action.STOP, Origin.TIMER, "diverged")
+        if isinstance(decision, GiveUp):
+            self.diverged = decision.reason
+            self.events.emit("job.diverged", level="error", **fields, action="stop",
+                             why=decision.reason)  # fmt: skip
+            self._begin_stop(request, Intent.STOP, save=False)
+            return
+        target = self.config.checkpoint_dir / checkpoint_name(decision.resume_step or 0)
+        self.launcher.go_back = target
+        self.launcher.skip_steps = self.guard.skip_text
+        self.pinned = target
+        self.events.emit(
+            "job.diverged", level="warning", **fields, action="rollback",
+            resume_step=decision.resume_step, skip=decision.skip.text(), depth=decision.depth,
+        )  # fmt: skip
+        self._begin_stop(request, Intent.RESTART, save=False)
 
     def _on_hang(self, overdue: Overdue) -> None:
         """Dump every thread's stack of every process of the job (off the loop), then stop it."""
@@ -988,10 +1118,21 @@ class Arbiter:
         """Retention after a commit, off the loop; never the newest verified checkpoint, nor
         one newer than the newest remote one (the only copy)."""
         if committed is not None and Path(committed).parent == self.config.checkpoint_dir:
-            self.newest_verified = Path(committed)
+            path = Path(committed)
+            self.newest_verified = path
+            upload = None
             if self.remote is not None and step is not None:
-                self.remote.submit(Path(committed), step)
+                upload = partial(self.remote.submit, path, step)
+            if self.signer is not None:  # signed first: model.sig goes up before ckptd.json
+                signer = self.signer
+                self.background.submit(
+                    "signed", lambda: sign_then_upload(signer, path, step, upload)
+                )
+            elif upload is not None:
+                upload()
         protect = [self.resumed_from.path] if self.resumed_from else []
+        if self.pinned is not None:
+            protect.append(self.pinned)
         if self.newest_verified is not None:
             protect.append(self.newest_verified)
         directory, rules, remote = self.config.checkpoint_dir, self.rules, self.remote

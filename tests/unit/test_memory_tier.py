@@ -274,3 +274,25 @@ def test_memory_every_auto_follows_the_measured_ram_stall(tmp_path: Path) -> Non
     interval.saved(30.0, 1.0)
     interval.saved(30.0, 1.0)
     assert interval.every == config.every_min
+
+
+def test_going_back_drops_the_ram_checkpoints_past_the_point(tmp_path: Path) -> None:
+    """drop_newer: RAM copies newer than the step gone back to go, never to be persisted."""
+    ram = tmp_path / "ram"
+    for step in (3, 5, 8):
+        _commit(ram, step)
+    gone = memory.drop_newer(ram, 5)
+    assert [p.name for p in gone] == ["step-00000008"]
+    assert [c.step for c in scan(ram)] == [3, 5]
+
+
+def test_the_ram_copy_of_a_resume_point_is_used_only_when_it_is_the_same(tmp_path: Path) -> None:
+    """ram_copy_of: the RAM checkpoint of the resume point's step, when its manifest is the
+    same bytes and it verifies in full; a different or torn copy is not used."""
+    ram = _commit(tmp_path / "ram", 6)
+    disk = persist(ram, tmp_path / "disk").path
+    assert memory.ram_copy_of(inspect(disk), tmp_path / "ram").path == ram
+    other = _commit(tmp_path / "other", 6, payload=b"another history")
+    assert memory.ram_copy_of(inspect(other), tmp_path / "ram") is None
+    (ram / "model.pt").write_bytes(b"torn!!!" + b"6")  # same size, other bytes
+    assert memory.ram_copy_of(inspect(disk), tmp_path / "ram") is None
