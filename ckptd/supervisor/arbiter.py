@@ -41,53 +41,58 @@ from ckptd.storage import retention
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
-from ckptd.supervisor.ending import StopEnding
-from ckptd.supervisor.launcher import Launcher
-from ckptd.supervisor.launcher import Prepared as PreparedLaunch
-from ckptd.supervisor.lifecycle import (
-    Adopt,
+from ckptd.supervisor.effects import (
     Announce,
-    Backoff,
     CleanUp,
     Conclude,
     CountFailure,
     Effect,
     Emit,
-    Ending,
-    Exited,
-    FinalCommitted,
-    FinalDelivered,
-    FinalFailed,
     Flush,
-    FlushDone,
-    Input,
-    JobExited,
     Kill,
     Launch,
-    Launched,
-    LaunchFailed,
-    Lifecycle,
     PauseTimer,
-    Phase,
     Prepare,
-    Prepared,
-    PrepareFailed,
-    Reaped,
-    Reaping,
     ReportPreemption,
     RequestFinal,
     Requeue,
-    RequeueDone,
-    Running,
     SignalMain,
-    Starting,
+    Terminate,
+)
+from ckptd.supervisor.ending import StopEnding
+from ckptd.supervisor.inputs import (
+    Adopt,
+    FinalCommitted,
+    FinalDelivered,
+    FinalFailed,
+    FlushDone,
+    Input,
+    JobExited,
+    Launched,
+    LaunchFailed,
+    Prepared,
+    PrepareFailed,
+    Reaped,
+    RequeueDone,
     StopNow,
     StopRequested,
-    Terminate,
     Tick,
+)
+from ckptd.supervisor.launcher import Launcher
+from ckptd.supervisor.launcher import Prepared as PreparedLaunch
+from ckptd.supervisor.lifecycle import (
+    Backoff,
+    Ending,
+    Exited,
+    Lifecycle,
+    Phase,
+    Reaping,
+    Running,
+    Starting,
     job_alive,
     shown,
     stop_of,
+    takes_checkpoints,
     trainer_of,
 )
 from ckptd.supervisor.preemption import Preemption
@@ -364,7 +369,7 @@ class Arbiter:
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
-        if self.stop is not None or self.state is JobState.EXITED:
+        if not takes_checkpoints(self.phase):
             if waiter is not None:
                 raise ReplyError("not_running", f"the job is {self.state.value}")
             return None
@@ -404,7 +409,7 @@ class Arbiter:
                     available=round(left, 3),
                     why="the final save and its upload may not fit before the deadline",
                 )
-        if self.stop is not None or not self._job_alive() or final_at <= time.monotonic():
+        if not isinstance(self.phase, Running) or final_at <= time.monotonic():
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
         elif first and self.timer.next_due() is None:
             # With periodic saves running, the work at risk until the final save is less
@@ -805,7 +810,7 @@ class Arbiter:
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
             self.desk.client_connected(peer)
-            if self.stop is not None and self.desk.in_flight_final:
+            if self.desk.in_flight_final:
                 self._advance(FinalDelivered())
         if kind == "started":
             stall = _reported_stall(message.get("stall"))

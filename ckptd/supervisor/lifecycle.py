@@ -20,15 +20,48 @@ one under way (a stop supersedes a restart, a hang, an adoption; nothing superse
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, replace
-from typing import Any
 
 from ckptd import exit_codes
-from ckptd.control.server import Waiter
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.process.trainer import Trainer
 from ckptd.requests import Origin
+from ckptd.supervisor.effects import (
+    Announce,
+    CleanUp,
+    Conclude,
+    CountFailure,
+    Effects,
+    Flush,
+    Kill,
+    Launch,
+    PauseTimer,
+    Prepare,
+    ReportPreemption,
+    RequestFinal,
+    Requeue,
+    SignalMain,
+    Terminate,
+    emit,
+)
+from ckptd.supervisor.inputs import (
+    Adopt,
+    FinalCommitted,
+    FinalDelivered,
+    FinalFailed,
+    FlushDone,
+    Input,
+    JobExited,
+    Launched,
+    LaunchFailed,
+    Prepared,
+    PrepareFailed,
+    Reaped,
+    RequeueDone,
+    StopNow,
+    StopRequested,
+    Tick,
+)
 from ckptd.supervisor.states import JobState
 from ckptd.supervisor.stops import Intent, Step, Stop
 
@@ -98,241 +131,6 @@ class Exited:
 
 Phase = Starting | Running | Adopting | Stopping | Reaping | Ending | Backoff | Exited
 
-# -- inputs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Adopt:
-    trainer: Trainer
-    now: float
-
-
-@dataclass(frozen=True)
-class Prepared:
-    prepared: Any  # a launcher.Prepared, handed back in Launch
-
-
-@dataclass(frozen=True)
-class PrepareFailed:
-    error: str
-    code: int
-
-
-@dataclass(frozen=True)
-class Launched:
-    trainer: Trainer
-    now: float
-
-
-@dataclass(frozen=True)
-class LaunchFailed:
-    error: str
-
-
-@dataclass(frozen=True)
-class StopRequested:
-    """Any request that ends the job's process: a stop, a requeue, a restart, a hang."""
-
-    reason: str
-    intent: Intent
-    origin: Origin
-    now: float
-    deadline: float | None = None  # an earlier one than the grace period (a preemption)
-    save: bool = True  # ask for a final checkpoint
-    requeue: bool = False
-    fenced: bool = False
-    waiter: Waiter | None = None
-
-
-@dataclass(frozen=True)
-class StopNow:
-    """Wait no longer for the final save (a second SIGTERM, ``stop_now``)."""
-
-    reason: str
-    now: float
-
-
-@dataclass(frozen=True)
-class Tick:
-    now: float
-
-
-@dataclass(frozen=True)
-class FinalDelivered:
-    """A client has the final checkpoint request: no stop_signal is needed."""
-
-
-@dataclass(frozen=True)
-class FinalCommitted:
-    pass
-
-
-@dataclass(frozen=True)
-class FinalFailed:
-    pass
-
-
-@dataclass(frozen=True)
-class JobExited:
-    status: ExitStatus
-
-
-@dataclass(frozen=True)
-class Reaped:
-    """The job's tree is cleaned up; ``restarts``: restarts without progress until now."""
-
-    now: float
-    restarts: int
-    rng: random.Random
-
-
-@dataclass(frozen=True)
-class FlushDone:
-    uploaded: bool
-
-
-@dataclass(frozen=True)
-class RequeueDone:
-    ok: bool
-
-
-Input = (
-    Adopt
-    | Prepared
-    | PrepareFailed
-    | Launched
-    | LaunchFailed
-    | StopRequested
-    | StopNow
-    | Tick
-    | FinalDelivered
-    | FinalCommitted
-    | FinalFailed
-    | JobExited
-    | Reaped
-    | FlushDone
-    | RequeueDone
-)
-
-# -- effects (the arbiter performs them, in order) ----------------------------------------
-
-
-@dataclass(frozen=True)
-class Prepare:
-    """Prepare a launch off the loop; its outcome comes back as Prepared or PrepareFailed."""
-
-
-@dataclass(frozen=True)
-class Launch:
-    prepared: Any
-
-
-@dataclass(frozen=True)
-class Emit:
-    event: str
-    fields: tuple[tuple[str, Any], ...] = ()
-    level: str = "info"
-
-
-def _emit(event: str, level: str = "info", **fields: Any) -> Emit:
-    return Emit(event, tuple(fields.items()), level)
-
-
-@dataclass(frozen=True)
-class Announce:
-    """``job.stopping`` (and the systemd status of a stop for good)."""
-
-    stop: Stop
-    superseded: str | None = None
-
-
-@dataclass(frozen=True)
-class PauseTimer:
-    pass
-
-
-@dataclass(frozen=True)
-class RequestFinal:
-    """Ask the job's client for the final checkpoint; FinalDelivered if one took it."""
-
-    stop: Stop
-    save: bool
-    origin: Origin
-
-
-@dataclass(frozen=True)
-class SignalMain:
-    pass
-
-
-@dataclass(frozen=True)
-class Terminate:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Kill:
-    pass
-
-
-@dataclass(frozen=True)
-class CleanUp:
-    """The main process is gone: forget its clients, clean its tree up off the loop."""
-
-    trainer: Trainer
-    status: ExitStatus
-
-
-@dataclass(frozen=True)
-class CountFailure:
-    restarts: int
-    hang: bool  # a hang was counted as a failure when it was found
-
-
-@dataclass(frozen=True)
-class ReportPreemption:
-    stop: Stop
-
-
-@dataclass(frozen=True)
-class Flush:
-    """Wait (off the loop) for the final checkpoint's upload; FlushDone when it is over."""
-
-    deadline: float
-
-
-@dataclass(frozen=True)
-class Requeue:
-    """Run SLURM's requeue command off the loop; RequeueDone when it is over."""
-
-
-@dataclass(frozen=True)
-class Conclude:
-    """``job.stopped``, the waiters' replies, the STOP file consumed."""
-
-    stop: Stop
-    code: int
-
-
-Effect = (
-    Prepare
-    | Launch
-    | Emit
-    | Announce
-    | PauseTimer
-    | RequestFinal
-    | SignalMain
-    | Terminate
-    | Kill
-    | CleanUp
-    | CountFailure
-    | ReportPreemption
-    | Flush
-    | Requeue
-    | Conclude
-)
-Effects = list[Effect]
-
 # -- what a phase holds and shows ---------------------------------------------------------
 
 
@@ -347,6 +145,12 @@ def trainer_of(phase: Phase) -> Trainer | None:
 
 def job_alive(phase: Phase) -> bool:
     return isinstance(phase, (Running, Adopting, Stopping))
+
+
+def takes_checkpoints(phase: Phase) -> bool:
+    """Checkpoint requests are taken (held until a launch while none runs) but not during a
+    stop, nor once ckptd exits."""
+    return stop_of(phase) is None and not isinstance(phase, Exited)
 
 
 def shown(phase: Phase, checkpointing: bool = False) -> JobState:
@@ -404,13 +208,13 @@ class Lifecycle:
         if isinstance(event, Prepared):
             return phase, [Launch(event.prepared)]
         if isinstance(event, PrepareFailed):
-            return Exited(event.code), [_emit("job.launch_failed", "error", error=event.error)]
+            return Exited(event.code), [emit("job.launch_failed", "error", error=event.error)]
         if isinstance(event, Launched):
             return Running(event.trainer, event.now), []
         if isinstance(event, LaunchFailed):
             # Not found, not executable: no restart can fix that (docs/exit-codes.md: 127).
             code = exit_codes.CANNOT_EXECUTE
-            failed = _emit("job.launch_failed", "error", error=event.error, exit_code=code)
+            failed = emit("job.launch_failed", "error", error=event.error, exit_code=code)
             return Exited(code), [failed]
         if isinstance(event, Adopt):
             request = StopRequested(ORPHAN, Intent.RESTART, Origin.TIMER, event.now)
@@ -489,23 +293,23 @@ class Lifecycle:
         if stop is not None and stop.intent is Intent.STOP:
             return self._enter_ending(Ending(stop, status, JobState.STOPPING))
         if stop is not None and stop.intent is Intent.RESTART:
-            restarting = _emit(
+            restarting = emit(
                 "job.restarting", delay=0, reason=stop.reason, final_checkpoint=stop.committed
             )
             return Backoff(event.now), [restarting, PauseTimer()]
         if not self.policy.wants_restart(status):
-            finished = _emit("job.finished", status=str(status), exit_code=status.shell_code)
+            finished = emit("job.finished", status=str(status), exit_code=status.shell_code)
             return Exited(status.shell_code), [finished]
         restarts = event.restarts + 1
         counted = CountFailure(restarts, hang=stop is not None)  # a hang: counted when found
         if self.policy.exhausted(restarts):
-            gave_up = _emit(
+            gave_up = emit(
                 "job.gave_up", "error", status=str(status), restarts=restarts - 1,
                 why="max_restarts reached without a new checkpoint",
             )  # fmt: skip
             return Exited(exit_codes.GAVE_UP), [counted, gave_up]
         delay = self.policy.backoff(restarts, event.rng)
-        restarting = _emit(
+        restarting = emit(
             "job.restarting", delay=round(delay, 3), status=str(status),
             restarts_left=max(0, self.policy.max_restarts - restarts),
         )  # fmt: skip

@@ -17,6 +17,8 @@ from ckptd import exit_codes
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.process.trainer import Trainer
 from ckptd.requests import Origin
+from ckptd.supervisor import effects as fx
+from ckptd.supervisor import inputs as ev
 from ckptd.supervisor import lifecycle as lc
 from ckptd.supervisor.states import JobState, check_transition
 from ckptd.supervisor.stops import Intent, Stop
@@ -56,29 +58,29 @@ VARIANTS: dict[str, lc.Phase] = {
     "reaping(success)": lc.Reaping(T, SUCCESS, None),
     "ending(requeueing)": lc.Ending(_stop(requeue=True), None, JobState.BACKOFF, requeued=True),
 }
-INPUTS: dict[str, lc.Input] = {
-    "sigterm": lc.StopRequested("SIGTERM", Intent.STOP, Origin.SIGNAL, NOW),
-    "stop-file": lc.StopRequested("STOP file", Intent.STOP, Origin.FILE, NOW),
-    "requeue": lc.StopRequested("SIGUSR2", Intent.STOP, Origin.SIGNAL, NOW, requeue=True),
-    "preempt": lc.StopRequested("aws spot", Intent.STOP, Origin.CLOUD, NOW, deadline=NOW + 5),
-    "fenced": lc.StopRequested("fenced", Intent.STOP, Origin.REMOTE, NOW, fenced=True),
-    "restart": lc.StopRequested("restart", Intent.RESTART, Origin.CONTROL, NOW),
-    "hang": lc.StopRequested("hang", Intent.HANG, Origin.TIMER, NOW),
-    "stop-now": lc.StopNow("stop_now", NOW),
-    "tick": lc.Tick(NOW + 1),
-    "tick-late": lc.Tick(NOW + 31),
-    "delivered": lc.FinalDelivered(),
-    "committed": lc.FinalCommitted(),
-    "failed": lc.FinalFailed(),
-    "job-exited": lc.JobExited(FAILURE),
-    "reaped": lc.Reaped(NOW, restarts=0, rng=random.Random(0)),
-    "flushed": lc.FlushDone(uploaded=True),
-    "requeued": lc.RequeueDone(ok=True),
-    "prepared": lc.Prepared("prepared"),
-    "prepare-failed": lc.PrepareFailed("no such bucket", 2),
-    "launched": lc.Launched(T, NOW),
-    "launch-failed": lc.LaunchFailed("no such file"),
-    "adopt": lc.Adopt(T, NOW),
+INPUTS: dict[str, ev.Input] = {
+    "sigterm": ev.StopRequested("SIGTERM", Intent.STOP, Origin.SIGNAL, NOW),
+    "stop-file": ev.StopRequested("STOP file", Intent.STOP, Origin.FILE, NOW),
+    "requeue": ev.StopRequested("SIGUSR2", Intent.STOP, Origin.SIGNAL, NOW, requeue=True),
+    "preempt": ev.StopRequested("aws spot", Intent.STOP, Origin.CLOUD, NOW, deadline=NOW + 5),
+    "fenced": ev.StopRequested("fenced", Intent.STOP, Origin.REMOTE, NOW, fenced=True),
+    "restart": ev.StopRequested("restart", Intent.RESTART, Origin.CONTROL, NOW),
+    "hang": ev.StopRequested("hang", Intent.HANG, Origin.TIMER, NOW),
+    "stop-now": ev.StopNow("stop_now", NOW),
+    "tick": ev.Tick(NOW + 1),
+    "tick-late": ev.Tick(NOW + 31),
+    "delivered": ev.FinalDelivered(),
+    "committed": ev.FinalCommitted(),
+    "failed": ev.FinalFailed(),
+    "job-exited": ev.JobExited(FAILURE),
+    "reaped": ev.Reaped(NOW, restarts=0, rng=random.Random(0)),
+    "flushed": ev.FlushDone(uploaded=True),
+    "requeued": ev.RequeueDone(ok=True),
+    "prepared": ev.Prepared("prepared"),
+    "prepare-failed": ev.PrepareFailed("no such bucket", 2),
+    "launched": ev.Launched(T, NOW),
+    "launch-failed": ev.LaunchFailed("no such file"),
+    "adopt": ev.Adopt(T, NOW),
 }
 _FLAGS = ("requeue", "fenced", "committed", "failed", "forced", "local_only")
 
@@ -104,17 +106,17 @@ def describe(phase: lc.Phase) -> str:
     return " ".join(words)
 
 
-def describe_effects(effects: list[lc.Effect]) -> str:
+def describe_effects(effects: list[fx.Effect]) -> str:
     names = []
     for effect in effects:
         name = type(effect).__name__
-        if isinstance(effect, lc.Emit):
+        if isinstance(effect, fx.Emit):
             name = f"Emit {effect.event}"
-        elif isinstance(effect, lc.Terminate):
+        elif isinstance(effect, fx.Terminate):
             name = f"Terminate({effect.reason})"
-        elif isinstance(effect, lc.Conclude):
+        elif isinstance(effect, fx.Conclude):
             name = f"Conclude({effect.code})"
-        elif isinstance(effect, lc.Announce) and effect.superseded:
+        elif isinstance(effect, fx.Announce) and effect.superseded:
             name = f"Announce(superseded {effect.superseded})"
         names.append(name)
     return ", ".join(names) or "-"
@@ -430,27 +432,27 @@ def test_the_ending_uploads_then_requeues_then_exits_with_the_outcome() -> None:
     """Upload, then requeue, once each; left local or a failed requeue exits FAILED."""
     reaping = lc.Reaping(T, SUCCESS, _stop(committed=True, requeue=True))
     ending, effects = RULES.advance(reaping, INPUTS["reaped"])
-    assert [type(e) for e in effects] == [lc.ReportPreemption, lc.Flush]
+    assert [type(e) for e in effects] == [fx.ReportPreemption, fx.Flush]
     ending, effects = RULES.advance(ending, INPUTS["requeue"])  # a second SIGUSR2 meanwhile
     assert effects == []
-    ending, effects = RULES.advance(ending, lc.FlushDone(uploaded=False))
-    assert effects == [lc.Requeue()]
-    ending, effects = RULES.advance(ending, lc.RequeueDone(ok=True))
+    ending, effects = RULES.advance(ending, ev.FlushDone(uploaded=False))
+    assert effects == [fx.Requeue()]
+    ending, effects = RULES.advance(ending, ev.RequeueDone(ok=True))
     assert ending == lc.Exited(exit_codes.FAILED)  # local only
     requeue_failed = RULES.advance(lc.Ending(_stop(), SUCCESS, JobState.STOPPING, requeued=True),
-                                   lc.RequeueDone(ok=False))  # fmt: skip
+                                   ev.RequeueDone(ok=False))  # fmt: skip
     assert requeue_failed[0] == lc.Exited(exit_codes.FAILED)
     local = dataclasses.replace(RULES, remote=False)
     ending, effects = local.advance(reaping, INPUTS["reaped"])
-    assert [type(e) for e in effects] == [lc.ReportPreemption, lc.Requeue]
+    assert [type(e) for e in effects] == [fx.ReportPreemption, fx.Requeue]
 
 
 def test_restarts_without_progress_run_out() -> None:
     """A failure once max_restarts are used up without progress: exit GAVE_UP, counted."""
     failed = lc.Reaping(T, FAILURE, None)
-    after, effects = RULES.advance(failed, lc.Reaped(NOW, restarts=2, rng=random.Random(0)))
+    after, effects = RULES.advance(failed, ev.Reaped(NOW, restarts=2, rng=random.Random(0)))
     assert after == lc.Exited(exit_codes.GAVE_UP)
-    assert effects[0] == lc.CountFailure(3, hang=False)  # max_restarts = 2
+    assert effects[0] == fx.CountFailure(3, hang=False)  # max_restarts = 2
     assert describe_effects(effects) == "CountFailure, Emit job.gave_up"
 
 
@@ -462,3 +464,9 @@ def test_public_state_names() -> None:
     assert lc.shown(PHASES["adopting"]) is JobState.STOPPING
     assert lc.shown(VARIANTS["ending(requeueing)"]) is JobState.BACKOFF
     assert lc.shown(PHASES["exited"]) is JobState.EXITED
+
+
+def test_checkpoint_requests_are_refused_during_a_stop_and_once_exited() -> None:
+    """Requests are taken while starting, running or in backoff; not in a stop, not once exited."""
+    taking = {name for name, phase in {**PHASES, **VARIANTS}.items() if lc.takes_checkpoints(phase)}
+    assert taking == {"starting", "running", "reaping", "backoff", "reaping(success)"}
