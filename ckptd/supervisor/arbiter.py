@@ -46,6 +46,7 @@ from ckptd.supervisor.effects import (
     CleanUp,
     Conclude,
     CountFailure,
+    DumpStacks,
     Effect,
     Emit,
     Flush,
@@ -66,6 +67,7 @@ from ckptd.supervisor.inputs import (
     FinalDelivered,
     FinalFailed,
     FlushDone,
+    HangFound,
     Input,
     JobExited,
     Launched,
@@ -297,7 +299,8 @@ class Arbiter:
             else:
                 if self.preemption is not None:
                     moments.append(self.preemption.final_at(self._save_seconds()))
-                moments += [self.health.deadline(), self.timer.next_due()]
+                hung_at = self.health.deadline() if _hang_clock_on(phase) else None
+                moments += [hung_at, self.timer.next_due()]
         present = [m for m in moments if m is not None]
         return min(present) if present else None
 
@@ -536,6 +539,8 @@ class Arbiter:
             assert trainer is not None
             self.events.emit("job.killing", level="warning", pid=trainer.pid)
             trainer.signal_tree(signal.SIGKILL)
+        elif isinstance(effect, DumpStacks):
+            self._dump_stacks(effect.overdue)
         elif isinstance(effect, CleanUp):
             self._reap(effect.trainer, effect.status)
         elif isinstance(effect, CountFailure):
@@ -766,8 +771,8 @@ class Arbiter:
         if self.preemption is not None and now >= self.preemption.final_at(self._save_seconds()):
             request = Request(Action.STOP, Origin.CLOUD, self.preemption.reason)
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
-        elif (overdue := self.health.overdue(now)) is not None:
-            self._on_hang(overdue)
+        elif _hang_clock_on(self.phase) and (overdue := self.health.overdue(now)) is not None:
+            self._advance(HangFound(overdue))
         elif self.timer.is_due(now):
             self.timer.reset(now)
             self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
@@ -847,10 +852,9 @@ class Arbiter:
             if ack.final:
                 self._advance(FinalFailed())
 
-    def _on_hang(self, overdue: Overdue) -> None:
+    def _dump_stacks(self, overdue: Overdue) -> None:
         """Dump every thread's stack of every process of the job (off the loop), then stop it."""
         assert self.trainer is not None
-        self.health.dumping = True
         path = stacks_file(self.run_dir.path, self.attempt)
         trainer = self.trainer
         self.background.submit(
@@ -894,6 +898,11 @@ class Arbiter:
             return retention.prune(directory, rules, [*protect, *kept])
 
         self.background.submit("pruned", prune)
+
+
+def _hang_clock_on(phase: Phase) -> bool:
+    """The hang clock runs while the job runs, except while a hang found is confirmed (stacks)."""
+    return isinstance(phase, Running) and not phase.dumping
 
 
 def _reported_stall(value: Any) -> float | None:

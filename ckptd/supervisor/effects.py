@@ -76,6 +76,13 @@ class Kill:
 
 
 @dataclass(frozen=True)
+class DumpStacks:
+    """Dump the hung job's stacks off the loop; then it is stopped (intent hang)."""
+
+    overdue: Any
+
+
+@dataclass(frozen=True)
 class CleanUp:
     """The main process is gone: forget its clients, clean its tree up off the loop."""
 
@@ -124,6 +131,7 @@ Effect = (
     | SignalMain
     | Terminate
     | Kill
+    | DumpStacks
     | CleanUp
     | CountFailure
     | ReportPreemption

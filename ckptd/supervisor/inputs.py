@@ -60,6 +60,13 @@ class StopRequested:
 
 
 @dataclass(frozen=True)
+class HangFound:
+    """The running job made no progress in time (``overdue``: a progress.health.Overdue)."""
+
+    overdue: Any
+
+
+@dataclass(frozen=True)
 class StopNow:
     """Wait no longer for the final save (a second SIGTERM, ``stop_now``)."""
 
@@ -119,6 +126,7 @@ Input = (
     | LaunchFailed
     | StopRequested
     | StopNow
+    | HangFound
     | Tick
     | FinalDelivered
     | FinalCommitted

@@ -31,6 +31,7 @@ from ckptd.supervisor.effects import (
     CleanUp,
     Conclude,
     CountFailure,
+    DumpStacks,
     Effects,
     Flush,
     Kill,
@@ -50,6 +51,7 @@ from ckptd.supervisor.inputs import (
     FinalDelivered,
     FinalFailed,
     FlushDone,
+    HangFound,
     Input,
     JobExited,
     Launched,
@@ -83,6 +85,7 @@ class Starting:
 class Running:
     trainer: Trainer
     launched: float  # monotonic
+    dumping: bool = False  # a hang was found: its stacks are being dumped, then it is stopped
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,10 @@ class Lifecycle:
             return _stop_changed(phase, event)
         if isinstance(event, Tick):
             return self._tick(phase, event.now)
+        if isinstance(event, HangFound):
+            if isinstance(phase, Running) and not phase.dumping:
+                return replace(phase, dumping=True), [DumpStacks(event.overdue)]
+            return phase, []
         if isinstance(event, JobExited):
             if isinstance(phase, (Running, Adopting, Stopping)):
                 stop = stop_of(phase)

@@ -48,6 +48,7 @@ PHASES: dict[str, lc.Phase] = {
     "exited": lc.Exited(0),
 }
 VARIANTS: dict[str, lc.Phase] = {
+    "running(dumping)": lc.Running(T, launched=NOW - 60, dumping=True),
     "stopping(restart)": lc.Stopping(T, _stop(Intent.RESTART, "restart", signal_at=NOW + 15)),
     "stopping(hang)": lc.Stopping(T, _stop(Intent.HANG, "hang").force(NOW)),
     "stopping(committed)": lc.Stopping(T, _stop(committed=True)),
@@ -67,6 +68,7 @@ INPUTS: dict[str, ev.Input] = {
     "restart": ev.StopRequested("restart", Intent.RESTART, Origin.CONTROL, NOW),
     "hang": ev.StopRequested("hang", Intent.HANG, Origin.TIMER, NOW),
     "stop-now": ev.StopNow("stop_now", NOW),
+    "hang-found": ev.HangFound("overdue"),
     "tick": ev.Tick(NOW + 1),
     "tick-late": ev.Tick(NOW + 31),
     "delivered": ev.FinalDelivered(),
@@ -92,6 +94,8 @@ def describe(phase: lc.Phase) -> str:
         words.append(f"+{phase.until - NOW:g}s")
     if isinstance(phase, lc.Exited):
         words.append(str(phase.code))
+    if isinstance(phase, lc.Running) and phase.dumping:
+        words.append("dumping")
     stop = lc.stop_of(phase)
     if stop is not None:
         words.append(stop.intent.value)
@@ -132,6 +136,7 @@ starting          | fenced        | Exited 4                                | An
 starting          | restart       | =                                       | -
 starting          | hang          | =                                       | -
 starting          | stop-now      | =                                       | -
+starting          | hang-found    | =                                       | -
 starting          | tick          | =                                       | -
 starting          | tick-late     | =                                       | -
 starting          | delivered     | =                                       | -
@@ -155,6 +160,7 @@ running           | fenced        | Stopping stop fenced signal@+0s         | Pa
 running           | restart       | Stopping restart signal@+0s             | PauseTimer, Announce, RequestFinal
 running           | hang          | Stopping hang forced                    | PauseTimer, Announce, Terminate(hang)
 running           | stop-now      | =                                       | -
+running           | hang-found    | Running dumping                         | DumpStacks
 running           | tick          | =                                       | -
 running           | tick-late     | =                                       | -
 running           | delivered     | =                                       | -
@@ -178,6 +184,7 @@ adopting          | fenced        | Stopping stop fenced signal@+3s         | An
 adopting          | restart       | =                                       | -
 adopting          | hang          | Adopting restart signal@+3s             | -
 adopting          | stop-now      | Adopting restart forced                 | Terminate(stop_now)
+adopting          | hang-found    | =                                       | -
 adopting          | tick          | =                                       | -
 adopting          | tick-late     | Adopting restart forced                 | Terminate(grace period over)
 adopting          | delivered     | Adopting restart                        | -
@@ -201,6 +208,7 @@ stopping          | fenced        | Stopping stop fenced signal@+15s        | -
 stopping          | restart       | Stopping stop signal@+15s               | -
 stopping          | hang          | Stopping stop signal@+15s               | -
 stopping          | stop-now      | Stopping stop forced                    | Terminate(stop_now)
+stopping          | hang-found    | =                                       | -
 stopping          | tick          | =                                       | -
 stopping          | tick-late     | Stopping stop forced                    | Terminate(grace period over)
 stopping          | delivered     | Stopping stop                           | -
@@ -224,6 +232,7 @@ reaping           | fenced        | Reaping stop fenced                     | -
 reaping           | restart       | Reaping restart                         | -
 reaping           | hang          | Reaping hang                            | -
 reaping           | stop-now      | =                                       | -
+reaping           | hang-found    | =                                       | -
 reaping           | tick          | =                                       | -
 reaping           | tick-late     | =                                       | -
 reaping           | delivered     | =                                       | -
@@ -247,6 +256,7 @@ ending            | fenced        | Ending stop fenced committed shown=stopping 
 ending            | restart       | Ending stop committed shown=stopping flushed| -
 ending            | hang          | Ending stop committed shown=stopping flushed| -
 ending            | stop-now      | =                                       | -
+ending            | hang-found    | =                                       | -
 ending            | tick          | =                                       | -
 ending            | tick-late     | =                                       | -
 ending            | delivered     | =                                       | -
@@ -270,6 +280,7 @@ backoff           | fenced        | Exited 4                                | An
 backoff           | restart       | =                                       | -
 backoff           | hang          | =                                       | -
 backoff           | stop-now      | =                                       | -
+backoff           | hang-found    | =                                       | -
 backoff           | tick          | =                                       | -
 backoff           | tick-late     | Starting                                | Prepare
 backoff           | delivered     | =                                       | -
@@ -293,6 +304,7 @@ exited            | fenced        | =                                       | -
 exited            | restart       | =                                       | -
 exited            | hang          | =                                       | -
 exited            | stop-now      | =                                       | -
+exited            | hang-found    | =                                       | -
 exited            | tick          | =                                       | -
 exited            | tick-late     | =                                       | -
 exited            | delivered     | =                                       | -
@@ -307,6 +319,14 @@ exited            | prepare-failed| =                                       | -
 exited            | launched      | =                                       | -
 exited            | launch-failed | =                                       | -
 exited            | adopt         | =                                       | -
+
+running(dumping)  | sigterm       | Stopping stop signal@+0s                | PauseTimer, Announce, RequestFinal
+running(dumping)  | requeue       | Stopping stop requeue signal@+0s        | PauseTimer, Announce, RequestFinal
+running(dumping)  | fenced        | Stopping stop fenced signal@+0s         | PauseTimer, Announce, RequestFinal
+running(dumping)  | restart       | Stopping restart signal@+0s             | PauseTimer, Announce, RequestFinal
+running(dumping)  | hang          | Stopping hang forced                    | PauseTimer, Announce, Terminate(hang)
+running(dumping)  | hang-found    | =                                       | -
+running(dumping)  | job-exited    | Reaping                                 | CleanUp
 
 stopping(restart) | sigterm       | Stopping stop signal@+15s               | Announce(superseded restart)
 stopping(restart) | requeue       | Stopping stop requeue signal@+15s       | Announce(superseded restart)
@@ -437,8 +457,10 @@ def test_the_ending_uploads_then_requeues_then_exits_with_the_outcome() -> None:
     assert effects == []
     ending, effects = RULES.advance(ending, ev.FlushDone(uploaded=False))
     assert effects == [fx.Requeue()]
+    ending, effects = RULES.advance(ending, INPUTS["requeue"])  # SIGUSR2 again meanwhile
+    assert effects == []
     ending, effects = RULES.advance(ending, ev.RequeueDone(ok=True))
-    assert ending == lc.Exited(exit_codes.FAILED)  # local only
+    assert ending == lc.Exited(exit_codes.FAILED)  # local only; the command ran once
     requeue_failed = RULES.advance(lc.Ending(_stop(), SUCCESS, JobState.STOPPING, requeued=True),
                                    ev.RequeueDone(ok=False))  # fmt: skip
     assert requeue_failed[0] == lc.Exited(exit_codes.FAILED)
@@ -469,4 +491,11 @@ def test_public_state_names() -> None:
 def test_checkpoint_requests_are_refused_during_a_stop_and_once_exited() -> None:
     """Requests are taken while starting, running or in backoff; not in a stop, not once exited."""
     taking = {name for name, phase in {**PHASES, **VARIANTS}.items() if lc.takes_checkpoints(phase)}
-    assert taking == {"starting", "running", "reaping", "backoff", "reaping(success)"}
+    assert taking == {
+        "starting",
+        "running",
+        "running(dumping)",
+        "reaping",
+        "reaping(success)",
+        "backoff",
+    }
