@@ -225,8 +225,9 @@ class Lifecycle:
             return Exited(code), [failed]
         if isinstance(event, Adopt):
             request = StopRequested(ORPHAN, Intent.RESTART, Origin.TIMER, event.now)
+            running = Running(event.trainer, event.now)
             stopping, effects = self._stop_job(
-                Running(event.trainer, event.now), request, signal_delay=CLIENT_WINDOW
+                running, self._new_stop(request), request, signal_delay=CLIENT_WINDOW
             )
             return Adopting(event.trainer, stopping.stop), effects
         return phase, []
@@ -240,24 +241,20 @@ class Lifecycle:
             and r.origin is Origin.SIGNAL
             and not r.requeue
         ):
-            return _stop_changed(phase, StopNow(r.reason, r.now))  # a second SIGTERM/SIGINT
-        stop_by = min(r.now + self.grace, r.deadline if r.deadline is not None else r.now + 1e9)
+            # A second SIGTERM/SIGINT while stopping for good: wait no longer.
+            return _stop_changed(phase, StopNow(r.reason, r.now))
+        new = self._new_stop(r)
         if stop is not None:
             merged, changed = stop.supersede(
-                r.reason, r.intent, r.origin, stop_by,
+                r.reason, r.intent, r.origin, new.deadline,
                 requeue=r.requeue, fenced=r.fenced, waiter=r.waiter,
             )  # fmt: skip
             if isinstance(phase, Adopting) and changed:
                 return Stopping(phase.trainer, merged), [Announce(merged, stop.intent.value)]
             effects: Effects = [Announce(merged, stop.intent.value)] if changed else []
             return _with_stop(phase, merged), effects
-        new = Stop(
-            r.reason, r.intent, stop_by, frozenset({r.origin}), self.kill_timeout,
-            requeue=r.requeue, fenced=r.fenced,
-            waiters=() if r.waiter is None else (r.waiter,),
-        )  # fmt: skip
         if isinstance(phase, Running):
-            return self._stop_job(phase, r, stop=new)
+            return self._stop_job(phase, new, r)
         if isinstance(phase, Reaping):
             return replace(phase, stop=new), []  # its end is decided once it is reaped
         if isinstance(phase, (Starting, Backoff)) and r.intent is Intent.STOP:
@@ -266,13 +263,20 @@ class Lifecycle:
             return after, [Announce(new), *effects]
         return phase, []  # nothing runs: a restart or a hang has nothing to act on
 
+    def _new_stop(self, r: StopRequested) -> Stop:
+        """The stop ``r`` starts: within the grace period, or by its earlier deadline."""
+        stop_by = r.now + self.grace if r.deadline is None else min(r.now + self.grace, r.deadline)
+        return Stop(
+            r.reason, r.intent, stop_by, frozenset({r.origin}), self.kill_timeout,
+            requeue=r.requeue, fenced=r.fenced,
+            waiters=() if r.waiter is None else (r.waiter,),
+        )  # fmt: skip
+
     def _stop_job(
-        self, phase: Running, r: StopRequested, stop: Stop | None = None, signal_delay: float = 0.0
+        self, phase: Running, stop: Stop, r: StopRequested, signal_delay: float = 0.0
     ) -> tuple[Stopping, Effects]:
+        """Ask the running job for its final save (or, for a hang, signal it at once)."""
         now = r.now
-        if stop is None:
-            origins = frozenset({r.origin})
-            stop = Stop(r.reason, r.intent, now + self.grace, origins, self.kill_timeout)
         effects: Effects = [PauseTimer(), Announce(stop)]
         if stop.intent is Intent.HANG:
             return Stopping(phase.trainer, stop.force(now)), [*effects, Terminate("hang")]
