@@ -12,7 +12,9 @@ from typing import Any
 
 from ckptd.process.restart_policy import ExitStatus
 from ckptd.process.trainer import Trainer
+from ckptd.progress.health import Overdue
 from ckptd.requests import Origin
+from ckptd.supervisor.launcher import Prepared as PreparedLaunch
 from ckptd.supervisor.stops import Stop
 
 
@@ -23,11 +25,15 @@ class Prepare:
 
 @dataclass(frozen=True)
 class Launch:
-    prepared: Any
+    """Start the job from its prepared launch."""
+
+    prepared: PreparedLaunch
 
 
 @dataclass(frozen=True)
 class Emit:
+    """An event for the event log and stream."""
+
     event: str
     fields: tuple[tuple[str, Any], ...] = ()
     level: str = "info"
@@ -48,7 +54,7 @@ class Announce:
 
 @dataclass(frozen=True)
 class PauseTimer:
-    pass
+    """No periodic checkpoint until the next launch."""
 
 
 @dataclass(frozen=True)
@@ -62,24 +68,26 @@ class RequestFinal:
 
 @dataclass(frozen=True)
 class SignalMain:
-    pass
+    """No client took the final request: ``stop_signal`` to the job's main process."""
 
 
 @dataclass(frozen=True)
 class Terminate:
+    """SIGTERM to the job's whole tree (SIGKILL follows after ``kill_timeout``)."""
+
     reason: str
 
 
 @dataclass(frozen=True)
 class Kill:
-    pass
+    """SIGKILL to the job's whole tree."""
 
 
 @dataclass(frozen=True)
 class DumpStacks:
     """Dump the hung job's stacks off the loop; then it is stopped (intent hang)."""
 
-    overdue: Any
+    overdue: Overdue
 
 
 @dataclass(frozen=True)
@@ -92,12 +100,17 @@ class CleanUp:
 
 @dataclass(frozen=True)
 class CountFailure:
+    """One more restart without progress (a progress failure too, unless a hang, counted
+    when found)."""
+
     restarts: int
     hang: bool  # a hang was counted as a failure when it was found
 
 
 @dataclass(frozen=True)
 class ReportPreemption:
+    """If a preemption notice came: what the final checkpoint saved (``preemption.final``)."""
+
     stop: Stop
 
 

@@ -7,40 +7,51 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
 
 from ckptd.control.server import Waiter
 from ckptd.process.restart_policy import ExitStatus
 from ckptd.process.trainer import Trainer
+from ckptd.progress.health import Overdue
 from ckptd.requests import Origin
+from ckptd.supervisor.launcher import Prepared as PreparedLaunch
 from ckptd.supervisor.stops import Intent
 
 
 @dataclass(frozen=True)
 class Adopt:
+    """At start: a job left running by a ckptd that died (it is stopped, then relaunched)."""
+
     trainer: Trainer
     now: float
 
 
 @dataclass(frozen=True)
 class Prepared:
-    prepared: Any  # a launcher.Prepared, handed back in Launch
+    """The launch is prepared (resume point verified, lock taken): start the job."""
+
+    prepared: PreparedLaunch
 
 
 @dataclass(frozen=True)
 class PrepareFailed:
+    """The preparation failed; ``code``: ckptd's exit status."""
+
     error: str
     code: int
 
 
 @dataclass(frozen=True)
 class Launched:
+    """The job's process is started."""
+
     trainer: Trainer
     now: float
 
 
 @dataclass(frozen=True)
 class LaunchFailed:
+    """The command could not be executed."""
+
     error: str
 
 
@@ -61,9 +72,9 @@ class StopRequested:
 
 @dataclass(frozen=True)
 class HangFound:
-    """The running job made no progress in time (``overdue``: a progress.health.Overdue)."""
+    """The running job made no progress in time."""
 
-    overdue: Any
+    overdue: Overdue
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class StopNow:
 
 @dataclass(frozen=True)
 class Tick:
+    """The loop's clock: a moment it was to wake at may have come."""
+
     now: float
 
 
@@ -86,16 +99,18 @@ class FinalDelivered:
 
 @dataclass(frozen=True)
 class FinalCommitted:
-    pass
+    """The final checkpoint committed."""
 
 
 @dataclass(frozen=True)
 class FinalFailed:
-    pass
+    """The final checkpoint failed."""
 
 
 @dataclass(frozen=True)
 class JobExited:
+    """The job's main process exited."""
+
     status: ExitStatus
 
 
@@ -110,11 +125,15 @@ class Reaped:
 
 @dataclass(frozen=True)
 class FlushDone:
+    """The final upload is over: whether it reached the remote."""
+
     uploaded: bool
 
 
 @dataclass(frozen=True)
 class RequeueDone:
+    """The requeue command is over: whether it succeeded."""
+
     ok: bool
 
 
