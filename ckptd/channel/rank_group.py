@@ -73,13 +73,13 @@ class RankGroup:
         save.reported.add(peer.identity)
         self._settle(step, save)
 
-    def failed(self, peer: Peer, step: object, error: str) -> bool:
+    def failed(self, peer: Peer, step: int | None, error: str) -> bool:
         """``peer``'s part (or its commit) failed; return whether this is the save's first failure.
 
         The others are told ``aborted`` only once every rank has stopped writing (so that
         they may remove the shared directory), or at once when the commit itself failed.
         """
-        if not isinstance(step, int):
+        if step is None:
             return True
         error = f"rank {peer.rank}: {error}"
         if step in self._committing:
@@ -96,9 +96,9 @@ class RankGroup:
         self._settle(step, save)
         return first
 
-    def committed(self, peer: Peer, step: object, rid: str | None, path: object) -> None:
+    def committed(self, peer: Peer, step: int | None, rid: str | None, path: str | None) -> None:
         """The committer is done: every other rank's save of ``step`` is too."""
-        if isinstance(step, int):
+        if step is not None:
             self._committing.discard(step)
         for member in self.channel.group():
             if member is not peer:

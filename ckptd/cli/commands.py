@@ -1,7 +1,8 @@
 """The command registry: each command's name, arguments, documentation and handler in one place.
 
-``cli.py`` builds its parser from this table; docs/commands.md's command list
-is checked against it.
+``cli/main.py`` builds its parser from this table; docs/commands.md's command list
+is checked against it. The commands that talk to a daemon are made from the control
+registry (``cli/remote.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,20 @@ class Command:
     summary: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     handler: Handler
+    description: str | None = None  # ``ckptd NAME --help``; None: the summary
 
 
 REGISTRY: dict[str, Command] = {}
 
 
-def command(name: str, summary: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+def command(
+    name: str,
+    summary: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    description: str | None = None,
+) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        REGISTRY[name] = Command(name, summary, add_arguments, handler)
+        REGISTRY[name] = Command(name, summary, add_arguments, handler, description)
         return handler
 
     return register

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ckptd import exit_codes, log
+from ckptd.channel import messages
 from ckptd.channel.checkpoint_desk import CheckpointDesk, file_request_is_stale
 from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.config import JobConfig
+from ckptd.control.commands import execute
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
@@ -99,6 +101,7 @@ from ckptd.supervisor.lifecycle import (
 )
 from ckptd.supervisor.preemption import Preemption
 from ckptd.supervisor.states import JobState
+from ckptd.supervisor.status import status_of
 from ckptd.supervisor.stops import Intent, Stop
 from ckptd.supervisor.systemd import Notifier
 from ckptd_client.manifest import remove_temporaries
@@ -113,8 +116,8 @@ if TYPE_CHECKING:
 # cap is only a safety net, so that nothing waits on a moment that was never counted.
 _MAX_SLEEP = 60.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
-_TRAINING_AT = frozenset({"hello", "step", "started", "bye"})  # messages whose step is training's
-_MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
+# messages whose step is training's
+_TRAINING_AT = (messages.Hello, messages.StepReport, messages.Started, messages.Bye)
 
 
 class Arbiter:
@@ -313,7 +316,7 @@ class Arbiter:
             if isinstance(item, Finished):
                 self._guarded(self._on_finished, item)
             elif isinstance(item, Request):
-                self._guarded(self._on_request, item)
+                self._guarded(self._answer, item)
             else:
                 self._guarded(self._on_remote, item)
 
@@ -354,13 +357,44 @@ class Arbiter:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _on_request(self, request: Request) -> None:
+    def _answer(self, request: Request) -> None:
+        """Decide on one request; a control command's is answered (or kept, with ``wait``)."""
+        reply_to = request.reply_to
+        if reply_to is None:
+            self._on_request(request)
+            return
+        try:
+            result = self._on_request(request)
+        except ReplyError as exc:
+            reply_to.fail(exc.code, str(exc))
+            return
+        except Exception as exc:  # a bug: the command's answer says so, supervision goes on
+            reply_to.fail("internal_error", f"{type(exc).__name__}: {exc}")
+            raise
+        if not request.wait:
+            reply_to.reply(result)
+
+    def _on_request(self, request: Request) -> Any:
+        """The one place every request is decided, wherever it came from; returns the answer
+        a control command gets (ReplyError: the command cannot act now)."""
         action = request.action
         if action is Action.CHECKPOINT:
-            self._request_checkpoint(request)
-        elif action is Action.STOP:
-            self._begin_stop(request, Intent.STOP)  # a second SIGTERM/SIGINT: wait no longer
-        elif action is Action.STOP_NOW:
+            return self._request_checkpoint(request, _waiter(request))
+        if action is Action.STOP:
+            already = self.stop is not None and self.stop.intent is Intent.STOP
+            # A stop under way takes it in (Stop.supersede); a second SIGTERM/SIGINT: at once.
+            self._begin_stop(request, Intent.STOP, save=request.save, waiter=_waiter(request))
+            return {"stopping": True, "already": True} if already else {"stopping": True}
+        if action is Action.RESTART:
+            if self.stop is not None:
+                raise ReplyError(
+                    "not_running", f"a {self.stop.intent.value} is already in progress"
+                )
+            if not self._job_alive():
+                raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+            self._begin_stop(request, Intent.RESTART)
+            return {"restarting": True}
+        if action is Action.STOP_NOW:
             self._advance(StopNow(request.reason, time.monotonic()))
         elif action is Action.PREEMPT:
             self._on_preemption(request)
@@ -368,12 +402,13 @@ class Arbiter:
             self._begin_stop(request, Intent.STOP, requeue=True)
         elif action is Action.WAKE:  # SIGCHLD: the job (or an orphan it left) changed state
             self._check_child()
+        return None
 
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
         if not takes_checkpoints(self.phase):
-            if waiter is not None:
+            if request.reply_to is not None:
                 raise ReplyError("not_running", f"the job is {self.state.value}")
             return None
         return self.desk.request(request, self.trainer if self._job_alive() else None, waiter)
@@ -432,41 +467,13 @@ class Arbiter:
     # -- control commands ----------------------------------------------------------------
 
     def _dispatch(self, command: str, args: Any, waiter: Waiter) -> None:
-        from ckptd.control.commands import execute
-
         execute(self, command, args, waiter)
 
-    def control_checkpoint(self, waiter: Waiter | None) -> Any:
-        from ckptd.control.commands import LATER
-
-        request = Request(Action.CHECKPOINT, Origin.CONTROL, "control")
-        result = self._request_checkpoint(request, waiter)
-        return LATER if waiter is not None and not waiter.done else result
-
-    def control_stop(self, save: bool, waiter: Waiter | None) -> Any:
-        from ckptd.control.commands import LATER
-
-        if self.stop is not None and self.stop.intent is Intent.STOP:
-            if waiter is not None:
-                request = Request(Action.STOP, Origin.CONTROL, "control")
-                self._begin_stop(request, Intent.STOP, waiter=waiter)
-                return LATER
-            return {"stopping": True, "already": True}
-        request = Request(Action.STOP, Origin.CONTROL, "control")
-        self._begin_stop(request, Intent.STOP, save=save, waiter=waiter)
-        return LATER if waiter is not None and not waiter.done else {"stopping": True}
-
-    def control_restart(self) -> Any:
-        if self.stop is not None:
-            raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
-        if not self._job_alive():
-            raise ReplyError("not_running", f"no job process is running ({self.state.value})")
-        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), Intent.RESTART)
-        return {"restarting": True}
+    @property
+    def job_name(self) -> str:
+        return self.config.name
 
     def status(self) -> dict[str, Any]:
-        from ckptd.control.status import status_of
-
         return status_of(self)
 
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -805,36 +812,34 @@ class Arbiter:
 
     # -- messages from the job -----------------------------------------------------------
 
-    def _on_client(self, peer: Peer, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        step = message.get("step")
+    def _on_client(self, peer: Peer, message: messages.ClientMessage) -> None:
         now = time.monotonic()
-        if self.progress.reported(step, now, training_at=kind in _TRAINING_AT):
+        training_at = isinstance(message, _TRAINING_AT)
+        if self.progress.reported(message.step, now, training_at=training_at):
             self._check_slow(now)
-        if not peer.known and kind != "bye":
+        if not peer.known and not isinstance(message, messages.Bye):
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
             self.desk.client_connected(peer)
             if self.desk.in_flight_final:
                 self._advance(FinalDelivered())
-        if kind == "started":
-            stall = _reported_stall(message.get("stall"))
+        if isinstance(message, messages.Started):
+            stall, ids = message.stall, message.ids
             self.progress.save_started(now, stall)
-            ids = message.get("ids") or []
             fields: dict[str, Any] = {"stall": round(stall, 6)} if stall is not None else {}
             self.events.emit(
                 "checkpoint.started",
                 request_id=ids[0] if ids else None,
-                request_ids=ids,
+                request_ids=list(ids),
                 pid=peer.pid,
                 rank=peer.rank,
                 **fields,
             )
-        elif kind == "propose":
+        elif isinstance(message, messages.Propose):
             self.desk.on_propose(peer, message)
-        elif kind == "written":
+        elif isinstance(message, messages.Written):
             self.desk.on_written(peer, message)
-        elif kind == "committed":
+        elif isinstance(message, messages.Committed):
             ack = self.desk.on_committed(peer, message)
             at = self.desk.last_commit["time"] if self.desk.last_commit else None
             self.progress.save_ended(now, message, at)  # the metrics' age is status's
@@ -844,9 +849,9 @@ class Arbiter:
                 self._advance(FinalCommitted())
             if self.stop is None:
                 self.timer.reset(now)
-            if not message.get("reused"):
-                self._prune(message.get("path"), message.get("step"))
-        elif kind == "failed":
+            if not message.reused:
+                self._prune(message.path, message.step)
+        elif isinstance(message, messages.Failed):
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
             if ack.final:
@@ -881,12 +886,12 @@ class Arbiter:
         self.progress.failure()
         self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
 
-    def _prune(self, committed: Any, step: Any) -> None:
+    def _prune(self, committed: str | None, step: int | None) -> None:
         """Retention after a commit, off the loop; never the newest verified checkpoint, nor
         one newer than the newest remote one (the only copy)."""
-        if isinstance(committed, str) and Path(committed).parent == self.config.checkpoint_dir:
+        if committed is not None and Path(committed).parent == self.config.checkpoint_dir:
             self.newest_verified = Path(committed)
-            if self.remote is not None and isinstance(step, int):
+            if self.remote is not None and step is not None:
                 self.remote.submit(Path(committed), step)
         protect = [self.resumed_from.path] if self.resumed_from else []
         if self.newest_verified is not None:
@@ -905,12 +910,10 @@ def _hang_clock_on(phase: Phase) -> bool:
     return isinstance(phase, Running) and not phase.dumping
 
 
-def _reported_stall(value: Any) -> float | None:
-    """A background save's snapshot stall as its client reported it; None unless a number of
-    seconds in [0, a day] (NaN, infinities and huge integers included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if 0 <= value <= _MAX_STALL else None
+def _waiter(request: Request) -> Waiter | None:
+    """The control waiter a request keeps to answer once it is done (``wait``), else None."""
+    reply_to = request.reply_to
+    return reply_to if request.wait and isinstance(reply_to, Waiter) else None
 
 
 def _sleep_ms(due: float | None) -> int:

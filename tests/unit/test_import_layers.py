@@ -53,15 +53,6 @@ LAZY_FOR_OPTIONAL_DEPENDENCY = {
     ("ckptd.cli.remote", "ckptd.control.keys"),
 }
 
-# The control commands and status still read the arbiter itself (typing-only imports and lazy
-# imports back). Being untangled in issue 17's command path; this set only shrinks.
-TO_UNTANGLE = {
-    ("ckptd.control.commands", "ckptd.supervisor.arbiter"),
-    ("ckptd.control.status", "ckptd.supervisor.arbiter"),
-    ("ckptd.supervisor.arbiter", "ckptd.control.commands"),
-    ("ckptd.supervisor.arbiter", "ckptd.control.status"),
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -88,8 +79,7 @@ def _imports(modules: dict[str, Path]) -> list[tuple[str, str, bool]]:
             else:
                 continue
             for target in candidates:
-                known = (name, target) in TO_UNTANGLE
-                if target in modules and target not in (name, "ckptd") and not known:
+                if target in modules and target not in (name, "ckptd"):
                     found.append((name, target, node.col_offset > 0))
     return found
 
