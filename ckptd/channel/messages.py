@@ -39,9 +39,11 @@ class Hello:
 
 @dataclass(frozen=True)
 class StepReport:
-    """Training reached ``step``."""
+    """Training reached ``step``; ``loss``: the loss the script reported with it (NaN and inf
+    kept: the divergence guard looks for them), None when absent or not a number."""
 
     step: int | None
+    loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,12 @@ class Bye:
 ClientMessage = Hello | StepReport | Started | Committed | Failed | Propose | Written | Bye
 
 
+def _loss(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
 def parse(frame: bytes) -> ClientMessage:
     """One frame as a typed message; ProtocolError or BadMessage (naming the field) otherwise."""
     raw = protocol.decode(frame, protocol.CLIENT_TYPES)
@@ -154,7 +162,7 @@ def _propose(raw: dict[str, Any], step: int | None, ids: Ids) -> Propose:
 
 _PARSERS: dict[str, Callable[[dict[str, Any], int | None, Ids], ClientMessage]] = {
     "hello": _hello,
-    "step": lambda raw, step, ids: StepReport(step),
+    "step": lambda raw, step, ids: StepReport(step, _loss(raw.get("loss"))),
     "started": _started,
     "committed": _committed,
     "failed": _failed,

@@ -116,6 +116,8 @@ def _daemon_command(name: str) -> Callable[[Show], Show]:
             if arg.type is bool:
                 store = "store_false" if arg.default else "store_true"
                 parser.add_argument(arg.cli_flag, dest=arg.name, action=store, help=arg.cli_help)
+            elif not arg.cli_flag.startswith("-"):  # a positional argument, named as its flag
+                parser.add_argument(arg.cli_flag, type=arg.type, help=arg.cli_help)
             else:
                 parser.add_argument(
                     arg.cli_flag, dest=arg.name, type=arg.type, default=arg.default,
@@ -161,6 +163,11 @@ def stop(args: argparse.Namespace, result: Any) -> int:
 @_daemon_command("restart")
 def restart(args: argparse.Namespace, result: Any) -> int:
     return _print(args, result, "restarting")
+
+
+@_daemon_command("rollback")
+def rollback(args: argparse.Namespace, result: Any) -> int:
+    return _print(args, result, f"rolling back to {result.get('path')}")
 
 
 @_daemon_command("status")

@@ -37,6 +37,7 @@ class Supervisor(Protocol):
     def status(self) -> dict[str, Any]: ...
     def checkpoints(self) -> list[dict[str, Any]]: ...
     def effective_config(self) -> dict[str, Any]: ...
+    def control_rollback(self, step: int) -> dict[str, Any]: ...
 
 
 Handler = Callable[[Supervisor, dict[str, Any], Waiter], Any]
@@ -202,6 +203,18 @@ def restart(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
     """Final checkpoint, then relaunch the job from it at once. Not counted against
     `max_restarts`."""
     return _post(daemon, waiter, Action.RESTART, "restart")
+
+
+@control_command(
+    "rollback",
+    Arg("step", int, None, "the step of the checkpoint to go back to", flag="step"),
+)
+def rollback(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """Final checkpoint of the current state, then a relaunch from the checkpoint of `step`;
+    every newer checkpoint is set aside, never deleted."""
+    if args["step"] is None or args["step"] < 0:
+        raise ReplyError("bad_arguments", "rollback: step must be a non-negative integer")
+    return daemon.control_rollback(args["step"])
 
 
 @control_command("status")

@@ -15,6 +15,7 @@ import queue
 import random
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from ckptd.config import JobConfig
 from ckptd.control.commands import execute
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
+from ckptd.guard import Divergence, EarlyStop, EarlyStopRule
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.process.trainer import LaunchError, Trainer
 from ckptd.progress.health import Overdue, dump_stacks, stacks_file
@@ -40,9 +42,11 @@ from ckptd.run_dir import STOP_FILE, Orphan, RunDir
 from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
+from ckptd.storage.branches import GoBackError, check_target, target_of
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
+from ckptd.supervisor.divergence import DivergenceGuard, GiveUp, loss_field
 from ckptd.supervisor.effects import (
     Announce,
     CleanUp,
@@ -100,12 +104,13 @@ from ckptd.supervisor.lifecycle import (
     trainer_of,
 )
 from ckptd.supervisor.preemption import Preemption
+from ckptd.supervisor.signatures import Signed, sign_then_upload, signer_of
 from ckptd.supervisor.states import JobState
 from ckptd.supervisor.status import status_of
 from ckptd.supervisor.stops import Intent, Stop
 from ckptd.supervisor.systemd import Notifier
-from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, bytes_in_progress, scan
+from ckptd_client.manifest import checkpoint_name, remove_temporaries
+from ckptd_client.store import Checkpoint, bytes_in_progress, inspect, scan
 
 if TYPE_CHECKING:
     from ckptd.storage.remote.outcomes import Outcome
@@ -157,6 +162,12 @@ class Arbiter:
                 config.storage, self.rules, post=self.post, progress=lambda: self.step
             )
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
+        self.signer = signer_of(config.integrity)  # the key stays in the daemon
+        self.pinned: Path | None = None  # gone back to: never pruned in this run
+        self.guard = DivergenceGuard(config.guard) if config.guard.active else None
+        self.early_stop: EarlyStop | None = None  # rebuilt from the checkpoints at each launch
+        if config.resume_from:
+            self.launcher.go_back = target_of(config.checkpoint_dir, config.resume_from)
         self.background = Background(self.post)
         self.ending = StopEnding(
             events, self.background, self.remote, config.slurm.requeue_command,
@@ -473,6 +484,28 @@ class Arbiter:
     def job_name(self) -> str:
         return self.config.name
 
+    def control_rollback(self, step: int) -> Any:
+        """Final save of the current state, then a relaunch from checkpoint ``step``; the newer
+        checkpoints (that final save included) are set aside, not deleted."""
+        if self.remote is not None:
+            raise ReplyError("bad_arguments", "rollback is not supported with a remote store yet")
+        if self.stop is not None:
+            raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
+        if not self._job_alive():
+            raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+        target = target_of(self.config.checkpoint_dir, str(step))
+        try:
+            check_target(target)
+        except GoBackError as exc:
+            raise ReplyError("no_checkpoint", str(exc)) from None
+        if not inspect(target, full=False).valid:
+            raise ReplyError("no_checkpoint", f"{target} is not a valid checkpoint")
+        self.launcher.go_back = target
+        self.pinned = target  # the final save's retention must not prune it
+        request = Request(Action.STOP, Origin.CONTROL, f"rollback to step {step}")
+        self._begin_stop(request, Intent.RESTART)
+        return {"rolling_back": True, "step": step, "path": str(target)}
+
     def status(self) -> dict[str, Any]:
         return status_of(self)
 
@@ -493,12 +526,12 @@ class Arbiter:
         waiter: Waiter | None = None,
         deadline: float | None = None,
         requeue: bool = False,
-        fenced: bool = False,
+        why: str | None = None,
     ) -> None:
         self._advance(
             StopRequested(
                 request.reason, intent, request.origin, time.monotonic(), deadline, save,
-                requeue, fenced, waiter,
+                requeue, why, waiter,
             )
         )  # fmt: skip
 
@@ -581,7 +614,7 @@ class Arbiter:
     def _conclude_stop(self, stop: Stop, code: int) -> None:
         self.events.emit(
             "job.stopped",
-            why="fenced" if stop.fenced else None,
+            why=stop.why,
             reason=stop.reason,
             final_checkpoint=stop.committed,
             final_remote=None if self.remote is None else stop.committed and not stop.local_only,
@@ -632,9 +665,26 @@ class Arbiter:
         if prepared.remote_error is not None:
             self.events.emit("remote.unreachable", level="warning", error=prepared.remote_error)
         resume = prepared.resume
+        if prepared.went_back is not None:
+            went = prepared.went_back
+            self.pinned = went.path
+            self.events.emit(
+                "job.rolled_back",
+                step=went.step,
+                path=str(went.path),
+                chosen=str(went.chosen),
+                branch=str(went.set_aside.branch) if went.set_aside.branch else None,
+                set_aside=[p.name for p in went.set_aside.moved],
+            )
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
         self.resumed_from = resume
+        if self.config.guard.monitor is not None:  # what the checkpoints on disk say so far
+            rule = EarlyStopRule(
+                self.config.guard.monitor, self.config.guard.mode, self.config.guard.patience
+            )
+            history = [(c.step, c.metrics) for c in scan(self.config.checkpoint_dir) if c.valid]
+            self.early_stop = EarlyStop.from_history(rule, history)
         if resume is not None:
             self.desk.note_progress(resume.step)
             self.newest_verified = resume.path
@@ -723,7 +773,7 @@ class Arbiter:
             if finished.error is None:
                 self._advance(Prepared(finished.result))
             else:
-                unusable = isinstance(finished.error, RemoteUnusable)
+                unusable = isinstance(finished.error, (RemoteUnusable, GoBackError))
                 code = exit_codes.USAGE if unusable else exit_codes.FAILED
                 self._advance(PrepareFailed(str(finished.error), code))
         elif finished.tag == "cleaned":
@@ -732,6 +782,8 @@ class Arbiter:
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
+        elif finished.tag == "signed":
+            self._on_signed(finished)
         elif finished.tag == "flushed" and isinstance(self.phase, Ending):
             self._advance(FlushDone(self.ending.flushed(finished)))
         elif finished.tag == "requeued" and isinstance(self.phase, Ending):
@@ -748,10 +800,31 @@ class Arbiter:
         if isinstance(outcome, RemoteFenced) and not self.fenced:
             self.fenced = True
             request = Request(Action.STOP, Origin.REMOTE, "fenced")
-            self._begin_stop(request, Intent.STOP, fenced=True)
+            self._begin_stop(request, Intent.STOP, why="fenced")
         elif isinstance(outcome, RemoteAhead) and isinstance(self.phase, Running):
             request = Request(Action.STOP, Origin.REMOTE, "remote ahead")
             self._begin_stop(request, Intent.RESTART, save=False)
+
+    def _on_signed(self, finished: Finished) -> None:
+        if finished.error is not None:  # a bug of the library's: the upload did not happen
+            self.events.emit("checkpoint.sign_failed", level="error", error=str(finished.error))
+            return
+        signed: Signed = finished.result
+        if signed.error is not None:
+            self.events.emit(
+                "checkpoint.sign_failed",
+                level="warning",
+                path=str(signed.path),
+                step=signed.step,
+                error=signed.error,
+            )
+        else:
+            self.events.emit(
+                "checkpoint.signed",
+                path=str(signed.path),
+                step=signed.step,
+                seconds=round(signed.seconds, 3),
+            )
 
     def _on_pruned(self, finished: Finished) -> None:
         if finished.error is not None:
@@ -823,6 +896,12 @@ class Arbiter:
             self.desk.client_connected(peer)
             if self.desk.in_flight_final:
                 self._advance(FinalDelivered())
+        guarded = self.guard is not None and self.stop is None
+        if isinstance(message, messages.StepReport) and guarded:
+            assert self.guard is not None
+            diverged = self.guard.observe(message.step, message.loss)
+            if diverged is not None:
+                self._on_diverged(diverged)
         if isinstance(message, messages.Started):
             stall, ids = message.stall, message.ids
             self.progress.save_started(now, stall)
@@ -851,11 +930,56 @@ class Arbiter:
                 self.timer.reset(now)
             if not message.reused:
                 self._prune(message.path, message.step)
+                self._watch_metrics(message.step, message.metrics)
         elif isinstance(message, messages.Failed):
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
             if ack.final:
                 self._advance(FinalFailed())
+
+    def _watch_metrics(self, step: Any, metrics: Any) -> None:
+        """Early stopping: after ``patience`` commits without improvement, a final save and
+        the end of the job (``job.stopped {why: early_stop}``)."""
+        watch = self.early_stop
+        if watch is None or not isinstance(step, int) or not isinstance(metrics, dict):
+            return
+        decision = watch.observe(step, metrics)
+        if decision.stop and isinstance(self.phase, Running):
+            self.events.emit(
+                "job.early_stop",
+                reason=decision.reason,
+                best_step=decision.state.best_step,
+                best=decision.state.best,
+            )
+            request = Request(Action.STOP, Origin.TIMER, "early stop")
+            self._begin_stop(request, Intent.STOP, why="early_stop")
+
+    def _on_diverged(self, divergence: Divergence) -> None:
+        """Stop the job without saving its diverged state; relaunch from before it, or end."""
+        assert self.guard is not None
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
+        decision = self.guard.decide(divergence, steps, self.remote is not None)
+        fields: dict[str, Any] = {
+            "step": divergence.step,
+            "loss": loss_field(divergence.loss),
+            "rule": divergence.rule,
+            "detail": divergence.detail,
+        }
+        request = Request(Action.STOP, Origin.TIMER, "diverged")
+        if isinstance(decision, GiveUp):
+            self.events.emit("job.diverged", level="error", **fields, action="stop",
+                             why=decision.reason)  # fmt: skip
+            self._begin_stop(request, Intent.STOP, save=False, why="diverged")
+            return
+        target = self.config.checkpoint_dir / checkpoint_name(decision.resume_step or 0)
+        self.launcher.go_back = target
+        self.launcher.skip_steps = self.guard.skip_text
+        self.pinned = target
+        self.events.emit(
+            "job.diverged", level="warning", **fields, action="rollback",
+            resume_step=decision.resume_step, skip=decision.skip.text(), depth=decision.depth,
+        )  # fmt: skip
+        self._begin_stop(request, Intent.RESTART, save=False)
 
     def _dump_stacks(self, overdue: Overdue) -> None:
         """Dump every thread's stack of every process of the job (off the loop), then stop it."""
@@ -890,10 +1014,21 @@ class Arbiter:
         """Retention after a commit, off the loop; never the newest verified checkpoint, nor
         one newer than the newest remote one (the only copy)."""
         if committed is not None and Path(committed).parent == self.config.checkpoint_dir:
-            self.newest_verified = Path(committed)
+            path = Path(committed)
+            self.newest_verified = path
+            upload = None
             if self.remote is not None and step is not None:
-                self.remote.submit(Path(committed), step)
+                upload = partial(self.remote.submit, path, step)
+            if self.signer is not None:  # signed first: model.sig goes up before ckptd.json
+                signer = self.signer
+                self.background.submit(
+                    "signed", lambda: sign_then_upload(signer, path, step, upload)
+                )
+            elif upload is not None:
+                upload()
         protect = [self.resumed_from.path] if self.resumed_from else []
+        if self.pinned is not None:
+            protect.append(self.pinned)
         if self.newest_verified is not None:
             protect.append(self.newest_verified)
         directory, rules, remote = self.config.checkpoint_dir, self.rules, self.remote

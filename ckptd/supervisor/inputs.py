@@ -66,7 +66,7 @@ class StopRequested:
     deadline: float | None = None  # an earlier one than the grace period (a preemption)
     save: bool = True  # ask for a final checkpoint
     requeue: bool = False
-    fenced: bool = False
+    why: str | None = None  # a stop for good that job.stopped names: fenced, diverged, early_stop
     waiter: Waiter | None = None
 
 

@@ -247,7 +247,7 @@ class Lifecycle:
         if stop is not None:
             merged, changed = stop.supersede(
                 r.reason, r.intent, r.origin, new.deadline,
-                requeue=r.requeue, fenced=r.fenced, waiter=r.waiter,
+                requeue=r.requeue, why=r.why, waiter=r.waiter,
             )  # fmt: skip
             if isinstance(phase, Adopting) and changed:
                 return Stopping(phase.trainer, merged), [Announce(merged, stop.intent.value)]
@@ -268,7 +268,7 @@ class Lifecycle:
         stop_by = r.now + self.grace if r.deadline is None else min(r.now + self.grace, r.deadline)
         return Stop(
             r.reason, r.intent, stop_by, frozenset({r.origin}), self.kill_timeout,
-            requeue=r.requeue, fenced=r.fenced,
+            requeue=r.requeue, why=r.why,
             waiters=() if r.waiter is None else (r.waiter,),
         )  # fmt: skip
 

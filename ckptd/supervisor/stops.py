@@ -30,6 +30,8 @@ class Intent(enum.Enum):
 
 
 _RANK = {Intent.RESTART: 0, Intent.HANG: 0, Intent.STOP: 1}
+# Why a job ends for good, as ``job.stopped`` says it; the highest named wins.
+_WHY_RANK = {None: 0, "early_stop": 1, "diverged": 2, "fenced": 3}
 
 
 class Step(enum.Enum):
@@ -51,7 +53,7 @@ class Stop:
     kill_timeout: float
     final_id: str = field(default_factory=new_id)
     requeue: bool = False  # SLURM's requeue command runs once the job is gone
-    fenced: bool = False  # another daemon owns the remote: ckptd exits FENCED
+    why: str | None = None  # "fenced" (exit FENCED), "diverged" (exit DIVERGED), "early_stop"
     signal_at: float | None = None  # when to send stop_signal unless a client took the request
     committed: bool = False  # the final checkpoint committed
     failed: bool = False  # ... or failed (or the requeue command did)
@@ -69,7 +71,7 @@ class Stop:
         deadline: float,
         *,
         requeue: bool = False,
-        fenced: bool = False,
+        why: str | None = None,
         waiter: Waiter | None = None,
     ) -> tuple[Stop, bool]:
         """A later request during this stop: the stop it makes, and whether the intent changed.
@@ -81,7 +83,7 @@ class Stop:
             origins=self.origins | {origin},
             deadline=min(self.deadline, deadline),
             requeue=self.requeue or requeue,
-            fenced=self.fenced or fenced,
+            why=max(self.why, why, key=_WHY_RANK.__getitem__),
             waiters=self.waiters if waiter is None else (*self.waiters, waiter),
         )
         if _RANK[intent] <= _RANK[self.intent]:
@@ -113,8 +115,10 @@ class Stop:
 
     def exit_code(self, status: ExitStatus | None, stop_signal: str) -> int:
         """``ckptd run``'s status once the job of a STOP has exited (docs/exit-codes.md)."""
-        if self.fenced:
+        if self.why == "fenced":
             return exit_codes.FENCED
+        if self.why == "diverged":
+            return exit_codes.DIVERGED
         if self.local_only:
             return exit_codes.FAILED  # the machine's disk may not outlive it
         if self.committed and not self.failed:

@@ -171,7 +171,9 @@ class DaemonChannel:
                 inbox.turn()
                 step, now = inbox.progress(), time.monotonic()
                 if step != sent_step and now - sent_at >= self.report_every:
-                    sock.send(protocol.encode("step", step=step))
+                    loss = inbox.loss()  # one read: the training thread replaces the tuple
+                    sampled = {"loss": float(loss[1])} if loss and loss[0] == step else {}
+                    sock.send(protocol.encode("step", step=step, **sampled))
                     sent_step, sent_at = step, now
                 # No report can go before sent_at + report_every: no need to look sooner.
                 held = sent_at + self.report_every - now

@@ -41,6 +41,7 @@ from ._group import Group
 from ._group_saves import GroupSaves
 from ._messages import CheckpointRequested, DaemonMessage, Done, Inbox, StopRequested
 from ._save import Save, Underway, write_and_commit
+from .skip_steps import SkipSteps, from_environment
 from .store import Checkpoint
 
 
@@ -103,9 +104,10 @@ class Client:
         self._in_flight: threading.Thread | None = None
         self._inert = False
         self._closed = False
+        self._loss: tuple[int, float] | None = None
         _live_clients.add(self)
         turn = self._group.rounds.poll if self._group is not None else _nothing
-        channel.start(Inbox(self._receive, lambda: self._step, turn))
+        channel.start(Inbox(self._receive, lambda: self._step, turn, lambda: self._loss))
         atexit.register(self.close)  # deliver the last acknowledgements before the process ends
 
     # -- the API of training scripts -------------------------------------------------
@@ -114,11 +116,26 @@ class Client:
         """The newest valid checkpoint to resume from, or None on a fresh start."""
         return self._resume_from
 
-    def step(self, step: int) -> None:
-        """Report progress; cheap enough to call every step. Raises a failed background save."""
+    def step(self, step: int, loss: float | None = None) -> None:
+        """Report progress; cheap enough to call every step. Raises a failed background save.
+
+        ``loss`` (a number) is what the daemon's divergence guard (``[guard]``) watches; the
+        report thread sends the one of the step it reports, so a call costs no more than
+        without it.
+        """
         if self._async_error is not None:
             self._raise_async_error()
+        if loss is not None:
+            self._loss = (step, loss)
         self._step = step
+
+    def skip_steps(self) -> SkipSteps:
+        """The steps to skip after a divergence (``CKPTD_SKIP_STEPS``).
+
+        ``step in ck.skip_steps()`` is True for a step whose data led to it; empty on a
+        normal launch. ValueError (naming the variable) when it is malformed.
+        """
+        return from_environment()
 
     def should_checkpoint(self) -> bool:
         """True when someone asked for a checkpoint that this process has not saved yet."""

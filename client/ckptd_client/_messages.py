@@ -79,12 +79,14 @@ class Inbox:
 
     ``post`` applies one message (under the client's lock); ``progress`` is the step the
     training thread reported last (a read, no lock); ``turn`` runs on every turn of the
-    thread's loop (the store traffic of ranks on several nodes).
+    thread's loop (the store traffic of ranks on several nodes); ``loss`` is the
+    ``(step, loss)`` the training thread gave last (a read, no lock).
     """
 
     post: Callable[[DaemonMessage], None]
     progress: Callable[[], int | None]
     turn: Callable[[], None] = lambda: None
+    loss: Callable[[], tuple[int, float] | None] = lambda: None  # (step, loss) last given
 
 
 def parse(frame: bytes) -> DaemonMessage | None:

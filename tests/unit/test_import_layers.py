@@ -28,6 +28,8 @@ LAYERS: list[set[str]] = [
         "ckptd.control",
         "ckptd.process",
         "ckptd.sources",
+        "ckptd.integrity",
+        "ckptd.guard",
     },
     {"ckptd.storage.remote"},
     {"ckptd.config"},
@@ -51,6 +53,10 @@ LAZY_FOR_OPTIONAL_DEPENDENCY = {
     ("ckptd.cli.commands", "ckptd.cli.preflight"),
     ("ckptd.cli.commands", "ckptd.log"),
     ("ckptd.cli.remote", "ckptd.control.keys"),
+    # model-signing and cryptography (the signing extra) load only when a key is configured.
+    ("ckptd.config", "ckptd.integrity"),
+    ("ckptd.cli.commands", "ckptd.integrity"),
+    ("ckptd.supervisor.signatures", "ckptd.integrity"),
 }
 
 

@@ -64,7 +64,10 @@ INPUTS: dict[str, ev.Input] = {
     "stop-file": ev.StopRequested("STOP file", Intent.STOP, Origin.FILE, NOW),
     "requeue": ev.StopRequested("SIGUSR2", Intent.STOP, Origin.SIGNAL, NOW, requeue=True),
     "preempt": ev.StopRequested("aws spot", Intent.STOP, Origin.CLOUD, NOW, deadline=NOW + 5),
-    "fenced": ev.StopRequested("fenced", Intent.STOP, Origin.REMOTE, NOW, fenced=True),
+    "fenced": ev.StopRequested("fenced", Intent.STOP, Origin.REMOTE, NOW, why="fenced"),
+    "diverged": ev.StopRequested(
+        "diverged", Intent.STOP, Origin.TIMER, NOW, save=False, why="diverged"
+    ),
     "restart": ev.StopRequested("restart", Intent.RESTART, Origin.CONTROL, NOW),
     "hang": ev.StopRequested("hang", Intent.HANG, Origin.TIMER, NOW),
     "stop-now": ev.StopNow("stop_now", NOW),
@@ -84,7 +87,7 @@ INPUTS: dict[str, ev.Input] = {
     "launch-failed": ev.LaunchFailed("no such file"),
     "adopt": ev.Adopt(T, NOW),
 }
-_FLAGS = ("requeue", "fenced", "committed", "failed", "forced", "local_only")
+_FLAGS = ("committed", "failed", "forced", "local_only")
 
 
 def describe(phase: lc.Phase) -> str:
@@ -99,6 +102,8 @@ def describe(phase: lc.Phase) -> str:
     stop = lc.stop_of(phase)
     if stop is not None:
         words.append(stop.intent.value)
+        words += ["requeue"] if stop.requeue else []
+        words += [stop.why] if stop.why else []
         words += [flag for flag in _FLAGS if getattr(stop, flag)]
         if stop.signal_at is not None:
             words.append(f"signal@+{stop.signal_at - NOW:g}s")
@@ -133,6 +138,7 @@ starting          | stop-file     | Exited 0                                | An
 starting          | requeue       | Ending stop requeue shown=starting requeued| Announce, ReportPreemption, Requeue
 starting          | preempt       | Exited 0                                | Announce, ReportPreemption, Conclude(0)
 starting          | fenced        | Exited 4                                | Announce, ReportPreemption, Conclude(4)
+starting          | diverged      | Exited 5                                | Announce, ReportPreemption, Conclude(5)
 starting          | restart       | =                                       | -
 starting          | hang          | =                                       | -
 starting          | stop-now      | =                                       | -
@@ -157,6 +163,7 @@ running           | stop-file     | Stopping stop signal@+0s                | Pa
 running           | requeue       | Stopping stop requeue signal@+0s        | PauseTimer, Announce, RequestFinal
 running           | preempt       | Stopping stop signal@+0s deadline@+5s   | PauseTimer, Announce, RequestFinal
 running           | fenced        | Stopping stop fenced signal@+0s         | PauseTimer, Announce, RequestFinal
+running           | diverged      | Stopping stop diverged signal@+0s       | PauseTimer, Announce, RequestFinal
 running           | restart       | Stopping restart signal@+0s             | PauseTimer, Announce, RequestFinal
 running           | hang          | Stopping hang forced                    | PauseTimer, Announce, Terminate(hang)
 running           | stop-now      | =                                       | -
@@ -181,6 +188,7 @@ adopting          | stop-file     | Stopping stop signal@+3s                | An
 adopting          | requeue       | Stopping stop requeue signal@+3s        | Announce(superseded restart)
 adopting          | preempt       | Stopping stop signal@+3s deadline@+5s   | Announce(superseded restart)
 adopting          | fenced        | Stopping stop fenced signal@+3s         | Announce(superseded restart)
+adopting          | diverged      | Stopping stop diverged signal@+3s       | Announce(superseded restart)
 adopting          | restart       | =                                       | -
 adopting          | hang          | Adopting restart signal@+3s             | -
 adopting          | stop-now      | Adopting restart forced                 | Terminate(stop_now)
@@ -205,6 +213,7 @@ stopping          | stop-file     | Stopping stop signal@+15s               | -
 stopping          | requeue       | Stopping stop requeue signal@+15s       | -
 stopping          | preempt       | Stopping stop signal@+15s deadline@+5s  | -
 stopping          | fenced        | Stopping stop fenced signal@+15s        | -
+stopping          | diverged      | Stopping stop diverged signal@+15s      | -
 stopping          | restart       | Stopping stop signal@+15s               | -
 stopping          | hang          | Stopping stop signal@+15s               | -
 stopping          | stop-now      | Stopping stop forced                    | Terminate(stop_now)
@@ -229,6 +238,7 @@ reaping           | stop-file     | Reaping stop                            | -
 reaping           | requeue       | Reaping stop requeue                    | -
 reaping           | preempt       | Reaping stop deadline@+5s               | -
 reaping           | fenced        | Reaping stop fenced                     | -
+reaping           | diverged      | Reaping stop diverged                   | -
 reaping           | restart       | Reaping restart                         | -
 reaping           | hang          | Reaping hang                            | -
 reaping           | stop-now      | =                                       | -
@@ -253,6 +263,7 @@ ending            | stop-file     | Ending stop committed shown=stopping flushed
 ending            | requeue       | Ending stop requeue committed shown=stopping flushed| -
 ending            | preempt       | Ending stop committed deadline@+5s shown=stopping flushed| -
 ending            | fenced        | Ending stop fenced committed shown=stopping flushed| -
+ending            | diverged      | Ending stop diverged committed shown=stopping flushed| -
 ending            | restart       | Ending stop committed shown=stopping flushed| -
 ending            | hang          | Ending stop committed shown=stopping flushed| -
 ending            | stop-now      | =                                       | -
@@ -277,6 +288,7 @@ backoff           | stop-file     | Exited 0                                | An
 backoff           | requeue       | Ending stop requeue shown=backoff requeued| Announce, ReportPreemption, Requeue
 backoff           | preempt       | Exited 0                                | Announce, ReportPreemption, Conclude(0)
 backoff           | fenced        | Exited 4                                | Announce, ReportPreemption, Conclude(4)
+backoff           | diverged      | Exited 5                                | Announce, ReportPreemption, Conclude(5)
 backoff           | restart       | =                                       | -
 backoff           | hang          | =                                       | -
 backoff           | stop-now      | =                                       | -
@@ -301,6 +313,7 @@ exited            | stop-file     | =                                       | -
 exited            | requeue       | =                                       | -
 exited            | preempt       | =                                       | -
 exited            | fenced        | =                                       | -
+exited            | diverged      | =                                       | -
 exited            | restart       | =                                       | -
 exited            | hang          | =                                       | -
 exited            | stop-now      | =                                       | -
@@ -499,3 +512,15 @@ def test_checkpoint_requests_are_refused_during_a_stop_and_once_exited() -> None
         "reaping(success)",
         "backoff",
     }
+
+
+def test_the_strongest_reason_to_end_for_good_names_the_exit_status() -> None:
+    """fenced beats diverged beats early_stop, whatever the order; each keeps its exit status."""
+    stop = _stop(why="early_stop", committed=True)
+    assert stop.exit_code(SUCCESS, "SIGTERM") == exit_codes.OK
+    stop, _ = stop.supersede("diverged", Intent.STOP, Origin.TIMER, NOW + 30, why="diverged")
+    assert stop.why == "diverged" and stop.exit_code(SUCCESS, "SIGTERM") == exit_codes.DIVERGED
+    stop, _ = stop.supersede("fenced", Intent.STOP, Origin.REMOTE, NOW + 30, why="fenced")
+    assert stop.why == "fenced" and stop.exit_code(SUCCESS, "SIGTERM") == exit_codes.FENCED
+    stop, _ = stop.supersede("early", Intent.STOP, Origin.TIMER, NOW + 30, why="early_stop")
+    assert stop.why == "fenced"
