@@ -1,0 +1,151 @@
+"""Hugging Face and Lightning on 2 ranks (torchrun, DDP, gloo on CPU) under a real ckptd.
+
+One job per framework: a touched request is one commit holding every rank's files at one
+global step; SIGKILL of rank 1 relaunches the group from that checkpoint on both ranks;
+SIGTERM is one final save at the same step on both ranks, and ckptd exits 0. Neither
+framework resumes bit-exact here (the Trainer's and Lightning's data order after a
+mid-epoch resume differ from an uninterrupted run's), so what is checked after the
+resume is the global step and the optimizer's own step count in the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ckptd_client.store import inspect
+
+from conftest import EXAMPLES, Job, wait_for
+
+pytestmark = [
+    pytest.mark.torch,
+    pytest.mark.skipif(
+        importlib.util.find_spec("torch") is None,
+        reason="torch is not installed (pip install -e '.[frameworks]'): torchrun needs it",
+    ),
+]
+
+SLOW_START = 180.0  # two ranks importing a framework on a loaded 2-core machine
+ENV = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _load(path: Path) -> dict:
+    import torch
+
+    # The test's own files, written by the framework in this test: safe to unpickle here.
+    return torch.load(path, weights_only=False)
+
+
+def _hf_files(checkpoint: Path, step: int) -> int:
+    """Every rank's files of the Trainer's save; returns the optimizer's step count."""
+    saved = checkpoint / f"checkpoint-{step}"
+    names = {p.name for p in saved.iterdir()}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors", "optimizer.pt"} <= names
+    assert json.loads((saved / "trainer_state.json").read_text())["global_step"] == step
+    return int(_load(saved / "optimizer.pt")["state"][0]["step"])
+
+
+def _lightning_files(checkpoint: Path, step: int) -> int:
+    """Lightning's one file (rank 0 writes it under DDP); returns the optimizer's step count."""
+    assert {p.name for p in checkpoint.iterdir()} == {"model.ckpt", "ckptd.json"}
+    saved = _load(checkpoint / "model.ckpt")
+    assert saved["global_step"] == step
+    loop = saved["loops"]["fit_loop"]["epoch_loop.automatic_optimization.optim_progress"]
+    return int(loop["optimizer"]["step"]["total"]["completed"])
+
+
+@dataclass(frozen=True)
+class Framework:
+    module: str
+    example: str
+    files: Callable[[Path, int], int]  # checks a committed step, returns its optimizer steps
+
+    def __str__(self) -> str:
+        return self.module
+
+
+FRAMEWORKS = [
+    Framework("transformers", "train_hf.py", _hf_files),
+    Framework("lightning", "train_lightning.py", _lightning_files),
+]
+
+
+def _said(job: Job, what: str) -> dict[int, list[int]]:
+    """Per rank, the global steps the example printed after ``what``."""
+    text = job.stdout.read_text(errors="replace") if job.stdout.exists() else ""
+    found: dict[int, list[int]] = {}
+    for step, rank in re.findall(rf"{re.escape(what)}:? global step (\d+) \(rank (\d+)\)", text):
+        found.setdefault(int(rank), []).append(int(step))
+    return found
+
+
+def _one_commit_at_one_step(job: Job, framework: Framework, count: int) -> dict:
+    """The ``count``-th commit: both ranks started it at its step, and it verifies in full."""
+    committed = job.wait_event("checkpoint.committed", count, SLOW_START)
+    step = committed["step"]
+    started = {e["rank"]: e["step"] for e in job.events("checkpoint.started") if e["step"] == step}
+    assert started == {0: step, 1: step}, started
+    path = Path(committed["path"])
+    checked = inspect(path, full=True)
+    assert checked.valid, checked.reason
+    assert framework.files(path, step) == step
+    return committed
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS, ids=str)
+def test_two_ranks_save_one_step_resume_after_kill_and_stop_on_sigterm(
+    job: Job, framework: Framework
+) -> None:
+    """2 ranks: a request is one commit at one step; rank 1 killed: resume; SIGTERM: final save."""
+    if importlib.util.find_spec(framework.module) is None:
+        pytest.skip(f"{framework.module} is not installed: pip install -e '.[frameworks]'")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=0",
+        str(EXAMPLES / framework.example),
+        "--steps",
+        "100000",
+        "--step-time",
+        "0.03",
+    ]
+    job.start(command, "--restart-delay", "0", "--grace", "60s", env=ENV)
+    wait_for(lambda: len(_said(job, "first step of this process")) == 2, "both ranks", SLOW_START)
+
+    (job.run_dir / "CHECKPOINT").touch()
+    first = _one_commit_at_one_step(job, framework, 1)
+    assert len(job.events("checkpoint.committed")) == 1
+
+    rank1 = next(e["pid"] for e in job.events("checkpoint.started") if e["rank"] == 1)
+    os.kill(rank1, signal.SIGKILL)
+    assert job.wait_event("job.started", 2, SLOW_START)["resume_step"] == first["step"]
+    starts = wait_for(
+        lambda: all(len(steps) == 2 for steps in _said(job, "first step of this process").values())
+        and _said(job, "first step of this process"),
+        "both ranks' first step after the relaunch",
+        SLOW_START,
+    )
+    assert {rank: steps[1] for rank, steps in starts.items()} == {
+        0: first["step"] + 1,
+        1: first["step"] + 1,
+    }
+
+    job.signal(signal.SIGTERM)
+    assert job.wait(timeout=SLOW_START) == 0
+    final = job.events("checkpoint.committed")[-1]
+    assert final["step"] > first["step"]
+    _one_commit_at_one_step(job, framework, len(job.events("checkpoint.committed")))
+    assert _said(job, "stopped at") == {0: [final["step"]], 1: [final["step"]]}
+    assert job.events("job.stopped")[-1]["final_checkpoint"] is True
