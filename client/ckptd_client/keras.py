@@ -103,6 +103,7 @@ def restore(model: keras.Model, client: Client | None = None) -> Checkpoint | No
     the daemon verified before the launch (a corrupt newer one was skipped). A
     checkpoint not saved by this callback is a one-line ``ValueError``.
     """
+    _one_process_only()
     last = _shared_client(client).restore()
     if last is None:
         return None
