@@ -6,6 +6,8 @@ SIGTERM is one final save at the same step on both ranks, and ckptd exits 0. Nei
 framework resumes bit-exact here (the Trainer's and Lightning's data order after a
 mid-epoch resume differ from an uninterrupted run's), so what is checked after the
 resume is the global step and the optimizer's own step count in the final checkpoint.
+And a save on rank 0 longer than the group's gloo timeout: rank 1 waits for it through
+ckptd, not in a collective, so nothing times out.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 
 from ckptd_client.store import inspect
 
-from conftest import EXAMPLES, Job, wait_for
+from conftest import EXAMPLES, FAKES, Job, wait_for
 
 pytestmark = [
     pytest.mark.torch,
@@ -79,6 +81,20 @@ FRAMEWORKS = [
 ]
 
 
+def _torchrun(script: Path, *args: str) -> list[str]:
+    """``script`` on 2 ranks: torchrun (as ``python -m torch.distributed.run``), no restarts."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=0",
+        str(script),
+        *args,
+    ]
+
+
 def _said(job: Job, what: str) -> dict[int, list[int]]:
     """Per rank, the global steps the example printed after ``what``."""
     text = job.stdout.read_text(errors="replace") if job.stdout.exists() else ""
@@ -116,19 +132,7 @@ def test_two_ranks_save_one_step_resume_after_kill_and_stop_on_sigterm(
     """2 ranks: a request is one commit at one step; rank 1 killed: resume; SIGTERM: final save."""
     if importlib.util.find_spec(framework.module) is None:
         pytest.skip(f"{framework.module} is not installed: pip install -e '.[frameworks]'")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "--max-restarts=0",
-        str(EXAMPLES / framework.example),
-        "--steps",
-        "100000",
-        "--step-time",
-        "0.03",
-    ]
+    command = _torchrun(EXAMPLES / framework.example, "--steps", "100000", "--step-time", "0.03")
     job.start(command, "--restart-delay", "0", "--grace", "60s", env=ENV)
     wait_for(lambda: len(_said(job, "first step of this process")) == 2, "both ranks", SLOW_START)
 
@@ -151,3 +155,25 @@ def test_two_ranks_save_one_step_resume_after_kill_and_stop_on_sigterm(
     _one_commit_at_one_step(job, framework, len(job.events("checkpoint.committed")))
     assert _said(job, "stopped at") == {0: [final["step"]], 1: [final["step"]]}
     assert job.events("job.stopped")[-1]["final_checkpoint"] is True
+
+
+def test_hf_rank_waits_for_a_save_longer_than_the_gloo_timeout_through_ckptd(job: Job) -> None:
+    """Rank 0 saves 3x longer than the gloo timeout: rank 1 waits via ckptd, no timeout, exit 0."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed: pip install -e '.[frameworks]'")
+    command = _torchrun(FAKES / "hf_slow_save.py", "--timeout", "5", "--delay", "15")
+    job.start(command, "--restart-delay", "0", "--grace", "60s", env=ENV)
+    wait_for(lambda: len(_said(job, "first step of this process")) == 2, "both ranks", SLOW_START)
+
+    (job.run_dir / "CHECKPOINT").touch()
+    first = _one_commit_at_one_step(job, FRAMEWORKS[0], 1)
+    rank1 = next(e for e in job.events("checkpoint.started") if e["rank"] == 1)
+    assert first["time"] - rank1["time"] > 10, "rank 1 was not held up by rank 0's save"
+    job.signal(signal.SIGTERM)  # the final save comes after more training on both ranks
+    assert job.wait(timeout=SLOW_START) == 0, job.log_tail()
+    final = job.events("checkpoint.committed")[-1]
+    assert final["step"] > first["step"]
+    assert _said(job, "stopped at") == {0: [final["step"]], 1: [final["step"]]}
+    assert len(job.events("job.started")) == 1  # nothing failed, nothing was relaunched
+    output = job.stdout.read_text(errors="replace") + job.stderr.read_text(errors="replace")
+    assert "Timed out" not in output
