@@ -99,10 +99,11 @@ class CkptdCallback(TrainerCallback):
             return  # one of the Trainer's scheduled saves: it stays the Trainer's
         self._saving = False
         saved = Path(args.output_dir) / _save_name(state.global_step)
+        in_place = self._output_dir is not None  # written into the shared directory already
         if self._output_dir is not None:
             args.output_dir, self._output_dir = self._output_dir, None
         with self.client.checkpoint(state.global_step, metrics=self.metrics) as directory:
-            if saved.parent != directory:  # one process: the save is moved in
+            if not in_place:
                 move_into(saved, directory)
         if self.client.should_stop():
             control.should_training_stop = True
