@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ def test_hf_rank_waits_for_a_save_longer_than_the_gloo_timeout_through_ckptd(job
     """Rank 0 saves 3x longer than the gloo timeout: rank 1 waits via ckptd, no timeout, exit 0."""
     if importlib.util.find_spec("transformers") is None:
         pytest.skip("transformers is not installed: pip install -e '.[frameworks]'")
-    command = _torchrun(FAKES / "hf_slow_save.py", "--timeout", "5", "--delay", "15")
+    command = _torchrun(FAKES / "hf_ranks.py", "--timeout", "5", "--delay", "15")
     job.start(command, "--restart-delay", "0", "--grace", "60s", env=ENV)
     wait_for(lambda: len(_said(job, "first step of this process")) == 2, "both ranks", SLOW_START)
 
@@ -194,3 +195,34 @@ def test_hf_rank_waits_for_a_save_longer_than_the_gloo_timeout_through_ckptd(job
     assert len(job.events("job.started")) == 1  # nothing failed, nothing was relaunched
     output = job.stdout.read_text(errors="replace") + job.stderr.read_text(errors="replace")
     assert "Timed out" not in output
+
+
+def test_hf_group_resumes_after_a_killed_rank_and_ends_bit_exact(job: Job, tmp_path: Path) -> None:
+    """HF, 2 ranks: rank 1 SIGKILLed after a save; the resumed group ends with the same weights."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed: pip install -e '.[frameworks]'")
+    command = _torchrun(FAKES / "hf_ranks.py", "--steps", "60", "--step-time", "0.1")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTD_")}
+    done = subprocess.run(
+        command, cwd=reference, env={**env, **ENV}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = set(re.findall(r"digest rank \d step 60 ([0-9a-f]{64})", done.stdout))
+    assert len(expected) == 1, done.stdout[-2000:]
+
+    job.start(command, "--restart-delay", "0", "--grace", "60s", env=ENV)
+    wait_for(lambda: len(_said(job, "first step of this process")) == 2, "both ranks", SLOW_START)
+    (job.run_dir / "CHECKPOINT").touch()
+    first = _one_commit_at_one_step(job, FRAMEWORKS[0], 1)
+    rank1 = next(e["pid"] for e in job.events("checkpoint.started") if e["rank"] == 1)
+    os.kill(rank1, signal.SIGKILL)
+    assert job.wait_event("job.started", 2, SLOW_START)["resume_step"] == first["step"]
+    assert job.wait(timeout=SLOW_START) == 0, job.log_tail()
+    assert _relaunched(job) == {0: first["step"] + 1, 1: first["step"] + 1}
+    output = job.stdout.read_text(errors="replace")
+    assert set(re.findall(r"digest rank (\d) step 60 ([0-9a-f]{64})", output)) == {
+        ("0", *expected),
+        ("1", *expected),
+    }

@@ -1,16 +1,18 @@
-"""examples/train_hf.py on ranks whose gloo group times out after ``--timeout`` seconds, with
-rank 0's part of its first ckptd save ``--delay`` seconds longer (a big model's save, in small).
+"""examples/train_hf.py's job for the rank tests, started by torchrun (under ckptd, or not).
 
-Started by torchrun under ckptd. A rank that waited for rank 0's save in a collective would
-fail with gloo's timeout; under ckptd it waits over the job channel instead. Prints what the
-example prints, plus ``saved rank R step N`` after each of this rank's saves.
+The gloo group times out after ``--timeout`` seconds and rank 0's part of its first ckptd
+save takes ``--delay`` seconds more (a big model's save, in small): a rank that waited for
+it in a collective would fail with gloo's timeout. Prints what the example prints and, at
+the end, ``digest rank R step N HEX``: the sha256 of the trained weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import importlib.util
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,17 +37,11 @@ class SlowSave(TrainerCallback):
         self.delay = 0.0
 
 
-class Saved(TrainerCallback):
-    """Says that this rank's save of a step is done (after CkptdCallback.on_save)."""
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        print(f"saved rank {args.process_index} step {state.global_step}", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--timeout", type=float, required=True)
-    parser.add_argument("--delay", type=float, required=True)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, default=100000)
     parser.add_argument("--step-time", type=float, default=0.03)
     args = parser.parse_args()
     # The Trainer takes the group that exists: this one, with the short timeout.
@@ -54,16 +50,16 @@ def main() -> None:
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    callbacks = [
-        example.Progress(args.step_time),
-        SlowSave(args.delay),
-        CkptdCallback(),
-        Saved(),
-    ]
-    trainer = example.make_trainer(100000, callbacks, "hf_output")
+    callbacks = [example.Progress(args.step_time), SlowSave(args.delay), CkptdCallback()]
+    trainer = example.make_trainer(args.steps, callbacks, "hf_output")
     trainer.train(resume_from_checkpoint=resume_path())
-    rank = trainer.args.process_index
-    print(f"stopped at global step {trainer.state.global_step} (rank {rank})", flush=True)
+    rank, step = trainer.args.process_index, trainer.state.global_step
+    print(f"stopped at global step {step} (rank {rank})", flush=True)
+    weights = b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())
+    digest = hashlib.sha256(weights).hexdigest()
+    # One write: the ranks share the output, and print() writes the line and its end apart.
+    sys.stdout.write(f"digest rank {rank} step {step} {digest}\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
