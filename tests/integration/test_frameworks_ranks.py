@@ -3,10 +3,11 @@
 One job per framework: a touched request is one commit holding every rank's files at one
 global step; after a second one is corrupted, SIGKILL of rank 1 relaunches the group from
 the first on both ranks; SIGTERM is one final save at the same step on both ranks, and
-ckptd exits 0. What is checked after the resume is the global step on every rank and the
-optimizer's own step count in the final checkpoint, not the weights bit for bit:
-Lightning's mid-epoch resume of a shuffled loader does not replay the same batches (it
-says so), and a reference run for the Trainer would double the test's time.
+ckptd exits 0. What that job checks after the resume is the global step on every rank
+and the optimizer's own step count in the final checkpoint: Lightning's mid-epoch resume
+of a shuffled loader does not replay the same batches (it says so), so it does not end
+bit-exact. The Trainer does (it restores each rank's RNG state and skips the batches
+seen): a job of its own compares the resumed group's weights with an uninterrupted run's.
 And a save on rank 0 longer than the group's gloo timeout: rank 1 waits for it through
 ckptd, not in a collective, so nothing times out.
 """
