@@ -6,7 +6,8 @@ request pending): it builds the example's Trainer, then times the callback's per
 hook as the framework calls it, in blocks, in CPU time of the calling thread (two ranks
 share the two cores of a small VM with the daemon: wall-clock time would count that).
 With nothing pending a rank's hook must cost what the single process's does: no
-collective, no syscall. The noise floor is the spread of the single process's blocks.
+collective, no syscall. The noise floor is the spread of the single process's blocks;
+a few nanoseconds more is the group's bookkeeping (the step it checked, one store).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ callback.client.close()
 """
 
 EXAMPLES = {"hf": "train_hf.py", "lightning": "train_lightning.py"}
+# Less than one syscall (a collective over gloo costs tens of microseconds): what the
+# group's bookkeeping on a step with nothing pending may add.
+EXTRA_NS = 50.0
 
 
 def ranks_row(
@@ -80,15 +84,16 @@ def ranks_row(
     ranks = [ns for rank in two for ns in rank["ns"]]
     value = median(ranks) / median(single)
     floor = max(single) / min(single)
+    extra = median(ranks) - median(single)
     return Row(
         f"{module}: the callback's per-step hook on 2 ranks vs 1 process (under ckptd, nothing "
         "pending)",
         f"ratio {value:.3f}: {median(ranks):.0f} ns per step on a rank, "
-        f"{median(single):.0f} ns in one process ({median(ranks) - median(single):+.0f} ns)",
+        f"{median(single):.0f} ns in one process ({extra:+.0f} ns)",
         f"noise floor, slowest over fastest block of the one process: {floor:.3f}",
         value,
-        "ratio <= noise floor",
-        value <= max(floor, 1.05),
+        f"ratio <= noise floor, or under {EXTRA_NS:.0f} ns more (no syscall, no collective)",
+        value <= floor or extra < EXTRA_NS,
         note="median of 7 blocks of 100,000 calls per process, both ranks' blocks pooled",
         data={"ranks_ns": ranks, "single_ns": single},
     )
