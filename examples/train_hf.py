@@ -6,10 +6,11 @@ callbacks and `resume_from_checkpoint=resume_path()`.
 
     ckptd run -- python examples/train_hf.py
     ckptd run -- torchrun --nproc-per-node 2 --max-restarts 0 examples/train_hf.py   # DDP
-    ckptd run -- accelerate launch --num-processes 2 --max-restarts 0 examples/train_hf.py
+    ckptd run -- accelerate launch --multi-gpu --num-processes 2 examples/train_hf.py
 
-Under torchrun every rank takes a request at the same step and writes its part of
-one checkpoint (gloo on CPU, NCCL on GPUs: the Trainer picks the backend).
+Under torchrun (or accelerate's launcher, which is torchrun with no restarts) every rank
+takes a request at the same step and writes its part of one checkpoint (gloo on CPU,
+NCCL on GPUs: the Trainer picks the backend).
 """
 
 from __future__ import annotations
