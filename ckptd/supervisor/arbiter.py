@@ -92,6 +92,7 @@ from ckptd.supervisor.lifecycle import (
     Backoff,
     Ending,
     Exited,
+    Finishing,
     Lifecycle,
     Phase,
     Reaping,
@@ -182,7 +183,7 @@ class Arbiter:
         self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
         self.lifecycle = Lifecycle(
             config.grace, config.kill_timeout, config.stop_signal, self.policy,
-            remote=self.remote is not None,
+            remote=self.remote is not None, finish_upload=config.storage.upload_timeout,
         )  # fmt: skip
         self.phase: Phase = Starting()
         self.preemption: Preemption | None = None
@@ -784,7 +785,7 @@ class Arbiter:
             self._on_pruned(finished)
         elif finished.tag == "signed":
             self._on_signed(finished)
-        elif finished.tag == "flushed" and isinstance(self.phase, Ending):
+        elif finished.tag == "flushed" and isinstance(self.phase, (Ending, Finishing)):
             self._advance(FlushDone(self.ending.flushed(finished)))
         elif finished.tag == "requeued" and isinstance(self.phase, Ending):
             self._advance(RequeueDone(self.ending.requeued(finished)))

@@ -9,6 +9,7 @@ of a table (tests/unit/test_lifecycle.py). Each phase carries exactly the data v
     Starting --Adopt--> Adopting      an orphan of a dead ckptd: final save, then relaunch
     Running --StopRequested--> Stopping(stop)      Adopting --a stop--> Stopping
     Running, Stopping, Adopting --JobExited--> Reaping --Reaped--> Backoff | Exited | Ending
+    Reaping --Reaped (done, or given up), with a remote--> Finishing --FlushDone--> Exited
     Starting, Backoff --StopRequested(intent stop)--> Ending   (nothing runs, nothing to save)
     Ending --FlushDone, RequeueDone--> ... --> Exited
     Backoff --Tick(until)--> Starting [Prepare]
@@ -123,6 +124,14 @@ class Ending:
 
 
 @dataclass(frozen=True)
+class Finishing:
+    """The job ended for good on its own (done, or given up): its newest checkpoints still go
+    up to the remote before ckptd exits with ``code`` (1 instead of 0 when they could not)."""
+
+    code: int
+
+
+@dataclass(frozen=True)
 class Backoff:
     until: float  # monotonic
 
@@ -132,7 +141,7 @@ class Exited:
     code: int  # ``ckptd run``'s exit status
 
 
-Phase = Starting | Running | Adopting | Stopping | Reaping | Ending | Backoff | Exited
+Phase = Starting | Running | Adopting | Stopping | Reaping | Ending | Finishing | Backoff | Exited
 
 # -- what a phase holds and shows ---------------------------------------------------------
 
@@ -152,8 +161,8 @@ def job_alive(phase: Phase) -> bool:
 
 def takes_checkpoints(phase: Phase) -> bool:
     """Checkpoint requests are taken (held until a launch while none runs) but not during a
-    stop, nor once ckptd exits."""
-    return stop_of(phase) is None and not isinstance(phase, Exited)
+    stop, nor once the job ended for good."""
+    return stop_of(phase) is None and not isinstance(phase, (Finishing, Exited))
 
 
 def shown(phase: Phase, checkpointing: bool = False) -> JobState:
@@ -181,6 +190,7 @@ class Lifecycle:
     stop_signal: str
     policy: RestartPolicy
     remote: bool = False  # a remote is configured: a committed final save is uploaded
+    finish_upload: float = 600.0  # how long a job that ended on its own waits for its uploads
 
     def advance(self, phase: Phase, event: Input) -> tuple[Phase, Effects]:
         """The phase after ``event`` and the effects to perform, in order."""
@@ -310,7 +320,7 @@ class Lifecycle:
             return Backoff(event.now), [restarting, PauseTimer()]
         if not self.policy.wants_restart(status):
             finished = emit("job.finished", status=str(status), exit_code=status.shell_code)
-            return Exited(status.shell_code), [finished]
+            return self._finish(status.shell_code, [finished], event.now)
         restarts = event.restarts + 1
         counted = CountFailure(restarts, hang=stop is not None)  # a hang: counted when found
         if self.policy.exhausted(restarts):
@@ -318,13 +328,19 @@ class Lifecycle:
                 "job.gave_up", "error", status=str(status), restarts=restarts - 1,
                 why="max_restarts reached without a new checkpoint",
             )  # fmt: skip
-            return Exited(exit_codes.GAVE_UP), [counted, gave_up]
+            return self._finish(exit_codes.GAVE_UP, [counted, gave_up], event.now)
         delay = self.policy.backoff(restarts, event.rng)
         restarting = emit(
             "job.restarting", delay=round(delay, 3), status=str(status),
             restarts_left=max(0, self.policy.max_restarts - restarts),
         )  # fmt: skip
         return Backoff(event.now + delay), [counted, restarting, PauseTimer()]
+
+    def _finish(self, code: int, effects: Effects, now: float) -> tuple[Phase, Effects]:
+        """The end of a job that stopped on its own: with a remote, after its uploads."""
+        if not self.remote:
+            return Exited(code), effects
+        return Finishing(code), [*effects, Flush(now + self.finish_upload)]
 
     def _enter_ending(self, ending: Ending) -> tuple[Phase, Effects]:
         after, effects = self._next_ending_step(ending)
@@ -342,6 +358,9 @@ class Lifecycle:
     def _ending_step_done(
         self, phase: Phase, event: FlushDone | RequeueDone
     ) -> tuple[Phase, Effects]:
+        if isinstance(phase, Finishing) and isinstance(event, FlushDone):
+            ok = event.uploaded or phase.code != exit_codes.OK
+            return Exited(phase.code if ok else exit_codes.FAILED), []
         if not isinstance(phase, Ending):
             return phase, []
         if isinstance(event, FlushDone):

@@ -45,6 +45,7 @@ PHASES: dict[str, lc.Phase] = {
     "reaping": lc.Reaping(T, FAILURE, None),
     "ending": lc.Ending(_stop(committed=True), SUCCESS, JobState.STOPPING, flushed=True),
     "backoff": lc.Backoff(until=NOW + 5),
+    "finishing": lc.Finishing(0),
     "exited": lc.Exited(0),
 }
 VARIANTS: dict[str, lc.Phase] = {
@@ -95,7 +96,7 @@ def describe(phase: lc.Phase) -> str:
     words = [type(phase).__name__]
     if isinstance(phase, lc.Backoff):
         words.append(f"+{phase.until - NOW:g}s")
-    if isinstance(phase, lc.Exited):
+    if isinstance(phase, (lc.Exited, lc.Finishing)):
         words.append(str(phase.code))
     if isinstance(phase, lc.Running) and phase.dumping:
         words.append("dumping")
@@ -308,6 +309,30 @@ backoff           | launched      | =                                       | -
 backoff           | launch-failed | =                                       | -
 backoff           | adopt         | =                                       | -
 
+finishing         | sigterm       | =                                       | -
+finishing         | stop-file     | =                                       | -
+finishing         | requeue       | =                                       | -
+finishing         | preempt       | =                                       | -
+finishing         | fenced        | =                                       | -
+finishing         | diverged      | =                                       | -
+finishing         | restart       | =                                       | -
+finishing         | hang          | =                                       | -
+finishing         | stop-now      | =                                       | -
+finishing         | hang-found    | =                                       | -
+finishing         | tick          | =                                       | -
+finishing         | tick-late     | =                                       | -
+finishing         | delivered     | =                                       | -
+finishing         | committed     | =                                       | -
+finishing         | failed        | =                                       | -
+finishing         | job-exited    | =                                       | -
+finishing         | reaped        | =                                       | -
+finishing         | flushed       | Exited 0                                | -
+finishing         | requeued      | =                                       | -
+finishing         | prepared      | =                                       | -
+finishing         | prepare-failed| =                                       | -
+finishing         | launched      | =                                       | -
+finishing         | launch-failed | =                                       | -
+finishing         | adopt         | =                                       | -
 exited            | sigterm       | =                                       | -
 exited            | stop-file     | =                                       | -
 exited            | requeue       | =                                       | -
@@ -400,7 +425,7 @@ reaping(success)  | sigterm       | Reaping stop                            | -
 reaping(success)  | requeue       | Reaping stop requeue                    | -
 reaping(success)  | fenced        | Reaping stop fenced                     | -
 reaping(success)  | restart       | Reaping restart                         | -
-reaping(success)  | reaped        | Exited 0                                | Emit job.finished
+reaping(success)  | reaped        | Finishing 0                             | Emit job.finished, Flush
 
 ending(requeueing)| fenced        | Ending stop requeue fenced shown=backoff requeued| -
 ending(requeueing)| restart       | Ending stop requeue shown=backoff requeued| -
@@ -483,12 +508,31 @@ def test_the_ending_uploads_then_requeues_then_exits_with_the_outcome() -> None:
 
 
 def test_restarts_without_progress_run_out() -> None:
-    """A failure once max_restarts are used up without progress: exit GAVE_UP, counted."""
+    """A failure once max_restarts are used up without progress: exit GAVE_UP, counted, after
+    the uploads (RULES has a remote); without a remote at once."""
     failed = lc.Reaping(T, FAILURE, None)
     after, effects = RULES.advance(failed, ev.Reaped(NOW, restarts=2, rng=random.Random(0)))
-    assert after == lc.Exited(exit_codes.GAVE_UP)
+    assert after == lc.Finishing(exit_codes.GAVE_UP)
     assert effects[0] == fx.CountFailure(3, hang=False)  # max_restarts = 2
-    assert describe_effects(effects) == "CountFailure, Emit job.gave_up"
+    assert describe_effects(effects) == "CountFailure, Emit job.gave_up, Flush"
+    local = dataclasses.replace(RULES, remote=False)
+    after, _ = local.advance(failed, ev.Reaped(NOW, restarts=2, rng=random.Random(0)))
+    assert after == lc.Exited(exit_codes.GAVE_UP)
+
+
+def test_a_job_that_ends_on_its_own_waits_for_its_uploads() -> None:
+    """Done with a remote: Flush bounded by finish_upload; exit 0 if they landed, else 1."""
+    done = VARIANTS["reaping(success)"]
+    after, effects = RULES.advance(done, ev.Reaped(NOW, restarts=0, rng=random.Random(0)))
+    assert after == lc.Finishing(0)
+    assert effects[-1] == fx.Flush(NOW + RULES.finish_upload)
+    assert RULES.advance(after, ev.FlushDone(uploaded=True)) == (lc.Exited(0), [])
+    assert RULES.advance(after, ev.FlushDone(uploaded=False)) == (lc.Exited(exit_codes.FAILED), [])
+    gave_up = lc.Finishing(exit_codes.GAVE_UP)
+    assert RULES.advance(gave_up, ev.FlushDone(uploaded=False))[0] == lc.Exited(exit_codes.GAVE_UP)
+    assert lc.shown(after) is JobState.STOPPING
+    local = dataclasses.replace(RULES, remote=False)
+    assert local.advance(done, ev.Reaped(NOW, restarts=0, rng=random.Random(0)))[0] == lc.Exited(0)
 
 
 def test_public_state_names() -> None:
