@@ -221,6 +221,11 @@ class MemoryCopy:
         )  # fmt: skip
         return done
 
+    def persist_blocking(self) -> Pickup:
+        """The newest RAM checkpoint newer than the disk's, persisted now; safe on the worker
+        (it reads only what is fixed at start), for after the job exited."""
+        return persist_newest(self.path, self.config.checkpoint_dir, self.mode)
+
     def close(self) -> None:
         """At exit, the job gone: persist what RAM holds newer than the disk, then clear RAM.
 

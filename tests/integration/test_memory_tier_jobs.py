@@ -44,8 +44,9 @@ def _trainer_pid(job: Job, attempt: int = 0) -> int:
 def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
     job: Job, ram: Path
 ) -> None:
-    """SIGKILL: the newest RAM checkpoint is persisted before the relaunch, which resumes from
-    it; status and events name the tier; SIGTERM then saves to disk, exits 0, clears RAM."""
+    """SIGKILL: the newest RAM checkpoint is persisted once the job is gone, before the
+    relaunch, which resumes from it; status and events name the tier; SIGTERM then saves to
+    disk, exits 0, clears RAM."""
     job.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
     ready = job.wait_event("memory.ready")
     assert ready["dir"] == str(ram) and ready["in_ram"] is True
@@ -60,7 +61,7 @@ def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
     started = job.wait_event("job.started", 2)
     persisted = job.wait_event("checkpoint.persisted")
     newest = persisted["step"]  # a commit after the one read above may have landed too
-    assert persisted["why"] == "before the launch" and newest >= acknowledged
+    assert persisted["why"] == "the job exited" and newest >= acknowledged
     assert inspect(job.checkpoint_dir / f"step-{newest:08d}", full=True).valid
     assert started["resume_step"] == newest and started["resume_from"].startswith(str(ram))
     assert job.wait_record("start", 2)["resume_step"] == newest
@@ -186,7 +187,7 @@ def test_a_hung_trainer_killed_by_ckptd_resumes_from_its_ram_checkpoint(
     job.wait_record("hang")
     assert job.wait() == 0
     assert job.events("job.hung")
-    persisted = [e for e in job.events("checkpoint.persisted") if e["why"] == "before the launch"]
+    persisted = [e for e in job.events("checkpoint.persisted") if e["why"] == "the job exited"]
     starts = job.records("start")
     assert len(starts) == 2 and persisted and starts[1]["resume_step"] == persisted[0]["step"]
     assert 0 < persisted[0]["step"] < 150
