@@ -148,7 +148,7 @@ class GroupSaves:
                     f"checkpoint of step {step} not committed: another node: {elsewhere}"
                 )
             try:
-                path, written = manifest.commit(shared, step, metrics, self.lineage)
+                path, written = rounds.commit(shared, step, metrics, self.lineage)
             except BaseException as exc:
                 self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
                 raise

@@ -7,10 +7,11 @@ in that order, writes the first step at which it can still take it, and computes
 ``WORLD_SIZE`` proposals are in, the same agreed step: the highest. Requests agreed on the same step
 are one save. All store traffic runs on the channel thread every :data:`POLL` seconds,
 never inside training's calls, and only while torch is imported by the script already.
-Each node commits its own ranks' part into its own checkpoint directory, and only once
-every node's ranks have written theirs (the node's committer counts them in the store; a
-node whose part failed says so there, and no other node commits). A crash between two
-nodes' commits can still leave one node with a step the other lacks.
+Each checkpoint directory is committed once every node's ranks have written their parts
+(the node's committer counts them in the store; a node whose part failed says so there, and
+no other node commits): by its lowest node when nodes share it, else by each node for its
+own ranks (see ``_group_parts``). Every manifest records the ranks whose parts it holds, so
+that a resume takes only a step complete for the whole job (``_group_resume``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import os
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from . import _group_parts as parts
+from . import manifest
 from ._group import Round, Rounds
 
 POLL = 0.05
@@ -143,6 +147,29 @@ class StoreRounds(Rounds):
         except Exception as exc:
             return f"the rendezvous store failed: {exc}"
         return "the client was closed"
+
+    def commit(
+        self, shared: Path, step: int, metrics: dict[str, Any], lineage: manifest.Lineage
+    ) -> tuple[Path, manifest.Manifest]:
+        store = self._saving_store
+        if store is None:
+            raise parts.PartsFailed("the rendezvous store cannot be reached")
+        plan = parts.plan(
+            store, self.group, step, parts.directory_id(shared.parent), lambda: self.closed
+        )
+        if not plan.commits:
+            parts.hear(store, plan, step, lambda: self.closed)
+            final = shared.parent / manifest.checkpoint_name(step)
+            return final, manifest.read_manifest(final)
+        try:
+            done = manifest.commit(
+                shared, step, metrics, lineage, plan.ranks, self.group.world_size
+            )
+        except BaseException as exc:
+            parts.announce(store, plan.key, f"{type(exc).__name__}: {exc}")
+            raise
+        parts.announce(store, plan.key, None)
+        return done
 
     def abandon(self, step: int, error: str) -> None:
         store = self._saving_store = self._saving_store or self._open_store()

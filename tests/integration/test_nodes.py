@@ -1,0 +1,173 @@
+"""One job on two nodes (two ``ckptd run`` around ``torchrun --nnodes 2``, gloo on loopback).
+
+Each "node" has its own run directory; the checkpoint directory is shared or its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ckptd_client.manifest import read_manifest
+from ckptd_client.store import inspect
+
+from conftest import FAKES, Job, wait_for
+
+pytest.importorskip("torch", reason="the multi-node tests run torchrun, which needs torch")
+
+FAST = ("--restart-delay", "0", "--grace", "60s")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Nodes:
+    """Two nodes of one torchrun job; ``start`` launches both daemons (a fresh rendezvous)."""
+
+    def __init__(self, base: Path, shared: Path | None) -> None:
+        self.base = base
+        self.nodes: list[Job] = []
+        for index in (0, 1):
+            (base / f"node{index}").mkdir()
+            node = Job(base / f"node{index}", f"node{index}")
+            if shared is not None:
+                node.checkpoint_dir = shared
+            self.nodes.append(node)
+
+    def start(self, *trainer_args: str) -> None:
+        endpoint = f"127.0.0.1:{free_port()}"
+        for index, node in enumerate(self.nodes):
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={index}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                f"--rdzv-id={self.base.name}",
+                "--max-restarts=0",
+                str(FAKES / "ddp_trainer.py"),
+                "--record",
+                str(node.record),
+                *trainer_args,
+            ]
+            node.start(command, *FAST)
+
+    def wait_connected(self, count: int = 1) -> None:
+        for node in self.nodes:
+            node.wait_event("client.connected", count)
+
+    def records(self, event: str) -> list[dict]:
+        return [row for node in self.nodes for row in node.records(event)]
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+@pytest.fixture
+def shared_nodes(tmp_path: Path) -> Iterator[Nodes]:
+    nodes = Nodes(tmp_path, tmp_path / "shared")
+    yield nodes
+    nodes.kill()
+
+
+def reference_digests(base: Path, steps: int) -> dict[int, str]:
+    """The final weights of each rank after an uninterrupted run of ``steps`` steps."""
+    base.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTD_")}
+    record = base / "record.jsonl"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "--max-restarts=0",
+            str(FAKES / "ddp_trainer.py"),
+            "--record",
+            str(record),
+            "--sleep",
+            "0",
+            "--steps",
+            str(steps),
+        ],
+        cwd=base,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    return {row["rank"]: row["digest"] for row in rows if row["event"] == "done"}
+
+
+def complete(path: Path, files: set[str], ranks: list[int]) -> None:
+    """``path`` verifies in full, holds exactly ``files`` and records ``ranks`` of 2."""
+    checkpoint = inspect(path, full=True)
+    assert checkpoint.valid, checkpoint.reason
+    written = read_manifest(path)
+    assert {entry.path for entry in written.files} == files
+    assert (list(written.ranks or ()), written.world_size) == (ranks, 2)
+
+
+def test_nodes_of_one_job_share_a_checkpoint_directory_and_stop_at_one_step(
+    shared_nodes: Nodes, tmp_path: Path
+) -> None:
+    """Shared dir: one commit per step with both ranks' files; SIGTERM to one node stops both
+    after one complete checkpoint (exit 0, 0); another job is refused; the resume is bit-exact."""
+    shared = tmp_path / "shared"
+    shared_nodes.start()
+    shared_nodes.wait_connected()
+    a, b = shared_nodes.nodes
+
+    other = Job(tmp_path / "node0", "other")
+    other.checkpoint_dir = shared
+    other.run_dir = tmp_path / "other-run"
+    other.start([sys.executable, "-c", "pass"], "--name", "other")
+    assert other.wait() == 2
+    refusal = other.stderr.read_text().strip()
+    assert len(refusal.splitlines()) == 1 and "is in use by job 'ddp_trainer'" in refusal, refusal
+
+    (b.run_dir / "CHECKPOINT").touch()
+    wait_for(lambda: len(shared_nodes.records("saved")) == 2, "both ranks saved")
+    saved = {row["rank"]: row["step"] for row in shared_nodes.records("saved")}
+    assert set(saved) == {0, 1} and len(set(saved.values())) == 1, saved
+    step = saved[0]
+    wait_for(lambda: not (b.run_dir / "CHECKPOINT").exists(), "CHECKPOINT consumed")
+    complete(shared / f"step-{step:08d}", {"rank-0.pt", "rank-1.pt"}, [0, 1])
+    for node in (a, b):
+        committed = node.wait_event("checkpoint.committed")
+        assert committed["step"] == step and committed["path"] == str(shared / f"step-{step:08d}")
+
+    a.signal(signal.SIGTERM)
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    stops = {row["rank"]: row["step"] for row in shared_nodes.records("stop")}
+    assert set(stops) == {0, 1} and len(set(stops.values())) == 1, stops
+    final = stops[0]
+    complete(shared / f"step-{final:08d}", {"rank-0.pt", "rank-1.pt"}, [0, 1])
+    assert a.events("job.stopped")[0]["final_checkpoint"] is True
+    assert not list(shared.glob(".tmp-*"))
+
+    steps = final + 20
+    shared_nodes.start("--steps", str(steps), "--sleep", "0")
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    relaunched = [node.records("start")[1] for node in (a, b)]
+    resumed = {row["rank"]: row["resume_step"] for row in relaunched}
+    assert resumed == {0: final, 1: final}
+    done = {row["rank"]: row["digest"] for row in shared_nodes.records("done")}
+    assert done == reference_digests(tmp_path / "reference", steps)
