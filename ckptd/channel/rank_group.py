@@ -13,6 +13,7 @@ has reported (so no rank still writes into the directory they then remove).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.events import EventLog
@@ -121,3 +122,20 @@ class RankGroup:
         elif writers:
             self._committing.add(step)
             self.channel.send(writers[0], "commit", step=step)
+
+
+def incomplete(message: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``checkpoint.incomplete`` from a rank's report: the newest step some rank
+    of the job has but not every rank (``missing``: those without their part), and the step
+    every rank resumes from instead (None: a fresh start)."""
+
+    def step(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    missing = message.get("missing")
+    ranks = [r for r in missing if step(r) is not None] if isinstance(missing, list) else []
+    return {
+        "step": step(message.get("step")),
+        "missing": ranks,
+        "resume_step": step(message.get("resume_step")),
+    }

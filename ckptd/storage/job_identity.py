@@ -12,17 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ckptd.config import JobConfig
 from ckptd.job_name import launcher_options
 
 _TORCHRUN_DEFAULT_ID = "none"  # what torchrun uses without --rdzv-id: shared by every such job
 
 
-def node_group(config: JobConfig, env: Mapping[str, str] = os.environ) -> str | None:
+def node_group(
+    job_id: str | None, command: list[str], env: Mapping[str, str] = os.environ
+) -> str | None:
     """The id the daemons of one multi-node job share; None for a job on one node."""
-    if config.job_id:
-        return config.job_id
-    options = launcher_options(config.command)
+    if job_id:
+        return job_id
+    options = launcher_options(command)
     if options is None or "standalone" in options:
         return None
     if _most_nodes(options.get("nnodes") or env.get("PET_NNODES", "1")) < 2:
@@ -31,11 +32,11 @@ def node_group(config: JobConfig, env: Mapping[str, str] = os.environ) -> str | 
     return f"rdzv:{rdzv}" if rdzv and rdzv != _TORCHRUN_DEFAULT_ID else None
 
 
-def multi_node(config: JobConfig, env: Mapping[str, str] = os.environ) -> bool:
+def multi_node(job_id: str | None, command: list[str], env: Mapping[str, str] = os.environ) -> bool:
     """torchrun is told to run on more than one node (with or without a rendezvous id)."""
-    options = launcher_options(config.command)
+    options = launcher_options(command)
     if options is None or "standalone" in options:
-        return bool(config.job_id)
+        return bool(job_id)
     return _most_nodes(options.get("nnodes") or env.get("PET_NNODES", "1")) >= 2
 
 

@@ -30,6 +30,7 @@ import zmq
 from ckptd import exit_codes, log
 from ckptd.channel.checkpoint_desk import CheckpointDesk, file_request_is_stale
 from ckptd.channel.job_channel import JobChannel, Peer
+from ckptd.channel.rank_group import incomplete
 from ckptd.config import JobConfig
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
@@ -890,6 +891,8 @@ class Arbiter:
                 self.timer.reset(now)
             if not message.get("reused"):
                 self._prune(message.get("path"), message.get("step"))
+        elif kind == "incomplete":  # a step some node lacks: the job resumes from an older one
+            self.events.emit("checkpoint.incomplete", level="warning", **incomplete(message))
         elif kind == "failed":
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)

@@ -155,8 +155,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _sharing(config: JobConfig) -> tuple[str | None, str]:
     """The node group the checkpoint directory is shared with, and the hint of a refusal."""
-    group = node_group(config)
-    if group is None and multi_node(config):
+    group = node_group(config.job_id, config.command)
+    if group is None and multi_node(config.job_id, config.command):
         return None, (
             "; the nodes of one job share it when torchrun has the same --rdzv-id on every "
             "node (or [job] job_id is set)"

@@ -20,13 +20,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from . import _group_parts as parts
 from . import manifest
-from ._group import Round, Rounds
+from ._group import Group, Round, Rounds
 
 POLL = 0.05
 _CONNECT_TIMEOUT = timedelta(seconds=2)
@@ -106,23 +107,7 @@ class StoreRounds(Rounds):
         return self._store
 
     def _open_store(self) -> Any:
-        if "torch" not in sys.modules:
-            return None  # the script does not use torch: nothing to agree through
-        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-        if not host or not port:
-            self._warn("MASTER_ADDR/MASTER_PORT are not set: ranks of other nodes cannot agree")
-            return None
-        import torch.distributed as dist
-
-        try:
-            store = dist.TCPStore(
-                host, int(port), is_master=False, timeout=_CONNECT_TIMEOUT, wait_for_workers=False
-            )
-        except Exception as exc:
-            self._warn(f"cannot reach the rendezvous store at {host}:{port}: {exc}")
-            return None
-        run = f"ckptd/{self.group.run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
-        return dist.PrefixStore(run, store)
+        return open_store(self.group, self._warn)
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -216,3 +201,24 @@ class StoreRounds(Rounds):
             del self._entries[seq]
         self.current = next(iter(self._entries.values()), None)
         return any(e.final for e in entries)
+
+
+def open_store(group: Group, warn: Callable[[str], None]) -> Any:
+    """This run's keys in torchrun's rendezvous store; None (and a warning) without one."""
+    if "torch" not in sys.modules:
+        return None  # the script does not use torch: nothing to agree through
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not host or not port:
+        warn("MASTER_ADDR/MASTER_PORT are not set: ranks of other nodes cannot agree")
+        return None
+    import torch.distributed as dist
+
+    try:
+        store = dist.TCPStore(
+            host, int(port), is_master=False, timeout=_CONNECT_TIMEOUT, wait_for_workers=False
+        )
+    except Exception as exc:
+        warn(f"cannot reach the rendezvous store at {host}:{port}: {exc}")
+        return None
+    run = f"ckptd/{group.run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    return dist.PrefixStore(run, store)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,3 +172,49 @@ def test_nodes_of_one_job_share_a_checkpoint_directory_and_stop_at_one_step(
     assert resumed == {0: final, 1: final}
     done = {row["rank"]: row["digest"] for row in shared_nodes.records("done")}
     assert done == reference_digests(tmp_path / "reference", steps)
+
+
+@pytest.fixture
+def local_nodes(tmp_path: Path) -> Iterator[Nodes]:
+    nodes = Nodes(tmp_path, None)
+    yield nodes
+    nodes.kill()
+
+
+def ranks_by_node(nodes: Nodes, launch: int) -> list[int]:
+    """The rank each node ran in its ``launch``-th launch (torchrun may hand ranks around)."""
+    return [node.records("start")[launch]["rank"] for node in nodes.nodes]
+
+
+def test_node_local_directories_resume_at_the_newest_step_every_rank_has(
+    local_nodes: Nodes, tmp_path: Path
+) -> None:
+    """A directory per node, node b without the newest step (a crash between the two nodes'
+    commits): every rank resumes at the older step all have, one checkpoint.incomplete line
+    names the ranks whose part is missing, and the result is bit-exact."""
+    a, b = local_nodes.nodes
+    local_nodes.start("--steps", "25", "--save-every", "10", "--sleep", "0")
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    before = ranks_by_node(local_nodes, 0)
+    for node, rank in zip((a, b), before, strict=True):
+        for step in (9, 19):
+            complete(node.checkpoint_dir / f"step-{step:08d}", {f"rank-{rank}.pt"}, [rank])
+    shutil.rmtree(b.checkpoint_dir / "step-00000019")
+
+    local_nodes.start("--steps", "40", "--sleep", "0")
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    after = ranks_by_node(local_nodes, 1)
+    moved = after != before  # then no node holds the parts of the ranks it runs now
+    expected = None if moved else 9
+    assert [node.records("start")[1]["resume_step"] for node in (a, b)] == [expected, expected]
+    missing = [0, 1] if moved else [after[1]]
+    for node in (a, b):
+        lines = node.events("checkpoint.incomplete")
+        assert len(lines) == 1, lines
+        assert (lines[0]["step"], lines[0]["missing"], lines[0]["resume_step"]) == (
+            19,
+            missing,
+            expected,
+        )
+    done = {row["rank"]: row["digest"] for row in (node.records("done")[-1] for node in (a, b))}
+    assert done == reference_digests(tmp_path / "reference", 40)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from ckptd.config import JobConfig
 from ckptd.run_dir import RunDirError
 from ckptd.storage.job_identity import multi_node, node_group
 from ckptd.storage.lock import CheckpointDirLock
@@ -47,9 +46,8 @@ def test_the_nodes_of_one_job_share_it_and_every_other_job_is_refused(tmp_path: 
     CheckpointDirLock(tmp_path).acquire("other", tmp_path / "run-y")
 
 
-def config(*command: str, job_id: str | None = None) -> JobConfig:
-    here = Path("/tmp")
-    return JobConfig("train", list(command), here, {}, here, here, job_id=job_id)
+def config(*command: str, job_id: str | None = None) -> tuple[str | None, list[str]]:
+    return job_id, list(command)
 
 
 @pytest.mark.parametrize(
@@ -68,14 +66,14 @@ def test_the_node_group_is_torchruns_rendezvous_id_on_several_nodes(
     command: list[str], group: str | None
 ) -> None:
     """Nodes of one job: torchrun's --rdzv-id when --nnodes may exceed 1 (script args ignored)."""
-    assert node_group(config(*command), env={}) == group
+    assert node_group(*config(*command), env={}) == group
 
 
 def test_an_explicit_job_id_wins_and_multi_node_without_an_id_is_told() -> None:
     """[job] job_id names the node group of any command; --nnodes 2 alone is multi-node."""
-    assert node_group(config("bash", "launch.sh", job_id="j1"), env={}) == "j1"
-    assert multi_node(config("torchrun", "--nnodes", "2", "train.py"), env={})
-    assert not multi_node(config("python", "train.py"), env={})
-    assert node_group(config("torchrun", "t.py"), env={"PET_NNODES": "2", "PET_RDZV_ID": "e"}) == (
+    assert node_group(*config("bash", "launch.sh", job_id="j1"), env={}) == "j1"
+    assert multi_node(*config("torchrun", "--nnodes", "2", "train.py"), env={})
+    assert not multi_node(*config("python", "train.py"), env={})
+    assert node_group(*config("torchrun", "t.py"), env={"PET_NNODES": "2", "PET_RDZV_ID": "e"}) == (
         "rdzv:e"
     )
