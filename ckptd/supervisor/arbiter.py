@@ -46,6 +46,7 @@ from ckptd.run_dir import STOP_FILE, Orphan, RunDir
 from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
+from ckptd.storage.job_identity import node_group
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
@@ -109,8 +110,9 @@ class Arbiter:
 
             # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
             self.remote = RemoteCopy(
-                config.storage, self.rules, post=self.post, progress=lambda: self.step
-            )
+                config.storage, self.rules, post=self.post, progress=lambda: self.step,
+                group=node_group(config.job_id, config.command),
+            )  # fmt: skip
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
         self.background = Background(self.post)
         self.ending = StopEnding(

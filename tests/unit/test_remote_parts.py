@@ -1,0 +1,69 @@
+"""A step of a multi-node job in the bucket: the parts merged into one manifest, one lease."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ckptd.storage.remote.lease import Fenced, Lease
+from ckptd.storage.remote.parts import merge, upload_part
+from ckptd.storage.remote.store import RemoteStore
+from ckptd_client.manifest import (
+    Lineage,
+    Manifest,
+    ManifestError,
+    commit,
+    new_temp_dir,
+    read_manifest,
+)
+
+
+def part(directory: Path, step: int, ranks: list[int], world: int = 2) -> Path:
+    temp = new_temp_dir(directory, step)
+    for rank in ranks:
+        (temp / f"rank-{rank}.pt").write_bytes(f"{step}/{rank}".encode())
+    return commit(temp, step, {"loss": 0.5}, Lineage("job"), ranks, world)[0]
+
+
+def test_the_parts_merge_once_every_rank_is_there_the_same_on_every_node(tmp_path: Path) -> None:
+    """Two nodes' parts: one manifest of both, the same bytes whatever the order."""
+    a = read_manifest(part(tmp_path / "a", 7, [0, 1], 4))
+    b = read_manifest(part(tmp_path / "b", 7, [2, 3], 4))
+    assert merge([a]) is None
+    whole = merge([b, a])
+    assert whole is not None and whole.to_json() == merge([a, b]).to_json()  # type: ignore[union-attr]
+    assert (whole.ranks, whole.world_size, whole.complete) == ((0, 1, 2, 3), 4, True)
+    assert [e.path for e in whole.files] == [f"rank-{r}.pt" for r in range(4)]
+    with pytest.raises(ManifestError, match="same name"):
+        merge([a, read_manifest(part(tmp_path / "c", 7, [1], 4)), b])  # rank 1 on two nodes
+    with pytest.raises(ManifestError, match="world size"):
+        merge([a, read_manifest(part(tmp_path / "d", 7, [2, 3], 8))])
+
+
+def test_the_last_node_up_writes_the_manifest_through_a_file_url(tmp_path: Path) -> None:
+    """Node a's part alone is no remote checkpoint; node b's completes it (file:// store)."""
+    store = RemoteStore(f"file://{tmp_path / 'bucket'}")
+    upload_part(store, part(tmp_path / "a", 3, [0]), 30.0)
+    assert store.list() == []
+    upload_part(store, part(tmp_path / "b", 3, [1]), 30.0)
+    listed = store.list()
+    assert [(c.step, c.valid) for c in listed] == [(3, True)]
+    assert isinstance(store.manifest(3), Manifest) and store.manifest(3).ranks == (0, 1)
+    got = store.download(3, tmp_path / "fresh")
+    assert sorted(p.name for p in got.path.iterdir()) == ["ckptd.json", "rank-0.pt", "rank-1.pt"]
+
+
+def test_the_nodes_of_one_job_share_the_lease_and_another_instance_fences_them(
+    tmp_path: Path,
+) -> None:
+    """Same owner (node group), shared: one generation, no fencing; another group fences all."""
+    store = RemoteStore(f"file://{tmp_path / 'bucket'}")
+    nodes = [Lease(store, "nodes of rdzv:1", shared=True) for _ in range(2)]
+    assert [lease.take() for lease in nodes] == [1, 1]
+    for lease in nodes:
+        lease.check()
+    assert Lease(store, "nodes of rdzv:2", shared=True).take() == 2
+    for lease in nodes:
+        with pytest.raises(Fenced):
+            lease.check()
