@@ -16,8 +16,9 @@ from typing import Any
 from ckptd import config as config_module
 from ckptd import exit_codes, strict_json
 from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
+from ckptd.storage.node_parts import part_of
 from ckptd.storage.remote import listing as remote_listing
-from ckptd_client.store import inspect, scan
+from ckptd_client.store import Checkpoint, inspect, scan
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -128,13 +129,15 @@ def list_checkpoints(args: argparse.Namespace) -> int:
     else:
         directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
         found = scan(directory, full=args.verify)
+    parts = {} if remote_listing.is_remote(args.dir) else {c.path: part_of(c) for c in found}
     if args.json:
-        strict_json.print_json([c.to_json() for c in found])
+        strict_json.print_json([_listed(c, parts.get(c.path)) for c in found])
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
         return exit_codes.OK
-    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", "METRICS")]
+    ranks = any(parts.values())  # a multi-node job's directory: which ranks' parts each holds
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *(("RANKS",) * ranks), "METRICS")]
     for c in found:
         rows.append(
             (
@@ -143,6 +146,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
+                *((_ranks_text(parts.get(c.path)),) * ranks),
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
@@ -151,6 +155,26 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         cells = (cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
         print("  ".join(cells) + "  " + row[-1])
     return exit_codes.OK
+
+
+def _listed(checkpoint: Checkpoint, part: dict[str, Any] | None) -> dict[str, Any]:
+    """A checkpoint's JSON, with the ranks' parts it holds when a multi-node job wrote it."""
+    return {**checkpoint.to_json(), **({"part": part} if part else {})}
+
+
+def _ranks_text(part: dict[str, Any] | None) -> str:
+    """``all 4`` for a whole-job step; ``0-1 of 4`` for one node's part."""
+    if not part:
+        return "-"
+    if part["complete"]:
+        return f"all {part['world_size']}"
+    held = part["ranks"]
+    shown = (
+        f"{held[0]}-{held[-1]}"
+        if len(held) > 1 and held == list(range(held[0], held[-1] + 1))
+        else ", ".join(map(str, held))
+    )
+    return f"{shown} of {part['world_size']}"
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:

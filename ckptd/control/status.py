@@ -73,6 +73,7 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
         "interval": _interval(arbiter),
         "goodput": arbiter.goodput.latest.to_json() if arbiter.goodput.latest else None,
         "remote": arbiter.remote.status().to_json() if arbiter.remote is not None else None,
+        "nodes": arbiter.launcher.nodes_status(),
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }

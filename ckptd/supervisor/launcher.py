@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -22,7 +22,7 @@ from ckptd.config import JobConfig
 from ckptd.process.trainer import Trainer
 from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
-from ckptd.storage import retention
+from ckptd.storage import node_parts, retention
 from ckptd.storage.job_identity import node_group
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
@@ -156,6 +156,11 @@ class Launcher:
             protocol.ENV_LINEAGE: lineage or new_lineage_id(),
             ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }
+
+    def nodes_status(self) -> dict[str, Any] | None:
+        """A multi-node job: the newest step in this node's directory, the ranks' parts it
+        holds, and the newest step there complete for the whole job; None on one node."""
+        return node_parts.summary(self.config.checkpoint_dir)
 
     def _take_job_lock(self) -> list[int]:
         """The lock the job inherits; stray holders from an earlier job are killed first."""

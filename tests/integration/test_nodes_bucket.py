@@ -42,6 +42,11 @@ def test_nodes_share_one_prefix_and_a_wiped_node_resumes_from_the_bucket(
     wait_for(lambda: len(bucket_nodes.records("saved")) == 2, "both ranks saved")
     step = bucket_nodes.records("saved")[0]["step"]
     wait_for(lambda: step in [c.step for c in remote.list() if c.valid], f"step {step} remote")
+    nodes = a.status()["nodes"]
+    rank = a.records("start")[0]["rank"]
+    assert (nodes["newest_step"], nodes["ranks"], nodes["missing"]) == (step, [rank], [1 - rank])
+    assert nodes["newest_whole_step"] is None and nodes["complete"] is False
+    assert f"step {step}: ranks {rank} of 2 here" in a.cli("status").stdout
 
     b.signal(signal.SIGTERM)
     assert [node.wait() for node in (a, b)] == [0, 0]

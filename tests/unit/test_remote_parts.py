@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ckptd.storage.remote.lease import Fenced, Lease
+from ckptd.storage.remote.listing import scan_remote
 from ckptd.storage.remote.parts import merge, upload_part
 from ckptd.storage.remote.store import RemoteStore
 from ckptd_client.manifest import (
@@ -67,3 +71,34 @@ def test_the_nodes_of_one_job_share_the_lease_and_another_instance_fences_them(
     for lease in nodes:
         with pytest.raises(Fenced):
             lease.check()
+
+
+def test_a_step_missing_a_nodes_part_is_listed_with_the_ranks_and_node_it_lacks(
+    tmp_path: Path,
+) -> None:
+    """`ckptd list URL`: node 0's part alone is an invalid step naming ranks 2, 3 (node 1)."""
+    url = f"file://{tmp_path / 'bucket'}"
+    upload_part(RemoteStore(url), part(tmp_path / "a", 5, [0, 1], 4), 30.0)
+    listed = scan_remote(url)
+    assert [(c.step, c.valid) for c in listed] == [(5, False)]
+    assert listed[0].reason == "incomplete: the parts of ranks 2, 3 (node 1) are missing"
+
+
+def test_ckptd_list_of_a_nodes_directory_shows_the_ranks_each_step_holds(tmp_path: Path) -> None:
+    """A node's own directory: RANKS says `0 of 2` for its part, `all 2` for a whole step."""
+    part(tmp_path, 3, [0])
+    part(tmp_path, 4, [0, 1])
+    shown = subprocess.run(
+        [sys.executable, "-m", "ckptd", "list", str(tmp_path)], capture_output=True, text=True
+    )
+    lines = shown.stdout.splitlines()
+    assert "RANKS" in lines[0], shown
+    assert "0 of 2" in lines[1] and "all 2" in lines[2], shown.stdout
+    listed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "ckptd", "list", str(tmp_path), "--json"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert listed[0]["part"] == {"ranks": [0], "world_size": 2, "complete": False, "missing": [1]}

@@ -13,17 +13,21 @@ finishing together the later listing sees both parts: the manifest is never left
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from ckptd.storage.node_parts import missing_nodes
 from ckptd.storage.remote.store import Deadline, RemoteError, RemoteStore, UploadResult
 from ckptd_client.manifest import MANIFEST_NAME, Manifest, ManifestError, verify
+from ckptd_client.store import Checkpoint
 
-__all__ = ["PARTS_DIR", "is_part", "merge", "upload_part"]
+__all__ = ["PARTS_DIR", "incomplete_steps", "is_part", "merge", "upload_part"]
 
 PARTS_DIR = ".ckptd-parts"
+_STEP = re.compile(r"^step-\d{8,}$")
 
 
 def is_part(local: Path) -> bool:
@@ -137,3 +141,39 @@ def _create(store: RemoteStore, step: int, raw: bytes, deadline: Deadline) -> No
     except RemoteError:
         if store._read_manifest(step, deadline) != raw:
             raise
+
+
+def incomplete_steps(store: RemoteStore, timeout: float = 60.0) -> list[Checkpoint]:
+    """Steps with nodes' parts but no manifest yet, each saying whose parts are missing."""
+    deadline = Deadline.after(timeout)
+    listed = store.transport.call("find", store.root, detail=False, deadline=deadline)
+    found: dict[int, list[str]] = {}
+    for name in listed:
+        relative = name[len(store.root) + 1 :].split("/")
+        if len(relative) == 3 and relative[1] == PARTS_DIR and _STEP.match(relative[0]):
+            found.setdefault(int(relative[0][len("step-") :]), []).append(name)
+    whole = {c.step for c in store.list(timeout)}
+    steps = []
+    for step, names in sorted(found.items()):
+        if step in whole:
+            continue
+        contents = store.transport.call("cat", names, on_error="omit", deadline=deadline)
+        parts = []
+        for raw in contents.values():
+            try:
+                parts.append(Manifest.from_json(raw))
+            except ManifestError:
+                continue
+        steps.append(_incomplete(store, step, parts))
+    return steps
+
+
+def _incomplete(store: RemoteStore, step: int, parts: list[Manifest]) -> Checkpoint:
+    present = [list(p.ranks or ()) for p in parts]
+    world = max((p.world_size or 0 for p in parts), default=0)
+    held = {rank for ranks in present for rank in ranks}
+    missing = [rank for rank in range(world) if rank not in held]
+    nodes = missing_nodes(present, missing)
+    where = f" (node{'s' if len(nodes) > 1 else ''} {', '.join(map(str, nodes))})" if nodes else ""
+    reason = f"incomplete: the parts of ranks {', '.join(map(str, missing))}{where} are missing"
+    return Checkpoint(Path(store.path_of(step)), step, valid=False, reason=reason)
