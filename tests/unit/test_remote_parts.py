@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from ckptd.storage.remote.lease import Fenced, Lease
 from ckptd.storage.remote.listing import scan_remote
 from ckptd.storage.remote.parts import merge, upload_part
-from ckptd.storage.remote.store import RemoteStore
+from ckptd.storage.remote.store import RemoteStore, RemoteTimeout
 from ckptd_client.manifest import (
     Lineage,
     Manifest,
@@ -102,3 +103,14 @@ def test_ckptd_list_of_a_nodes_directory_shows_the_ranks_each_step_holds(tmp_pat
         ).stdout
     )
     assert listed[0]["part"] == {"ranks": [0], "world_size": 2, "complete": False, "missing": [1]}
+
+
+def test_at_a_stop_a_part_counts_only_once_the_step_is_whole(tmp_path: Path) -> None:
+    """A flush (``until`` set): node a's part waits for node b's, and names it at the deadline."""
+    store = RemoteStore(f"file://{tmp_path / 'bucket'}")
+    began = time.monotonic()
+    with pytest.raises(RemoteTimeout, match=r"the parts of ranks 1 did not reach the bucket"):
+        upload_part(store, part(tmp_path / "a", 8, [0]), 30.0, until=lambda: began + 0.5)
+    assert store.list() == []
+    upload_part(store, part(tmp_path / "b", 8, [1]), 30.0, until=lambda: time.monotonic() + 5)
+    assert [c.step for c in store.list()] == [8]

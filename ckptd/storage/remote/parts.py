@@ -20,13 +20,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from ckptd.storage.node_parts import missing_nodes
-from ckptd.storage.remote.store import Deadline, RemoteError, RemoteStore, UploadResult
+from ckptd.storage.remote.store import (
+    Deadline,
+    RemoteError,
+    RemoteStore,
+    RemoteTimeout,
+    UploadResult,
+)
 from ckptd_client.manifest import MANIFEST_NAME, Manifest, ManifestError, verify
 from ckptd_client.store import Checkpoint
 
 __all__ = ["PARTS_DIR", "incomplete_steps", "is_part", "merge", "upload_part"]
 
 PARTS_DIR = ".ckptd-parts"
+_WAIT_FOR_PARTS = 0.2  # at a stop, how often the other nodes' parts are looked for
 _STEP = re.compile(r"^step-\d{8,}$")
 
 
@@ -53,7 +60,9 @@ def upload_part(
     """Upload this node's part of a step; create the step's manifest once every part is up.
 
     The arguments are :meth:`RemoteStore.upload`'s. A step whose manifest holds this part
-    already is not uploaded again.
+    already is not uploaded again. At a stop (``until()`` gives the flush's deadline) the
+    upload succeeds only once the step is whole in the bucket: it waits for the other nodes'
+    parts and raises RemoteTimeout naming the missing ranks at the deadline.
     """
     started = time.monotonic()
     deadline = Deadline(started + timeout, cancelled or (lambda: False), until)
@@ -76,7 +85,17 @@ def upload_part(
     store.transport.call(
         "pipe_file", store.path_of(step, part_name(manifest)), raw, deadline=deadline
     )
-    whole = _gather(store, step, deadline)
+    whole, missing = _gather(store, step, deadline)
+    try:
+        while whole is None and until() is not None:  # a stop: the whole step, or a failure
+            deadline.check()
+            time.sleep(_WAIT_FOR_PARTS)
+            whole, missing = _gather(store, step, deadline)
+    except RemoteTimeout:
+        raise RemoteTimeout(
+            f"step {step}: the parts of ranks {', '.join(map(str, missing))} did not reach "
+            "the bucket in time (the step is not a checkpoint of the whole job there)"
+        ) from None
     if whole is not None:
         before_manifest()
         _create(store, step, whole.to_json().encode(), deadline)
@@ -122,16 +141,21 @@ def _holds(raw: bytes, part: Manifest) -> bool:
     return whole.complete and all(whole.holds(rank) for rank in part.ranks or ())
 
 
-def _gather(store: RemoteStore, step: int, deadline: Deadline) -> Manifest | None:
-    """Every part of ``step`` uploaded so far, merged; None while some rank's is missing."""
+def _gather(store: RemoteStore, step: int, deadline: Deadline) -> tuple[Manifest | None, list[int]]:
+    """Every part of ``step`` uploaded so far, merged (None while some rank's is missing),
+    and the ranks whose parts are missing."""
     directory = store.path_of(step, PARTS_DIR)
     store.fs.invalidate_cache(directory)  # another node's part may have come up since
     names = store.transport.call("ls", directory, detail=False, deadline=deadline)
     contents = store.transport.call("cat", list(names), on_error="raise", deadline=deadline)
     try:
-        return merge([Manifest.from_json(raw) for raw in contents.values()])
+        parts = [Manifest.from_json(raw) for raw in contents.values()]
+        whole = merge(parts)
     except ManifestError as exc:
         raise RemoteError(f"step {step}: the nodes' parts do not fit together: {exc}") from None
+    held = {rank for part in parts for rank in part.ranks or ()}
+    world = max((part.world_size or 0 for part in parts), default=0)
+    return whole, [rank for rank in range(world) if rank not in held]
 
 
 def _create(store: RemoteStore, step: int, raw: bytes, deadline: Deadline) -> None:
