@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ckptd.run_dir import RunDirError
+from ckptd.storage import retention
 from ckptd.storage.job_identity import multi_node, node_group
 from ckptd.storage.lock import CheckpointDirLock
+from ckptd_client.manifest import commit, new_temp_dir
 
 
 def test_a_second_job_is_refused_with_the_holders_run_dir(tmp_path: Path) -> None:
@@ -77,3 +80,18 @@ def test_an_explicit_job_id_wins_and_multi_node_without_an_id_is_told() -> None:
     assert node_group(*config("torchrun", "t.py"), env={"PET_NNODES": "2", "PET_RDZV_ID": "e"}) == (
         "rdzv:e"
     )
+
+
+def test_two_nodes_pruning_one_shared_directory_do_not_report_each_others_deletions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint the other node's daemon pruned first is no failed deletion."""
+    for step in (1, 2, 3):
+        temp = new_temp_dir(tmp_path, step)
+        (temp / "w.bin").write_bytes(b"x")
+        commit(temp, step)
+    seen = retention.scan(tmp_path)
+    shutil.rmtree(tmp_path / "step-00000001")  # the other node got there first
+    monkeypatch.setattr(retention, "scan", lambda directory, full=False: seen)
+    pruned = retention.prune(tmp_path, retention.RetentionRules(keep_last=1))
+    assert [c.step for c in pruned.deleted] == [2] and pruned.failed == []
