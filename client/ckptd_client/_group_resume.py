@@ -6,6 +6,7 @@ two nodes' commits), and torchrun may hand a rank to another node after a relaun
 node's directory may not hold the part of the rank it runs now. So every rank says, in
 torchrun's rendezvous store, the steps whose manifest holds its part here (at most the
 daemon's offer); every rank then takes the same one: the newest step every rank has.
+A node's part of a sharded (DCP) step does not count: loading it reads every rank's shards.
 Every rank verifies its part of that step in full (the daemon verified only its offer); a
 part that fails takes the step out, and the ranks agree again on what is left.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from ._group import Group
 from ._group_store import open_store
-from .manifest import ManifestError, read_manifest
+from .manifest import Manifest, ManifestError, read_manifest
 from .store import Checkpoint, inspect, scan
 
 _WAIT = 0.01
@@ -83,11 +84,17 @@ def usable_steps(
             continue
         here.append(candidate.step)
         try:
-            if read_manifest(candidate.path).holds(rank):
-                mine.append(candidate.step)
+            manifest = read_manifest(candidate.path)
         except (OSError, ManifestError):
             continue
+        if manifest.holds(rank) and (manifest.complete or not sharded(manifest)):
+            mine.append(candidate.step)
     return mine, here
+
+
+def sharded(manifest: Manifest) -> bool:
+    """A DCP checkpoint: loading it reads every rank's shards, so one node's part is no use."""
+    return any(entry.path.endswith(".distcp") for entry in manifest.files)
 
 
 def passed_over(have: list[set[int]], anywhere: set[int], agreed: int | None) -> Incomplete | None:

@@ -32,11 +32,11 @@ def bucket_nodes(tmp_path: Path, moto: MotoServer) -> Iterator[Nodes]:
 def test_nodes_share_one_prefix_and_a_wiped_node_resumes_from_the_bucket(
     bucket_nodes: Nodes, moto: MotoServer, tmp_path: Path
 ) -> None:
-    """Each node uploads its part, one manifest per step lists both ranks, nobody is fenced;
-    node b's disk wiped: it downloads the step and both ranks resume there, bit-exact."""
+    """Sharded (DCP) saves: each node uploads its part, one manifest per step lists every
+    shard, nobody is fenced; node b's disk wiped: both download the step, resume, bit-exact."""
     a, b = bucket_nodes.nodes
     remote = RemoteStore(moto.url("nodes"), moto.options)
-    bucket_nodes.start()
+    bucket_nodes.start("--format", "dcp")
     bucket_nodes.wait_connected()
     (a.run_dir / "CHECKPOINT").touch()
     wait_for(lambda: len(bucket_nodes.records("saved")) == 2, "both ranks saved")
@@ -55,12 +55,12 @@ def test_nodes_share_one_prefix_and_a_wiped_node_resumes_from_the_bucket(
     assert listed[final].valid, listed
     whole = remote.manifest(final)
     assert (list(whole.ranks or ()), whole.world_size) == ([0, 1], 2)
-    assert sorted(e.path for e in whole.files) == ["rank-0.pt", "rank-1.pt"]
+    assert sorted(e.path for e in whole.files) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not [e for node in (a, b) for e in node.events("remote.fenced")]
 
     shutil.rmtree(b.checkpoint_dir)  # a replacement VM
     steps = final + 20
-    bucket_nodes.start("--steps", str(steps), "--sleep", "0")
+    bucket_nodes.start("--format", "dcp", "--steps", str(steps), "--sleep", "0")
     assert [node.wait() for node in (a, b)] == [0, 0]
     assert b.events("remote.downloaded")[0]["step"] == final
     assert [node.records("start")[1]["resume_step"] for node in (a, b)] == [final, final]

@@ -113,3 +113,16 @@ def test_the_lowest_node_of_a_shared_directory_commits_and_own_directories_each_
     _group_parts.announce(store, plans[0].key, "OSError: disk full")
     with pytest.raises(_group_parts.PartsFailed, match=r"node 0 could not commit.*disk full"):
         _group_parts.hear(store, plans[2], 4, lambda: False)
+
+
+def test_a_nodes_part_of_a_sharded_checkpoint_is_no_resume_point(tmp_path: Path) -> None:
+    """DCP shards: a node's own part does not count (a load reads every shard); a whole one does."""
+    temp = new_temp_dir(tmp_path, 4)
+    (temp / "__0_0.distcp").write_bytes(b"shard")
+    commit(temp, 4, ranks=[0], world_size=2)
+    temp = new_temp_dir(tmp_path, 3)
+    for name in (".metadata", "__0_0.distcp", "__1_0.distcp"):
+        (temp / name).write_bytes(b"x")
+    commit(temp, 3, ranks=[0, 1], world_size=2)
+    offered = inspect(tmp_path / "step-00000004")
+    assert _group_resume.usable_steps(tmp_path, offered, 0) == ([3], [4, 3])
