@@ -45,11 +45,14 @@ def agree(
     group: Group, checkpoint_dir: Path, offered: Checkpoint | None
 ) -> tuple[Checkpoint | None, Incomplete | None]:
     """The checkpoint every rank resumes from, and what was passed over on the way."""
-    store = open_store(group, _warn)
+    try:
+        store = open_store(group, _warn, load_torch=True)
+    except ImportError:
+        store = None
     if store is None:
         raise RuntimeError(
             "ckptd_client: the ranks of several nodes agree on their resume step through "
-            "torchrun's rendezvous store: import torch (and init_process_group) before connect()"
+            "torchrun's rendezvous store (MASTER_ADDR, MASTER_PORT), which could not be reached"
         )
     steps, here = usable_steps(checkpoint_dir, offered, group.rank)
     first: list[set[int]] | None = None

@@ -242,9 +242,12 @@ class StoreRounds(Rounds):
         return any(e.final for e in entries)
 
 
-def open_store(group: Group, warn: Callable[[str], None]) -> Any:
-    """This run's keys in torchrun's rendezvous store; None (and a warning) without one."""
-    if "torch" not in sys.modules:
+def open_store(group: Group, warn: Callable[[str], None], load_torch: bool = False) -> Any:
+    """This run's keys in torchrun's rendezvous store; None (and a warning) without one.
+
+    torch is imported only when the script has imported it, or with ``load_torch`` (torchrun
+    on several nodes: torch is installed, and the script is about to import it anyway)."""
+    if "torch" not in sys.modules and not load_torch:
         return None  # the script does not use torch: nothing to agree through
     host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     if not host or not port:
