@@ -26,9 +26,12 @@ def free_port() -> int:
 class Nodes:
     """Two nodes of one torchrun job; ``start`` launches both daemons (a fresh rendezvous)."""
 
-    def __init__(self, base: Path, shared: Path | None, options: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, base: Path, shared: Path | None, options: tuple[str, ...] = (), nproc: int = 1
+    ) -> None:
         self.base = base
         self.options = options
+        self.nproc = nproc
         self.nodes: list[Job] = []
         for index in (0, 1):
             (base / f"node{index}").mkdir()
@@ -45,7 +48,7 @@ class Nodes:
                 "-m",
                 "torch.distributed.run",
                 "--nnodes=2",
-                "--nproc-per-node=1",
+                f"--nproc-per-node={self.nproc}",
                 f"--node-rank={index}",
                 "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={endpoint}",
@@ -101,10 +104,10 @@ def reference_digests(base: Path, steps: int) -> dict[int, str]:
     return {row["rank"]: row["digest"] for row in rows if row["event"] == "done"}
 
 
-def complete(path: Path, files: set[str], ranks: list[int]) -> None:
-    """``path`` verifies in full, holds exactly ``files`` and records ``ranks`` of 2."""
+def complete(path: Path, files: set[str], ranks: list[int], world: int = 2) -> None:
+    """``path`` verifies in full, holds exactly ``files`` and records ``ranks`` of ``world``."""
     checkpoint = inspect(path, full=True)
     assert checkpoint.valid, checkpoint.reason
     written = read_manifest(path)
     assert {entry.path for entry in written.files} == files
-    assert (list(written.ranks or ()), written.world_size) == (ranks, 2)
+    assert (list(written.ranks or ()), written.world_size) == (ranks, world)

@@ -118,3 +118,30 @@ def test_node_local_directories_resume_at_the_newest_step_every_rank_has(
         )
     done = {row["rank"]: row["digest"] for row in (node.records("done")[-1] for node in (a, b))}
     assert done == reference_digests(tmp_path / "reference", 40)
+
+
+def test_two_ranks_on_each_of_two_nodes_commit_one_shared_step_and_stop_together(
+    tmp_path: Path,
+) -> None:
+    """2 nodes x 2 ranks, shared dir: a request and a SIGTERM each give one step with all four
+    ranks' files, committed once; both daemons exit 0."""
+    nodes = Nodes(tmp_path, tmp_path / "shared", nproc=2)
+    try:
+        nodes.start()
+        nodes.wait_connected(2)
+        a, b = nodes.nodes
+        (a.run_dir / "CHECKPOINT").touch()
+        wait_for(lambda: len(nodes.records("saved")) == 4, "all four ranks saved")
+        assert len({row["step"] for row in nodes.records("saved")}) == 1
+        step = nodes.records("saved")[0]["step"]
+        files = {f"rank-{rank}.pt" for rank in range(4)}
+        complete(tmp_path / "shared" / f"step-{step:08d}", files, [0, 1, 2, 3], 4)
+        b.signal(signal.SIGTERM)
+        assert [node.wait() for node in (a, b)] == [0, 0]
+        stops = {row["rank"]: row["step"] for row in nodes.records("stop")}
+        assert set(stops) == {0, 1, 2, 3} and len(set(stops.values())) == 1, stops
+        final = stops[0]
+        complete(tmp_path / "shared" / f"step-{final:08d}", files, [0, 1, 2, 3], 4)
+        assert len([e for n in (a, b) for e in n.events("checkpoint.committed")]) == 4
+    finally:
+        nodes.kill()
