@@ -184,6 +184,12 @@ class StoreRounds(Rounds):
         if not plan.commits:
             parts.hear(store, plan, step, lambda: self.closed)
             final = shared.parent / manifest.checkpoint_name(step)
+            if not final.is_dir():
+                raise parts.PartsFailed(
+                    f"node {plan.committer} committed step {step} into a directory with the id "
+                    f"of {shared.parent}, which does not have it: was {parts.DIRECTORY_ID} "
+                    "copied from another node's directory? Remove the copy."
+                )
             return final, manifest.read_manifest(final)
         try:
             done = manifest.commit(
