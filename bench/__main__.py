@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import latency, overhead, remote, report, restarts, storage
+from . import latency, overhead, remote, report, restarts, signing, storage
 from .harness import Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +34,14 @@ def main() -> int:
     size = (args.size_mib or (8 if quick else 1024)) << 20
     requests, runs, restart_count = (5, 2, 3) if quick else (200, 10, 20)
     # Alternating rounds of the I/O rows: the commit's, save_async's, the remote store's.
-    rounds, async_rounds, remote_rounds = (1, 1, 1) if quick else (7, 5, 3)
+    rounds, async_rounds, remote_rounds, sign_rounds = (1, 1, 1, 1) if quick else (7, 5, 3, 5)
     source = report.provenance(ROOT)
     work = Path(tempfile.mkdtemp(prefix="ckptd-bench-", dir=_scratch()))
     rows: list[Row] = []
     try:
         for name in (
             "requests", "sigterm", "restarts", "cpu", "throughput", "storage", "async", "remote",
+            "signing",
         ):  # fmt: skip
             (work / name).mkdir()
         steps = [
@@ -64,6 +65,10 @@ def main() -> int:
             ),
             ("save_async", lambda: [storage.async_row(work / "async", size, async_rounds)]),
             ("remote store", lambda: remote.remote_rows(work / "remote", size, remote_rounds)),
+            (
+                "signing",
+                lambda: [signing.signing_row(work / "signing", size, sign_rounds)],
+            ),
         ]
         for title, run in steps:
             print(f"... {title}", flush=True)

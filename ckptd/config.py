@@ -155,6 +155,8 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("watch", choice("inotify", "poll"), "inotify", "how signal files are watched"),
     Option("poll_interval", POLL_INTERVAL, 1.0, 'signal-file polling interval with watch = "poll"'),
     Option("remote", STRING, None, "fsspec URL checkpoints are uploaded to (as [storage].remote)"),
+    Option("signing_key", STRING, None, "PEM EC private key that signs checkpoints ([integrity])"),
+    Option("verify_key", STRING, None, "PEM EC public key: resume only signed checkpoints"),
     Option(
         "checkpoint_mode",
         MODE,
@@ -222,6 +224,69 @@ STORAGE_OPTIONS: tuple[Option, ...] = (
     Option("options", ANY_TABLE, {}, "[storage.options]: passed verbatim to fsspec"),
 )
 
+INTEGRITY_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "signing_key",
+        STRING,
+        None,
+        "PEM EC private key (mode 0600) the daemon signs each committed checkpoint with",
+    ),
+    Option(
+        "verify_key",
+        STRING,
+        None,
+        "PEM EC public key: resume only from checkpoints whose model.sig it verifies",
+    ),
+)
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _text_number(text: str) -> float:
+    try:
+        return _positive_number(float(text))
+    except ValueError:
+        raise ValueError(f"expected a positive number, got {text!r}") from None
+
+
+POSITIVE_NUMBER = Kind("number > 0", _positive_number, _text_number)
+
+
+def _window(value: Any) -> int:
+    number = COUNT.check(value)
+    if number < 2:
+        raise ValueError(f"expected at least 2 losses, got {value!r}")
+    return int(number)
+
+
+WINDOW = Kind("integer >= 2", _window, lambda text: _window(COUNT.parse_text(text)))
+
+GUARD_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "nonfinite",
+        choice("off", "rollback", "stop"),
+        "off",
+        "a NaN or infinite loss (ck.step(n, loss=...)): go back before it, or stop",
+    ),
+    Option(
+        "spike",
+        POSITIVE_NUMBER,
+        None,
+        "k: a loss above the mean + k sigma of the last spike_window reports diverged",
+    ),
+    Option("spike_window", WINDOW, 100, "reported losses the spike rule's mean and sigma cover"),
+    Option("rollback_limit", COUNT, 3, "rollbacks after divergences in one run; then exit 5"),
+    Option("monitor", STRING, None, "early stopping: a metric of the committed checkpoints"),
+    Option("mode", choice("min", "max"), "min", "whether a lower or a higher monitor is better"),
+    Option("patience", COUNT, 3, "checkpoints without improvement of monitor before stopping"),
+)
+
 METRICS_OPTIONS: tuple[Option, ...] = (
     Option("listen", STRING, None, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464"),
 )
@@ -233,6 +298,8 @@ TABLES: dict[str, tuple[Option, ...]] = {
     "slurm": SLURM_OPTIONS,
     "metrics": METRICS_OPTIONS,
     "storage": STORAGE_OPTIONS,
+    "integrity": INTEGRITY_OPTIONS,
+    "guard": GUARD_OPTIONS,
 }
 
 
@@ -287,6 +354,31 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class IntegrityConfig:
+    """The ``[integrity]`` table: signing committed checkpoints, verifying them at resume."""
+
+    signing_key: Path | None = None
+    verify_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """The ``[guard]`` table: what a diverging loss makes ckptd do."""
+
+    nonfinite: str = "off"
+    spike: float | None = None
+    spike_window: int = 100
+    rollback_limit: int = 3
+    monitor: str | None = None
+    mode: str = "min"
+    patience: int = 3
+
+    @property
+    def active(self) -> bool:
+        return self.nonfinite != "off" or self.spike is not None
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The ``[metrics]`` table: a Prometheus endpoint (off when ``listen`` is None)."""
 
@@ -331,6 +423,9 @@ class JobConfig:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    resume_from: str | None = None  # ``ckptd run --resume-from``: a step or a path, first launch
     source: str = field(default="defaults", compare=False)
 
 
@@ -351,6 +446,8 @@ def load(
     slurm = {option.key: option.default for option in SLURM_OPTIONS}
     metrics = {option.key: option.default for option in METRICS_OPTIONS}
     storage = {option.key: option.default for option in STORAGE_OPTIONS}
+    integrity = {option.key: option.default for option in INTEGRITY_OPTIONS}
+    guard = {option.key: option.default for option in GUARD_OPTIONS}
     if config_file is not None:
         tables = _read_tables(Path(config_file))
         values.update(tables.get("job", {}))
@@ -359,6 +456,8 @@ def load(
         slurm.update(tables.get("slurm", {}))
         metrics.update(tables.get("metrics", {}))
         storage.update(tables.get("storage", {}))
+        integrity.update(tables.get("integrity", {}))
+        guard.update(tables.get("guard", {}))
     if preemption["endpoint"] is not None and not re.match(r"^https?://", preemption["endpoint"]):
         raise ConfigError(
             f"[preemption].endpoint: expected an http:// URL, got {preemption['endpoint']!r}"
@@ -373,6 +472,12 @@ def load(
     values["metrics"] = _finish_metrics(metrics)
     storage["remote"] = values.pop("remote") or storage["remote"]
     values["storage"] = _finish_storage(storage, base)
+    for key in ("signing_key", "verify_key"):
+        integrity[key] = values.pop(key) or integrity[key]
+    values["integrity"] = _finish_integrity(integrity, base)
+    if guard["monitor"] is not None and guard["patience"] < 1:
+        raise ConfigError("[guard].patience: must be at least 1 with a monitor")
+    values["guard"] = GuardConfig(**guard)
     return _finish(values, base, str(config_file) if config_file else "defaults")
 
 
@@ -468,6 +573,31 @@ def _finish_storage(values: dict[str, Any], base: Path) -> StorageConfig:
     return StorageConfig(remote, values["upload_timeout"], values["keep_remote"], values["options"])
 
 
+def _finish_integrity(values: dict[str, Any], base: Path) -> IntegrityConfig:
+    """Key files are read and checked now: a key that cannot sign or verify is exit 2."""
+    signing = _absolute(values["signing_key"], base) if values["signing_key"] else None
+    verifying = _absolute(values["verify_key"], base) if values["verify_key"] else None
+    if signing is None and verifying is None:
+        return IntegrityConfig()
+    # cryptography and model-signing are the signing extra's: loaded only when configured
+    from ckptd import integrity
+
+    try:
+        signer = integrity.Signer(signing) if signing else None
+    except (integrity.KeyProblem, integrity.SigningUnavailable) as exc:
+        raise ConfigError(f"[integrity].signing_key: {exc}") from None
+    try:
+        verifier = integrity.Verifier(verifying) if verifying else None
+    except (integrity.KeyProblem, integrity.SigningUnavailable) as exc:
+        raise ConfigError(f"[integrity].verify_key: {exc}") from None
+    if signer is not None and verifier is not None and signer.public_pem != verifier.key.pem:
+        raise ConfigError(
+            f"[integrity].verify_key: {verifying} is not the public half of {signing}; "
+            "checkpoints signed now would be refused at the next resume"
+        )
+    return IntegrityConfig(signing, verifying)
+
+
 def _finish_metrics(values: dict[str, Any]) -> MetricsConfig:
 
     listen = values["listen"]
@@ -503,6 +633,9 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
     name = values["name"] if values["name"] is not None else default_name(command)
     if (problem := name_problem(name)) is not None:
         raise ConfigError(f"name: {problem}")
+    if values["keep_best"] and not values["best_metric"] and values["guard"].monitor:
+        # keep_best keeps the best by what early stopping watches, unless told otherwise
+        values["best_metric"], values["best_mode"] = values["guard"].monitor, values["guard"].mode
     if values["keep_best"] and not values["best_metric"]:
         raise ConfigError("keep_best: needs best_metric to rank checkpoints")
     if values["restart_delay_max"] < values["restart_delay"]:

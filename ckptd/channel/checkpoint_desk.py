@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptd.channel.job_channel import JobChannel, Peer
+from ckptd.channel.messages import Committed, Failed, Ids, Propose, Written
 from ckptd.channel.rank_group import Agreement, RankGroup
 from ckptd.config import JobConfig
 from ckptd.control.server import Waiter
@@ -41,7 +42,7 @@ class Outstanding:
     aliases: set[str] = field(default_factory=set)  # group: earlier requests it joined
     joins: str | None = None
 
-    def answers(self, ids: list[str]) -> bool:
+    def answers(self, ids: Ids) -> bool:
         return self.id in ids or bool(self.aliases.intersection(ids))
 
 
@@ -136,46 +137,41 @@ class CheckpointDesk:
             self.outstanding.aliases.clear()
         self._warned_undeliverable = False
 
-    def on_propose(self, peer: Peer, message: dict[str, Any]) -> None:
+    def on_propose(self, peer: Peer, message: Propose) -> None:
         """A rank's step when request ``id`` reached it; the agreed step once all ranks sent one."""
-        rid, current = message.get("id"), self.outstanding
-        if current is None or not isinstance(rid, str) or not current.answers([rid]):
+        rid, current = message.id, self.outstanding
+        if current is None or rid is None or not current.answers((rid,)):
             self.channel.send(peer, "done", id=rid, path=None, step=None)  # answered already
             return
-        at = message.get("at")
-        if not isinstance(at, int) or isinstance(at, bool) or at < 0:
-            at = None  # a client that could not say: the others' proposals decide
-        self.group.propose(current.agreement, current.id, peer, at)
+        # ``at`` None: a client that could not say; the others' proposals decide
+        self.group.propose(current.agreement, current.id, peer, message.at)
 
-    def on_written(self, peer: Peer, message: dict[str, Any]) -> None:
-        step = message.get("step")
-        if isinstance(step, int):
-            self.group.written(peer, step)
+    def on_written(self, peer: Peer, message: Written) -> None:
+        if message.step is not None:
+            self.group.written(peer, message.step)
 
-    def on_committed(self, peer: Peer, message: dict[str, Any]) -> Acknowledged:
-        ids: list[str] = message.get("ids") or []
-        step = message.get("step")
-        reused = bool(message.get("reused"))
+    def on_committed(self, peer: Peer, message: Committed) -> Acknowledged:
+        ids, step = message.ids, message.step
         self.events.emit(
             "checkpoint.committed",
             rank=peer.rank,
             request_id=self._primary(ids),
-            request_ids=ids,
-            path=message.get("path"),
+            request_ids=list(ids),
+            path=message.path,
             step=step,
-            bytes=message.get("bytes"),
-            seconds=message.get("seconds"),
-            metrics=message.get("metrics"),
-            reused=reused,
+            bytes=message.bytes,
+            seconds=message.seconds,
+            metrics=message.metrics,
+            reused=message.reused,
         )
-        progress = isinstance(step, int) and self.note_progress(step)
+        progress = step is not None and self.note_progress(step)
         self.last_commit = {
-            "path": message.get("path"),
+            "path": message.path,
             "step": step,
             "time": time.time(),
-            "metrics": message.get("metrics"),
-            "bytes": message.get("bytes"),
-            "seconds": message.get("seconds"),
+            "metrics": message.metrics,
+            "bytes": message.bytes,
+            "seconds": message.seconds,
         }
         final = (
             self.outstanding is not None
@@ -183,19 +179,15 @@ class CheckpointDesk:
             and self.outstanding.answers(ids)
         )
         if peer.in_group:
-            self.group.committed(peer, step, self._primary(ids), message.get("path"))
+            self.group.committed(peer, step, self._primary(ids), message.path)
         for rid in ids:
             if not peer.in_group:
-                self.channel.broadcast(
-                    "done", skip=peer, id=rid, path=message.get("path"), step=step
-                )
+                self.channel.broadcast("done", skip=peer, id=rid, path=message.path, step=step)
             self._finish(rid, result={"request_id": rid, **self.last_commit})
         return Acknowledged(final=final, progress=progress)
 
-    def on_failed(self, message: dict[str, Any], peer: Peer | None = None) -> Acknowledged:
-        ids: list[str] = message.get("ids") or []
-        error = str(message.get("error"))
-        step = message.get("step")
+    def on_failed(self, message: Failed, peer: Peer | None = None) -> Acknowledged:
+        ids, error, step = message.ids, message.error, message.step
         if peer is not None and peer.in_group and not self.group.failed(peer, step, error):
             return Acknowledged()  # another rank reported this save's failure first
         self.events.emit(
@@ -203,8 +195,8 @@ class CheckpointDesk:
             level="error",
             rank=peer.rank if peer is not None else None,
             request_id=self._primary(ids),
-            request_ids=ids,
-            step=message.get("step"),
+            request_ids=list(ids),
+            step=step,
             error=error,
         )
         final = (
@@ -259,7 +251,7 @@ class CheckpointDesk:
     def _finish(self, rid: str, *, result: dict[str, Any] | None = None, error: str = "") -> None:
         """The outstanding request ``rid`` is answered: tell its waiters, clear its file."""
         current = self.outstanding
-        if current is None or not current.answers([rid]):
+        if current is None or not current.answers((rid,)):
             return
         for waiter in current.waiters:
             if result is not None:
@@ -270,7 +262,7 @@ class CheckpointDesk:
             self.run_dir.consume(CHECKPOINT_FILE)
         self.outstanding = None
 
-    def _primary(self, ids: list[str]) -> str | None:
+    def _primary(self, ids: Ids) -> str | None:
         if self.outstanding is not None and self.outstanding.id in ids:
             return self.outstanding.id
         return ids[0] if ids else None

@@ -1,7 +1,8 @@
 """The daemon's end of the job channel: a ROUTER socket on a private ipc path.
 
-Owned by the arbiter's thread only. Bad frames are dropped with a (rate-limited)
-warning; nothing a peer sends can stop the loop.
+Owned by the arbiter's thread only. Each frame is parsed once (``messages.parse``)
+into a typed message; bad frames are dropped with a (rate-limited) warning; nothing a
+peer sends can stop the loop.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import zmq
 
+from ckptd.channel.messages import BadMessage, Bye, ClientMessage, Hello, parse
 from ckptd.log import get_logger
 from ckptd.run_dir import bind_private, remove_socket
 from ckptd_client import protocol
@@ -54,9 +56,9 @@ class JobChannel:
         self._log = get_logger()
         self._last_warning = -_WARN_EVERY
 
-    def receive(self) -> list[tuple[Peer, dict[str, Any]]]:
+    def receive(self) -> list[tuple[Peer, ClientMessage]]:
         """Every message waiting now, with the peer that sent it (registered on first contact)."""
-        received: list[tuple[Peer, dict[str, Any]]] = []
+        received: list[tuple[Peer, ClientMessage]] = []
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
@@ -67,23 +69,22 @@ class JobChannel:
                 continue
             identity, frame = frames
             try:
-                message = protocol.decode(frame, protocol.CLIENT_TYPES)
+                message = parse(frame)
+            except BadMessage as exc:
+                self._warn("job_channel.bad_message", reason=str(exc))
+                continue
             except protocol.ProtocolError as exc:
                 self._warn("job_channel.bad_frame", reason=str(exc))
                 continue
-            if problem := _field_problem(message):
-                self._warn("job_channel.bad_message", reason=problem)
-                continue
             peer = self.peers.setdefault(identity, Peer(identity))
             peer.last_report = time.time()
-            if isinstance(message.get("step"), int):
-                peer.step = message["step"]
-            if message["type"] == "hello":
-                peer.pid = _int_or_none(message.get("pid"))
-                peer.rank = _int_or_none(message.get("rank"))
-                peer.world_size = _size_or_none(message.get("world_size"))
-                peer.local_world_size = _size_or_none(message.get("local_world_size"))
-            elif message["type"] == "bye":
+            if message.step is not None:
+                peer.step = message.step
+            if isinstance(message, Hello):
+                peer.pid, peer.rank = message.pid, message.rank
+                peer.world_size = message.world_size
+                peer.local_world_size = message.local_world_size
+            elif isinstance(message, Bye):
                 self.peers.pop(identity, None)
             received.append((peer, message))
 
@@ -128,23 +129,3 @@ class JobChannel:
         if now - self._last_warning >= _WARN_EVERY:
             self._last_warning = now
             self._log.warning(event, **fields)
-
-
-def _field_problem(message: dict[str, Any]) -> str | None:
-    """Why a well-formed message carries unusable fields, or None when it is fine."""
-    step = message.get("step")
-    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
-        return f"step {step!r} is not a non-negative integer"
-    ids = message.get("ids", [])
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        return "ids is not a list of strings"
-    return None
-
-
-def _size_or_none(value: Any) -> int | None:
-    size = _int_or_none(value)
-    return size if size is not None and size > 0 else None
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

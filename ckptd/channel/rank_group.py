@@ -13,7 +13,6 @@ has reported (so no rank still writes into the directory they then remove).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from ckptd.channel.job_channel import JobChannel, Peer
 from ckptd.events import EventLog
@@ -74,13 +73,13 @@ class RankGroup:
         save.reported.add(peer.identity)
         self._settle(step, save)
 
-    def failed(self, peer: Peer, step: object, error: str) -> bool:
+    def failed(self, peer: Peer, step: int | None, error: str) -> bool:
         """``peer``'s part (or its commit) failed; return whether this is the save's first failure.
 
         The others are told ``aborted`` only once every rank has stopped writing (so that
         they may remove the shared directory), or at once when the commit itself failed.
         """
-        if not isinstance(step, int):
+        if step is None:
             return True
         error = f"rank {peer.rank}: {error}"
         if step in self._committing:
@@ -97,9 +96,9 @@ class RankGroup:
         self._settle(step, save)
         return first
 
-    def committed(self, peer: Peer, step: object, rid: str | None, path: object) -> None:
+    def committed(self, peer: Peer, step: int | None, rid: str | None, path: str | None) -> None:
         """The committer is done: every other rank's save of ``step`` is too."""
-        if isinstance(step, int):
+        if step is not None:
             self._committing.discard(step)
         for member in self.channel.group():
             if member is not peer:
@@ -122,20 +121,3 @@ class RankGroup:
         elif writers:
             self._committing.add(step)
             self.channel.send(writers[0], "commit", step=step)
-
-
-def incomplete(message: dict[str, Any]) -> dict[str, Any]:
-    """The fields of ``checkpoint.incomplete`` from a rank's report: the newest step some rank
-    of the job has but not every rank (``missing``: those without their part), and the step
-    every rank resumes from instead (None: a fresh start)."""
-
-    def step(value: Any) -> int | None:
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    missing = message.get("missing")
-    ranks = [r for r in missing if step(r) is not None] if isinstance(missing, list) else []
-    return {
-        "step": step(message.get("step")),
-        "missing": ranks,
-        "resume_step": step(message.get("resume_step")),
-    }

@@ -1,12 +1,14 @@
 """The command registry: each command's name, arguments, documentation and handler in one place.
 
-``cli.py`` builds its parser from this table; docs/commands.md's command list
-is checked against it.
+``cli/main.py`` builds its parser from this table; docs/commands.md's command list
+is checked against it. The commands that talk to a daemon are made from the control
+registry (``cli/remote.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,9 +18,11 @@ from typing import Any
 from ckptd import config as config_module
 from ckptd import exit_codes, strict_json
 from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
+from ckptd.storage import branches
+from ckptd.storage.branches import BRANCHES_DIR
 from ckptd.storage.node_parts import part_of
 from ckptd.storage.remote import listing as remote_listing
-from ckptd_client.store import Checkpoint, inspect, scan
+from ckptd_client.store import inspect, scan
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -29,14 +33,20 @@ class Command:
     summary: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     handler: Handler
+    description: str | None = None  # ``ckptd NAME --help``; None: the summary
 
 
 REGISTRY: dict[str, Command] = {}
 
 
-def command(name: str, summary: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+def command(
+    name: str,
+    summary: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    description: str | None = None,
+) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        REGISTRY[name] = Command(name, summary, add_arguments, handler)
+        REGISTRY[name] = Command(name, summary, add_arguments, handler, description)
         return handler
 
     return register
@@ -55,6 +65,12 @@ class CommandError(Exception):
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with a [job] table")
+    parser.add_argument(
+        "--resume-from",
+        metavar="STEP|PATH",
+        help="start from this checkpoint (verified) instead of the newest; newer ones are set "
+        "aside under checkpoint_dir/.branches/<time>/ (a branch's checkpoint is brought back)",
+    )
     for option in config_module.JOB_OPTIONS:
         if option.key == "command":
             continue
@@ -98,8 +114,25 @@ def run(args: argparse.Namespace) -> int:
         preflight.check(job)
     except config_module.ConfigError as exc:
         raise CommandError(f"config error: {exc}") from None
+    if args.resume_from:
+        job = _with_resume_from(job, args.resume_from)
     log.configure()
     return daemon.supervise(job)
+
+
+def _with_resume_from(job: config_module.JobConfig, value: str) -> config_module.JobConfig:
+    """The job with ``--resume-from`` resolved to a checkpoint path that exists (else exit 2)."""
+    if job.storage.remote is not None:
+        raise CommandError(
+            "--resume-from: not supported with [storage] remote yet (the bucket's newer "
+            "checkpoints would be resumed again)"
+        )
+    target = branches.target_of(job.checkpoint_dir, value)
+    try:
+        branches.check_target(target)
+    except branches.GoBackError as exc:
+        raise CommandError(f"--resume-from: {exc}") from None
+    return dataclasses.replace(job, resume_from=str(target))
 
 
 # -- list / verify -----------------------------------------------------------------------
@@ -120,32 +153,55 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
         help="also check every file's digest (a remote checkpoint is downloaded to a temporary "
         "directory)",
     )
+    _key_argument(parser)
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the checkpoints set aside by --resume-from and rollback (.branches/)",
+    )
 
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
 def list_checkpoints(args: argparse.Namespace) -> int:
     if remote_listing.is_remote(args.dir):
+        _local_only_key(args)
         directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
     else:
         directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
         found = scan(directory, full=args.verify)
+    aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
+    branch_of = {c.path: name for name, c in aside}
+    found += [c for _, c in aside]
+    verifier = _verifier(args)
+    verdicts = {c.path: verifier.check(c.path) for c in found} if verifier else {}
     parts = {} if remote_listing.is_remote(args.dir) else {c.path: part_of(c) for c in found}
     if args.json:
-        strict_json.print_json([_listed(c, parts.get(c.path)) for c in found])
+        strict_json.print_json(
+            [
+                _listed(
+                    _with_branch(_with_signature(c.to_json(), verdicts.get(c.path)), branch_of, c),
+                    parts.get(c.path),
+                )
+                for c in found
+            ]
+        )
         return exit_codes.OK
     if not found:
         print(f"no checkpoints in {directory}")
         return exit_codes.OK
+    signed = ("SIGNATURE",) if verifier else ()
     ranks = any(parts.values())  # a multi-node job's directory: which ranks' parts each holds
-    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *(("RANKS",) * ranks), "METRICS")]
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *signed, *(("RANKS",) * ranks), "METRICS")]
     for c in found:
+        verdict = verdicts.get(c.path)
         rows.append(
             (
-                c.name,
+                f"{BRANCHES_DIR}/{branch_of[c.path]}/{c.name}" if c.path in branch_of else c.name,
                 str(c.step),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time)) if c.time else "-",
                 human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
+                *((verdict.text(),) if verdict is not None else ()),
                 *((_ranks_text(parts.get(c.path)),) * ranks),
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
@@ -157,9 +213,9 @@ def list_checkpoints(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-def _listed(checkpoint: Checkpoint, part: dict[str, Any] | None) -> dict[str, Any]:
+def _listed(listed: dict[str, Any], part: dict[str, Any] | None) -> dict[str, Any]:
     """A checkpoint's JSON, with the ranks' parts it holds when a multi-node job wrote it."""
-    return {**checkpoint.to_json(), **({"part": part} if part else {})}
+    return {**listed, **({"part": part} if part else {})}
 
 
 def _ranks_text(part: dict[str, Any] | None) -> str:
@@ -184,6 +240,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
         "gs://, az://, any fsspec URL)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _key_argument(parser)
 
 
 @command(
@@ -193,16 +250,63 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def verify(args: argparse.Namespace) -> int:
     if remote_listing.is_remote(args.path):
+        _local_only_key(args)
         checked = _remote(remote_listing.inspect_remote, args.path)
     else:
         checked = inspect(Path(args.path), full=True)
+    verifier = _verifier(args)
+    verdict = verifier.check(checked.path) if verifier else None
+    good = checked.valid and (verdict is None or verdict.ok)
     if args.json:
-        strict_json.print_json(checked.to_json())
-    elif checked.valid:
-        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)})")
-    else:
+        strict_json.print_json(_with_signature(checked.to_json(), verdict))
+    elif not checked.valid:
         print(f"invalid: {checked.path}: {checked.reason}")
-    return exit_codes.OK if checked.valid else exit_codes.FAILED
+    elif verdict is not None and not verdict.ok:
+        print(f"invalid: {checked.path}: signature {verdict.text()}")
+    else:
+        signed = f", signed-ok by {verifier.fingerprint}" if verifier else ""
+        print(f"ok: {checked.path} (step {checked.step}, {human_bytes(checked.bytes)}{signed})")
+    return exit_codes.OK if good else exit_codes.FAILED
+
+
+def _key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key",
+        metavar="PUB",
+        help="also check each checkpoint's model.sig against this PEM public key "
+        "(signed-ok, unsigned, mismatch)",
+    )
+
+
+def _verifier(args: argparse.Namespace) -> Any:
+    """The Verifier of ``--key``; None without it. A key that cannot be used: exit 2."""
+    if not args.key:
+        return None
+    from ckptd import integrity
+
+    try:
+        return integrity.Verifier(Path(args.key))
+    except (integrity.KeyProblem, integrity.SigningUnavailable) as exc:
+        raise CommandError(f"--key: {exc}") from None
+
+
+def _local_only_key(args: argparse.Namespace) -> None:
+    if args.key:
+        raise CommandError(
+            "--key checks local checkpoints; download the remote one first "
+            "(ckptd run resumes only signed ones with [integrity] verify_key)"
+        )
+
+
+def _with_branch(record: dict[str, Any], branch_of: dict[Path, str], c: Any) -> dict[str, Any]:
+    """``branch``: the ``.branches/`` entry a set-aside checkpoint is in (None: not set aside)."""
+    return {**record, "branch": branch_of.get(c.path)} if branch_of else record
+
+
+def _with_signature(record: dict[str, Any], verdict: Any) -> dict[str, Any]:
+    if verdict is None:
+        return record
+    return {**record, "signature": {"status": verdict.status.value, "reason": verdict.reason}}
 
 
 # -- helpers -----------------------------------------------------------------------------

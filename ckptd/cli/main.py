@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for command in commands.REGISTRY.values():
         command.add_arguments(
-            sub.add_parser(command.name, help=command.summary, description=command.summary)
+            sub.add_parser(
+                command.name,
+                help=command.summary,
+                description=command.description or command.summary,
+            )
         )
     return parser
 

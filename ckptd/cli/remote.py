@@ -1,5 +1,9 @@
 """CLI commands that talk to a running daemon over its control socket.
 
+``checkpoint``, ``stop``, ``restart`` and ``status`` are the control commands of
+``ckptd.control.commands``: their help and flags come from that registry; here is only
+how each shows its result.
+
 Exit codes: 0 success, 1 the operation failed (e.g. the checkpoint failed),
 2 usage or connection error, 3 timeout. Every error is one line.
 """
@@ -10,19 +14,23 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ckptd import exit_codes, strict_json
 from ckptd.cli import status_text
 from ckptd.cli.commands import CommandError, command, find_run_dir
+from ckptd.control.commands import REGISTRY as CONTROL_COMMANDS
+from ckptd.control.commands import plain
 from ckptd_client.control import ControlError, Controller, ControlTimeout, endpoints_of
 
 TIMEOUT = 3
+Show = Callable[[argparse.Namespace, Any], int]  # a daemon's result -> output, exit status
 _SYSTEM_ROOT = Path("/var/lib/ckptd")
 
 
-def _target_arguments(parser: argparse.ArgumentParser, wait: bool = False) -> None:
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--run-dir", metavar="D", help="the job's run directory")
     where.add_argument(
@@ -35,10 +43,6 @@ def _target_arguments(parser: argparse.ArgumentParser, wait: bool = False) -> No
         "--timeout", type=float, default=None, metavar="S", help="give up after S seconds (exit 3)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    if wait:
-        parser.add_argument(
-            "--wait", action="store_true", help="reply only when the operation has finished"
-        )
 
 
 def connect(args: argparse.Namespace) -> Controller:
@@ -101,13 +105,38 @@ def _print(args: argparse.Namespace, result: Any, human: str) -> int:
     return exit_codes.OK
 
 
-@command(
-    "checkpoint",
-    "ask the running job for a checkpoint (--wait: until it committed)",
-    lambda p: _target_arguments(p, wait=True),
-)
-def checkpoint(args: argparse.Namespace) -> int:
-    result = call(args, "checkpoint", wait=args.wait)
+def _daemon_command(name: str) -> Callable[[Show], Show]:
+    """``ckptd NAME`` from control command NAME: its help and flags come from the registry; the
+    decorated function shows the daemon's result and returns the exit status."""
+    control = CONTROL_COMMANDS[name]
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        _target_arguments(parser)
+        for arg in control.args:
+            if arg.type is bool:
+                store = "store_false" if arg.default else "store_true"
+                parser.add_argument(arg.cli_flag, dest=arg.name, action=store, help=arg.cli_help)
+            elif not arg.cli_flag.startswith("-"):  # a positional argument, named as its flag
+                parser.add_argument(arg.cli_flag, type=arg.type, help=arg.cli_help)
+            else:
+                parser.add_argument(
+                    arg.cli_flag, dest=arg.name, type=arg.type, default=arg.default,
+                    help=arg.cli_help,
+                )  # fmt: skip
+
+    def register(show: Show) -> Show:
+        def handler(args: argparse.Namespace) -> int:
+            values = {arg.name: getattr(args, arg.name) for arg in control.args}
+            return show(args, call(args, name, **values))
+
+        command(name, control.summary, add_arguments, description=plain(control.doc))(handler)
+        return show
+
+    return register
+
+
+@_daemon_command("checkpoint")
+def checkpoint(args: argparse.Namespace, result: Any) -> int:
     if args.wait and "path" in result:
         human = (
             f"committed step {result['step']}: {result['path']} "
@@ -121,14 +150,8 @@ def checkpoint(args: argparse.Namespace) -> int:
     return _print(args, result, human)
 
 
-def _stop_arguments(parser: argparse.ArgumentParser) -> None:
-    _target_arguments(parser, wait=True)
-    parser.add_argument("--no-checkpoint", action="store_true", help="skip the final checkpoint")
-
-
-@command("stop", "final checkpoint, then stop the job without restart", _stop_arguments)
-def stop(args: argparse.Namespace) -> int:
-    result = call(args, "stop", checkpoint=not args.no_checkpoint, wait=args.wait)
+@_daemon_command("stop")
+def stop(args: argparse.Namespace, result: Any) -> int:
     if args.wait:
         saved = "yes" if result.get("final_checkpoint") else "no"
         human = f"stopped; final checkpoint: {saved}; ckptd exit code {result.get('exit_code')}"
@@ -137,14 +160,18 @@ def stop(args: argparse.Namespace) -> int:
     return _print(args, result, "stopping")
 
 
-@command("restart", "final checkpoint, then relaunch the job from it", _target_arguments)
-def restart(args: argparse.Namespace) -> int:
-    return _print(args, call(args, "restart"), "restarting")
+@_daemon_command("restart")
+def restart(args: argparse.Namespace, result: Any) -> int:
+    return _print(args, result, "restarting")
 
 
-@command("status", "state, pid, attempt, step, last checkpoint, unsaved work", _target_arguments)
-def status(args: argparse.Namespace) -> int:
-    result = call(args, "status")
+@_daemon_command("rollback")
+def rollback(args: argparse.Namespace, result: Any) -> int:
+    return _print(args, result, f"rolling back to {result.get('path')}")
+
+
+@_daemon_command("status")
+def status(args: argparse.Namespace, result: Any) -> int:
     return _print(args, result, status_text.render(result))
 
 

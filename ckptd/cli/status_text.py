@@ -1,8 +1,8 @@
 """The human ``ckptd status``: the daemon's ``status`` answer as short aligned lines.
 
-Pure: it reads the JSON the daemon sent (``ckptd.control.status``) and renders what the docs
-say ``status`` shows (docs/commands.md, docs/hangs-and-goodput.md, docs/spot-vms.md). Fields a
-daemon does not send (an older one, or no remote) are skipped.
+Pure: it reads the JSON the daemon sent (``ckptd.supervisor.status``) and renders what the
+docs say ``status`` shows (docs/commands.md, docs/hangs-and-goodput.md, docs/spot-vms.md).
+Fields a daemon does not send (an older one, or no remote) are skipped.
 """
 
 from __future__ import annotations

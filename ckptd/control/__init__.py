@@ -1,2 +1,1 @@
-"""The control socket: ZeroMQ ROUTER/PUB with CURVE keys, the control commands and what ``status``
-reports."""
+"""The control socket: ZeroMQ ROUTER/PUB with CURVE keys, and the control commands."""

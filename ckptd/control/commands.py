@@ -1,24 +1,46 @@
 """The control commands: each one's name, arguments, documentation and handler, in one place.
 
-This registry serves the control socket and the CLI, and ``docs/protocol.md``
-is checked against it. A handler either answers at once (returns a result) or
-keeps the waiter and answers later (returns :data:`LATER`).
+This one registry serves the control socket, builds the ``ckptd`` subcommands that talk
+to a daemon (their help is the command's docstring and its arguments' docs), and
+starts each command's section of ``docs/protocol.md`` (checked by the tests against
+:func:`reference`). A command that acts on the job only posts a
+:class:`~ckptd.requests.Request` carrying its waiter, as a signal or a signal file
+does, and the arbiter decides and answers; the others read the daemon and answer at
+once.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ckptd import __version__
 from ckptd.control.server import ReplyError, Waiter
+from ckptd.requests import Action, Origin, Request
 
-if TYPE_CHECKING:
-    from ckptd.supervisor.arbiter import Arbiter
+LATER = object()  # a handler's result: the reply comes later (the waiter went with a request)
 
-LATER = object()
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+class Supervisor(Protocol):
+    """What the commands ask of the daemon (the arbiter, on its own thread)."""
+
+    @property
+    def job_name(self) -> str: ...
+    @property
+    def endpoints(self) -> dict[str, str]: ...
+    def post(self, request: Request) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+    def checkpoints(self) -> list[dict[str, Any]]: ...
+    def effective_config(self) -> dict[str, Any]: ...
+    def control_rollback(self, step: int) -> dict[str, Any]: ...
+
+
+Handler = Callable[[Supervisor, dict[str, Any], Waiter], Any]
 
 
 @dataclass(frozen=True)
@@ -27,14 +49,38 @@ class Arg:
     type: type
     default: Any
     doc: str
+    flag: str | None = None  # the ``ckptd`` flag; None: ``--name`` (a true default: ``--no-name``)
+
+    @property
+    def negated(self) -> bool:
+        """A boolean that defaults to true: its flag sets it to false."""
+        return self.type is bool and self.default is True
+
+    @property
+    def cli_flag(self) -> str:
+        if self.flag is not None:
+            return self.flag
+        return ("--no-" if self.negated else "--") + self.name.replace("_", "-")
+
+    @property
+    def cli_help(self) -> str:
+        """The flag's help: the doc as plain text; a ``--no-`` flag's says what false does."""
+        text = plain(self.doc)
+        return text.removeprefix("false: ") if self.negated else text
 
 
 @dataclass(frozen=True)
 class ControlCommand:
     name: str
-    doc: str
+    doc: str  # markdown: the first sentence is the summary
     args: tuple[Arg, ...]
-    handler: Callable[[Arbiter, dict[str, Any], Waiter], Any]
+    handler: Handler
+
+    @property
+    def summary(self) -> str:
+        """The first sentence, as ``ckptd --help`` lists commands: ``ask the job for a ...``."""
+        first = plain(" ".join(self.doc.split()).split(". ")[0]).rstrip(".")
+        return first[:1].lower() + first[1:]
 
     def parse(self, raw: Any) -> dict[str, Any]:
         """Checked arguments with defaults filled in; ReplyError("bad_arguments") otherwise."""
@@ -58,24 +104,53 @@ class ControlCommand:
 REGISTRY: dict[str, ControlCommand] = {}
 
 
-def control_command(name: str, doc: str, *args: Arg) -> Callable[..., Any]:
-    def register(handler: Callable[[Arbiter, dict[str, Any], Waiter], Any]) -> Any:
-        REGISTRY[name] = ControlCommand(name, doc, args, handler)
+def control_command(name: str, *args: Arg) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as command ``name``; its docstring documents it."""
+
+    def register(handler: Handler) -> Handler:
+        REGISTRY[name] = ControlCommand(
+            name, inspect.cleandoc(handler.__doc__ or ""), args, handler
+        )
         return handler
 
     return register
 
 
-def execute(arbiter: Arbiter, name: str, raw_args: Any, waiter: Waiter) -> None:
+def execute(daemon: Supervisor, name: str, raw_args: Any, waiter: Waiter) -> None:
     """Run one command for ``waiter``; errors become error replies."""
     command = REGISTRY.get(name)
     if command is None:
         raise ReplyError(
             "unknown_command", f"unknown command {name!r}; known: " + ", ".join(sorted(REGISTRY))
         )
-    result = command.handler(arbiter, command.parse(raw_args), waiter)
+    result = command.handler(daemon, command.parse(raw_args), waiter)
     if result is not LATER:
         waiter.reply(result)
+
+
+def reference(command: ControlCommand) -> str:
+    """The start of the command's section of docs/protocol.md: its doc, then its arguments."""
+    if not command.args:
+        return f"#### `{command.name}`\n\n{command.doc}\n\nArguments: none."
+    rows = [
+        f"| `{arg.name}` | {_TYPE_NAMES[arg.type]} | `{_json_literal(arg.default)}` | {arg.doc} |"
+        for arg in command.args
+    ]
+    table = "\n".join(["| argument | type | default | meaning |", "|---|---|---|---|", *rows])
+    return f"#### `{command.name}`\n\n{command.doc}\n\n{table}"
+
+
+def plain(markdown: str) -> str:
+    """Documentation text for a terminal: without markdown's backticks."""
+    return markdown.replace("`", "")
+
+
+def _json_literal(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _is_type(value: Any, kind: type) -> bool:
@@ -86,62 +161,76 @@ def _is_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-@control_command("ping", "Liveness check. Result: version, pid, job name, endpoints.")
-def ping(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
+def _post(daemon: Supervisor, waiter: Waiter, action: Action, reason: str, **fields: Any) -> Any:
+    """Hand the command to the arbiter as a request; it answers ``waiter``."""
+    daemon.post(Request(action, Origin.CONTROL, reason, reply_to=waiter, **fields))
+    return LATER
+
+
+@control_command("ping")
+def ping(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """Liveness check."""
     return {
         "pong": True,
         "version": __version__,
         "pid": os.getpid(),
-        "job": arbiter.config.name,
-        "endpoints": arbiter.endpoints,
+        "job": daemon.job_name,
+        "endpoints": daemon.endpoints,
     }
 
 
 @control_command(
-    "checkpoint",
-    "Ask the job for a checkpoint. Joins one already in flight. Without wait the result is "
-    "{request_id, coalesced_into}; with wait the reply comes once it committed (request_id, "
-    "path, step, metrics, bytes, seconds) or failed (error code checkpoint_failed).",
-    Arg("wait", bool, False, "reply only when the checkpoint committed or failed"),
+    "checkpoint", Arg("wait", bool, False, "reply only when the checkpoint committed or failed")
 )
-def checkpoint(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.control_checkpoint(waiter if args["wait"] else None)
+def checkpoint(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """Ask the job for a checkpoint. A request while another is in flight joins it (one save
+    answers both)."""
+    return _post(daemon, waiter, Action.CHECKPOINT, "control", wait=args["wait"])
 
 
 @control_command(
     "stop",
-    "Final checkpoint, then stop the job without restart; ckptd exits. Result: {stopping: "
-    "true}; with wait the reply comes when the job has stopped (final_checkpoint, exit_code).",
-    Arg("checkpoint", bool, True, "false: stop without a final checkpoint"),
+    Arg("checkpoint", bool, True, "`false`: stop without a final checkpoint"),
     Arg("wait", bool, False, "reply only when the job has stopped"),
 )
-def stop(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.control_stop(args["checkpoint"], waiter if args["wait"] else None)
+def stop(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """Final checkpoint, then stop the job without restart; the daemon exits afterwards."""
+    return _post(daemon, waiter, Action.STOP, "control", wait=args["wait"], save=args["checkpoint"])
+
+
+@control_command("restart")
+def restart(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """Final checkpoint, then relaunch the job from it at once. Not counted against
+    `max_restarts`."""
+    return _post(daemon, waiter, Action.RESTART, "restart")
 
 
 @control_command(
-    "restart",
-    "Final checkpoint, then relaunch the job from it (not counted as a failure). Result: "
-    "{restarting: true}.",
+    "rollback",
+    Arg("step", int, None, "the step of the checkpoint to go back to", flag="step"),
 )
-def restart(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.control_restart()
+def rollback(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """Final checkpoint of the current state, then a relaunch from the checkpoint of `step`;
+    every newer checkpoint is set aside, never deleted."""
+    if args["step"] is None or args["step"] < 0:
+        raise ReplyError("bad_arguments", "rollback: step must be a non-negative integer")
+    return daemon.control_rollback(args["step"])
 
 
-@control_command(
-    "status",
-    "State, pid, attempt, restarts left, step, last checkpoint and its age, unsaved steps and "
-    "seconds, seconds to the next periodic checkpoint, uptime.",
-)
-def status(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.status()
+@control_command("status")
+def status(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """State, pid, attempt, step, last checkpoint and unsaved work: what a crash now would
+    cost."""
+    return daemon.status()
 
 
-@control_command("list", "The checkpoints on disk: name, path, step, time, bytes, metrics, valid.")
-def list_checkpoints(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.checkpoints()
+@control_command("list")
+def list_checkpoints(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """The checkpoints on disk, as the daemon sees them."""
+    return daemon.checkpoints()
 
 
-@control_command("config", "The effective configuration of the job (after file and flags).")
-def config(arbiter: Arbiter, args: dict[str, Any], waiter: Waiter) -> Any:
-    return arbiter.effective_config()
+@control_command("config")
+def config(daemon: Supervisor, args: dict[str, Any], waiter: Waiter) -> Any:
+    """The effective configuration of the job (after file and flags)."""
+    return daemon.effective_config()

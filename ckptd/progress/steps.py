@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from ckptd import log
 from ckptd.config import JobConfig
@@ -22,6 +22,17 @@ from ckptd.reporting.prometheus import Metrics
 from ckptd.sources.timer import PeriodicTimer
 
 _PROGRESS_EVERY = 10.0  # seconds between job.progress events
+
+
+class Saved(Protocol):
+    """A committed save as the job reported it (the channel's ``Committed`` message)."""
+
+    @property
+    def step(self) -> int | None: ...
+    @property
+    def seconds(self) -> float | None: ...
+    @property
+    def reused(self) -> bool: ...
 
 
 class Progress:
@@ -68,14 +79,14 @@ class Progress:
             self.metrics.job_exited()
             self._publish_budgets()
 
-    def reported(self, step: Any, now: float, training_at: bool = True) -> bool:
+    def reported(self, step: int | None, now: float, training_at: bool = True) -> bool:
         """Any message of a client: it is alive; a new ``step`` is progress (returns True).
 
         ``training_at`` False: the message names a checkpoint's step (a commit), which
         only tells where training is when it is ahead of what was reported.
         """
         self.health.reported(now)
-        if not isinstance(step, int) or step == self.step:
+        if step is None or step == self.step:
             return False
         if not training_at and self.step is not None and step < self.step:
             return False
@@ -96,10 +107,8 @@ class Progress:
         self._saving_since, self._saving_step, self._snapshot = now, self.step, stall
         self.health.save_started(now)
 
-    def save_ended(
-        self, now: float, committed: dict[str, Any] | None, at: float | None = None
-    ) -> None:
-        """A save committed (``committed``: its message; ``at``: when, wall time) or failed."""
+    def save_ended(self, now: float, committed: Saved | None, at: float | None = None) -> None:
+        """A save committed (``committed``: the job's report; ``at``: when, wall time) or failed."""
         began, at_step, snapshot = self._saving_since, self._saving_step, self._snapshot
         self._saving_since = self._saving_step = self._snapshot = None
         self.health.save_ended(now)
@@ -107,11 +116,10 @@ class Progress:
             self._publish_budgets()
             if committed is None:
                 self.metrics.failed()
-            elif not committed.get("reused"):
-                self.metrics.committed(committed.get("step"), committed.get("seconds"), at)
-        if self.interval is None or committed is None or committed.get("reused"):
+            elif not committed.reused:
+                self.metrics.committed(committed.step, committed.seconds, at)
+        if self.interval is None or committed is None or committed.reused:
             return
-        seconds = committed.get("seconds")
         # A background save cost training only its snapshot, even when no step was reported
         # while it ran (slow steps); any other save stalled it when no step was reported.
         if snapshot is not None:
@@ -120,7 +128,7 @@ class Progress:
             stall = now - began
         else:
             stall = 0.0
-        self._retime(self.interval.saved(stall, seconds if isinstance(seconds, float) else None))
+        self._retime(self.interval.saved(stall, committed.seconds))
 
     def failure(self) -> None:
         """A crash, a hang or a preemption: the interval may shorten."""

@@ -22,18 +22,21 @@ import os
 import queue
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ckptd import exit_codes, log
+from ckptd.channel import messages
 from ckptd.channel.checkpoint_desk import CheckpointDesk, file_request_is_stale
 from ckptd.channel.job_channel import JobChannel, Peer
-from ckptd.channel.rank_group import incomplete
 from ckptd.config import JobConfig
+from ckptd.control.commands import execute
 from ckptd.control.server import ControlServer, ReplyError, Waiter
 from ckptd.events import EventLog
+from ckptd.guard import Divergence, EarlyStop, EarlyStopRule
 from ckptd.process.restart_policy import ExitStatus, RestartPolicy
 from ckptd.process.trainer import LaunchError, Trainer
 from ckptd.progress.health import Overdue, dump_stacks, stacks_file
@@ -46,18 +49,22 @@ from ckptd.run_dir import STOP_FILE, Orphan, RunDir
 from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
+from ckptd.storage.branches import GoBackError, check_target, target_of
 from ckptd.storage.job_identity import node_group
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
+from ckptd.supervisor.divergence import DivergenceGuard, GiveUp, loss_field
 from ckptd.supervisor.ending import StopEnding
 from ckptd.supervisor.launcher import Launcher, Prepared
 from ckptd.supervisor.preemption import Preemption
+from ckptd.supervisor.signatures import Signed, sign_then_upload, signer_of
 from ckptd.supervisor.states import JobState, check_transition
+from ckptd.supervisor.status import status_of
 from ckptd.supervisor.stops import Intent, Step, Stop
 from ckptd.supervisor.systemd import Notifier
-from ckptd_client.manifest import remove_temporaries
-from ckptd_client.store import Checkpoint, bytes_in_progress, scan
+from ckptd_client.manifest import checkpoint_name, remove_temporaries
+from ckptd_client.store import Checkpoint, bytes_in_progress, inspect, scan
 
 if TYPE_CHECKING:
     from ckptd.storage.remote.outcomes import Outcome
@@ -68,8 +75,8 @@ if TYPE_CHECKING:
 # cap is only a safety net, so that nothing waits on a moment that was never counted.
 _MAX_SLEEP = 60.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
-_TRAINING_AT = frozenset({"hello", "step", "started", "bye"})  # messages whose step is training's
-_MAX_STALL = 86_400.0  # a snapshot said to have held training up longer is not a measurement
+# messages whose step is training's
+_TRAINING_AT = (messages.Hello, messages.StepReport, messages.Started, messages.Bye)
 # How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
 # a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
 # client is still importing its way to connect().
@@ -114,6 +121,14 @@ class Arbiter:
                 group=node_group(config.job_id, config.command),
             )  # fmt: skip
         self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
+        self.signer = signer_of(config.integrity)  # the key stays in the daemon
+        self.pinned: Path | None = None  # gone back to: never pruned in this run
+        self.guard = DivergenceGuard(config.guard) if config.guard.active else None
+        self.diverged: str | None = None  # the job stopped for good after a divergence
+        self.early_stop: EarlyStop | None = None  # rebuilt from the checkpoints at each launch
+        self.stopped_early = False
+        if config.resume_from:
+            self.launcher.go_back = target_of(config.checkpoint_dir, config.resume_from)
         self.background = Background(self.post)
         self.ending = StopEnding(
             events, self.background, self.remote, config.slurm.requeue_command,
@@ -255,7 +270,7 @@ class Arbiter:
             if isinstance(item, Finished):
                 self._guarded(self._on_finished, item)
             elif isinstance(item, Request):
-                self._guarded(self._on_request, item)
+                self._guarded(self._answer, item)
             else:
                 self._guarded(self._on_remote, item)
 
@@ -303,19 +318,46 @@ class Arbiter:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _on_request(self, request: Request) -> None:
+    def _answer(self, request: Request) -> None:
+        """Decide on one request; a control command's is answered (or kept, with ``wait``)."""
+        reply_to = request.reply_to
+        if reply_to is None:
+            self._on_request(request)
+            return
+        try:
+            result = self._on_request(request)
+        except ReplyError as exc:
+            reply_to.fail(exc.code, str(exc))
+            return
+        except Exception as exc:  # a bug: the command's answer says so, supervision goes on
+            reply_to.fail("internal_error", f"{type(exc).__name__}: {exc}")
+            raise
+        if not request.wait:
+            reply_to.reply(result)
+
+    def _on_request(self, request: Request) -> Any:
+        """The one place every request is decided, wherever it came from; returns the answer
+        a control command gets (ReplyError: the command cannot act now)."""
         action = request.action
         if action is Action.CHECKPOINT:
-            self._request_checkpoint(request)
-        elif action is Action.STOP:
-            if self.stop is not None and self.stop.intent is Intent.STOP:
-                if request.origin is Origin.SIGNAL:
-                    self._stop_now(request.reason)  # a second SIGTERM/SIGINT: wait no longer
-                else:
-                    self.stop.origins.add(request.origin)
-            else:
-                self._begin_stop(request, Intent.STOP)
-        elif action is Action.STOP_NOW:
+            return self._request_checkpoint(request, _waiter(request))
+        if action is Action.STOP:
+            already = self.stop is not None and self.stop.intent is Intent.STOP
+            if already and request.origin is Origin.SIGNAL:
+                self._stop_now(request.reason)  # a second SIGTERM/SIGINT: wait no longer
+            else:  # a stop under way takes it in (Stop.supersede)
+                self._begin_stop(request, Intent.STOP, save=request.save, waiter=_waiter(request))
+            return {"stopping": True, "already": True} if already else {"stopping": True}
+        if action is Action.RESTART:
+            if self.stop is not None:
+                raise ReplyError(
+                    "not_running", f"a {self.stop.intent.value} is already in progress"
+                )
+            if not self._job_alive():
+                raise ReplyError("not_running", f"no job process is running ({self.state.value})")
+            self._begin_stop(request, Intent.RESTART)
+            return {"restarting": True}
+        if action is Action.STOP_NOW:
             self._stop_now(request.reason)
         elif action is Action.PREEMPT:
             self._on_preemption(request)
@@ -323,12 +365,13 @@ class Arbiter:
             self._begin_stop(request, Intent.STOP, requeue=True)
         elif action is Action.WAKE:  # SIGCHLD: the job (or an orphan it left) changed state
             self._check_child()
+        return None
 
     def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
         if self.stop is not None or self.state is JobState.EXITED:
-            if waiter is not None:
+            if request.reply_to is not None:
                 raise ReplyError("not_running", f"the job is {self.state.value}")
             return None
         result = self.desk.request(request, self.trainer if self._job_alive() else None, waiter)
@@ -389,40 +432,35 @@ class Arbiter:
     # -- control commands ----------------------------------------------------------------
 
     def _dispatch(self, command: str, args: Any, waiter: Waiter) -> None:
-        from ckptd.control.commands import execute
-
         execute(self, command, args, waiter)
 
-    def control_checkpoint(self, waiter: Waiter | None) -> Any:
-        from ckptd.control.commands import LATER
+    @property
+    def job_name(self) -> str:
+        return self.config.name
 
-        request = Request(Action.CHECKPOINT, Origin.CONTROL, "control")
-        result = self._request_checkpoint(request, waiter)
-        return LATER if waiter is not None and not waiter.done else result
-
-    def control_stop(self, save: bool, waiter: Waiter | None) -> Any:
-        from ckptd.control.commands import LATER
-
-        if self.stop is not None and self.stop.intent is Intent.STOP:
-            if waiter is not None:
-                self.stop.waiters.append(waiter)
-                return LATER
-            return {"stopping": True, "already": True}
-        request = Request(Action.STOP, Origin.CONTROL, "control")
-        self._begin_stop(request, Intent.STOP, save=save, waiter=waiter)
-        return LATER if waiter is not None and not waiter.done else {"stopping": True}
-
-    def control_restart(self) -> Any:
+    def control_rollback(self, step: int) -> Any:
+        """Final save of the current state, then a relaunch from checkpoint ``step``; the newer
+        checkpoints (that final save included) are set aside, not deleted."""
+        if self.remote is not None:
+            raise ReplyError("bad_arguments", "rollback is not supported with a remote store yet")
         if self.stop is not None:
             raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
         if not self._job_alive():
             raise ReplyError("not_running", f"no job process is running ({self.state.value})")
-        self._begin_stop(Request(Action.STOP, Origin.CONTROL, "restart"), Intent.RESTART)
-        return {"restarting": True}
+        target = target_of(self.config.checkpoint_dir, str(step))
+        try:
+            check_target(target)
+        except GoBackError as exc:
+            raise ReplyError("no_checkpoint", str(exc)) from None
+        if not inspect(target, full=False).valid:
+            raise ReplyError("no_checkpoint", f"{target} is not a valid checkpoint")
+        self.launcher.go_back = target
+        self.pinned = target  # the final save's retention must not prune it
+        request = Request(Action.STOP, Origin.CONTROL, f"rollback to step {step}")
+        self._begin_stop(request, Intent.RESTART)
+        return {"rolling_back": True, "step": step, "path": str(target)}
 
     def status(self) -> dict[str, Any]:
-        from ckptd.control.status import status_of
-
         return status_of(self)
 
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -552,9 +590,12 @@ class Arbiter:
         self.exit_code = stop.exit_code(stop.status, self.config.stop_signal)
         if self.fenced:
             self.exit_code = exit_codes.FENCED
+        elif self.diverged is not None:
+            self.exit_code = exit_codes.DIVERGED
+        why = "fenced" if self.fenced else "diverged" if self.diverged is not None else None
         self.events.emit(
             "job.stopped",
-            why="fenced" if self.fenced else None,
+            why="early_stop" if self.stopped_early and why is None else why,
             reason=stop.reason,
             final_checkpoint=stop.committed,
             final_remote=None if self.remote is None else stop.committed and not stop.local_only,
@@ -614,9 +655,26 @@ class Arbiter:
         if prepared.remote_error is not None:
             self.events.emit("remote.unreachable", level="warning", error=prepared.remote_error)
         resume = prepared.resume
+        if prepared.went_back is not None:
+            went = prepared.went_back
+            self.pinned = went.path
+            self.events.emit(
+                "job.rolled_back",
+                step=went.step,
+                path=str(went.path),
+                chosen=str(went.chosen),
+                branch=str(went.set_aside.branch) if went.set_aside.branch else None,
+                set_aside=[p.name for p in went.set_aside.moved],
+            )
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
         self.resumed_from = resume
+        if self.config.guard.monitor is not None:  # what the checkpoints on disk say so far
+            rule = EarlyStopRule(
+                self.config.guard.monitor, self.config.guard.mode, self.config.guard.patience
+            )
+            history = [(c.step, c.metrics) for c in scan(self.config.checkpoint_dir) if c.valid]
+            self.early_stop = EarlyStop.from_history(rule, history)
         if resume is not None:
             self.desk.note_progress(resume.step)
             self.newest_verified = resume.path
@@ -756,7 +814,7 @@ class Arbiter:
                 return  # stopped while preparing (its ending may still run): no launch
             if finished.error is not None:
                 self.events.emit("job.launch_failed", level="error", error=str(finished.error))
-                unusable = isinstance(finished.error, RemoteUnusable)
+                unusable = isinstance(finished.error, (RemoteUnusable, GoBackError))
                 self.exit_code = exit_codes.USAGE if unusable else exit_codes.FAILED
                 self._transition(JobState.EXITED)
                 return
@@ -767,6 +825,8 @@ class Arbiter:
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
+        elif finished.tag == "signed":
+            self._on_signed(finished)
         elif finished.tag in ("flushed", "requeued") and self.stop is not None:
             self.ending.finished(self.stop, finished)
             self._continue_stop(self.stop)
@@ -787,6 +847,27 @@ class Arbiter:
         elif isinstance(outcome, RemoteAhead) and self._job_alive() and self.stop is None:
             request = Request(Action.STOP, Origin.REMOTE, "remote ahead")
             self._begin_stop(request, Intent.RESTART, save=False)
+
+    def _on_signed(self, finished: Finished) -> None:
+        if finished.error is not None:  # a bug of the library's: the upload did not happen
+            self.events.emit("checkpoint.sign_failed", level="error", error=str(finished.error))
+            return
+        signed: Signed = finished.result
+        if signed.error is not None:
+            self.events.emit(
+                "checkpoint.sign_failed",
+                level="warning",
+                path=str(signed.path),
+                step=signed.step,
+                error=signed.error,
+            )
+        else:
+            self.events.emit(
+                "checkpoint.signed",
+                path=str(signed.path),
+                step=signed.step,
+                seconds=round(signed.seconds, 3),
+            )
 
     def _on_pruned(self, finished: Finished) -> None:
         if finished.error is not None:
@@ -852,36 +933,40 @@ class Arbiter:
 
     # -- messages from the job -----------------------------------------------------------
 
-    def _on_client(self, peer: Peer, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        step = message.get("step")
+    def _on_client(self, peer: Peer, message: messages.ClientMessage) -> None:
         now = time.monotonic()
-        if self.progress.reported(step, now, training_at=kind in _TRAINING_AT):
+        training_at = isinstance(message, _TRAINING_AT)
+        if self.progress.reported(message.step, now, training_at=training_at):
             self._check_slow(now)
-        if not peer.known and kind != "bye":
+        if not peer.known and not isinstance(message, messages.Bye):
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
             self.desk.client_connected(peer)
             if self.stop is not None and self.desk.in_flight_final:
                 self.stop.client_took_request()
-        if kind == "started":
-            stall = _reported_stall(message.get("stall"))
+        guarded = self.guard is not None and self.stop is None
+        if isinstance(message, messages.StepReport) and guarded:
+            assert self.guard is not None
+            diverged = self.guard.observe(message.step, message.loss)
+            if diverged is not None:
+                self._on_diverged(diverged)
+        if isinstance(message, messages.Started):
+            stall, ids = message.stall, message.ids
             self.progress.save_started(now, stall)
-            ids = message.get("ids") or []
             fields: dict[str, Any] = {"stall": round(stall, 6)} if stall is not None else {}
             self.events.emit(
                 "checkpoint.started",
                 request_id=ids[0] if ids else None,
-                request_ids=ids,
+                request_ids=list(ids),
                 pid=peer.pid,
                 rank=peer.rank,
                 **fields,
             )
-        elif kind == "propose":
+        elif isinstance(message, messages.Propose):
             self.desk.on_propose(peer, message)
-        elif kind == "written":
+        elif isinstance(message, messages.Written):
             self.desk.on_written(peer, message)
-        elif kind == "committed":
+        elif isinstance(message, messages.Committed):
             ack = self.desk.on_committed(peer, message)
             at = self.desk.last_commit["time"] if self.desk.last_commit else None
             self.progress.save_ended(now, message, at)  # the metrics' age is status's
@@ -891,16 +976,69 @@ class Arbiter:
                 self.stop.committed = True
             if self.stop is None:
                 self.timer.reset(now)
-            if not message.get("reused"):
-                self._prune(message.get("path"), message.get("step"))
-        elif kind == "incomplete":  # a step some node lacks: the job resumes from an older one
-            self.events.emit("checkpoint.incomplete", level="warning", **incomplete(message))
-        elif kind == "failed":
+            if not message.reused:
+                self._prune(message.path, message.step)
+                self._watch_metrics(message.step, message.metrics)
+        elif isinstance(message, messages.Incomplete):  # the job resumes from an older step
+            self.events.emit(
+                "checkpoint.incomplete",
+                level="warning",
+                rank=peer.rank,
+                step=message.step,
+                missing=list(message.missing),
+                resume_step=message.resume_step,
+            )
+        elif isinstance(message, messages.Failed):
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
             if ack.final and self.stop is not None:
                 self.stop.failed = True
         self._sync_checkpointing()
+
+    def _watch_metrics(self, step: Any, metrics: Any) -> None:
+        """Early stopping: after ``patience`` commits without improvement, a final save and
+        the end of the job (``job.stopped {why: early_stop}``)."""
+        watch = self.early_stop
+        if watch is None or not isinstance(step, int) or not isinstance(metrics, dict):
+            return
+        decision = watch.observe(step, metrics)
+        if decision.stop and self.stop is None and self._job_alive():
+            self.stopped_early = True
+            self.events.emit(
+                "job.early_stop",
+                reason=decision.reason,
+                best_step=decision.state.best_step,
+                best=decision.state.best,
+            )
+            self._begin_stop(Request(Action.STOP, Origin.TIMER, "early stop"), Intent.STOP)
+
+    def _on_diverged(self, divergence: Divergence) -> None:
+        """Stop the job without saving its diverged state; relaunch from before it, or end."""
+        assert self.guard is not None
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
+        decision = self.guard.decide(divergence, steps, self.remote is not None)
+        fields: dict[str, Any] = {
+            "step": divergence.step,
+            "loss": loss_field(divergence.loss),
+            "rule": divergence.rule,
+            "detail": divergence.detail,
+        }
+        request = Request(Action.STOP, Origin.TIMER, "diverged")
+        if isinstance(decision, GiveUp):
+            self.diverged = decision.reason
+            self.events.emit("job.diverged", level="error", **fields, action="stop",
+                             why=decision.reason)  # fmt: skip
+            self._begin_stop(request, Intent.STOP, save=False)
+            return
+        target = self.config.checkpoint_dir / checkpoint_name(decision.resume_step or 0)
+        self.launcher.go_back = target
+        self.launcher.skip_steps = self.guard.skip_text
+        self.pinned = target
+        self.events.emit(
+            "job.diverged", level="warning", **fields, action="rollback",
+            resume_step=decision.resume_step, skip=decision.skip.text(), depth=decision.depth,
+        )  # fmt: skip
+        self._begin_stop(request, Intent.RESTART, save=False)
 
     def _on_hang(self, overdue: Overdue) -> None:
         """Dump every thread's stack of every process of the job (off the loop), then stop it."""
@@ -932,14 +1070,25 @@ class Arbiter:
         self.progress.failure()
         self._begin_stop(Request(Action.STOP, Origin.TIMER, "hang"), Intent.HANG)
 
-    def _prune(self, committed: Any, step: Any) -> None:
+    def _prune(self, committed: str | None, step: int | None) -> None:
         """Retention after a commit, off the loop; never the newest verified checkpoint, nor
         one newer than the newest remote one (the only copy)."""
-        if isinstance(committed, str) and Path(committed).parent == self.config.checkpoint_dir:
-            self.newest_verified = Path(committed)
-            if self.remote is not None and isinstance(step, int):
-                self.remote.submit(Path(committed), step)
+        if committed is not None and Path(committed).parent == self.config.checkpoint_dir:
+            path = Path(committed)
+            self.newest_verified = path
+            upload = None
+            if self.remote is not None and step is not None:
+                upload = partial(self.remote.submit, path, step)
+            if self.signer is not None:  # signed first: model.sig goes up before ckptd.json
+                signer = self.signer
+                self.background.submit(
+                    "signed", lambda: sign_then_upload(signer, path, step, upload)
+                )
+            elif upload is not None:
+                upload()
         protect = [self.resumed_from.path] if self.resumed_from else []
+        if self.pinned is not None:
+            protect.append(self.pinned)
         if self.newest_verified is not None:
             protect.append(self.newest_verified)
         directory, rules, remote = self.config.checkpoint_dir, self.rules, self.remote
@@ -951,12 +1100,10 @@ class Arbiter:
         self.background.submit("pruned", prune)
 
 
-def _reported_stall(value: Any) -> float | None:
-    """A background save's snapshot stall as its client reported it; None unless a number of
-    seconds in [0, a day] (NaN, infinities and huge integers included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if 0 <= value <= _MAX_STALL else None
+def _waiter(request: Request) -> Waiter | None:
+    """The control waiter a request keeps to answer once it is done (``wait``), else None."""
+    reply_to = request.reply_to
+    return reply_to if request.wait and isinstance(reply_to, Waiter) else None
 
 
 def _sleep_ms(due: float | None) -> int:

@@ -14,16 +14,19 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 
 from ckptd.config import JobConfig
+from ckptd.integrity.signer import remove_signature_temporaries
 from ckptd.process.trainer import Trainer
 from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
-from ckptd.storage import node_parts, retention
+from ckptd.storage import retention
+from ckptd.storage.branches import GoBackError, SetAside, bring_back, check_target, set_aside_newer
 from ckptd.storage.job_identity import node_group
+from ckptd.supervisor.signatures import signature_problem, verifier_of
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
 from ckptd_client.manifest import (
@@ -33,7 +36,8 @@ from ckptd_client.manifest import (
     read_manifest,
     remove_temporaries,
 )
-from ckptd_client.store import Checkpoint, newest_valid, scan
+from ckptd_client.skip_steps import ENV_SKIP_STEPS
+from ckptd_client.store import Checkpoint, inspect, newest_valid, scan
 
 if TYPE_CHECKING:
     from ckptd.supervisor.remote_copy import (
@@ -63,6 +67,17 @@ class Prepared:
     remote_rejected: list[Checkpoint] = field(default_factory=list)
     remote_error: str | None = None
     lineage: str = ""  # CKPTD_LINEAGE: inherited from the resume point, or new
+    went_back: WentBack | None = None  # resumed from a chosen checkpoint, not the newest
+
+
+@dataclass(frozen=True)
+class WentBack:
+    """A launch from a chosen checkpoint (``--resume-from``, ``rollback``)."""
+
+    step: int
+    path: Path
+    chosen: Path  # as named (a branch's path when it was brought back)
+    set_aside: SetAside
 
 
 class Launcher:
@@ -74,6 +89,9 @@ class Launcher:
         self.endpoint = endpoint
         self.remote = remote
         self.attempt = -1
+        self.verifier = verifier_of(config.integrity)
+        self.go_back: Path | None = None  # the next launch resumes from this checkpoint
+        self.skip_steps = ""  # CKPTD_SKIP_STEPS: set after a divergence, for every later launch
         # The nodes of one multi-node job start one lineage (each node's parts are one history).
         group = node_group(config.job_id, config.command)
         self.fresh_lineage = None if group is None else shared_lineage(config.name, group)
@@ -88,21 +106,29 @@ class Launcher:
         strays = self._take_job_lock()
         removed = remove_temporaries(self.config.checkpoint_dir)
         removed += retention.sweep_pruned(self.config.checkpoint_dir)
-        rejected: list[Checkpoint] = []
-        resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
+        removed += remove_signature_temporaries(self.config.checkpoint_dir)
+        quarantined: list[Quarantined] = []
+        went_back = None
+        resume: Checkpoint | None
+        if self.go_back is not None:
+            target, self.go_back = self.go_back, None
+            resume, went_back = self._go_back(target)
+        else:
+            resume = self._newest_trusted(quarantined)
         prepared = Prepared(
             resume,
             removed,
-            [_quarantine(bad) for bad in rejected],
+            quarantined,
             strays,
             lineage=_lineage(resume, self.fresh_lineage),
+            went_back=went_back,
         )
-        if self.remote is None:
+        if self.remote is None or went_back is not None:
             return prepared
         # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first;
         # on several nodes, one newer than the newest this node has for the whole job.
         anchor = resume if self.fresh_lineage is None else newest_whole(self.config.checkpoint_dir)
-        fetched = self.remote.prepare(self.config.checkpoint_dir, anchor)
+        fetched = self.remote.prepare(self.config.checkpoint_dir, anchor, self.signature_problem)
         if fetched.checkpoint is not None and (
             resume is None or fetched.checkpoint.step >= resume.step
         ):
@@ -117,6 +143,39 @@ class Launcher:
             remote_rejected=fetched.rejected,
             remote_error=fetched.error,
         )
+
+    def signature_problem(self, path: Path) -> str | None:
+        """Why ``path`` may not be resumed under ``verify_key`` (None: it may, or no key)."""
+        return signature_problem(self.verifier, path)
+
+    def _go_back(self, target: Path) -> tuple[Checkpoint, WentBack]:
+        """Resume from ``target`` (verified in full, and its signature with ``verify_key``);
+        every newer checkpoint is set aside first. Raises GoBackError, nothing moved."""
+        check_target(target)
+        checked = inspect(target, full=True)
+        if not checked.valid:
+            raise GoBackError(f"{target} does not verify: {checked.reason}")
+        if (problem := self.signature_problem(target)) is not None:
+            raise GoBackError(f"{target}: {problem}")
+        aside = set_aside_newer(self.config.checkpoint_dir, checked.step)
+        home = bring_back(target, self.config.checkpoint_dir)
+        return replace(checked, path=home), WentBack(checked.step, home, target, aside)
+
+    def _newest_trusted(self, quarantined: list[Quarantined]) -> Checkpoint | None:
+        """The newest checkpoint that verifies in full, and whose signature verifies when
+        ``verify_key`` is set; each one that fails is moved aside (into ``quarantined``)."""
+        while True:
+            rejected: list[Checkpoint] = []
+            resume = newest_valid(self.config.checkpoint_dir, rejected=rejected)
+            quarantined += [_quarantine(bad) for bad in rejected]
+            problem = None if resume is None else self.signature_problem(resume.path)
+            if problem is None:
+                return resume
+            assert resume is not None
+            moved = _quarantine(replace(resume, valid=False, reason=problem))
+            quarantined.append(moved)
+            if moved.moved_to is None:  # cannot be moved: never resumed; older ones are not
+                return None  # tried either, so that a failing rename cannot loop forever
 
     def start(self, prepared: Prepared) -> Trainer:
         """Spawn the job (its own session; it inherits the job lock). Raises LaunchError."""
@@ -154,13 +213,9 @@ class Launcher:
             protocol.ENV_CHECKPOINT_MODE: self.config.checkpoint_mode or "",
             protocol.ENV_REPORT_EVERY: f"{report_interval(self.config):g}",
             protocol.ENV_LINEAGE: lineage or new_lineage_id(),
+            ENV_SKIP_STEPS: self.skip_steps or self.config.env.get(ENV_SKIP_STEPS, ""),
             ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }
-
-    def nodes_status(self) -> dict[str, Any] | None:
-        """A multi-node job: the newest step in this node's directory, the ranks' parts it
-        holds, and the newest step there complete for the whole job; None on one node."""
-        return node_parts.summary(self.config.checkpoint_dir)
 
     def _take_job_lock(self) -> list[int]:
         """The lock the job inherits; stray holders from an earlier job are killed first."""

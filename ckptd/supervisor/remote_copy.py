@@ -99,7 +99,12 @@ class RemoteCopy:
             progress=progress,
         )
 
-    def prepare(self, checkpoint_dir: Path, local: Checkpoint | None) -> RemoteResume:
+    def prepare(
+        self,
+        checkpoint_dir: Path,
+        local: Checkpoint | None,
+        refuse: Callable[[Path], str | None] = lambda path: None,
+    ) -> RemoteResume:
         """At the first launch: take the lease, download a newer remote checkpoint if any.
 
         Blocking (network, a full verification); run it off the loop. The returned
@@ -108,6 +113,7 @@ class RemoteCopy:
         Later launches (restarts) return at once: everything remote since came from here,
         and a remote that is down must not delay a relaunch; except after the remote was
         found ahead of the job (``remote.ahead``), when this launch resumes from it.
+        ``refuse`` (the signature check) judges each download before it is put in place.
         """
         if self._prepared and self.uploader.held is None:
             return RemoteResume(newest_remote_step=self.uploader.newest_remote_step)
@@ -129,6 +135,7 @@ class RemoteCopy:
             newer_than=local.step if local is not None else -1,
             timeout=self.storage.upload_timeout,
             list_timeout=self.probe_timeout,
+            refuse=refuse,
         )
         self._catalog = result.catalog if result.error is None else None
         return result

@@ -1,7 +1,8 @@
 """Where a client's requests come from: the daemon's job channel, or stand-ins when standalone.
 
-Each channel runs one daemon thread that turns what it sees into calls of
-``Client._on_request``; the training thread only ever reads flags.
+Each channel runs one daemon thread that turns what it sees (a frame from the daemon, a
+signal, a file) into a typed message and posts it to its :class:`~._messages.Inbox`;
+the training thread only ever reads flags.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import protocol
-from ._group import Group, Outcome
-
-if TYPE_CHECKING:
-    from ._client import Client
+from ._group import Group
+from ._messages import CheckpointRequested, Inbox, StopRequested, parse
 
 HEARTBEAT_INTERVAL = 0.1  # between step reports, unless the daemon says (CKPTD_REPORT_EVERY)
 _REPORT_EVERY_MAX = 60.0
@@ -96,12 +95,12 @@ class DaemonChannel:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._wake = _WakePipe()
-        self._client: Client | None = None
+        self._inbox: Inbox | None = None
 
-    def start(self, client: Client) -> None:
-        self._client = client
+    def start(self, inbox: Inbox) -> None:
+        self._inbox = inbox
         self._thread = threading.Thread(
-            target=self._run, args=(client,), name="ckptd-client", daemon=True
+            target=self._run, args=(inbox,), name="ckptd-client", daemon=True
         )
         self._wake.hold()
         self._thread.start()
@@ -115,20 +114,20 @@ class DaemonChannel:
 
         The goodbye carries the last step, which the rate-limited heartbeat may not have sent.
         """
-        self.send("bye", step=self._client._step if self._client is not None else None)
+        self.send("bye", step=self._inbox.progress() if self._inbox is not None else None)
         self._closing = True
         self._wake.poke()
         if self._thread is not None:
             self._thread.join(timeout=JOIN_TIMEOUT)
         self._wake.release()
 
-    def _run(self, client: Client) -> None:
+    def _run(self, inbox: Inbox) -> None:
         try:
-            self._serve(client)
+            self._serve(inbox)
         finally:
             self._wake.release()
 
-    def _serve(self, client: Client) -> None:
+    def _serve(self, inbox: Inbox) -> None:
         import zmq  # imported here so a standalone script never loads libzmq
 
         context = zmq.Context()
@@ -142,14 +141,16 @@ class DaemonChannel:
             else {}
         )
         sock.send(
-            protocol.encode("hello", pid=os.getpid(), rank=self.rank, step=client._step, **sizes)
+            protocol.encode(
+                "hello", pid=os.getpid(), rank=self.rank, step=inbox.progress(), **sizes
+            )
         )
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake.read_fd, zmq.POLLIN)
         # The hello carried the step; the first new one is reported at once, later ones at
         # most every report_every: each report wakes the daemon.
-        sent_step, sent_at = client._step, -math.inf
+        sent_step, sent_at = inbox.progress(), -math.inf
         nodes = bool(self.group and self.group.nodes)
         poll_ms = _NODES_POLL_MS if nodes else _POLL_MS
         wait_ms = poll_ms
@@ -159,7 +160,7 @@ class DaemonChannel:
                 if self._wake.read_fd in ready:
                     self._wake.drain()
                 if sock in ready:
-                    self._receive_all(sock, client, zmq)
+                    self._receive_all(sock, inbox, zmq)
                 while True:
                     try:
                         sock.send(self._outbox.get_nowait())
@@ -167,10 +168,12 @@ class DaemonChannel:
                         break
                 if self._closing:
                     return
-                client._poll_group()
-                step, now = client._step, time.monotonic()
+                inbox.turn()
+                step, now = inbox.progress(), time.monotonic()
                 if step != sent_step and now - sent_at >= self.report_every:
-                    sock.send(protocol.encode("step", step=step))
+                    loss = inbox.loss()  # one read: the training thread replaces the tuple
+                    sampled = {"loss": float(loss[1])} if loss and loss[0] == step else {}
+                    sock.send(protocol.encode("step", step=step, **sampled))
                     sent_step, sent_at = step, now
                 # No report can go before sent_at + report_every: no need to look sooner.
                 held = sent_at + self.report_every - now
@@ -180,40 +183,15 @@ class DaemonChannel:
             context.term()
 
     @staticmethod
-    def _receive_all(sock: Any, client: Client, zmq: Any) -> None:
+    def _receive_all(sock: Any, inbox: Inbox, zmq: Any) -> None:
         while True:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                message = protocol.decode(frame, protocol.DAEMON_TYPES)
-            except protocol.ProtocolError:
-                continue  # a daemon of another version: ignore what we cannot read
-            kind, step = message["type"], _step_or_none(message.get("step"))
-            if kind == "request":
-                joins = message.get("joins")
-                client._on_request(
-                    str(message.get("id")),
-                    str(message.get("reason", "")),
-                    _number_or_none(message.get("deadline")),
-                    bool(message.get("final")),
-                    message.get("save") is not False,
-                    joins if isinstance(joins, str) else None,
-                )
-            elif kind == "done":
-                path = message.get("path")
-                client._on_done(
-                    str(message.get("id")), path if isinstance(path, str) else None, step
-                )
-            elif step is None:
-                continue  # the group messages below all name a step
-            elif kind == "agreed":
-                client._on_agreed(str(message.get("id")), step)
-            elif kind == "commit":
-                client._on_group_outcome(step, Outcome("commit"))
-            elif kind == "aborted":
-                client._on_group_outcome(step, Outcome("aborted", error=str(message.get("error"))))
+            message = parse(frame)
+            if message is not None:  # else a daemon of another version: ignore what we cannot read
+                inbox.post(message)
 
 
 class StandaloneChannel:
@@ -237,7 +215,7 @@ class StandaloneChannel:
         self._closing = False
         self._thread: threading.Thread | None = None
 
-    def start(self, client: Client) -> None:
+    def start(self, inbox: Inbox) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 current = signal.getsignal(signum)
@@ -245,7 +223,7 @@ class StandaloneChannel:
                     self._previous[signum] = current
                     signal.signal(signum, self._on_signal)
         self._thread = threading.Thread(
-            target=self._run, args=(client,), name="ckptd-client", daemon=True
+            target=self._run, args=(inbox,), name="ckptd-client", daemon=True
         )
         self._wake.hold()
         self._thread.start()
@@ -285,23 +263,23 @@ class StandaloneChannel:
             self._stop_signalled = True
         self._wake.poke(bytes([signum]))
 
-    def _run(self, client: Client) -> None:
+    def _run(self, inbox: Inbox) -> None:
         try:
-            self._serve(client)
+            self._serve(inbox)
         finally:
             self._wake.release()
 
-    def _serve(self, client: Client) -> None:
+    def _serve(self, inbox: Inbox) -> None:
         while not self._closing:
             readable, _, _ = select.select([self._wake.read_fd], [], [], _FILE_POLL_SECONDS)
             for signum in self._wake.drain() if readable else b"":
                 if signum == signal.SIGUSR1:
-                    client._on_request(uuid.uuid4().hex, "SIGUSR1", None, False)
+                    inbox.post(CheckpointRequested(uuid.uuid4().hex, "SIGUSR1"))
                 elif signum:
-                    client._on_request(uuid.uuid4().hex, signal.Signals(signum).name, None, True)
-            self._poll_files(client)
+                    inbox.post(StopRequested(uuid.uuid4().hex, signal.Signals(signum).name))
+            self._poll_files(inbox)
 
-    def _poll_files(self, client: Client) -> None:
+    def _poll_files(self, inbox: Inbox) -> None:
         if self.run_dir is None:
             return
         new_request = None
@@ -309,11 +287,11 @@ class StandaloneChannel:
             if self._file_request is None and os.path.lexists(self.run_dir / "CHECKPOINT"):
                 self._file_request = new_request = uuid.uuid4().hex
         if new_request is not None:  # outside the lock: acknowledging it may call send()
-            client._on_request(new_request, "CHECKPOINT file", None, False)
+            inbox.post(CheckpointRequested(new_request, "CHECKPOINT file"))
         if not self._stop_signalled and os.path.lexists(self.run_dir / "STOP"):
             self._stop_signalled = True
             _remove_quietly(self.run_dir / "STOP")
-            client._on_request(uuid.uuid4().hex, "STOP file", None, True)
+            inbox.post(StopRequested(uuid.uuid4().hex, "STOP file"))
 
 
 def _remove_quietly(path: Path) -> None:
@@ -331,15 +309,3 @@ def report_every(env: Mapping[str, str]) -> float:
     except ValueError:
         return HEARTBEAT_INTERVAL
     return seconds if 0 < seconds <= _REPORT_EVERY_MAX else HEARTBEAT_INTERVAL
-
-
-def _step_or_none(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
-def _number_or_none(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None

@@ -1,199 +1,183 @@
-"""The rank-group half of the client: the agreed step and the one shared directory per save.
+"""The saves of one rank of a torchrun group: the agreed step and the one shared directory.
 
-Mixed into :class:`~ckptd_client._client.Client`; these methods run only when the
-process is a rank of a torchrun group (``_rounds`` is set), see ``_group``.
+:class:`GroupSaves` is the client's collaborator when the process is a rank of a group
+(see ``_group``): the channel's thread hands it the requests and the daemon's round
+messages; the training (or saving) thread asks it what is due and runs each
+:class:`GroupSave`. What ends a round or a save is settled with the client's decisions,
+which tell the daemon (``started``, ``committed``, ``failed``); the round's own
+messages (``propose``, ``written``) go out through the channel directly.
 """
 
 from __future__ import annotations
 
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import manifest
-from ._group import Outcome, Rounds
+from ._decisions import Commit, GroupSaveEnded, GroupSaveStarted, JoinRound
+from ._group import Group, Outcome, Rounds
+from ._group_store import StoreRounds
+from ._messages import Aborted, Agreed, CommitOrdered, DaemonMessage, Done
+from ._save import Settle, describe
 
-if TYPE_CHECKING:
-    from ._client import Channel
+Send = Callable[..., None]  # the channel's send(kind, **fields)
 
 
 class GroupSaves:
-    """Saves of a rank group; the attributes are the client's own (see ``Client.__init__``)."""
+    """This rank's side of the group's checkpoint rounds."""
 
-    checkpoint_dir: Path
-    lineage: manifest.Lineage
-    _channel: Channel
-    _lock: threading.Lock
-    _rounds: Rounds | None
-    _step: int | None
-    _stop_ready: bool
-    _last_commit: dict[str, Any] | None
-    _async_error: BaseException | None
-    _in_flight: threading.Thread | None
-    _final_in_flight: bool
+    @classmethod
+    def of(
+        cls,
+        group: Group,
+        send: Send,
+        step: Callable[[], int | None],
+        checkpoint_dir: Path,
+        lineage: manifest.Lineage,
+        settle: Settle,
+    ) -> GroupSaves:
+        """The saves of ``group``'s rank; ranks on several nodes agree through the store."""
+        kind = StoreRounds if group.nodes else Rounds
+        return cls(kind(group, send, step), send, checkpoint_dir, lineage, settle)
 
-    @property
-    def in_group(self) -> bool:
-        """This process is one rank of a torchrun group (``WORLD_SIZE`` > 1) under ckptd."""
-        return self._rounds is not None
+    def __init__(
+        self,
+        rounds: Rounds,
+        send: Send,
+        checkpoint_dir: Path,
+        lineage: manifest.Lineage,
+        settle: Settle,
+    ) -> None:
+        self.rounds = rounds
+        self._send = send
+        self._checkpoint_dir = checkpoint_dir
+        self._lineage = lineage
+        self._settle = settle
+
+    # -- the channel's thread (under the client's lock) ---------------------------------
+
+    def join(self, request: JoinRound) -> bool:
+        """Take a request into a round; True when a save here has answered it already."""
+        return self.rounds.on_request(request.id, request.final, request.save, request.joins)
+
+    def hear(self, message: DaemonMessage) -> bool:
+        """Take the daemon's word on a round; True when that ended a final round."""
+        rounds = self.rounds
+        if isinstance(message, Agreed):
+            rounds.on_agreed(message.id, message.step)
+        elif isinstance(message, CommitOrdered):
+            rounds.on_outcome(message.step, Outcome("commit"))
+        elif isinstance(message, Aborted):
+            rounds.on_outcome(message.step, Outcome("aborted", error=message.error))
+        elif isinstance(message, Done):
+            if message.step is not None:  # another rank committed the shared directory
+                rounds.on_outcome(message.step, Outcome("done", message.path))
+            else:  # the daemon holds no such request any more
+                return rounds.finish([message.id])
+        return False
+
+    # -- the training (or saving) thread ------------------------------------------------
+
+    def checked(self, step: int | None) -> bool:
+        """Note the step training asks about; True when a round is open (ask ``due``)."""
+        self.rounds.checked = step  # before ``current`` is read: see Rounds.earliest
+        return self.rounds.current is not None
+
+    def due(self, step: int | None) -> tuple[bool, bool]:
+        """(save now, stop now) at ``step``; waits for the agreed step once past the proposal."""
+        return self.rounds.due(step)
 
     def shared_directory(self, step: int) -> Path:
-        """The directory every rank of the group gets from ``checkpoint(step)``, created now.
+        """The directory every rank of the group gets from ``checkpoint(step)``, created now."""
+        return self.rounds.group.shared_dir(self._checkpoint_dir, step)
 
-        For helpers that must start writing before ``checkpoint_async`` (DCP's
-        ``async_save`` plans on the calling thread); outside a group there is none.
-        """
-        if self._rounds is None:
-            raise RuntimeError("ckptd_client: shared_directory() needs torchrun's WORLD_SIZE > 1")
-        return self._rounds.group.shared_dir(self.checkpoint_dir, step)
-
-    def _round_due(self) -> bool:
-        assert self._rounds is not None
-        save, stop = self._rounds.due(self._step)
-        if stop:
-            self._stop_ready = True
+    def begin(self, step: int, *, background: bool) -> GroupSave:
+        """Claim the round due at ``step`` and make its shared directory; when this rank
+        cannot make it, the save fails on every rank (the daemon and the others are told),
+        then the error propagates."""
+        ids, final = self.rounds.claim(step)
+        save = GroupSave(
+            self.rounds, self._send, self._lineage, self._settle, step, tuple(ids), background
+        )
+        try:
+            save.directory = self.shared_directory(step)
+        except BaseException as exc:
+            save.fail(exc)
+            raise
+        self._settle(GroupSaveStarted(step, save.ids, final))
         return save
 
-    @contextmanager
-    def _group_checkpoint(
-        self, rounds: Rounds, step: int, metrics: dict[str, Any]
-    ) -> Iterator[Path]:
-        ids, _ = rounds.claim(step)
-        shared = self._shared_dir(rounds, ids, step)
-        self._channel.send("started", ids=ids, step=step)
-        began = time.monotonic()
-        try:
-            yield shared
-        except BaseException as exc:  # the others may still write: they remove the directory
-            self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
-            raise
-        self._finish_group_save(rounds, step, metrics, ids, shared, began)
+    def close(self) -> None:
+        self.rounds.close()
 
-    def _group_checkpoint_async(
+
+class GroupSave:
+    """One save of the group, as this rank takes part in it; ``fail`` or ``commit`` ends it."""
+
+    def __init__(
         self,
         rounds: Rounds,
+        send: Send,
+        lineage: manifest.Lineage,
+        settle: Settle,
         step: int,
-        write: Callable[[Path], None],
-        metrics: dict[str, Any],
+        ids: tuple[str, ...],
+        background: bool,
     ) -> None:
-        ids, final = rounds.claim(step)
-        shared = self._shared_dir(rounds, ids, step)
-        self._final_in_flight = final
-        self._channel.send("started", ids=ids, step=step)
-        self._in_flight = threading.Thread(
-            target=self._save_group_in_background,
-            args=(rounds, step, write, metrics, ids, shared),
-            name="ckptd-save",
-        )
-        self._in_flight.start()
+        self.directory = Path()  # set once made
+        self.step = step
+        self.ids = ids
+        self._background = background  # its failure is held for training to raise
+        self._rounds = rounds
+        self._send = send
+        self._lineage = lineage
+        self._settle = settle
+        self._began = time.monotonic()
 
-    def _save_group_in_background(
-        self,
-        rounds: Rounds,
-        step: int,
-        write: Callable[[Path], None],
-        metrics: dict[str, Any],
-        ids: list[str],
-        shared: Path,
-    ) -> None:
-        began = time.monotonic()
-        try:
-            try:
-                write(shared)
-            except BaseException as exc:
-                self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
-                raise
-            self._finish_group_save(rounds, step, metrics, ids, shared, began)
-        except BaseException as exc:  # reported already; raised in the training thread
-            self._async_error = exc
+    def fail(self, error: BaseException) -> None:
+        """This rank could not write its part; the others may still write: they remove it."""
+        self._end(describe(error), report=True, raised=error)
 
-    def _shared_dir(self, rounds: Rounds, ids: list[str], step: int) -> Path:
-        """The group's directory of ``step``; when this rank cannot make it, the save fails on
-        every rank (the daemon and the others are told), then the error propagates."""
-        try:
-            return rounds.group.shared_dir(self.checkpoint_dir, step)
-        except BaseException as exc:
-            self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
-            raise
-
-    def _finish_group_save(
-        self,
-        rounds: Rounds,
-        step: int,
-        metrics: dict[str, Any],
-        ids: list[str],
-        shared: Path,
-        began: float,
-    ) -> None:
+    def commit(self, metrics: dict[str, Any]) -> None:
         """This rank's part is written: wait for the others, then commit once or hear who did."""
-        self._channel.send("written", ids=ids, step=step)
+        rounds, step = self._rounds, self.step
+        self._send("written", ids=list(self.ids), step=step)
         outcome = rounds.await_outcome(step)
         if outcome.kind == "aborted":  # every rank has stopped writing by now
-            shutil.rmtree(shared, ignore_errors=True)
-            self._group_failed(rounds, ids, step, outcome.error, report=False)
-            raise manifest.CommitError(f"checkpoint of step {step} not committed: {outcome.error}")
+            shutil.rmtree(self.directory, ignore_errors=True)
+            error = manifest.CommitError(
+                f"checkpoint of step {step} not committed: {outcome.error}"
+            )
+            self._end(outcome.error, report=False, raised=error)
+            raise error
         if outcome.kind == "done":
-            path, size = Path(outcome.path or ""), 0
-            report = False
+            path, size, report = Path(outcome.path or ""), 0, False
         else:
             elsewhere = rounds.other_nodes_wrote(step)
             if elsewhere is not None:
-                shutil.rmtree(shared, ignore_errors=True)
-                self._group_failed(rounds, ids, step, f"another node: {elsewhere}", report=True)
-                raise manifest.CommitError(
-                    f"checkpoint of step {step} not committed: another node: {elsewhere}"
-                )
+                shutil.rmtree(self.directory, ignore_errors=True)
+                why = f"another node: {elsewhere}"
+                error = manifest.CommitError(f"checkpoint of step {step} not committed: {why}")
+                self._end(why, report=True, raised=error)
+                raise error
             try:
-                path, written = rounds.commit(shared, step, metrics, self.lineage)
+                path, written = rounds.commit(self.directory, step, metrics, self._lineage)
             except BaseException as exc:
-                self._group_failed(rounds, ids, step, f"{type(exc).__name__}: {exc}", report=True)
+                self.fail(exc)
                 raise
             size, report = written.size, True
-        record = commit_record(path, step, metrics, size, time.monotonic() - began)
-        with self._lock:
-            if rounds.finish(ids):
-                self._stop_ready = True
-            self._last_commit = record
-            if report:
-                self._channel.send("committed", ids=ids, **record)
+        commit = Commit(str(path), step, metrics, size, time.monotonic() - self._began)
+        final = rounds.finish(list(self.ids))
+        self._settle(GroupSaveEnded(step, self.ids, final, commit, report=report))
 
-    def _group_failed(
-        self, rounds: Rounds, ids: list[str], step: int, error: str, *, report: bool
-    ) -> None:
-        rounds.abandon(step, f"rank {rounds.group.rank}: {error}" if report else error)
-        with self._lock:
-            if rounds.finish(ids):
-                self._stop_ready = True
-            if report:
-                self._channel.send("failed", ids=ids, step=step, error=error)
-
-    # -- called by the channel thread ------------------------------------------------
-
-    def _poll_group(self) -> None:
-        if self._rounds is not None:
-            self._rounds.poll()
-
-    def _on_agreed(self, rid: str, step: int) -> None:
-        if self._rounds is not None:
-            self._rounds.on_agreed(rid, step)
-
-    def _on_group_outcome(self, step: int, outcome: Outcome) -> None:
-        if self._rounds is not None:
-            self._rounds.on_outcome(step, outcome)
-
-
-def commit_record(
-    path: Path, step: int, metrics: dict[str, Any], size: int, seconds: float, reused: bool = False
-) -> dict[str, Any]:
-    return {
-        "path": str(path),
-        "step": step,
-        "metrics": metrics,
-        "bytes": size,
-        "seconds": round(seconds, 6),
-        "reused": reused,
-    }
+    def _end(self, error: str, *, report: bool, raised: BaseException) -> None:
+        rounds = self._rounds
+        rounds.abandon(self.step, f"rank {rounds.group.rank}: {error}" if report else error)
+        final = rounds.finish(list(self.ids))
+        held = raised if self._background else None  # training raises it at its next call
+        self._settle(
+            GroupSaveEnded(self.step, self.ids, final, None, error, report=report, raised=held)
+        )

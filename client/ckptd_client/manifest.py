@@ -5,7 +5,9 @@ script wrote plus ``ckptd.json``, the manifest, written last. Commit: hash and
 fsync every file in a ``.tmp-`` directory (in parallel), write and fsync the
 manifest, fsync the directory, rename it into place, fsync the parent. A
 directory whose manifest is missing or whose files do not match it is not a
-checkpoint. The digest algorithm is recorded in the manifest (see ``_digest``).
+checkpoint. The digest algorithm is recorded in the manifest (see ``_digest``). A
+top-level ``model.sig`` that the manifest does not list is a signature added after the
+commit (see ``ckptd.integrity``): it is not part of the checkpoint's file list.
 
 Each manifest also records its :class:`Lineage`: an id that every checkpoint of one run
 history shares (a run inherits it from the checkpoint it resumed from; a fresh start gets
@@ -33,6 +35,9 @@ from typing import Any
 from . import _digest, protocol
 
 MANIFEST_NAME = "ckptd.json"
+# A detached signature the daemon may add beside the manifest after the commit (OpenSSF
+# model-signing format); verification ignores it unless the script wrote one itself.
+SIGNATURE_NAME = "model.sig"
 FORMAT_VERSION = 2  # 1: entries carry "sha256"; 2: "digest", with the algorithm in "hash"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -288,7 +293,7 @@ def verify(path: Path, *, full: bool = True) -> Verification:
     listed = {entry.path for entry in manifest.files}
     if missing := sorted(listed - on_disk):
         return Verification(False, f"missing file {missing[0]}", manifest)
-    if extra := sorted(on_disk - listed):
+    if extra := sorted(on_disk - listed - {SIGNATURE_NAME}):
         return Verification(False, f"file not in manifest: {extra[0]}", manifest)
     try:
         for entry in manifest.files:

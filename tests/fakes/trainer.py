@@ -48,6 +48,12 @@ def main() -> None:
         action="store_true",
         help="end right after the first commit, without close(): only atexit can report it",
     )
+    parser.add_argument(
+        "--bad-data-at",
+        type=int,
+        default=None,
+        help="training on this step's data makes the loss NaN from then on (unless skipped)",
+    )
     args = parser.parse_args()
 
     attempt = int(os.environ.get("CKPTD_ATTEMPT", "0") or 0)
@@ -69,6 +75,11 @@ def main() -> None:
         resume_path=str(last.path) if last else None,
     )
     start = last.step + 1 if last else 0
+    # What training did: the steps it trained on, restored from the checkpoint (state.json).
+    saved_state = last.path / "state.json" if last else None
+    trained = json.loads(saved_state.read_text()) if saved_state and saved_state.exists() else []
+    skip = ck.skip_steps()
+    poisoned = False
     for step in range(start, args.steps):
         time.sleep(args.step_time)
         if args.crash_at is not None and step == args.crash_at:
@@ -80,13 +91,21 @@ def main() -> None:
                 ctypes.PyDLL(None).sleep(3600)  # libc sleep(3) called with the GIL held
             while True:
                 time.sleep(1)
-        ck.step(step)
+        if step in skip:
+            note("skipped", step=step)
+        else:
+            trained.append(step)
+            poisoned = poisoned or step == args.bad_data_at
+        bad_loss = float(os.environ.get("FAKE_BAD_LOSS", "nan"))
+        ck.step(step, loss=bad_loss if poisoned else 1.0 / (step + 1))
         note("step", step=step)
         unasked = args.save_every and step % args.save_every == 0 and step > start
         if ck.should_checkpoint() or unasked:
 
             def write(directory, step=step) -> None:
                 (directory / "payload.bin").write_bytes(os.urandom(args.payload))
+                if args.bad_data_at is not None:  # what training did, for the guard's tests
+                    (directory / "state.json").write_text(json.dumps(trained))
                 time.sleep(args.save_time)
                 while args.save_until and not os.path.exists(args.save_until):
                     time.sleep(0.01)
@@ -117,7 +136,7 @@ def main() -> None:
             note("stop", step=step, t=time.time())
             ck.close()
             return
-    note("done", step=args.steps - 1)
+    note("done", step=args.steps - 1, trained=trained)
     ck.close()
 
 

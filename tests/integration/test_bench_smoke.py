@@ -35,6 +35,7 @@ def test_bench_quick_fills_every_row(tmp_path: Path) -> None:
         "commit of",
         "resume:",
         "save_async",
+        "signing a",
     ):
         assert any(expected in figure for figure in figures), expected
     assert all(row["ckptd"] and row["baseline"] for row in rows)

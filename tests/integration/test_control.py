@@ -185,6 +185,25 @@ def test_stop_without_checkpoint_drops_a_pending_request(job: Job) -> None:
     assert not [p for p in job.checkpoint_dir.iterdir() if p.name.startswith("step-")]
 
 
+def test_commands_during_a_file_s_stop_are_decided_as_requests(job: Job) -> None:
+    """During a STOP file's stop, `stop` joins it (already; its waiter gets the end) and
+    `checkpoint` and `restart` are refused with not_running."""
+    job.start_fake("--save-time", "10", options=("--grace", "600s"))  # the stop outlasts the calls
+    job.wait_event("client.connected")
+    (job.run_dir / "STOP").touch()
+    job.wait_event("checkpoint.started")
+    with Controller(run_dir=job.run_dir) as control:
+        for name in ("checkpoint", "restart"):
+            with pytest.raises(ControlError) as refused:
+                control.call(name)
+            assert refused.value.code == "not_running"
+        assert control.stop() == {"stopping": True, "already": True}
+        result = control.stop(wait=True, timeout=60)
+    assert result == {"stopped": True, "final_checkpoint": True, "exit_code": 0}
+    assert job.wait() == 0
+    assert [e["reason"] for e in job.events("job.stopping")] == ["STOP file"]
+
+
 def test_request_racing_the_job_s_own_end_is_not_running(job: Job, tmp_path: Path) -> None:
     """A waited-for request still held when the job finishes on its own: not_running, exit 2."""
     pids, signals = tmp_path / "pids.json", tmp_path / "signals.txt"

@@ -16,6 +16,7 @@ import zmq
 
 import ckptd_client
 from ckptd_client import protocol
+from ckptd_client._messages import Inbox
 
 from conftest import wait_for
 from stand_in_daemon import receive, stand_in_daemon
@@ -282,15 +283,15 @@ def test_standalone_connect_keeps_a_live_writers_temp_dir(tmp_path: Path, monkey
     assert not dead.exists()
 
 
-class _RecordingClient:
-    """Stands in for Client on a channel: records the requests the channel raises."""
+class _RecordingInbox:
+    """Stands in for a client's inbox on a channel: records the requests the channel posts."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
-        self._step: int | None = None
+        self.inbox = Inbox(self._post, lambda: None)
 
-    def _on_request(self, rid: str, reason: str, *args: object) -> None:
-        self.requests.append(reason)
+    def _post(self, message: object) -> None:
+        self.requests.append(getattr(message, "reason", repr(message)))
 
 
 def test_checkpoint_file_is_one_request_while_it_is_acknowledged(
@@ -301,15 +302,15 @@ def test_checkpoint_file_is_one_request_while_it_is_acknowledged(
 
     (tmp_path / "CHECKPOINT").touch()
     channel = _channels.StandaloneChannel(tmp_path)
-    client = _RecordingClient()
-    channel._poll_files(client)  # the channel thread's work, run here to order it
+    client = _RecordingInbox()
+    channel._poll_files(client.inbox)  # the channel thread's work, run here to order it
     assert client.requests == ["CHECKPOINT file"]
     racing: list[threading.Thread] = []
     remove = _channels._remove_quietly
 
     def remove_while_polling(path: Path) -> None:
         # The channel thread polls right when the acknowledgement removes the file.
-        racing.append(threading.Thread(target=channel._poll_files, args=(client,)))
+        racing.append(threading.Thread(target=channel._poll_files, args=(client.inbox,)))
         racing[0].start()
         racing[0].join(timeout=0.5)
         remove(path)
@@ -334,18 +335,12 @@ def test_close_leaves_the_wake_pipe_to_a_thread_that_outlives_the_join(
     monkeypatch.setattr(_channels, "JOIN_TIMEOUT", 0.2, raising=False)
     release = threading.Event()
 
-    class SlowClient(_RecordingClient):
-        @property
-        def _step(self) -> int:  # read by the thread before it polls
-            release.wait(30)
-            return 0
-
-        @_step.setter
-        def _step(self, value: object) -> None:
-            pass
+    def slow_progress() -> int:  # read by the thread before it polls
+        release.wait(30)
+        return 0
 
     channel = _channels.DaemonChannel(f"ipc://{tmp_path}/nobody.sock", rank=0)
-    channel.start(SlowClient())
+    channel.start(Inbox(lambda message: None, slow_progress))
     channel.close()
     thread = channel._thread
     assert thread is not None and thread.is_alive(), "the thread should still be stuck"

@@ -52,7 +52,7 @@ def test_rank_proposes_its_step_and_saves_exactly_at_the_agreed_one(
         assert ck.should_checkpoint() is False  # before the proposed step: no wait
         send(daemon_socket, identity, "agreed", id="r1", step=6)
         ck.step(5)
-        wait_for(lambda: ck._rounds.current.agreed == 6, "the agreed step")
+        wait_for(lambda: ck._group.rounds.current.agreed == 6, "the agreed step")
         assert ck.should_checkpoint() is False
         ck.step(6)
         assert ck.should_checkpoint() is True

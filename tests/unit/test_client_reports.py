@@ -79,3 +79,27 @@ def test_close_reports_the_last_step(daemon_socket: zmq.Socket) -> None:
     _, bye = receive(daemon_socket, "bye")
     assert bye["step"] == 2
     assert bye["v"] == protocol.VERSION
+
+
+def test_a_step_report_carries_the_loss_of_that_step(
+    daemon_socket: zmq.Socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ck.step(n, loss=x) sends x with the report of step n (NaN included); none without it."""
+    import math
+
+    ck = ckptd_client.connect()
+    try:
+        receive(daemon_socket, "hello")
+        ck.step(1, loss=2.5)
+        _, first = receive(daemon_socket, "step")
+        assert (first["step"], first["loss"]) == (1, 2.5)
+        ck.step(2, loss=float("nan"))
+        _, second = receive(daemon_socket, "step")
+        assert second["step"] == 2 and math.isnan(second["loss"])
+        ck.step(3)  # the loss recorded belongs to step 2: not sent as step 3's
+        _, third = receive(daemon_socket, "step")
+        assert third["step"] == 3 and "loss" not in third
+    finally:
+        ck.close()
+    monkeypatch.setenv("CKPTD_SKIP_STEPS", "4-6")
+    assert 5 in ck.skip_steps() and 7 not in ck.skip_steps()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 
-import ckptd.cli.main  # noqa: F401 - registers every CLI command
 from ckptd.cli.commands import REGISTRY as CLI_COMMANDS
+from ckptd.cli.main import build_parser  # importing it registers every CLI command
 from ckptd.config import TABLES
 from ckptd.control.commands import REGISTRY as CONTROL_COMMANDS
+from ckptd.control.commands import plain, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -40,6 +42,31 @@ def test_every_control_command_and_argument_is_in_protocol_md() -> None:
             assert f"| `{arg.name}` |" in sections[name], (
                 f"{name}: argument {arg.name} undocumented"
             )
+
+
+def test_protocol_md_sections_start_with_the_registry_s_docs() -> None:
+    """Each command's section opens with its docstring and argument table from the registry."""
+    text = _flat((ROOT / "docs" / "protocol.md").read_text())
+    for name, command in CONTROL_COMMANDS.items():
+        assert _flat(reference(command)) in text, f"docs/protocol.md: `{name}` differs from its doc"
+
+
+def test_cli_help_of_daemon_commands_comes_from_the_registry() -> None:
+    """`ckptd checkpoint/stop/restart/status --help` show the registry's doc and argument docs."""
+    sub = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )  # argparse keeps its subcommands here
+    for name in ("checkpoint", "stop", "restart", "status"):
+        command, parser = CONTROL_COMMANDS[name], sub.choices[name]
+        assert CLI_COMMANDS[name].summary == command.summary
+        assert _flat(parser.description or "") == _flat(plain(command.doc))
+        options = parser._option_string_actions
+        for arg in command.args:
+            assert options[arg.cli_flag].help == arg.cli_help
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
 
 
 def test_commands_md_lists_every_cli_command() -> None:

@@ -28,6 +28,8 @@ LAYERS: list[set[str]] = [
         "ckptd.control",
         "ckptd.process",
         "ckptd.sources",
+        "ckptd.integrity",
+        "ckptd.guard",
     },
     {"ckptd.storage.remote"},
     {"ckptd.config"},
@@ -52,15 +54,10 @@ LAZY_FOR_OPTIONAL_DEPENDENCY = {
     ("ckptd.cli.commands", "ckptd.cli.preflight"),
     ("ckptd.cli.commands", "ckptd.log"),
     ("ckptd.cli.remote", "ckptd.control.keys"),
-}
-
-# The control commands and status still read the arbiter itself (typing-only imports and lazy
-# imports back). Being untangled in issue 17's command path; this set only shrinks.
-TO_UNTANGLE = {
-    ("ckptd.control.commands", "ckptd.supervisor.arbiter"),
-    ("ckptd.control.status", "ckptd.supervisor.arbiter"),
-    ("ckptd.supervisor.arbiter", "ckptd.control.commands"),
-    ("ckptd.supervisor.arbiter", "ckptd.control.status"),
+    # model-signing and cryptography (the signing extra) load only when a key is configured.
+    ("ckptd.config", "ckptd.integrity"),
+    ("ckptd.cli.commands", "ckptd.integrity"),
+    ("ckptd.supervisor.signatures", "ckptd.integrity"),
 }
 
 
@@ -89,8 +86,7 @@ def _imports(modules: dict[str, Path]) -> list[tuple[str, str, bool]]:
             else:
                 continue
             for target in candidates:
-                known = (name, target) in TO_UNTANGLE
-                if target in modules and target not in (name, "ckptd") and not known:
+                if target in modules and target not in (name, "ckptd"):
                     found.append((name, target, node.col_offset > 0))
     return found
 

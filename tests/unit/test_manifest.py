@@ -284,3 +284,22 @@ def test_a_malformed_lineage_makes_the_manifest_invalid(tmp_path: Path, lineage:
     (path / "ckptd.json").write_text(json.dumps(data))
     with pytest.raises(manifest.ManifestError, match="lineage"):
         manifest.read_manifest(path)
+
+
+def test_an_unlisted_top_level_signature_is_not_an_extra_file(tmp_path: Path) -> None:
+    """A model.sig added after the commit is ignored at the top level, and only there."""
+    path = _commit(tmp_path, 3, {"model.pt": b"abc", "sub/x": b"y"})
+    (path / manifest.SIGNATURE_NAME).write_bytes(b"{}")
+    assert manifest.verify(path).ok
+    (path / "sub" / manifest.SIGNATURE_NAME).write_bytes(b"{}")
+    assert "not in manifest: sub/model.sig" in manifest.verify(path).reason
+
+
+def test_a_signature_file_the_script_wrote_is_checked_like_any_file(tmp_path: Path) -> None:
+    """A model.sig that the manifest lists is verified; removing or changing it fails."""
+    path = _commit(tmp_path, 4, {"model.pt": b"abc", "model.sig": b"mine"})
+    assert manifest.verify(path).ok
+    (path / "model.sig").write_bytes(b"nope")
+    assert "mismatch" in manifest.verify(path).reason
+    (path / "model.sig").unlink()
+    assert "missing file model.sig" in manifest.verify(path).reason

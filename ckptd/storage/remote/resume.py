@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def fetch_newer(
     newer_than: int = -1,
     timeout: float = 600.0,
     list_timeout: float = 30.0,
+    refuse: Callable[[Path], str | None] = lambda path: None,
 ) -> RemoteResume:
     """Download the newest remote checkpoint above step ``newer_than`` that verifies.
 
@@ -49,6 +51,8 @@ def fetch_newer(
     older one tried. Listing is bounded by ``list_timeout`` (what a remote that is down
     costs the launch), each download by ``timeout``. A remote that is down or too slow is
     reported in ``error``; one that cannot work as configured raises RemoteUnusable.
+    ``refuse(directory)`` judges each download before it is put in place (a reason: it is
+    rejected like one that failed verification).
     """
     rejected: list[Checkpoint] = []
     try:
@@ -66,7 +70,7 @@ def fetch_newer(
             rejected.append(candidate)
             continue
         try:
-            got = store.download(candidate.step, checkpoint_dir, timeout)
+            got = store.download(candidate.step, checkpoint_dir, timeout, refuse)
         except InvalidRemoteCheckpoint as exc:
             bad = Checkpoint(candidate.path, exc.step, valid=False, reason=exc.reason)
             rejected.append(bad)

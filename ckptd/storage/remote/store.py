@@ -38,6 +38,7 @@ from ckptd.storage.remote.url import redact
 from ckptd_client._digest import available as digest_available
 from ckptd_client.manifest import (
     MANIFEST_NAME,
+    SIGNATURE_NAME,
     TMP_PREFIX,
     Manifest,
     ManifestError,
@@ -199,6 +200,8 @@ class RemoteStore:
         if existing is not None:
             self.transport.call("rm_file", self.path_of(step, MANIFEST_NAME), deadline=deadline)
         pairs = [(local / e.path, self.path_of(step, e.path)) for e in manifest.files]
+        if _has_signature(local, manifest):  # before the manifest: a copy is whole with it
+            pairs.append((local / SIGNATURE_NAME, self.path_of(step, SIGNATURE_NAME)))
         self.transport.upload(pairs, deadline=deadline, sent=sent)
         before_manifest()
         self._write_manifest(step, raw, deadline)
@@ -239,13 +242,21 @@ class RemoteStore:
 
     # -- downloading --------------------------------------------------------------------
 
-    def download(self, step: int, into: Path, timeout: float = 600.0) -> Checkpoint:
+    def download(
+        self,
+        step: int,
+        into: Path,
+        timeout: float = 600.0,
+        refuse: Callable[[Path], str | None] = lambda path: None,
+    ) -> Checkpoint:
         """Download remote ``step`` into ``into/step-N``, verified in full; return it.
 
         Files land in a ``.tmp-`` directory of ``into`` first, each hashed as it arrives;
         only a copy whose every size and digest matches the manifest is renamed into place
-        (replacing a local directory of that name). Raises InvalidRemoteCheckpoint for a
-        missing manifest, a missing file or a mismatch (nothing is left behind),
+        (replacing a local directory of that name). A ``model.sig`` beside the manifest
+        comes too, and ``refuse(copy)`` (the signature check) may reject the copy before it
+        is put in place. Raises InvalidRemoteCheckpoint for a missing manifest, a missing
+        file, a mismatch or a refusal (nothing is left behind),
         RemoteError/RemoteTimeout when the remote fails.
         """
         deadline = Deadline.after(timeout)
@@ -273,10 +284,16 @@ class RemoteStore:
                     raise InvalidRemoteCheckpoint(step, str(exc.__cause__)) from None
                 raise
             write_new(temp / MANIFEST_NAME, raw)
+            listed = {e.path for e in manifest.files}
+            signature = None if SIGNATURE_NAME in listed else self._read_signature(step, deadline)
+            if signature is not None:
+                write_new(temp / SIGNATURE_NAME, signature)
             # Every digest was checked on the way in; this checks the layout (no file more).
             checked = verify(temp, full=False)
             if not checked.ok:
                 raise InvalidRemoteCheckpoint(step, checked.reason)
+            if (problem := refuse(temp)) is not None:
+                raise InvalidRemoteCheckpoint(step, problem)
             final = move_into_place(temp, into / checkpoint_name(step))
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
@@ -286,6 +303,20 @@ class RemoteStore:
         )
 
     # -- transport ----------------------------------------------------------------------
+
+    def _read_signature(self, step: int, deadline: Deadline) -> bytes | None:
+        """The remote ``model.sig`` of ``step`` (added by the daemon, not in the manifest)."""
+        try:
+            raw: bytes = self.transport.call(
+                "cat_file", self.path_of(step, SIGNATURE_NAME), deadline=deadline
+            )
+        except RemoteError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return None
+            raise
+        if len(raw) > _MAX_MANIFEST_BYTES:
+            raise InvalidRemoteCheckpoint(step, f"{SIGNATURE_NAME} too large")
+        return raw
 
     def _read_manifest(self, step: int, deadline: Deadline) -> bytes | None:
         try:
@@ -353,3 +384,11 @@ def _is_checkpoint_name(name: str) -> bool:
     """``step-N`` exactly as ckptd names step N (so that the name leads back to the step)."""
     match = _STEP_DIR.match(name)
     return match is not None and name == checkpoint_name(int(match.group(1)))
+
+
+def _has_signature(local: Path, manifest: Manifest) -> bool:
+    """Whether ``local`` holds a ``model.sig`` the daemon added (a regular file, unlisted)."""
+    if SIGNATURE_NAME in {entry.path for entry in manifest.files}:
+        return False  # the script's own file: uploaded with the others
+    signature = local / SIGNATURE_NAME
+    return signature.is_file() and not signature.is_symlink()

@@ -1,16 +1,82 @@
-"""The ``status`` answer: a snapshot of the arbiter's state, in plain JSON types."""
+"""The ``status`` answer: a snapshot of the arbiter's state, in plain JSON types.
+
+Reads the arbiter through :class:`Observed` (what it needs, nothing more), on the
+arbiter's thread, so the module does not import the loop it describes.
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ckptd.supervisor.arbiter import Arbiter
+from ckptd.channel.checkpoint_desk import CheckpointDesk
+from ckptd.channel.job_channel import JobChannel
+from ckptd.config import JobConfig
+from ckptd.process.trainer import Trainer
+from ckptd.progress.auto_interval import AutoInterval
+from ckptd.progress.health import HangWatch
+from ckptd.reporting.goodput_watch import GoodputWatch
+from ckptd.run_dir import RunDir
+from ckptd.sources.timer import PeriodicTimer
+from ckptd.storage import node_parts
+from ckptd.supervisor.preemption import Preemption
+from ckptd.supervisor.states import JobState
+from ckptd_client.store import Checkpoint
 
 
-def status_of(arbiter: Arbiter) -> dict[str, Any]:
+class _JsonValue(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class _Remote(Protocol):  # the remote copy, whose module loads fsspec
+    def status(self) -> _JsonValue: ...
+
+
+class Observed(Protocol):
+    """The arbiter as ``status`` reads it."""
+
+    @property
+    def config(self) -> JobConfig: ...
+    @property
+    def run_dir(self) -> RunDir: ...
+    @property
+    def state(self) -> JobState: ...
+    @property
+    def trainer(self) -> Trainer | None: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def restarts_left(self) -> int: ...
+    @property
+    def step(self) -> int | None: ...
+    @property
+    def desk(self) -> CheckpointDesk: ...
+    @property
+    def channel(self) -> JobChannel: ...
+    @property
+    def resumed_from(self) -> Checkpoint | None: ...
+    @property
+    def launched(self) -> float: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def wakeups(self) -> int: ...
+    @property
+    def timer(self) -> PeriodicTimer: ...
+    @property
+    def preemption(self) -> Preemption | None: ...
+    @property
+    def health(self) -> HangWatch: ...
+    @property
+    def interval(self) -> AutoInterval | None: ...
+    @property
+    def goodput(self) -> GoodputWatch: ...
+    @property
+    def remote(self) -> _Remote | None: ...
+
+
+def status_of(arbiter: Observed) -> dict[str, Any]:
     """What a person asks of a running job: is it alive, where is it, what would a crash cost."""
     now, wall = time.monotonic(), time.time()
     last = arbiter.desk.last_commit
@@ -73,13 +139,13 @@ def status_of(arbiter: Arbiter) -> dict[str, Any]:
         "interval": _interval(arbiter),
         "goodput": arbiter.goodput.latest.to_json() if arbiter.goodput.latest else None,
         "remote": arbiter.remote.status().to_json() if arbiter.remote is not None else None,
-        "nodes": arbiter.launcher.nodes_status(),
+        "nodes": node_parts.summary(arbiter.config.checkpoint_dir),  # several nodes' parts
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }
 
 
-def _interval(arbiter: Arbiter) -> dict[str, Any] | None:
+def _interval(arbiter: Observed) -> dict[str, Any] | None:
     """The periodic interval: with ``every = "auto"`` also what it was chosen from; None: off."""
     if arbiter.interval is not None:
         return {"mode": "auto", **arbiter.interval.choice.to_json()}
