@@ -203,6 +203,4 @@ class RemoteCopy:
         return self.uploader.flush(deadline)
 
     def close(self) -> None:
-        if self.group is not None:  # the other nodes may still wait for this node's part
-            self.uploader.flush(time.monotonic() + self.storage.upload_timeout)
         self.uploader.close()
