@@ -2,7 +2,7 @@
 
     python -m bench.ranks [--quick] [--requests 50] [--crashes 3]
 
-Three figures, each from real ``ckptd run -- torchrun`` jobs (gloo on CPU):
+Five figures, each from real ``ckptd run -- torchrun`` jobs (gloo on CPU):
 
 - client cost per step (``step()`` + ``should_checkpoint()`` + ``should_stop()``, nothing
   pending), timed in a loop on every rank, 2 ranks (a group) next to 1 rank (no group);
@@ -11,6 +11,10 @@ Three figures, each from real ``ckptd run -- torchrun`` jobs (gloo on CPU):
   ``should_checkpoint()`` turned true, ranks doing one allreduce per step (synchronous
   training); p99 goal < 10 ms. The agreed step is the first step every rank can still
   take, so this includes up to one training step.
+- request -> every rank on every node flagged: the same with two ``ckptd run`` (two
+  "nodes") around ``torchrun --nnodes 2`` on loopback, the requests alternating between the
+  daemons; they reach the other node through torchrun's rendezvous store; p99 goal < 20 ms;
+  and request -> the step committed on both nodes (each commits after every node wrote).
 - a rank SIGKILLed -> both ranks training again (after ``init_process_group``) under
   ckptd, next to a bare ``torchrun`` start to the same point: the supervision's own cost
   is the difference; most of both is interpreters importing torch and the rendezvous.
@@ -23,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -154,6 +159,100 @@ def latency_row(base: Path, requests: int) -> Row:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def nodes_rows(base: Path, requests: int, nproc: int = 2) -> list[Row]:
+    """Two ``ckptd run`` (two "nodes") around ``torchrun --nnodes 2``; requests alternate
+    between the two daemons; the time until the last rank of both nodes is flagged, and
+    until both nodes' parts are committed (each node commits once every node has written)."""
+    from ckptd_client.control import Controller
+
+    endpoint = f"127.0.0.1:{_free_port()}"
+    works, daemons = [], []
+    record = base / "nodes-record.jsonl"
+    for index in (0, 1):
+        work = base / f"node{index}"
+        work.mkdir()
+        script = work / "worker.py"
+        script.write_text(WORKER)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--nproc-per-node={nproc}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id=bench-{os.getpid()}",
+            "--max-restarts=0",
+            str(script),
+            "train",
+            str(record),
+        ]
+        works.append(work)
+        daemons.append(start_ckptd(work, command))
+    world = 2 * nproc
+    samples: list[float] = []
+    sent_at: list[float] = []
+    try:
+        tail = Tail(record)
+        wait(lambda: tail.count("start") == world, timeout=180)
+        controls = [Controller(run_dir=work / "run") for work in works]
+        try:
+            for index in range(requests + 1):  # the first one warms up
+                sent = time.time()
+                controls[index % 2].checkpoint(wait=True, timeout=60)
+                wait(lambda index=index: tail.count("flag") >= world * (index + 1), timeout=60)
+                flags = [r for r in tail.rows if r.get("event") == "flag"][-world:]
+                assert len({r["step"] for r in flags}) == 1, flags
+                samples.extend([max(r["t"] for r in flags) - sent] if index else [])
+                sent_at.append(sent)
+            controls[0].stop(wait=True, timeout=120)
+        finally:
+            for control in controls:
+                control.close()
+    finally:
+        for daemon in daemons:
+            stop(daemon)
+    committed = [
+        [r["time"] for r in records(work / "run" / "events.jsonl", "checkpoint.committed")]
+        for work in works
+    ]
+    commits = [
+        max(committed[0][index], committed[1][index]) - sent_at[index]
+        for index in range(1, min(len(sent_at), *map(len, committed)))
+    ]
+    p99 = percentile(samples, 0.99)
+    return [
+        Row(
+            f"request -> all {world} ranks on 2 nodes flagged",
+            ms(samples),
+            "",
+            None,
+            "p99 < 20 ms",
+            p99 < 0.020,
+            f"{len(samples)} control requests alternating between the two nodes' daemons; "
+            "through torchrun's rendezvous store (loopback); same step on every rank",
+            {"seconds": samples},
+        ),
+        Row(
+            "request -> committed on both nodes",
+            ms(commits),
+            "",
+            None,
+            "-",
+            None,
+            "each node commits its part once every node has written (counted in the store); "
+            "1 KiB per rank",
+            {"seconds": commits},
+        ),
+    ]
+
+
 def crash_row(base: Path, crashes: int) -> Row:
     work = base / "crash"
     work.mkdir()
@@ -230,6 +329,7 @@ def main() -> int:
         rows = [
             cost_row(base, 2_000 if args.quick else 200_000),
             latency_row(base, requests),
+            *nodes_rows(base, requests),
             crash_row(base, crashes),
         ]
     finally:

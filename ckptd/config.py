@@ -110,6 +110,13 @@ JOB_OPTIONS: tuple[Option, ...] = (
         None,
         "where checkpoints are committed (default: checkpoints/<name>)",
     ),
+    Option(
+        "job_id",
+        STRING,
+        None,
+        "id the daemons of one multi-node job share a checkpoint directory under "
+        "(default: torchrun's --rdzv-id when --nnodes is above 1)",
+    ),
     Option("grace", GRACE, 25.0, "from SIGTERM to the hard deadline of the final save"),
     Option("kill_timeout", DURATION, 5.0, "after signalling the process group, until SIGKILL"),
     Option(
@@ -403,6 +410,7 @@ class JobConfig:
     env: dict[str, str]
     run_dir: Path
     checkpoint_dir: Path
+    job_id: str | None = None
     grace: float = 25.0
     kill_timeout: float = 5.0
     restart: str = "on-failure"

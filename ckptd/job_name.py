@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["MAX_LENGTH", "default_name", "name_problem"]
+__all__ = ["MAX_LENGTH", "default_name", "launcher_options", "name_problem"]
 
 MAX_LENGTH = 64
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -67,6 +67,33 @@ def default_name(command: list[str]) -> str:
     elif program != "torchrun":
         return _sanitize(Path(command[0]).stem)
     return _launched_script(args) or _sanitize(program)
+
+
+def launcher_options(command: list[str]) -> dict[str, str] | None:
+    """torchrun's options in ``command`` (``--rdzv_id=x`` is ``{"rdzv-id": "x"}``; a flag maps
+    to ""), up to the script; None when ``command`` does not start torchrun."""
+    if not command:
+        return None
+    program, args = Path(command[0]).name, command[1:]
+    if program.startswith("python"):
+        module, args = _python_target(args)
+        if module not in _LAUNCHER_MODULES:
+            return None
+    elif program != "torchrun":
+        return None
+    options: dict[str, str] = {}
+    index = 0
+    while index < len(args) and args[index].startswith("-") and args[index] != "--":
+        arg = args[index]
+        key, has_value, value = arg.lstrip("-").partition("=")
+        key = key.replace("_", "-")
+        if has_value or arg in _LAUNCHER_FLAGS:
+            options[key] = value
+            index += 1
+        else:
+            options[key] = args[index + 1] if index + 1 < len(args) else ""
+            index += 2
+    return options
 
 
 def _python_target(args: list[str]) -> tuple[str | None, list[str]]:

@@ -98,13 +98,25 @@ class Written:
 
 
 @dataclass(frozen=True)
+class Incomplete:
+    """Ranks on several nodes resume from ``resume_step`` (None: a fresh start) because
+    ``step``, the newest some rank has, lacks the parts of the ``missing`` ranks."""
+
+    step: int | None
+    missing: tuple[int, ...]
+    resume_step: int | None
+
+
+@dataclass(frozen=True)
 class Bye:
     """The process closes the channel; ``step`` is its last."""
 
     step: int | None
 
 
-ClientMessage = Hello | StepReport | Started | Committed | Failed | Propose | Written | Bye
+ClientMessage = (
+    Hello | StepReport | Started | Committed | Failed | Propose | Written | Incomplete | Bye
+)
 
 
 def _loss(value: Any) -> float | None:
@@ -165,6 +177,14 @@ def _propose(raw: dict[str, Any], step: int | None, ids: Ids) -> Propose:
     return Propose(step, id=rid if isinstance(rid, str) else None, at=_count(raw.get("at")))
 
 
+def _incomplete(raw: dict[str, Any], step: int | None, ids: Ids) -> Incomplete:
+    missing = raw.get("missing")
+    ranks = [_count(rank) for rank in missing] if isinstance(missing, list) else []
+    return Incomplete(
+        step, tuple(rank for rank in ranks if rank is not None), _count(raw.get("resume_step"))
+    )
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int | None, Ids], ClientMessage]] = {
     "hello": _hello,
     "step": lambda raw, step, ids: StepReport(step, _loss(raw.get("loss"))),
@@ -173,6 +193,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int | None, Ids], ClientMessage]] 
     "failed": _failed,
     "propose": _propose,
     "written": lambda raw, step, ids: Written(step, ids),
+    "incomplete": _incomplete,
     "bye": lambda raw, step, ids: Bye(step),
 }
 

@@ -21,6 +21,7 @@ from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
 from ckptd.storage import branches
 from ckptd.storage.branches import BRANCHES_DIR
 from ckptd.storage.memory import expected_path
+from ckptd.storage.node_parts import part_of
 from ckptd.storage.remote import listing as remote_listing
 from ckptd_client.store import Checkpoint, inspect, scan
 
@@ -178,16 +179,20 @@ def list_checkpoints(args: argparse.Namespace) -> int:
     found += [c for _, c in aside]
     verifier = _verifier(args)
     verdicts = {c.path: verifier.check(c.path) for c in found} if verifier else {}
+    parts = {} if remote_listing.is_remote(args.dir) else {c.path: part_of(c) for c in found}
     if args.json:
         tier_of = (lambda c: {"tier": tiers.get(c.path, "disk")}) if tiers else (lambda c: {})
         strict_json.print_json(
             [
-                {
-                    **_with_branch(
-                        _with_signature(c.to_json(), verdicts.get(c.path)), branch_of, c
-                    ),
-                    **tier_of(c),
-                }
+                _listed(
+                    {
+                        **_with_branch(
+                            _with_signature(c.to_json(), verdicts.get(c.path)), branch_of, c
+                        ),
+                        **tier_of(c),
+                    },
+                    parts.get(c.path),
+                )
                 for c in found
             ]
         )
@@ -197,7 +202,9 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         return exit_codes.OK
     signed = ("SIGNATURE",) if verifier else ()
     tier = ("TIER",) if tiers else ()
-    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *signed, *tier, "METRICS")]
+    ranks = any(parts.values())  # a multi-node job's directory: which ranks' parts each holds
+    rank_column = ("RANKS",) if ranks else ()
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *signed, *tier, *rank_column, "METRICS")]
     for c in found:
         verdict = verdicts.get(c.path)
         rows.append(
@@ -209,6 +216,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 "yes" if c.valid else f"NO ({c.reason})",
                 *((verdict.text(),) if verdict is not None else ()),
                 *((tiers.get(c.path, "disk"),) if tiers else ()),
+                *((_ranks_text(parts.get(c.path)),) * ranks),
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
@@ -217,6 +225,26 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         cells = (cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
         print("  ".join(cells) + "  " + row[-1])
     return exit_codes.OK
+
+
+def _listed(listed: dict[str, Any], part: dict[str, Any] | None) -> dict[str, Any]:
+    """A checkpoint's JSON, with the ranks' parts it holds when a multi-node job wrote it."""
+    return {**listed, **({"part": part} if part else {})}
+
+
+def _ranks_text(part: dict[str, Any] | None) -> str:
+    """``all 4`` for a whole-job step; ``0-1 of 4`` for one node's part."""
+    if not part:
+        return "-"
+    if part["complete"]:
+        return f"all {part['world_size']}"
+    held = part["ranks"]
+    shown = (
+        f"{held[0]}-{held[-1]}"
+        if len(held) > 1 and held == list(range(held[0], held[-1] + 1))
+        else ", ".join(map(str, held))
+    )
+    return f"{shown} of {part['world_size']}"
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:

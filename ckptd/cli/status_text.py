@@ -47,6 +47,7 @@ def render(result: dict[str, Any]) -> str:
             else "off",
         ),
         *_memory_rows(result.get("memory")),
+        *_node_rows(result.get("nodes")),
         *_remote_rows(result.get("remote")),
         *(
             [("preemption", f"{p['reason']}: deadline in {age(p['seconds_left'])}")]
@@ -110,6 +111,30 @@ def _memory_rows(memory: dict[str, Any] | None) -> list[tuple[str, str]]:
     elif newest:
         text += "; on disk too"
     return [("memory tier", where), ("newest in RAM", text)]
+
+
+def _node_rows(nodes: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A multi-node job: the newest whole-job step here, and what the newest step holds."""
+    if not nodes:
+        return []
+    whole = nodes.get("newest_whole_step")
+    rows = [("whole-job step", "none here" if whole is None else f"step {whole}")]
+    if nodes.get("newest_step") != whole:
+        ranks, missing = nodes.get("ranks") or [], nodes.get("missing") or []
+        rows.append(
+            (
+                "newest part",
+                f"step {nodes.get('newest_step')}: ranks {_ranks(ranks)} of "
+                f"{nodes.get('world_size')} here, ranks {_ranks(missing)} on other nodes",
+            )
+        )
+    return rows
+
+
+def _ranks(ranks: list[int]) -> str:
+    if ranks and ranks == list(range(ranks[0], ranks[-1] + 1)) and len(ranks) > 2:
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ", ".join(str(rank) for rank in ranks) or "none"
 
 
 def _remote_rows(remote: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -73,6 +73,8 @@ def prune(checkpoint_dir: Path, rules: RetentionRules, protect: Iterable[Path] =
         )
         try:
             os.rename(checkpoint.path, trash)
+        except FileNotFoundError:
+            continue  # gone already: another node's daemon pruned the shared directory
         except OSError as exc:
             failed.append((checkpoint, exc.strerror or str(exc)))
             continue

@@ -43,6 +43,7 @@ from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
 from ckptd.storage.branches import GoBackError, check_target, target_of
+from ckptd.storage.job_identity import node_group
 from ckptd.storage.persist import Pickup
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
@@ -162,8 +163,9 @@ class Arbiter:
 
             # RemoteUnusable (a bucket that does not exist, bad options): exit 2 at start
             self.remote = RemoteCopy(
-                config.storage, self.rules, post=self.post, progress=lambda: self.step
-            )
+                config.storage, self.rules, post=self.post, progress=lambda: self.step,
+                group=node_group(config.job_id, config.command),
+            )  # fmt: skip
         self.background = Background(self.post)
         # MemoryPlaceError (no RAM filesystem, a memory_dir not ours): exit 2 at start
         self.memory = MemoryCopy(config, events, self.background) if config.memory_every else None
@@ -994,6 +996,15 @@ class Arbiter:
                 if not in_ram:
                     self._prune(message.path, message.step)
                 self._watch_metrics(message.step, message.metrics)
+        elif isinstance(message, messages.Incomplete):  # the job resumes from an older step
+            self.events.emit(
+                "checkpoint.incomplete",
+                level="warning",
+                rank=peer.rank,
+                step=message.step,
+                missing=list(message.missing),
+                resume_step=message.resume_step,
+            )
         elif isinstance(message, messages.Failed):
             if self.memory is not None:
                 self.memory.failed(message)

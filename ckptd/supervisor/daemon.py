@@ -26,6 +26,7 @@ from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.sources.posix_signals import PosixSignals
 from ckptd.sources.signal_files import SignalFiles
+from ckptd.storage.job_identity import multi_node, node_group
 from ckptd.storage.lock import CheckpointDirLock
 from ckptd.storage.memory import MemoryPlaceError
 from ckptd.storage.remote.url import RemoteUnusable
@@ -44,7 +45,7 @@ def supervise(config: JobConfig) -> int:
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if config.checkpoint_mode is not None:
             os.chmod(config.checkpoint_dir, int(config.checkpoint_mode, 8))
-        checkpoint_lock.acquire(config.name, run_dir.path)
+        checkpoint_lock.acquire(config.name, run_dir.path, *_sharing(config))
         job_record = strict_json.dumps(redaction.redact_config(config), default=str, indent=1)
         write_private(run_dir.file(JOB_FILE), job_record)
         events = EventLog(run_dir.file(EVENTS_FILE))
@@ -156,6 +157,17 @@ def _one_line(exc: BaseException) -> str:
         where = f"{exc.filename}: " if exc.filename else ""
         return redaction.scrub(f"{where}{exc.strerror}")
     return redaction.scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _sharing(config: JobConfig) -> tuple[str | None, str]:
+    """The node group the checkpoint directory is shared with, and the hint of a refusal."""
+    group = node_group(config.job_id, config.command)
+    if group is None and multi_node(config.job_id, config.command):
+        return None, (
+            "; the nodes of one job share it when torchrun has the same --rdzv-id on every "
+            "node (or [job] job_id is set)"
+        )
+    return group, ""
 
 
 def _requeue_signal(config: JobConfig) -> signal.Signals | None:

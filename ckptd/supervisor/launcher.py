@@ -9,6 +9,7 @@ they return values that the arbiter reports.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
 from ckptd.storage import retention
 from ckptd.storage.branches import GoBackError, SetAside, bring_back, check_target, set_aside_newer
+from ckptd.storage.job_identity import node_group
 from ckptd.storage.memory import drop_newer, ram_copy_of
 from ckptd.storage.persist import Pickup, persist_newest
 from ckptd.supervisor.signatures import (
@@ -34,7 +36,13 @@ from ckptd.supervisor.signatures import (
 )
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
-from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
+from ckptd_client.manifest import (
+    ManifestError,
+    lineage_after,
+    new_lineage_id,
+    read_manifest,
+    remove_temporaries,
+)
 from ckptd_client.skip_steps import ENV_SKIP_STEPS
 from ckptd_client.store import Checkpoint, inspect, newest_valid, scan
 
@@ -98,6 +106,9 @@ class Launcher:
         self.verifier = verifier_of(config.integrity)
         self.go_back: Path | None = None  # the next launch resumes from this checkpoint
         self.skip_steps = ""  # CKPTD_SKIP_STEPS: set after a divergence, for every later launch
+        # The nodes of one multi-node job start one lineage (each node's parts are one history).
+        group = node_group(config.job_id, config.command)
+        self.fresh_lineage = None if group is None else shared_lineage(config.name, group)
 
     def prepare(self) -> Prepared:
         """Take the job lock, clean the checkpoint directory, find the newest valid checkpoint.
@@ -123,24 +134,29 @@ class Launcher:
         else:
             resume = self._newest_trusted(quarantined)
         prepared = Prepared(
-            resume, removed, quarantined, strays, lineage=_lineage(resume), went_back=went_back,
-            memory=pickup,
+            resume, removed, quarantined, strays,
+            lineage=_lineage(resume, self.fresh_lineage), went_back=went_back, memory=pickup,
         )  # fmt: skip
         if went_back is not None:
             return prepared
         if self.remote is None:
             return replace(prepared, resume=self._from_ram(resume))
-        # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
-        fetched = self.remote.prepare(self.config.checkpoint_dir, resume, self.signature_problem)
-        if fetched.checkpoint is not None:
+        # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first;
+        # on several nodes, one newer than the newest this node has for the whole job.
+        anchor = resume if self.fresh_lineage is None else newest_whole(self.config.checkpoint_dir)
+        fetched = self.remote.prepare(self.config.checkpoint_dir, anchor, self.signature_problem)
+        downloaded = fetched.checkpoint is not None and (
+            resume is None or fetched.checkpoint.step >= resume.step
+        )
+        if downloaded:
             resume = fetched.checkpoint
-            prepared = replace(prepared, lineage=_lineage(resume))
+            prepared = replace(prepared, lineage=_lineage(resume, self.fresh_lineage))
         local = [c for c in scan(self.config.checkpoint_dir) if c.valid]
         self.remote.follow(prepared.lineage, resume.step if resume else None, local)
         return replace(
             prepared,
-            resume=resume if fetched.checkpoint is not None else self._from_ram(resume),
-            downloaded=fetched.checkpoint is not None,
+            resume=resume if downloaded else self._from_ram(resume),
+            downloaded=downloaded,
             remote_rejected=fetched.rejected,
             remote_error=fetched.error,
         )
@@ -256,12 +272,31 @@ class Launcher:
         return [p.pid for p in strays]
 
 
-def _lineage(resume: Checkpoint | None) -> str:
-    """The lineage id a launch from ``resume`` writes: the one it records, or a new one."""
+def _lineage(resume: Checkpoint | None, fresh: str | None = None) -> str:
+    """The lineage id a launch from ``resume`` writes: the one it records, or ``fresh``
+    (a new one when None) on a fresh start."""
     try:
+        if resume is None and fresh is not None:
+            return fresh
         return lineage_after(resume.path if resume is not None else None).id
     except (OSError, ManifestError):  # verified moments ago; gone since: a history of its own
-        return new_lineage_id()
+        return fresh or new_lineage_id()
+
+
+def shared_lineage(name: str, group: str) -> str:
+    """The lineage id every node of one multi-node job starts afresh with."""
+    return "nodes-" + hashlib.sha256(f"{name}\0{group}".encode()).hexdigest()[:24]
+
+
+def newest_whole(checkpoint_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint here that holds every rank's part (not one node's part only)."""
+    for candidate in reversed(scan(checkpoint_dir)):
+        try:
+            if candidate.valid and read_manifest(candidate.path).complete:
+                return candidate
+        except (OSError, ManifestError):
+            continue
+    return None
 
 
 def _quarantine(checkpoint: Checkpoint) -> Quarantined:

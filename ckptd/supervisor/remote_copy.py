@@ -67,6 +67,7 @@ class RemoteCopy:
         backoff: float = 1.0,
         backoff_max: float = 60.0,
         progress: Callable[[], int | None] = lambda: None,
+        group: str | None = None,
     ) -> None:
         if storage.remote is None:
             raise ValueError("no remote configured")
@@ -77,7 +78,10 @@ class RemoteCopy:
             raise RemoteUnusable(f"{redact(storage.remote)}: {type(exc).__name__}: {exc}") from None
         # A remote that is down must not hold up a launch, nor a stop, for long.
         self.probe_timeout = min(storage.upload_timeout, _PROBE_TIMEOUT)
-        self.lease = Lease(self.store, timeout=self.probe_timeout)
+        # The nodes of one multi-node job share the lease (and the prefix): see lease.py.
+        self.group = group
+        owner = None if group is None else f"nodes of {group}"
+        self.lease = Lease(self.store, owner, self.probe_timeout, shared=group is not None)
         self._prepared = False
         # What this launch's prepare() saw of the remote, for follow(): whether it looked,
         # and the listing (None: the remote did not answer).

@@ -19,6 +19,7 @@ from ckptd.progress.health import HangWatch
 from ckptd.reporting.goodput_watch import GoodputWatch
 from ckptd.run_dir import RunDir
 from ckptd.sources.timer import PeriodicTimer
+from ckptd.storage import node_parts
 from ckptd.supervisor.preemption import Preemption
 from ckptd.supervisor.states import JobState
 from ckptd_client.store import Checkpoint
@@ -145,6 +146,7 @@ def status_of(arbiter: Observed) -> dict[str, Any]:
         "goodput": arbiter.goodput.latest.to_json() if arbiter.goodput.latest else None,
         "remote": arbiter.remote.status().to_json() if arbiter.remote is not None else None,
         "memory": arbiter.memory.status() if arbiter.memory is not None else None,
+        "nodes": node_parts.summary(arbiter.config.checkpoint_dir),  # several nodes' parts
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }

@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import protocol
+from . import _group_resume, protocol
 from ._channels import DaemonChannel, StandaloneChannel
 from ._client import Client
 from ._digest import HashingWriter as create
+from ._group import Group
 from ._stacks import register_dump
 from .manifest import CommitError, lineage_after, remove_temporaries
 from .store import Checkpoint, inspect, newest_valid
@@ -55,10 +56,19 @@ def connect(
             raise RuntimeError(
                 f"ckptd_client: resume checkpoint {resume_path} is invalid: {resume.reason}"
             )
+        group = Group.from_env(env)
+        incomplete = None
+        if group is not None and group.nodes:  # the step every rank of every node has
+            resume, incomplete = _group_resume.agree(group, ckpt_dir, resume)
+            os.environ[protocol.ENV_RESUME_FROM] = str(resume.path) if resume else ""
+            os.environ[protocol.ENV_RESUME_STEP] = str(resume.step) if resume else ""
         lineage = lineage_after(resume.path if resume else None, env.get(protocol.ENV_LINEAGE))
         register_dump()  # so that a hang can be explained before the job is killed
         channel = DaemonChannel(endpoint, rank=int(env.get("RANK", "0") or 0))
-        return Client(channel, ckpt_dir, resume, standalone=False, lineage=lineage)
+        client = Client(channel, ckpt_dir, resume, standalone=False, lineage=lineage)
+        if incomplete is not None and group is not None and group.local_rank == 0:
+            channel.send("incomplete", **incomplete.message())  # one line in each node's log
+        return client
     remove_temporaries(ckpt_dir, only_dead_writers=True)  # another process may be saving there
     signal_dir = run_dir or env.get(protocol.ENV_RUN_DIR)
     resume = newest_valid(ckpt_dir)

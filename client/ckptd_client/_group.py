@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from . import protocol
+from . import manifest, protocol
 from .manifest import TMP_PREFIX, checkpoint_mode, checkpoint_name
 
 
@@ -153,6 +154,13 @@ class Rounds:
     def other_nodes_wrote(self, step: int) -> str | None:
         """Before this node commits ``step``: None once every node wrote its part, else why not."""
         return None
+
+    def commit(
+        self, shared: Path, step: int, metrics: dict[str, Any], lineage: manifest.Lineage
+    ) -> tuple[Path, manifest.Manifest]:
+        """This node's committer, once every node wrote: the checkpoint of ``step``."""
+        world = self.group.world_size
+        return manifest.commit(shared, step, metrics, lineage, list(range(world)), world)
 
     def abandon(self, step: int, error: str) -> None:
         """This node's part of ``step`` failed: the other nodes must not commit theirs."""

@@ -164,7 +164,7 @@ class GroupSave:
                 self._end(why, report=True, raised=error)
                 raise error
             try:
-                path, written = manifest.commit(self.directory, step, metrics, self._lineage)
+                path, written = rounds.commit(self.directory, step, metrics, self._lineage)
             except BaseException as exc:
                 self.fail(exc)
                 raise

@@ -4,13 +4,16 @@ Each node's daemon sees only its own ranks, so the node's ``LOCAL_RANK`` 0 publi
 daemon's requests, numbered, in the store torchrun gives every worker
 (``MASTER_ADDR:MASTER_PORT``: the rendezvous store). Every rank of every node takes them
 in that order, writes the first step at which it can still take it, and computes, once all
-``WORLD_SIZE`` proposals are in, the same agreed step: the highest. Requests agreed on the same step
-are one save. All store traffic runs on the channel thread every :data:`POLL` seconds,
-never inside training's calls, and only while torch is imported by the script already.
-Each node commits its own ranks' part into its own checkpoint directory, and only once
-every node's ranks have written theirs (the node's committer counts them in the store; a
-node whose part failed says so there, and no other node commits). A crash between two
-nodes' commits can still leave one node with a step the other lacks.
+``WORLD_SIZE`` proposals are in, the same agreed step: the highest. Requests agreed on the same
+step are one save. Store traffic never runs inside training's calls: a request is published
+by the channel thread as it arrives, and each rank's watcher thread blocks in the store
+(``wait``) until the next request, then until every rank's proposal, so a request costs a few
+round trips and an idle job none; only while torch is imported by the script already.
+Each checkpoint directory is committed once every node's ranks have written their parts
+(the node's committer counts them in the store; a node whose part failed says so there, and
+no other node commits): by its lowest node when nodes share it, else by each node for its
+own ranks (see ``_group_parts``). Every manifest records the ranks whose parts it holds, so
+that a resume takes only a step complete for the whole job (``_group_resume``).
 """
 
 from __future__ import annotations
@@ -18,14 +21,20 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from ._group import Round, Rounds
+from . import _group_parts as parts
+from . import manifest
+from ._group import Group, Round, Rounds
 
 POLL = 0.05
 _CONNECT_TIMEOUT = timedelta(seconds=2)
+_FOREVER = timedelta(days=7)
 
 
 class StoreRounds(Rounds):
@@ -36,6 +45,8 @@ class StoreRounds(Rounds):
         self._next = 1
         self._store: Any = None  # the channel thread's connection
         self._saving_store: Any = None  # the saving thread's: never one socket for two threads
+        self._watcher: threading.Thread | None = None
+        self._watcher_failed = 0.0
         self._polled = 0.0
         self._warned = False
 
@@ -45,6 +56,7 @@ class StoreRounds(Rounds):
         if self.group.local_rank == 0:  # one publisher per node: the daemon asked every rank
             with self._cond:
                 self._to_publish.append({"id": rid, "final": final, "save": save})
+            self._publish()  # at once: every rank's watcher wakes on it
         return False
 
     def on_agreed(self, rid: str, step: int) -> None:
@@ -55,37 +67,69 @@ class StoreRounds(Rounds):
         if now - self._polled < POLL:
             return
         self._polled = now
-        store = self._connect()
-        if store is None:
-            return
-        try:
-            self._exchange(store)
-        except Exception as exc:  # the store's host (node 0's torchrun) is gone: retry later
-            self._store = None
-            self._warn(f"the rendezvous store failed: {exc}")
+        self._publish()
+        watcher = self._watcher
+        if self.group.local_rank == 0 and self._store is None and watcher and watcher.is_alive():
+            self._connect()  # ready before the first request: its publication costs no connect
+        if (
+            (watcher is None or not watcher.is_alive())
+            and now - self._watcher_failed > 1.0
+            and "torch" in sys.modules  # the script uses torch: it has a store to agree through
+            and not self.closed
+        ):
+            self._watcher = threading.Thread(
+                target=self._watch, name="ckptd-rendezvous", daemon=True
+            )
+            self._watcher.start()
 
-    def _exchange(self, store: Any) -> None:
+    def _publish(self) -> None:
+        """Requests of this node's daemon into the store, numbered (retried at the next poll)."""
         with self._cond:
             publish, self._to_publish = self._to_publish, []
-        for request in publish:
-            seq = store.add("seq", 1)
-            store.set(f"request/{seq}", json.dumps(request))
-        last = store.add("seq", 0)
-        while self._next <= last and store.check([f"request/{self._next}"]):
-            request = json.loads(store.get(f"request/{self._next}"))
-            entry = self._open(self._next, request)
-            store.set(f"proposal/{self._next}/{self.group.rank}", str(entry.proposed))
-            self._next += 1
-        for seq, entry in list(self._entries.items()):
-            if entry.agreed is not None:
-                continue
-            keys = [f"proposal/{seq}/{rank}" for rank in range(self.group.world_size)]
-            if not store.check(keys):
-                continue
-            agreed = max(int(value) for value in store.multi_get(keys))
+        if not publish:
+            return
+        store = self._connect()
+        try:
+            if store is None:
+                raise ConnectionError("no store")
+            while publish:
+                seq = store.add("seq", 1)
+                store.set(f"request/{seq}", json.dumps(publish[0]))
+                publish.pop(0)
+        except Exception as exc:  # the store's host (node 0's torchrun) is gone: retry later
+            self._store = None
             with self._cond:
-                entry.agreed = agreed
-                self._cond.notify_all()
+                self._to_publish[:0] = publish
+            if store is not None:
+                self._warn(f"the rendezvous store failed: {exc}")
+
+    # -- the watcher thread: blocks in the store until a request or the last proposal --
+
+    def _watch(self) -> None:
+        store = self._open_store()
+        if store is None:
+            self._watcher_failed = time.monotonic()
+            return
+        store.set_timeout(_FOREVER)  # a wait ends when the key is set, or the store is gone
+        try:
+            while not self.closed:
+                seq = self._next
+                store.wait([f"request/{seq}"])
+                entry = self._entries.get(seq)
+                if entry is None:
+                    entry = self._open(seq, json.loads(store.get(f"request/{seq}")))
+                store.set(f"proposal/{seq}/{self.group.rank}", str(entry.proposed))
+                keys = [f"proposal/{seq}/{rank}" for rank in range(self.group.world_size)]
+                store.wait(keys)
+                agreed = max(int(value) for value in store.multi_get(keys))
+                with self._cond:
+                    entry.agreed = agreed
+                    self._cond.notify_all()
+                self._next = seq + 1
+        except Exception as exc:
+            self._watcher_failed = time.monotonic()
+            if not self.closed:
+                self._warn(f"the rendezvous store failed: {exc}")
 
     def _open(self, seq: int, request: dict[str, Any]) -> Round:
         with self._cond:
@@ -102,23 +146,7 @@ class StoreRounds(Rounds):
         return self._store
 
     def _open_store(self) -> Any:
-        if "torch" not in sys.modules:
-            return None  # the script does not use torch: nothing to agree through
-        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-        if not host or not port:
-            self._warn("MASTER_ADDR/MASTER_PORT are not set: ranks of other nodes cannot agree")
-            return None
-        import torch.distributed as dist
-
-        try:
-            store = dist.TCPStore(
-                host, int(port), is_master=False, timeout=_CONNECT_TIMEOUT, wait_for_workers=False
-            )
-        except Exception as exc:
-            self._warn(f"cannot reach the rendezvous store at {host}:{port}: {exc}")
-            return None
-        run = f"ckptd/{self.group.run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
-        return dist.PrefixStore(run, store)
+        return open_store(self.group, self._warn)
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -143,6 +171,35 @@ class StoreRounds(Rounds):
         except Exception as exc:
             return f"the rendezvous store failed: {exc}"
         return "the client was closed"
+
+    def commit(
+        self, shared: Path, step: int, metrics: dict[str, Any], lineage: manifest.Lineage
+    ) -> tuple[Path, manifest.Manifest]:
+        store = self._saving_store
+        if store is None:
+            raise parts.PartsFailed("the rendezvous store cannot be reached")
+        plan = parts.plan(
+            store, self.group, step, parts.directory_id(shared.parent), lambda: self.closed
+        )
+        if not plan.commits:
+            parts.hear(store, plan, step, lambda: self.closed)
+            final = shared.parent / manifest.checkpoint_name(step)
+            if not final.is_dir():
+                raise parts.PartsFailed(
+                    f"node {plan.committer} committed step {step} into a directory with the id "
+                    f"of {shared.parent}, which does not have it: was {parts.DIRECTORY_ID} "
+                    "copied from another node's directory? Remove the copy."
+                )
+            return final, manifest.read_manifest(final)
+        try:
+            done = manifest.commit(
+                shared, step, metrics, lineage, plan.ranks, self.group.world_size
+            )
+        except BaseException as exc:
+            parts.announce(store, plan.key, f"{type(exc).__name__}: {exc}")
+            raise
+        parts.announce(store, plan.key, None)
+        return done
 
     def abandon(self, step: int, error: str) -> None:
         store = self._saving_store = self._saving_store or self._open_store()
@@ -189,3 +246,27 @@ class StoreRounds(Rounds):
             del self._entries[seq]
         self.current = next(iter(self._entries.values()), None)
         return any(e.final for e in entries)
+
+
+def open_store(group: Group, warn: Callable[[str], None], load_torch: bool = False) -> Any:
+    """This run's keys in torchrun's rendezvous store; None (and a warning) without one.
+
+    torch is imported only when the script has imported it, or with ``load_torch`` (torchrun
+    on several nodes: torch is installed, and the script is about to import it anyway)."""
+    if "torch" not in sys.modules and not load_torch:
+        return None  # the script does not use torch: nothing to agree through
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not host or not port:
+        warn("MASTER_ADDR/MASTER_PORT are not set: ranks of other nodes cannot agree")
+        return None
+    import torch.distributed as dist
+
+    try:
+        store = dist.TCPStore(
+            host, int(port), is_master=False, timeout=_CONNECT_TIMEOUT, wait_for_workers=False
+        )
+    except Exception as exc:
+        warn(f"cannot reach the rendezvous store at {host}:{port}: {exc}")
+        return None
+    run = f"ckptd/{group.run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    return dist.PrefixStore(run, store)

@@ -121,10 +121,23 @@ class Manifest:
     format: int = FORMAT_VERSION
     hash: str = "sha256"
     lineage: Lineage | None = None  # None: written before lineages were recorded
+    # A save of torchrun ranks: the ranks whose parts this directory holds, of how many.
+    # None: not a group save, or written before parts were recorded (then it holds all).
+    ranks: tuple[int, ...] | None = None
+    world_size: int | None = None
 
     @property
     def size(self) -> int:
         return sum(entry.size for entry in self.files)
+
+    def holds(self, rank: int) -> bool:
+        """This directory holds ``rank``'s part (one without a record holds every rank's)."""
+        return self.ranks is None or rank in self.ranks
+
+    @property
+    def complete(self) -> bool:
+        """Every rank's part is here: the checkpoint of the whole job, not one node's part."""
+        return self.ranks is None or self.world_size is None or len(self.ranks) >= self.world_size
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -133,6 +146,11 @@ class Manifest:
             del data["lineage"]
         else:
             data["lineage"] = self.lineage.to_json()
+        for key in ("ranks", "world_size"):
+            if data[key] is None:
+                del data[key]
+            elif key == "ranks":
+                data[key] = list(data[key])
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
@@ -158,6 +176,11 @@ class Manifest:
         if not isinstance(metrics, dict) or not isinstance(writer, dict):
             raise ManifestError("manifest metrics and writer must be objects")
         lineage = data.get("lineage")
+        ranks, world = data.get("ranks"), data.get("world_size")
+        if ranks is not None and not (isinstance(ranks, list) and all(map(_count, ranks))):
+            raise ManifestError("manifest ranks must be a list of non-negative integers")
+        if world is not None and not (_count(world) and world > 0):
+            raise ManifestError(f"manifest world_size {world!r} is not a positive integer")
         return cls(
             step=step,
             time=float(stamp),
@@ -169,6 +192,8 @@ class Manifest:
             writer=writer,
             hash=algorithm,
             lineage=None if lineage is None else Lineage.from_json(lineage),
+            ranks=None if ranks is None else tuple(ranks),
+            world_size=world,
         )
 
 
@@ -217,10 +242,13 @@ def commit(
     step: int,
     metrics: dict[str, Any] | None = None,
     lineage: Lineage | None = None,
+    ranks: list[int] | None = None,
+    world_size: int | None = None,
 ) -> tuple[Path, Manifest]:
     """Commit ``temp_dir`` as the checkpoint of ``step`` beside it; return its path and manifest.
 
-    ``lineage`` is recorded in the manifest (see :func:`lineage_after`). On failure the
+    ``lineage`` is recorded in the manifest (see :func:`lineage_after`), and so are the
+    ``ranks`` (of ``world_size``) whose parts a save of torchrun ranks holds. On failure the
     temporary directory is removed and :class:`CommitError` raised; committed checkpoints
     are never touched except a valid one of the same step, which is replaced atomically
     enough that a crash leaves one of the two.
@@ -237,6 +265,8 @@ def commit(
             writer={"name": "ckptd_client", "host": socket.gethostname(), "pid": os.getpid()},
             hash=algorithm,
             lineage=lineage,
+            ranks=None if ranks is None else tuple(sorted(ranks)),
+            world_size=world_size,
         )
         _write_synced(temp_dir / MANIFEST_NAME, manifest.to_json().encode())
         if (mode := checkpoint_mode()) is not None:
@@ -467,6 +497,10 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _list_of(value: Any) -> list[Any]:

@@ -64,7 +64,7 @@ ENV_RUN_ID = "TORCHELASTIC_RUN_ID"
 ENV_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
 
 CLIENT_TYPES = frozenset(
-    {"hello", "step", "started", "committed", "failed", "propose", "written", "bye"}
+    {"hello", "step", "started", "committed", "failed", "propose", "written", "incomplete", "bye"}
 )
 DAEMON_TYPES = frozenset({"request", "agreed", "commit", "aborted", "done"})
 

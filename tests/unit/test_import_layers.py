@@ -48,6 +48,7 @@ LAZY_FOR_OPTIONAL_DEPENDENCY = {
     ("ckptd.supervisor.arbiter", "ckptd.storage.remote.outcomes"),
     ("ckptd.supervisor.daemon", "ckptd.reporting.prometheus"),
     ("ckptd.storage.remote.listing", "ckptd.storage.remote.store"),
+    ("ckptd.storage.remote.listing", "ckptd.storage.remote.parts"),
     ("ckptd.cli.commands", "ckptd.supervisor.daemon"),
     ("ckptd.cli.commands", "ckptd.supervisor"),
     ("ckptd.cli.commands", "ckptd.cli.preflight"),

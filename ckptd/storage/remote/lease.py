@@ -14,6 +14,11 @@
   that vanished or went *down* (someone wiped the prefix) is written back with this owner's
   generation, again conditionally, so the highest generation always wins.
 
+The daemons of one multi-node job share one lease (``shared``: the owner is the job's node
+group, see ``ckptd.storage.job_identity``): a node that finds the lease held by its own
+job adopts its generation instead of taking a new one, so the nodes never fence each other,
+while a second instance of the job (another node group) takes it over and fences them all.
+
 Guarantee (S3 and S3-compatible stores with conditional writes, and ``file://``): after a
 new daemon took the lease, the old one starts no upload, writes no manifest and deletes
 nothing once its next check has run; the only write that can still land is one whose check
@@ -90,10 +95,18 @@ class LeaseRecord:
 class Lease:
     """This daemon's lease on ``store``; ``generation`` is None until :meth:`take`."""
 
-    def __init__(self, store: RemoteStore, owner: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: RemoteStore,
+        owner: str | None = None,
+        timeout: float = 30.0,
+        *,
+        shared: bool = False,
+    ) -> None:
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.timeout = timeout
+        self.shared = shared  # the daemons of one multi-node job: one owner, never fenced apart
         self.generation: int | None = None
         self.path = f"{store.root}/{LEASE_NAME}"
 
@@ -104,6 +117,9 @@ class Lease:
         """
         for _ in range(_ATTEMPTS):
             current, token = self._read()
+            if self.shared and current is not None and current.owner == self.owner:
+                self.generation = current.generation  # another node of this job took it
+                return current.generation
             generation = (current.generation if current else 0) + 1
             if self._write(self._record(generation), token):
                 self.generation = generation

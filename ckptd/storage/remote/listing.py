@@ -32,7 +32,11 @@ def is_remote(argument: str | None) -> bool:
 
 
 def scan_remote(url: str, full: bool = False) -> list[Checkpoint]:
-    """The checkpoints under ``url``, oldest first; ``full`` downloads and verifies each."""
+    """The checkpoints under ``url``, oldest first; ``full`` downloads and verifies each.
+
+    A step of a multi-node job whose nodes' parts are not all up yet is listed as invalid,
+    its reason naming the ranks (and nodes) whose parts are missing."""
+    from ckptd.storage.remote.parts import incomplete_steps
     from ckptd.storage.remote.store import RemoteError
 
     store = _open(url)
@@ -40,6 +44,7 @@ def scan_remote(url: str, full: bool = False) -> list[Checkpoint]:
         found = store.list()
         if full:
             found = [_check(store, c.step) if c.valid else c for c in found]
+        found = sorted([*found, *incomplete_steps(store)], key=lambda c: c.step)
     except RemoteError as exc:
         raise RemoteListingError(f"{redact(url)}: {exc}") from None
     return found

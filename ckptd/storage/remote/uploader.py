@@ -34,6 +34,7 @@ from ckptd.storage.remote.outcomes import (
     UploadFailed,
     UploadTimeoutShort,
 )
+from ckptd.storage.remote.parts import is_part, upload_part
 from ckptd.storage.remote.retention import prune_remote
 from ckptd.storage.remote.store import (
     RemoteCancelled,
@@ -243,7 +244,8 @@ class Uploader:
         began = time.monotonic()
         try:
             self._check_lease()
-            result = self.store.upload(
+            upload = functools.partial(upload_part, self.store) if is_part(path) else None
+            result = (upload or self.store.upload)(
                 path,
                 self._queue.attempt_timeout(self.timeout),
                 before_manifest=self._check_lease,
