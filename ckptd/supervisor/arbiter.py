@@ -934,7 +934,8 @@ class Arbiter:
     def _on_client(self, peer: Peer, message: messages.ClientMessage) -> None:
         now = time.monotonic()
         training_at = isinstance(message, _TRAINING_AT)
-        if self.progress.reported(message.step, now, training_at=training_at):
+        loss = message.loss if isinstance(message, messages.StepReport) else None
+        if self.progress.reported(message.step, now, training_at=training_at, loss=loss):
             self._check_slow(now)
         if not peer.known and not isinstance(message, messages.Bye):
             peer.known = True
