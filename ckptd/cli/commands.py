@@ -68,7 +68,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume-from",
         metavar="STEP|PATH",
         help="start from this checkpoint (verified) instead of the newest; newer ones are set "
-        "aside under checkpoint_dir/.branches/<time>/ (a branch's checkpoint is brought back)",
+        "aside under checkpoint_dir/.branches/<time>/, and the remote's under its .branches/ "
+        "(a branch's checkpoint is brought back)",
     )
     for option in config_module.JOB_OPTIONS:
         if option.key == "command":
@@ -121,11 +122,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _with_resume_from(job: config_module.JobConfig, value: str) -> config_module.JobConfig:
     """The job with ``--resume-from`` resolved to a checkpoint path that exists (else exit 2)."""
-    if job.storage.remote is not None:
-        raise CommandError(
-            "--resume-from: not supported with [storage] remote yet (the bucket's newer "
-            "checkpoints would be resumed again)"
-        )
     target = branches.target_of(job.checkpoint_dir, value)
     try:
         branches.check_target(target)

@@ -439,8 +439,6 @@ class Arbiter:
     def control_rollback(self, step: int) -> Any:
         """Final save of the current state, then a relaunch from checkpoint ``step``; the newer
         checkpoints (that final save included) are set aside, not deleted."""
-        if self.remote is not None:
-            raise ReplyError("bad_arguments", "rollback is not supported with a remote store yet")
         if self.stop is not None:
             raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
         if not self._job_alive():
@@ -656,6 +654,10 @@ class Arbiter:
         if prepared.went_back is not None:
             went = prepared.went_back
             self.pinned = went.path
+            remote: dict[str, Any] = {}
+            if self.remote is not None:
+                moved = [checkpoint_name(s) for s in went.remote_set_aside]
+                remote = {"remote_branch": went.remote_branch, "remote_set_aside": moved}
             self.events.emit(
                 "job.rolled_back",
                 step=went.step,
@@ -663,6 +665,7 @@ class Arbiter:
                 chosen=str(went.chosen),
                 branch=str(went.set_aside.branch) if went.set_aside.branch else None,
                 set_aside=[p.name for p in went.set_aside.moved],
+                **remote,
             )
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
@@ -1006,7 +1009,7 @@ class Arbiter:
         """Stop the job without saving its diverged state; relaunch from before it, or end."""
         assert self.guard is not None
         steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
-        decision = self.guard.decide(divergence, steps, self.remote is not None)
+        decision = self.guard.decide(divergence, steps)
         fields: dict[str, Any] = {
             "step": divergence.step,
             "loss": loss_field(divergence.loss),
