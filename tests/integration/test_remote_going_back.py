@@ -122,3 +122,26 @@ def test_rollback_of_a_running_job_moves_the_remote_branch_aside(
     remote = [c.step for c in store.list() if c.step > target]
     assert set(remote) <= set(later), (remote, later)  # only the new branch's uploads
     assert Path(job.checkpoint_dir, checkpoint_name(target)).is_dir()
+
+
+def test_a_divergence_with_a_bucket_rolls_back_there_too(
+    moto: MotoServer, machines: Callable[[str], Job]
+) -> None:
+    """A NaN from step 60 with a bucket: the guard's relaunch moves the remote checkpoints past
+    its resume step aside too; the job finishes and the bucket holds one branch."""
+    job = machines("job")
+    config = storage_config(job.base / "storage.toml", moto.url("run"), moto.options)
+    with open(config, "a") as toml:
+        toml.write('[guard]\nnonfinite = "rollback"\n')
+    job.start(fake(job, "--steps", "200", "--save-every", "5", "--step-time", "0.02",
+                   "--bad-data-at", "60"), "--config", str(config), "--keep-last", "0")  # fmt: skip
+    assert job.wait() == 0, job.log_tail()
+    diverged = job.events("job.diverged")[-1]
+    went = job.events("job.rolled_back")[-1]
+    assert went["step"] == diverged["resume_step"]
+    store = RemoteStore(moto.url("run"), moto.options)
+    assert went["remote_set_aside"]  # uploaded during the seconds from resume step to NaN
+    assert _branch_steps(store, went["remote_branch"]) == went["remote_set_aside"]
+    later = {r["step"] for r in job.events("remote.uploaded") if r["time"] > went["time"]}
+    assert {c.step for c in store.list() if c.step > went["step"]} <= later
+    assert job.records("done")[-1]["step"] == 199 and 60 not in job.records("done")[-1]["trained"]
