@@ -158,17 +158,23 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
 def list_checkpoints(args: argparse.Namespace) -> int:
+    verifier = _verifier(args)
+    verdicts: dict[Path, Any] = {}
     if remote_listing.is_remote(args.dir):
-        _local_only_key(args)
-        directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
+        judge = _judge(verifier, verdicts)
+        full = args.verify or verifier is not None  # a signature is checked on a download
+        directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, full, judge)
+        aside: list[tuple[str, Any]] = []
+        if verifier is not None:
+            verdicts = {c.path: verdicts.get(c.path) or _not_downloaded(c) for c in found}
     else:
         directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
         found = scan(directory, full=args.verify)
-    aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
+        aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
     branch_of = {c.path: name for name, c in aside}
     found += [c for _, c in aside]
-    verifier = _verifier(args)
-    verdicts = {c.path: verifier.check(c.path) for c in found} if verifier else {}
+    if verifier is not None and not verdicts:
+        verdicts = {c.path: verifier.check(c.path) for c in found}
     if args.json:
         strict_json.print_json(
             [
@@ -218,13 +224,18 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     _verify_arguments,
 )
 def verify(args: argparse.Namespace) -> int:
+    verifier = _verifier(args)
+    verdicts: dict[Path, Any] = {}
     if remote_listing.is_remote(args.path):
-        _local_only_key(args)
-        checked = _remote(remote_listing.inspect_remote, args.path)
+        judge = _judge(verifier, verdicts)
+        checked = _remote(remote_listing.inspect_remote, args.path, judge)
     else:
         checked = inspect(Path(args.path), full=True)
-    verifier = _verifier(args)
-    verdict = verifier.check(checked.path) if verifier else None
+    verdict = None
+    if verifier is not None and remote_listing.is_remote(args.path):
+        verdict = verdicts.get(checked.path) or _not_downloaded(checked)
+    elif verifier is not None:
+        verdict = verifier.check(checked.path)
     good = checked.valid and (verdict is None or verdict.ok)
     if args.json:
         strict_json.print_json(_with_signature(checked.to_json(), verdict))
@@ -243,7 +254,7 @@ def _key_argument(parser: argparse.ArgumentParser) -> None:
         "--key",
         metavar="PUB",
         help="also check each checkpoint's model.sig against this PEM public key "
-        "(signed-ok, unsigned, mismatch)",
+        "(signed-ok, unsigned, mismatch; a remote one is downloaded to a temporary directory)",
     )
 
 
@@ -259,12 +270,22 @@ def _verifier(args: argparse.Namespace) -> Any:
         raise CommandError(f"--key: {exc}") from None
 
 
-def _local_only_key(args: argparse.Namespace) -> None:
-    if args.key:
-        raise CommandError(
-            "--key checks local checkpoints; download the remote one first "
-            "(ckptd run resumes only signed ones with [integrity] verify_key)"
-        )
+def _judge(verifier: Any, verdicts: dict[Path, Any]) -> Callable[[Path, Path], None] | None:
+    """What checks each downloaded remote copy's signature into ``verdicts`` (by remote path)."""
+    if verifier is None:
+        return None
+
+    def judge(where: Path, copy: Path) -> None:
+        verdicts[where] = verifier.check(copy)
+
+    return judge
+
+
+def _not_downloaded(checkpoint: Any) -> Any:
+    """The signature verdict on a remote checkpoint that did not verify (never downloaded)."""
+    from ckptd.integrity.verifier import SignatureStatus, Verdict
+
+    return Verdict(SignatureStatus.MISMATCH, f"checkpoint: {checkpoint.reason or 'not checked'}")
 
 
 def _with_branch(record: dict[str, Any], branch_of: dict[Path, str], c: Any) -> dict[str, Any]:
