@@ -152,7 +152,8 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all",
         action="store_true",
-        help="also the checkpoints set aside by --resume-from and rollback (.branches/)",
+        help="also the checkpoints set aside by --resume-from and rollback (.branches/, in a "
+        "remote store too)",
     )
 
 
@@ -165,15 +166,17 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         full = args.verify or verifier is not None  # a signature is checked on a download
         directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, full, judge)
         aside: list[tuple[str, Any]] = []
-        if verifier is not None:
-            verdicts = {c.path: verdicts.get(c.path) or _not_downloaded(c) for c in found}
+        if args.all:
+            aside = _remote(remote_listing.scan_remote_branches, args.dir, full, judge)
     else:
         directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
         found = scan(directory, full=args.verify)
         aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
     branch_of = {c.path: name for name, c in aside}
     found += [c for _, c in aside]
-    if verifier is not None and not verdicts:
+    if verifier is not None and remote_listing.is_remote(args.dir):
+        verdicts = {c.path: verdicts.get(c.path) or _not_downloaded(c) for c in found}
+    elif verifier is not None:
         verdicts = {c.path: verifier.check(c.path) for c in found}
     if args.json:
         strict_json.print_json(
@@ -283,9 +286,10 @@ def _judge(verifier: Any, verdicts: dict[Path, Any]) -> Callable[[Path, Path], N
 
 def _not_downloaded(checkpoint: Any) -> Any:
     """The signature verdict on a remote checkpoint that did not verify (never downloaded)."""
-    from ckptd.integrity.verifier import SignatureStatus, Verdict
+    from ckptd import integrity
 
-    return Verdict(SignatureStatus.MISMATCH, f"checkpoint: {checkpoint.reason or 'not checked'}")
+    reason = f"checkpoint: {checkpoint.reason or 'not checked'}"
+    return integrity.Verdict(integrity.SignatureStatus.MISMATCH, reason)
 
 
 def _with_branch(record: dict[str, Any], branch_of: dict[Path, str], c: Any) -> dict[str, Any]:

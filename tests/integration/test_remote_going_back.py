@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +88,15 @@ def test_resume_from_moves_the_remote_branch_aside_and_a_new_vm_resumes_the_chos
     # after going back, the bucket is never ahead and nothing is downloaded.
     assert not [e for e in first.events("remote.ahead") if e["time"] > went["time"]]
     assert not first.events("remote.downloaded")
+    listed = subprocess.run(
+        [sys.executable, "-m", "ckptd", "list", "--all", "--json", moto.url("run")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **moto.env}, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    stamp = went["remote_branch"].rsplit("/", 1)[1]
+    assert {c["step"]: c["branch"] for c in json.loads(listed.stdout)} == {
+        5: None, 10: None, 15: None, 20: stamp, 25: stamp, 30: stamp,
+    }  # fmt: skip
 
     second = machines("second")  # a replacement VM: nothing on its disk
     config = storage_config(second.base / "storage.toml", moto.url("run"), moto.options)

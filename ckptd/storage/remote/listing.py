@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ckptd.storage.branches import BRANCHES_DIR
 from ckptd.storage.remote.url import check_remote_url, redact
 from ckptd_client.store import Checkpoint
 
 if TYPE_CHECKING:  # fsspec is imported only when a remote is named
     from ckptd.storage.remote.store import RemoteStore
 
-__all__ = ["inspect_remote", "is_remote", "scan_remote"]
+__all__ = ["inspect_remote", "is_remote", "scan_remote", "scan_remote_branches"]
 
 _STEP_NAME = re.compile(r"^step-(\d{8,})$")
 
@@ -48,6 +49,27 @@ def scan_remote(url: str, full: bool = False, judge: Judge | None = None) -> lis
     except RemoteError as exc:
         raise RemoteListingError(f"{redact(url)}: {exc}") from None
     return found
+
+
+def scan_remote_branches(
+    url: str, full: bool = False, judge: Judge | None = None
+) -> list[tuple[str, Checkpoint]]:
+    """``(branch, checkpoint)`` for each checkpoint that going back set aside under
+    ``url/.branches/`` (:mod:`ckptd.storage.remote.branches`), oldest branch first."""
+    from ckptd.storage.remote.store import Deadline, RemoteError
+
+    store = _open(url)
+    try:
+        listed = store.transport.call(
+            "ls", f"{store.root}/{BRANCHES_DIR}", detail=False, deadline=Deadline.after(60)
+        )
+    except RemoteError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return []
+        raise RemoteListingError(f"{redact(url)}: {exc}") from None
+    names = sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in listed)
+    base = f"{url.rstrip('/')}/{BRANCHES_DIR}"
+    return [(name, c) for name in names for c in scan_remote(f"{base}/{name}", full, judge)]
 
 
 def inspect_remote(url: str, judge: Judge | None = None) -> Checkpoint:
