@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import latency, overhead, remote, report, restarts, signing, storage
+from . import latency, memory_tier, overhead, remote, report, restarts, signing, storage
 from .harness import Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def main() -> int:
     try:
         for name in (
             "requests", "sigterm", "restarts", "cpu", "throughput", "storage", "async", "remote",
-            "signing",
+            "memory", "signing",
         ):  # fmt: skip
             (work / name).mkdir()
         steps = [
@@ -64,6 +64,7 @@ def main() -> int:
                 lambda: storage.commit_and_resume_rows(work / "storage", size, rounds),
             ),
             ("save_async", lambda: [storage.async_row(work / "async", size, async_rounds)]),
+            ("memory tier", lambda: memory_tier.stall_rows(work / "memory", size, rounds)),
             ("remote store", lambda: remote.remote_rows(work / "remote", size, remote_rounds)),
             (
                 "signing",

@@ -1,6 +1,7 @@
 """What the framework callbacks cost: steps/s of each example job with CkptdCallback vs without.
 
-    python -m bench.frameworks [--seconds 1.5] [--rounds 10] [--only hf,lightning,keras]
+    python -m bench.frameworks [--seconds 1.5] [--rounds 10]
+        [--only hf,lightning,keras,hf-ranks,lightning-ranks]
 
 For each installed framework, one process under ``ckptd run`` (its client connected
 to the daemon, no checkpoint requested: the per-step cost alone) builds the tiny job
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .frameworks_ranks import ranks_row
 from .harness import Row, median
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,11 +106,12 @@ class Job:
     name: str
     module: str
     example: str
+    ranks: bool = False  # also timed on 2 ranks (needs torch)
 
 
 JOBS = [
-    Job("hf", "transformers", "train_hf.py"),
-    Job("lightning", "lightning", "train_lightning.py"),
+    Job("hf", "transformers", "train_hf.py", ranks=True),
+    Job("lightning", "lightning", "train_lightning.py", ranks=True),
     Job("keras", "keras", "train_keras.py"),
 ]
 
@@ -211,7 +214,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.frameworks", description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.5, help="length of one training run")
     parser.add_argument("--rounds", type=int, default=10, help="rounds of four runs per framework")
-    parser.add_argument("--only", default="", help="comma-separated: hf, lightning, keras")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated: hf, lightning, keras, hf-ranks, lightning-ranks",
+    )
     args = parser.parse_args()
     chosen = {name for name in args.only.split(",") if name}
     print(
@@ -221,16 +228,23 @@ def main() -> int:
     met = True
     try:
         for job in JOBS:
-            if chosen and job.name not in chosen:
+            if chosen and not chosen & {job.name, f"{job.name}-ranks"}:
                 continue
             if importlib.util.find_spec(job.module) is None:
                 print(f"{job.module}: skipped (not installed: pip install 'ckptd[{job.module}]')")
                 continue
-            row = framework_row(job, work / job.name, args.seconds, args.rounds)
-            verdict = _verdict(row)
-            met = met and verdict != "NOT met"
-            print(f"{row.figure}: {row.ckptd}; {row.baseline}; goal {row.goal}: {verdict}")
-            print(f"  {row.note}: {' '.join(_ckptd_run(Path('DIR')))} python driver.py")
+            if not chosen or job.name in chosen:
+                row = framework_row(job, work / job.name, args.seconds, args.rounds)
+                verdict = _verdict(row)
+                met = met and verdict != "NOT met"
+                print(f"{row.figure}: {row.ckptd}; {row.baseline}; goal {row.goal}: {verdict}")
+                print(f"  {row.note}: {' '.join(_ckptd_run(Path('DIR')))} python driver.py")
+            if job.ranks and (not chosen or f"{job.name}-ranks" in chosen):
+                row = ranks_row(job.name, job.module, work / f"{job.name}-ranks", _ckptd_run, ENV)
+                met = met and bool(row.met)
+                verdict = "met" if row.met else "NOT met"
+                print(f"{row.figure}: {row.ckptd}; {row.baseline}; goal {row.goal}: {verdict}")
+                print(f"  {row.note}: {' '.join(_ckptd_run(Path('DIR')))} torchrun driver.py")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if met else 1

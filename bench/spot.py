@@ -37,7 +37,7 @@ from ckptd.process.trainer import become_subreaper
 
 from .harness import records
 from .spot_schedule import Event, Scenario, bounds, scenario, schedule
-from .spot_sides import CkptdSide, LoopSide, Side, kill_all
+from .spot_sides import CkptdSide, LoopSide, MemorySide, Side, kill_all
 
 GOAL = 0.97
 _TICK = 0.05
@@ -137,6 +137,14 @@ def _restarts(side: Side, rows: list[dict[str, Any]]) -> list[float]:
 def _interval(side: Side) -> str:
     if not isinstance(side, CkptdSide):
         return side.interval()
+    if isinstance(side, MemorySide):
+        chosen = [
+            r["every"]
+            for r in records(side.base / "run" / "events.jsonl", "memory.interval")
+            if isinstance(r.get("every"), (int, float))
+        ]
+        first = f"{chosen[0]:.1f} s, last {chosen[-1]:.1f} s" if chosen else "1 s (no change)"
+        return f"RAM auto, first {first}"
     chosen = [
         r["every"]
         for r in records(side.base / "run" / "events.jsonl", "checkpoint.interval")
@@ -201,6 +209,12 @@ def main() -> int:
         help="async: background saves stalling training for a 50 ms snapshot (default); "
         "sync: training waits for the whole save",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="a third contender: ckptd with the memory tier (memory_every = auto), saves in "
+        "RAM taking a tenth of a disk save",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", type=Path, help="leave the run directories and records here")
     args = parser.parse_args()
@@ -229,6 +243,10 @@ def main() -> int:
             CkptdSide(work / "ckptd", trainer, options, s.margin),
             LoopSide(work / "loop", trainer, s.baseline_every, s.step_time),
         ]
+        if args.memory:
+            ram = _ram_dir(work)
+            ram_save = s.snapshot or s.save_time / 10
+            sides.append(MemorySide(work / "memory", trainer, options, s.margin, ram, ram_save))
         ended = run(sides, events, s)
         results = [figures(side, s, ended) for side in sides]
     finally:
@@ -237,6 +255,8 @@ def main() -> int:
         _kill_leftovers()
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+        if args.memory:
+            shutil.rmtree(_ram_dir(work), ignore_errors=True)
     report(results, s, events, command, args.out)
     return 0
 
@@ -244,7 +264,7 @@ def main() -> int:
 def report(
     results: list[Figures], s: Scenario, events: list[Event], command: str, out: Path | None
 ) -> None:
-    ours, loop = results
+    ours, loop, *more = results
     restart = statistics.median(loop.restart_seconds) if loop.restart_seconds else 0.5
     limits = bounds(s, events, restart)
     if out is not None:
@@ -294,7 +314,25 @@ def report(
     else:
         print()
     print(f"ckptd / loop: {ours.goodput / loop.goodput:.2f}x")
+    for memory in more:
+        above = memory.goodput > limits["young_daly"]
+        print(
+            f"ckptd + memory tier: {memory.goodput:.3f}, {memory.goodput / loop.goodput:.2f}x "
+            f"the loop, {memory.goodput / ours.goodput:.2f}x ckptd without it; "
+            f"{'above' if above else 'not above'} the disk-only Young/Daly bound "
+            f"{limits['young_daly']:.3f}"
+        )
     print(f"\nreproduce: {command}")
+
+
+def _ram_dir(work: Path) -> Path:
+    """The memory side's memory_dir: on /dev/shm when it is a tmpfs, else beside the run."""
+    from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of
+
+    shm = Path("/dev/shm")
+    if filesystem_of(shm) in RAM_FILESYSTEMS:
+        return shm / f"ckptd-spot-{abs(hash(str(work))) % 10**8:08d}"
+    return work / "ram"
 
 
 def _kill_leftovers() -> None:

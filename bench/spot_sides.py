@@ -8,6 +8,9 @@ with the same disk would.
 
 - ``CkptdSide``: ``ckptd run --every auto`` around the trainer, preemption notices from a
   fake AWS metadata service (tests/fakes/metadata.py) that ckptd polls.
+- ``MemorySide`` (``--memory``): the same, with ``--memory-every auto`` as well: saves go to
+  RAM (``--ram-save-time``), ckptd persists them to disk. A lost or replaced VM loses its RAM
+  (the memory directory is wiped); a killed training process does not.
 - ``LoopSide``: ``while true; do python spot_trainer.py ... && break; done`` in bash, the
   script saving every 60 s of training (every 1200 steps of 50 ms) by itself through the
   standalone client, ``CKPTD_*`` unset; a notice reaches it as the VM's shutdown does:
@@ -20,6 +23,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,6 +244,32 @@ class CkptdSide(Side):
 
     def interval(self) -> str:
         return "auto"
+
+
+class MemorySide(CkptdSide):
+    name = "ckptd + memory tier"
+
+    def __init__(
+        self,
+        base: Path,
+        trainer: list[str],
+        options: list[str],
+        margin: float,
+        memory_dir: Path,
+        ram_save_time: float,
+    ) -> None:
+        self.memory_dir = memory_dir
+        memory = ["--memory-every", "auto", "--memory-dir", str(memory_dir)]
+        trainer = [*trainer, "--ram-save-time", str(ram_save_time)]
+        super().__init__(base, trainer, [*options, *memory], margin)
+
+    def _kill_vm(self) -> None:
+        """The VM's RAM goes with it: its replacement finds the memory directory empty."""
+        super()._kill_vm()
+        shutil.rmtree(self.memory_dir, ignore_errors=True)
+
+    def interval(self) -> str:
+        return "memory auto, disk auto"
 
 
 class LoopSide(Side):

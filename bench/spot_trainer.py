@@ -9,7 +9,9 @@ that save every so many steps do). Steps are paced to a clock, so N steps of
 training take N x step time however late ``time.sleep`` wakes up. A save writes a small
 payload and takes ``--save-time``: synchronously, stalling training for all of it, or with
 ``--snapshot S`` in the background (``checkpoint_async``), stalling training only for the
-snapshot of ``S`` seconds, as DCP's and Orbax's async saves do. When the work is done, the
+snapshot of ``S`` seconds, as DCP's and Orbax's async saves do. With ``--ram-save-time S``
+a save into a directory other than ``CKPTD_CHECKPOINT_DIR`` (the memory tier's, in RAM) takes
+``S`` instead: the script is unchanged, the medium is faster. When the work is done, the
 result is saved as a checkpoint of the last step before ``done`` is recorded.
 
 Records JSON lines in RECORD: ``start {resume_step, pid, t}``, ``step {step, t}``,
@@ -38,6 +40,12 @@ def main() -> None:
     parser.add_argument("--save-time", type=float, required=True)
     parser.add_argument("--save-every", type=int, default=0, help="steps; 0: only when asked")
     parser.add_argument("--snapshot", type=float, default=0.0, help="s; > 0: background saves")
+    parser.add_argument(
+        "--ram-save-time",
+        type=float,
+        default=None,
+        help="s; a save ckptd asked for in RAM (the memory tier) takes this instead",
+    )
     args = parser.parse_args()
     record = open(args.record, "a", buffering=1)  # noqa: SIM115 - kept open for the whole run
 
@@ -53,9 +61,12 @@ def main() -> None:
     step = last.step + 1 if last else 0
     kept = last.step if last else None
 
+    disk = Path(os.environ.get("CKPTD_CHECKPOINT_DIR") or "checkpoints").resolve()
+
     def write(at: int, directory: Path) -> None:
         (directory / "model.bin").write_bytes(at.to_bytes(8, "little") * 128)
-        time.sleep(args.save_time)
+        in_ram = args.ram_save_time is not None and directory.parent.resolve() != disk
+        time.sleep(args.ram_save_time if in_ram else args.save_time)
         note("saved", step=at, t=time.time())
 
     def save(at: int) -> None:

@@ -20,6 +20,7 @@ from ckptd.job_name import default_name, name_problem
 from ckptd.options import (
     COUNT,
     DURATION,
+    POSITIVE,
     SIGNAL,
     STRING,
     STRING_LIST,
@@ -45,6 +46,7 @@ __all__ = ["JOB_OPTIONS", "ConfigError", "JobConfig", "Option", "default_name", 
 GRACE = duration(0, why="the final save needs some time")
 EVERY = duration(1.0, why="leave it out for no periodic checkpoints")
 KEEP_EVERY = duration(1.0)
+MEMORY_EVERY = duration(1.0, why="leave it out for no memory tier")
 HANG_TIMEOUT = duration(1.0, why="step reports come 0.2 s apart at the fastest")
 POLL_INTERVAL = duration(0.01, why="a shorter one is a busy loop")
 NOTICE_INTERVAL = duration(0.1, why="a shorter one floods the metadata service")
@@ -127,6 +129,19 @@ JOB_OPTIONS: tuple[Option, ...] = (
     Option("every_min", EVERY, 60.0, 'shortest interval every = "auto" may choose'),
     Option("every_max", EVERY, 1800.0, 'longest interval every = "auto" may choose'),
     Option("mtbf", EVERY, 21600.0, 'assumed mean time between failures of a fresh job ("auto")'),
+    Option(
+        "memory_every",
+        or_auto(MEMORY_EVERY),
+        None,
+        'memory-tier checkpoint interval (saves to RAM, persisted by ckptd); "auto": Young/Daly',
+    ),
+    Option(
+        "memory_dir",
+        STRING,
+        None,
+        "where memory-tier checkpoints live (default: a per-job directory on /dev/shm)",
+    ),
+    Option("memory_keep", POSITIVE, 2, "newest memory-tier checkpoints kept in RAM"),
     Option("keep_last", COUNT, 3, "newest checkpoints kept (0 = keep all)"),
     Option("keep_best", COUNT, 0, "best checkpoints kept by best_metric"),
     Option("best_metric", STRING, None, "metric name in the manifest that ranks checkpoints"),
@@ -398,6 +413,9 @@ class JobConfig:
     every_min: float = 60.0
     every_max: float = 1800.0
     mtbf: float = 21600.0
+    memory_every: float | str | None = None
+    memory_dir: Path | None = None  # None: found on a RAM-backed filesystem at start
+    memory_keep: int = 2
     keep_last: int = 3
     keep_best: int = 0
     best_metric: str | None = None
@@ -634,6 +652,8 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
         raise ConfigError("restart_delay_max: must not be below restart_delay")
     if values["every_max"] < values["every_min"]:
         raise ConfigError("every_max: must not be below every_min")
+    if values["memory_dir"] is not None and values["memory_every"] is None:
+        raise ConfigError("memory_dir: needs memory_every (the memory tier is off without it)")
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     run_dir = values["run_dir"] or state_dir or f".ckptd/{name}"
     values.update(
@@ -642,6 +662,7 @@ def _finish(values: dict[str, Any], base: Path, source: str) -> JobConfig:
         cwd=_absolute(values["cwd"] or ".", base),
         run_dir=_absolute(run_dir, base),
         checkpoint_dir=_absolute(values["checkpoint_dir"] or f"checkpoints/{name}", base),
+        memory_dir=_absolute(values["memory_dir"], base) if values["memory_dir"] else None,
     )
     return JobConfig(**values, source=source)
 

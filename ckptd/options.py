@@ -125,8 +125,23 @@ def choice(*allowed: str) -> Kind:
     return Kind(" | ".join(allowed), check, check)
 
 
+def _positive(value: Any) -> int:
+    number = _strict(int, "a positive integer")(value)
+    if number < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return int(number)
+
+
+def _text_positive(text: str) -> int:
+    try:
+        return _positive(int(text))
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
+
+
 STRING = Kind("text", _strict(str, "a string"), str)
 COUNT = Kind("integer >= 0", _non_negative, _text_int)
+POSITIVE = Kind("integer >= 1", _positive, _text_positive)
 DURATION = Kind("duration", parse_duration, parse_duration)
 
 

@@ -5,6 +5,12 @@ sequences. Two lines make it a ckptd job: `CkptdCallback()` in the Trainer's
 callbacks and `resume_from_checkpoint=resume_path()`.
 
     ckptd run -- python examples/train_hf.py
+    ckptd run -- torchrun --nproc-per-node 2 --max-restarts 0 examples/train_hf.py   # DDP
+    ckptd run -- accelerate launch --multi-gpu --num-processes 2 examples/train_hf.py
+
+Under torchrun (or accelerate's launcher, which is torchrun with no restarts) every rank
+takes a request at the same step and writes its part of one checkpoint (gloo on CPU,
+NCCL on GPUs: the Trainer picks the backend).
 """
 
 from __future__ import annotations
@@ -53,7 +59,11 @@ class Progress(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.first is None:
-            print(f"first step of this process: global step {state.global_step}", flush=True)
+            print(
+                f"first step of this process: global step {state.global_step} "
+                f"(rank {args.process_index})",
+                flush=True,
+            )
             self.first = (state.global_step, time.perf_counter(), time.process_time())
         if self.step_time:
             time.sleep(self.step_time)
@@ -81,6 +91,7 @@ def make_trainer(steps: int, callbacks: list[TrainerCallback], output_dir: str) 
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
+        ddp_find_unused_parameters=False,  # under torchrun: every parameter takes part
     )
     return Trainer(
         model=GPT2LMHeadModel(config),
@@ -107,7 +118,8 @@ def main() -> None:
     if resume:
         print(f"resuming from {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
-    print(f"stopped at global step {trainer.state.global_step}", flush=True)
+    rank = trainer.args.process_index
+    print(f"stopped at global step {trainer.state.global_step} (rank {rank})", flush=True)
 
 
 if __name__ == "__main__":

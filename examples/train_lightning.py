@@ -5,11 +5,17 @@ it a ckptd job: `CkptdCallback()` in the Trainer's callbacks and
 `ckpt_path=resume_path()`.
 
     ckptd run -- python examples/train_lightning.py
+    ckptd run -- torchrun --nproc-per-node 2 --max-restarts 0 examples/train_lightning.py  # DDP
+
+Under torchrun the Trainer runs one process per rank with strategy="ddp" (gloo on
+CPU): every rank takes a request at the same step, and `save_checkpoint` (collective)
+writes one checkpoint that is committed once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -49,7 +55,11 @@ class Progress(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.first is None:
-            print(f"first step of this process: global step {trainer.global_step}", flush=True)
+            print(
+                f"first step of this process: global step {trainer.global_step} "
+                f"(rank {trainer.global_rank})",
+                flush=True,
+            )
             self.first = (trainer.global_step, time.perf_counter(), time.process_time())
 
     def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
@@ -74,9 +84,15 @@ def make_data(dim: int) -> torch.utils.data.DataLoader[Any]:
 def make_trainer(steps: int, callbacks: list[L.Callback]) -> L.Trainer:
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    # Under torchrun: one process per rank, the number of processes torchrun started here.
+    devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    nodes = int(os.environ.get("WORLD_SIZE", "1")) // devices
     return L.Trainer(
         max_steps=steps,
         accelerator="cpu",
+        devices=devices,
+        num_nodes=nodes,
+        strategy="ddp" if devices * nodes > 1 else "auto",
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,  # ckptd asks for the saves
@@ -102,7 +118,8 @@ def main() -> None:
     if resume:
         print(f"resuming from {resume}", flush=True)
     trainer.fit(Regressor(args.dim, args.step_time), make_data(args.dim), ckpt_path=resume)
-    print(f"stopped at global step {trainer.global_step}", flush=True)
+    rank = trainer.global_rank
+    print(f"stopped at global step {trainer.global_step} (rank {rank})", flush=True)
 
 
 if __name__ == "__main__":

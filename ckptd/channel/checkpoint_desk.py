@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ckptd.channel.job_channel import JobChannel, Peer
@@ -41,6 +42,8 @@ class Outstanding:
     agreement: Agreement = field(default_factory=Agreement)
     aliases: set[str] = field(default_factory=set)  # group: earlier requests it joined
     joins: str | None = None
+    tier: str = "disk"  # "memory": saved in RAM (memory_dir), persisted by the daemon
+    persist: bool = False  # a disk request joined it after delivery: persist it at once
 
     def answers(self, ids: Ids) -> bool:
         return self.id in ids or bool(self.aliases.intersection(ids))
@@ -66,6 +69,7 @@ class CheckpointDesk:
         self.last_commit: dict[str, Any] | None = None
         self.newest_step: int | None = None
         self.group = RankGroup(channel, events)
+        self.memory_dir: Path | None = None  # set when the memory tier is on
         self._warned_undeliverable = False
 
     @property
@@ -81,25 +85,41 @@ class CheckpointDesk:
         )
 
     def request(
-        self, request: Request, trainer: Trainer | None, waiter: Waiter | None
+        self,
+        request: Request,
+        trainer: Trainer | None,
+        waiter: Waiter | None,
+        tier: str = "disk",
     ) -> dict[str, Any]:
-        """Ask for a checkpoint, joining the outstanding one if any; return the immediate answer."""
+        """Ask for a checkpoint, joining the outstanding one if any; return the immediate answer.
+
+        A disk request that joins a memory one makes it a disk one when it has not reached
+        the job yet, and else has it persisted as soon as it commits.
+        """
         current = self.outstanding
         if current is not None:
             current.origins.add(request.origin)
             if waiter is not None:
                 current.waiters.append(waiter)
+            if current.tier == "memory" and tier == "disk":
+                if current.delivered:
+                    current.persist = True
+                else:
+                    current.tier = "disk"
             self.events.emit(
                 "checkpoint.requested",
                 request_id=request.id,
                 reason=request.reason,
                 coalesced_into=current.id,
+                tier=tier,
             )
             return {"request_id": request.id, "coalesced_into": current.id}
-        self.outstanding = Outstanding(request.id, request.reason, {request.origin})
+        self.outstanding = Outstanding(request.id, request.reason, {request.origin}, tier=tier)
         if waiter is not None:
             self.outstanding.waiters.append(waiter)
-        self.events.emit("checkpoint.requested", request_id=request.id, reason=request.reason)
+        self.events.emit(
+            "checkpoint.requested", request_id=request.id, reason=request.reason, tier=tier
+        )
         self._deliver(self.outstanding, trainer)
         return {"request_id": request.id, "coalesced_into": None}
 
@@ -163,6 +183,7 @@ class CheckpointDesk:
             seconds=message.seconds,
             metrics=message.metrics,
             reused=message.reused,
+            tier=self.tier_of(message.path),
         )
         progress = step is not None and self.note_progress(step)
         self.last_commit = {
@@ -172,6 +193,7 @@ class CheckpointDesk:
             "metrics": message.metrics,
             "bytes": message.bytes,
             "seconds": message.seconds,
+            "tier": self.tier_of(message.path),
         }
         final = (
             self.outstanding is not None
@@ -207,6 +229,21 @@ class CheckpointDesk:
         for rid in ids:
             self._finish(rid, error=error)
         return Acknowledged(final=final)
+
+    def tier_of(self, path: str | None) -> str:
+        """``memory`` for a checkpoint in the memory tier's directory, else ``disk``."""
+        if self.memory_dir is None or path is None:
+            return "disk"
+        return "memory" if Path(path).parent == self.memory_dir else "disk"
+
+    def persist_wanted(self, ids: Ids) -> bool:
+        """Whether a commit answering ``ids`` must be persisted at once when it is in RAM: a
+        disk request joined its memory save, or a disk request was answered by reusing a RAM
+        checkpoint. Called before :meth:`on_committed` forgets the request."""
+        current = self.outstanding
+        if current is None or not current.answers(ids):
+            return False
+        return current.persist or current.tier == "disk"
 
     def note_progress(self, step: int) -> bool:
         """A checkpoint of ``step`` exists (found on disk); return whether it is newer."""
@@ -267,8 +304,9 @@ class CheckpointDesk:
             return self.outstanding.id
         return ids[0] if ids else None
 
-    @staticmethod
-    def _fields(outstanding: Outstanding) -> dict[str, Any]:
+    def _fields(self, outstanding: Outstanding) -> dict[str, Any]:
+        memory = outstanding.tier == "memory" and self.memory_dir is not None
+        where = {"tier": "memory", "dir": str(self.memory_dir)} if memory else {}
         return {
             "id": outstanding.id,
             "reason": outstanding.reason,
@@ -276,6 +314,7 @@ class CheckpointDesk:
             "final": outstanding.final,
             "save": outstanding.save,
             "joins": outstanding.joins,
+            **where,
         }
 
 

@@ -54,6 +54,8 @@ class Started:
     step: int | None
     ids: Ids
     stall: float | None
+    tier: str | None = None  # "memory": the save is in RAM; "disk" with ``fallback``
+    fallback: str | None = None  # why a request of the memory tier was saved to disk
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,10 @@ def _hello(raw: dict[str, Any], step: int | None, ids: Ids) -> Hello:
 
 def _started(raw: dict[str, Any], step: int | None, ids: Ids) -> Started:
     stall = _seconds(raw.get("stall"))
-    return Started(step, ids, stall if stall is not None and stall <= MAX_STALL else None)
+    tier = raw.get("tier") if raw.get("tier") in ("memory", "disk") else None
+    fallback = raw.get("fallback") if isinstance(raw.get("fallback"), str) else None
+    stall = stall if stall is not None and stall <= MAX_STALL else None
+    return Started(step, ids, stall, tier, fallback[:500] if fallback else None)
 
 
 def _committed(raw: dict[str, Any], step: int | None, ids: Ids) -> Committed:

@@ -20,8 +20,9 @@ from ckptd import exit_codes, strict_json
 from ckptd.run_dir import JOB_FILE, NotRegularFile, read_regular
 from ckptd.storage import branches
 from ckptd.storage.branches import BRANCHES_DIR
+from ckptd.storage.memory import expected_path
 from ckptd.storage.remote import listing as remote_listing
-from ckptd_client.store import inspect, scan
+from ckptd_client.store import Checkpoint, inspect, scan
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -161,6 +162,7 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
 def list_checkpoints(args: argparse.Namespace) -> int:
     verifier = _verifier(args)
     verdicts: dict[Path, Any] = {}
+    tiers: dict[Path, str] = {}  # with a memory tier: which tier each checkpoint is in
     if remote_listing.is_remote(args.dir):
         judge = _judge(verifier, verdicts)
         full = args.verify or verifier is not None  # a signature is checked on a download
@@ -169,8 +171,11 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         if args.all:
             aside = _remote(remote_listing.scan_remote_branches, args.dir, full, judge)
     else:
-        directory = Path(args.dir) if args.dir else checkpoint_dir_of(find_run_dir(args.run_dir))
+        run_dir = None if args.dir else find_run_dir(args.run_dir)
+        directory = Path(args.dir) if run_dir is None else checkpoint_dir_of(run_dir)
         found = scan(directory, full=args.verify)
+        if run_dir is not None and (ram := memory_dir_of(run_dir, directory)) is not None:
+            found, tiers = _with_memory_tier(found, scan(ram, full=args.verify))
         aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
     branch_of = {c.path: name for name, c in aside}
     found += [c for _, c in aside]
@@ -179,9 +184,15 @@ def list_checkpoints(args: argparse.Namespace) -> int:
     elif verifier is not None:
         verdicts = {c.path: verifier.check(c.path) for c in found}
     if args.json:
+        tier_of = (lambda c: {"tier": tiers.get(c.path, "disk")}) if tiers else (lambda c: {})
         strict_json.print_json(
             [
-                _with_branch(_with_signature(c.to_json(), verdicts.get(c.path)), branch_of, c)
+                {
+                    **_with_branch(
+                        _with_signature(c.to_json(), verdicts.get(c.path)), branch_of, c
+                    ),
+                    **tier_of(c),
+                }
                 for c in found
             ]
         )
@@ -190,7 +201,8 @@ def list_checkpoints(args: argparse.Namespace) -> int:
         print(f"no checkpoints in {directory}")
         return exit_codes.OK
     signed = ("SIGNATURE",) if verifier else ()
-    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *signed, "METRICS")]
+    tier = ("TIER",) if tiers else ()
+    rows = [("NAME", "STEP", "TIME", "SIZE", "VALID", *signed, *tier, "METRICS")]
     for c in found:
         verdict = verdicts.get(c.path)
         rows.append(
@@ -201,6 +213,7 @@ def list_checkpoints(args: argparse.Namespace) -> int:
                 human_bytes(c.bytes),
                 "yes" if c.valid else f"NO ({c.reason})",
                 *((verdict.text(),) if verdict is not None else ()),
+                *((tiers.get(c.path, "disk"),) if tiers else ()),
                 " ".join(f"{k}={_metric_text(v)}" for k, v in sorted(c.metrics.items())),
             )
         )
@@ -347,6 +360,30 @@ def checkpoint_dir_of(run_dir: Path) -> Path:
         raise CommandError(str(exc)) from None
     except (OSError, ValueError, KeyError, TypeError):
         raise CommandError(f"{run_dir} has no job.json; give the checkpoint directory") from None
+
+
+def memory_dir_of(run_dir: Path, checkpoint_dir: Path) -> Path | None:
+    """The memory tier's directory of the job recorded in ``run_dir``; None without one (or
+    when it is gone, or a link)."""
+    try:
+        recorded = strict_json.loads(read_regular(run_dir / JOB_FILE))
+        if not recorded.get("memory_every"):
+            return None
+        named = recorded.get("memory_dir")
+        path = expected_path(
+            str(recorded["name"]), checkpoint_dir, Path(named) if named else None
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NotRegularFile):
+        return None
+    return path if path is not None and path.is_dir() and not path.is_symlink() else None
+
+
+def _with_memory_tier(
+    on_disk: list[Checkpoint], in_ram: list[Checkpoint]
+) -> tuple[list[Checkpoint], dict[Path, str]]:
+    """Both tiers' checkpoints, oldest step first (disk before RAM), and each one's tier."""
+    tiers = {**{c.path: "memory" for c in in_ram}, **{c.path: "disk" for c in on_disk}}
+    return sorted([*on_disk, *in_ram], key=lambda c: (c.step, tiers[c.path])), tiers
 
 
 def _metric_text(value: Any) -> str:

@@ -34,6 +34,7 @@ def render(result: dict[str, Any]) -> str:
         (
             "last checkpoint",
             f"step {last.get('step')} at {last.get('path')}, {age(last.get('age'))} ago"
+            + (f" ({last['tier']})" if last.get("tier") == "memory" else "")
             if last
             else "none",
         ),
@@ -45,6 +46,7 @@ def render(result: dict[str, Any]) -> str:
             if result["next_checkpoint_in"] is not None
             else "off",
         ),
+        *_memory_rows(result.get("memory")),
         *_remote_rows(result.get("remote")),
         *(
             [("preemption", f"{p['reason']}: deadline in {age(p['seconds_left'])}")]
@@ -91,6 +93,23 @@ def _cost(seconds: float) -> str:
 
 def _failures(count: Any) -> str:
     return "1 failure" if count == 1 else f"{count} failures"
+
+
+def _memory_rows(memory: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The memory tier: where RAM saves go, the newest, and how far the disk is behind."""
+    if not memory:
+        return []
+    where = f"{memory.get('dir')}" + ("" if memory.get("in_ram") else " (not in RAM)")
+    if isinstance(memory.get("every"), (int, float)):
+        where += f", every {memory['every']:g} s"
+    newest = memory.get("newest")
+    persisted = memory.get("persisted_step")
+    text = "none yet" if not newest else f"step {newest['step']}, {age(newest.get('age'))} ago"
+    if newest and memory.get("backlog_steps"):
+        text += f"; on disk: step {persisted}" if persisted is not None else "; none on disk"
+    elif newest:
+        text += "; on disk too"
+    return [("memory tier", where), ("newest in RAM", text)]
 
 
 def _remote_rows(remote: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -52,7 +52,6 @@ class HangWatch:
         self._saving = False
         self._reported = False  # this attempt's client has reported (auto mode watches then)
         self._slow_reported = False
-        self.dumping = False
 
     @property
     def load_problem(self) -> str | None:
@@ -60,7 +59,7 @@ class HangWatch:
 
     def launched(self, now: float) -> None:
         self.last_progress = now
-        self._saving = self._reported = self._slow_reported = self.dumping = False
+        self._saving = self._reported = self._slow_reported = False
         if self.budget is not None:
             self.budget.launched(now)
 
@@ -89,15 +88,13 @@ class HangWatch:
             self._persist()
 
     def exited(self) -> None:
-        self._saving = self.dumping = False
+        self._saving = False
         if self.budget is not None:
             self.budget.exited()
             self._persist()
 
     def deadline(self) -> float | None:
         """When the running job counts as hung unless it reports before."""
-        if self.dumping:
-            return None
         if self.fixed is not None:
             return None if self._saving else self.last_progress + self.fixed
         if self.budget is not None and self._reported:

@@ -133,8 +133,19 @@ class Progress:
         self._saving_since, self._saving_step, self._snapshot = now, self.step, stall
         self.health.save_started(now)
 
-    def save_ended(self, now: float, committed: Saved | None, at: float | None = None) -> None:
-        """A save committed (``committed``: the job's report; ``at``: when, wall time) or failed."""
+    def save_ended(
+        self,
+        now: float,
+        committed: Saved | None,
+        at: float | None = None,
+        *,
+        feeds_interval: bool = True,
+    ) -> None:
+        """A save committed (``committed``: the job's report; ``at``: when, wall time) or failed.
+
+        ``feeds_interval`` False: a save of the memory tier, which is not what ``every``
+        costs (its persistence is, :meth:`persisted`).
+        """
         began, at_step, snapshot = self._saving_since, self._saving_step, self._snapshot
         self._saving_since = self._saving_step = self._snapshot = None
         self.health.save_ended(now)
@@ -146,6 +157,8 @@ class Progress:
                 self.metrics.committed(committed.step, committed.seconds, at)
         if self.interval is None or committed is None or committed.reused:
             return
+        if not feeds_interval:
+            return
         # A background save cost training only its snapshot, even when no step was reported
         # while it ran (slow steps); any other save stalled it when no step was reported.
         if snapshot is not None:
@@ -155,6 +168,12 @@ class Progress:
         else:
             stall = 0.0
         self._retime(self.interval.saved(stall, committed.seconds))
+
+    def persisted(self, seconds: float) -> None:
+        """A RAM checkpoint copied to disk in ``seconds``: with the memory tier, the cost that
+        ``every = "auto"`` weighs (the copy's time; the trainer did not wait for it)."""
+        if self.interval is not None:
+            self._retime(self.interval.saved(seconds, seconds))
 
     def failure(self) -> None:
         """A crash, a hang or a preemption: the interval may shorten."""

@@ -87,6 +87,17 @@ class Metrics:
             registry=r,
         )
         self.interval.set(float("nan"))
+        self._memory: Callable[[], dict[str, Any] | None] = lambda: None
+        Gauge(
+            "ckptd_memory_checkpoint_step",
+            "step of the newest memory-tier checkpoint (NaN without one)",
+            registry=r,
+        ).set_function(lambda: self._memory_figure("newest", "step"))
+        Gauge(
+            "ckptd_memory_backlog_steps",
+            "steps the memory tier is ahead of the disk (NaN without a memory tier)",
+            registry=r,
+        ).set_function(lambda: self._memory_figure("backlog_steps"))
         self._committed_step: int | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -151,6 +162,10 @@ class Metrics:
         ``ckptd status`` shows, which a thread off the loop keeps up to date."""
         self._goodput = ratio
 
+    def read_memory(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        """Serve the memory tier's figures from ``status()`` (its ``status --json`` part)."""
+        self._memory = status
+
     def set_hang_budgets(self, budgets: dict[str, Any]) -> None:
         """The budget of each phase in force, as ``ckptd status`` shows them (numbers only)."""
         for phase, seconds in budgets.items():
@@ -214,6 +229,12 @@ class Metrics:
     def _goodput_ratio(self) -> float:
         ratio = self._goodput()
         return float("nan") if ratio is None else ratio
+
+    def _memory_figure(self, *path: str) -> float:
+        value: Any = self._memory()
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return float(value) if isinstance(value, (int, float)) else float("nan")
 
     def _unsaved_seconds(self) -> float:
         since = self._at_risk_since

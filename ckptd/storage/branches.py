@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptd_client.manifest import fsync_dir
 from ckptd_client.store import Checkpoint, is_checkpoint_name, scan
 
 BRANCHES_DIR = ".branches"
@@ -67,7 +68,7 @@ def set_aside_newer(checkpoint_dir: Path, step: int, stamp: str | None = None) -
     for path in sorted(newer):
         os.rename(path, branch / path.name)
         moved.append(branch / path.name)
-    _fsync_dir(checkpoint_dir)
+    fsync_dir(checkpoint_dir)
     return SetAside(branch, moved)
 
 
@@ -80,7 +81,7 @@ def bring_back(path: Path, checkpoint_dir: Path) -> Path:
     if home.exists():
         raise GoBackError(f"{home} exists: cannot bring {path} back over it")
     os.rename(path, home)
-    _fsync_dir(checkpoint_dir)
+    fsync_dir(checkpoint_dir)
     return home
 
 
@@ -97,11 +98,3 @@ def branch_checkpoints(checkpoint_dir: Path, *, full: bool = False) -> list[tupl
 def _named_step(name: str) -> int:
     digits = name.removeprefix("step-")
     return int(digits) if digits.isdigit() else -1
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,23 +3,16 @@
 Sources post immutable Requests (thread- and signal-safe), the background worker
 posts Finished values, the job channel delivers client messages and the control
 server commands; the loop polls them all plus a wake-up pipe, and acts. Everything
-here runs on one thread. The lifecycle is ``self.state`` (see ``states``) plus, while
-the job is being stopped, one :class:`~ckptd.supervisor.stops.Stop` whose ``intent`` says what
-follows the job's exit; a later request only ever raises that intent
-(:meth:`Stop.supersede`: a stop supersedes a restart, a hang, an adoption):
-
-    starting --prepared, launched--> running <--> checkpointing
-    running/checkpointing --stop, restart, hang--> stopping
-    stopping --job gone: intent stop--> exited
-    stopping --job gone: intent restart/hang--> backoff --> starting
-    running --job exited--> backoff | exited        (the restart policy decides)
-    starting/backoff --stop--> exited               (nothing to save; nothing is launched)
+here runs on one thread. The job's lifecycle is one value, ``self.phase``: the loop feeds
+each input that can change it to :class:`~ckptd.supervisor.lifecycle.Lifecycle` and performs
+the effects it answers (``_perform``); the phases and their diagram are in ``lifecycle``.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import random
 import signal
 import time
 from functools import partial
@@ -50,17 +43,74 @@ from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
 from ckptd.storage.branches import GoBackError, check_target, target_of
+from ckptd.storage.persist import Pickup
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.background import Background, Finished
 from ckptd.supervisor.divergence import DivergenceGuard, GiveUp, loss_field
+from ckptd.supervisor.effects import (
+    Announce,
+    CleanUp,
+    Conclude,
+    CountFailure,
+    DumpStacks,
+    Effect,
+    Emit,
+    Flush,
+    Kill,
+    Launch,
+    PauseTimer,
+    Prepare,
+    ReportPreemption,
+    RequestFinal,
+    Requeue,
+    SignalMain,
+    Terminate,
+)
 from ckptd.supervisor.ending import StopEnding
-from ckptd.supervisor.launcher import Launcher, Prepared
+from ckptd.supervisor.inputs import (
+    Adopt,
+    FinalCommitted,
+    FinalDelivered,
+    FinalFailed,
+    FlushDone,
+    HangFound,
+    Input,
+    JobExited,
+    Launched,
+    LaunchFailed,
+    Prepared,
+    PrepareFailed,
+    Reaped,
+    RequeueDone,
+    StopNow,
+    StopRequested,
+    Tick,
+)
+from ckptd.supervisor.launcher import Launcher
+from ckptd.supervisor.launcher import Prepared as PreparedLaunch
+from ckptd.supervisor.lifecycle import (
+    Backoff,
+    Ending,
+    Exited,
+    Finishing,
+    Lifecycle,
+    Phase,
+    Reaping,
+    Running,
+    Starting,
+    job_alive,
+    shown,
+    stop_of,
+    takes_checkpoints,
+    trainer_of,
+)
+from ckptd.supervisor.memory_copy import PERSISTED, PRUNED, MemoryCopy
 from ckptd.supervisor.preemption import Preemption
 from ckptd.supervisor.signatures import Signed, sign_then_upload, signer_of
-from ckptd.supervisor.states import JobState, check_transition
+from ckptd.supervisor.states import JobState
 from ckptd.supervisor.status import status_of
-from ckptd.supervisor.stops import Intent, Step, Stop
+from ckptd.supervisor.stops import Intent, Stop
 from ckptd.supervisor.systemd import Notifier
 from ckptd_client.manifest import checkpoint_name, remove_temporaries
 from ckptd_client.store import Checkpoint, bytes_in_progress, inspect, scan
@@ -76,10 +126,6 @@ _MAX_SLEEP = 60.0
 _ADOPT_POLL = 0.05  # an adopted process is not our child: no SIGCHLD, so look often
 # messages whose step is training's
 _TRAINING_AT = (messages.Hello, messages.StepReport, messages.Started, messages.Bye)
-# How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
-# a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
-# client is still importing its way to connect().
-_CLIENT_WINDOW = 3.0
 
 
 class Arbiter:
@@ -118,16 +164,20 @@ class Arbiter:
             self.remote = RemoteCopy(
                 config.storage, self.rules, post=self.post, progress=lambda: self.step
             )
-        self.launcher = Launcher(config, run_dir, channel.endpoint, self.remote)
+        self.background = Background(self.post)
+        # MemoryPlaceError (no RAM filesystem, a memory_dir not ours): exit 2 at start
+        self.memory = MemoryCopy(config, events, self.background) if config.memory_every else None
+        self.desk.memory_dir = self.memory.path if self.memory is not None else None
+        self.launcher = Launcher(
+            config, run_dir, channel.endpoint, self.remote,
+            self.memory.path if self.memory is not None else None,
+        )  # fmt: skip
         self.signer = signer_of(config.integrity)  # the key stays in the daemon
         self.pinned: Path | None = None  # gone back to: never pruned in this run
         self.guard = DivergenceGuard(config.guard) if config.guard.active else None
-        self.diverged: str | None = None  # the job stopped for good after a divergence
         self.early_stop: EarlyStop | None = None  # rebuilt from the checkpoints at each launch
-        self.stopped_early = False
         if config.resume_from:
             self.launcher.go_back = target_of(config.checkpoint_dir, config.resume_from)
-        self.background = Background(self.post)
         self.ending = StopEnding(
             events, self.background, self.remote, config.slurm.requeue_command,
             config.kill_timeout,
@@ -139,11 +189,11 @@ class Arbiter:
         self.interval = self.progress.interval
         self.timer = self.progress.timer
         self.cloud = next((s for s in sources if isinstance(s, CloudNotices)), None)
-        self.state = JobState.STARTING
-        self.trainer: Trainer | None = None
-        self.exit_status: ExitStatus | None = None  # the job's main process is gone: cleaning up
-        self.stop: Stop | None = None
-        self.backoff_until: float | None = None
+        self.lifecycle = Lifecycle(
+            config.grace, config.kill_timeout, config.stop_signal, self.policy,
+            remote=self.remote is not None, finish_upload=config.storage.upload_timeout,
+        )  # fmt: skip
+        self.phase: Phase = Starting()
         self.preemption: Preemption | None = None
         self.restarts_without_progress = 0
         self.resumed_from: Checkpoint | None = None
@@ -151,12 +201,13 @@ class Arbiter:
         self.started = self.launched = time.monotonic()
         self.wakeups = 0  # turns of the loop (``ckptd status``: is the daemon idle when idle?)
         self._child_checked = self.started
-        self.exit_code = exit_codes.OK
         self.fenced = False  # another daemon took the remote's lease: this job stops for good
         self._queue: queue.SimpleQueue[Request | Finished | Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = wake_fds
         self._orphan = orphan
         self.goodput = GoodputWatch(events.path)
+        if metrics is not None and self.memory is not None:
+            metrics.read_memory(self.memory.status)  # on the scrape thread: attribute reads
         if metrics is not None:
             metrics.read_goodput(lambda: self.goodput.latest.ratio if self.goodput.latest else None)
 
@@ -171,6 +222,23 @@ class Arbiter:
     @property
     def restarts_left(self) -> int:
         return max(0, self.config.max_restarts - self.restarts_without_progress)
+
+    @property
+    def state(self) -> JobState:
+        """The phase's public name (``ckptd status``)."""
+        return shown(self.phase, self.desk.in_flight)
+
+    @property
+    def trainer(self) -> Trainer | None:
+        return trainer_of(self.phase)
+
+    @property
+    def stop(self) -> Stop | None:
+        return stop_of(self.phase)
+
+    @property
+    def exit_code(self) -> int:
+        return self.phase.code if isinstance(self.phase, Exited) else exit_codes.OK
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -199,14 +267,14 @@ class Arbiter:
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             self._drain_queue()  # a STOP file present at start is answered before any launch
-            if self.state is JobState.STARTING:
+            if isinstance(self.phase, Starting):
                 trainer = self.launcher.adopt(self._orphan)
                 if trainer is not None:
                     self._adopt(trainer)
                 else:
-                    self._launch()
+                    self._perform(Prepare())
             due = self._next_moment()
-            while self.state is not JobState.EXITED:
+            while not isinstance(self.phase, Exited):
                 ready = dict(poller.poll(_sleep_ms(due)))
                 self.wakeups += 1
                 if self._wake_r in ready:
@@ -243,19 +311,23 @@ class Arbiter:
         Each moment is counted only in the state where ``_check_clocks`` acts on it, so a
         moment that has passed is always consumed and never keeps the loop spinning.
         """
+        phase = self.phase
         moments = [self.notifier.next_moment(stopping=self.stop is not None)]
-        if self.state is JobState.BACKOFF:
-            moments.append(self.backoff_until)
-        if self._job_alive():
+        if isinstance(phase, Backoff):
+            moments.append(phase.until)
+        if job_alive(phase):
             assert self.trainer is not None
             if self.trainer.adopted:
                 moments.append(self._child_checked + _ADOPT_POLL)
-            if self.stop is not None:
-                moments.append(self.stop.next_moment())
+            if (stop := stop_of(phase)) is not None:
+                moments.append(stop.next_moment())
             else:
                 if self.preemption is not None:
                     moments.append(self.preemption.final_at(self._save_seconds()))
-                moments += [self.health.deadline(), self.timer.next_due()]
+                hung_at = self.health.deadline() if _hang_clock_on(phase) else None
+                moments += [hung_at, self.timer.next_due()]
+                if self.memory is not None:
+                    moments.append(self.memory.next_due())
         present = [m for m in moments if m is not None]
         return min(present) if present else None
 
@@ -275,7 +347,7 @@ class Arbiter:
     def _shutdown(self) -> None:
         """Leave nothing behind: the job is signalled before anything that could fail."""
         trainer = self.trainer
-        if trainer is not None and self.exit_status is None and trainer.poll() is None:
+        if trainer is not None and job_alive(self.phase) and trainer.poll() is None:
             # Only reached when the loop itself failed: never leave a job behind.
             trainer.signal_tree(signal.SIGTERM)
             self.events.emit("job.abandoned", level="error", pid=trainer.pid)
@@ -289,6 +361,7 @@ class Arbiter:
             ),
             self.goodput.close,
             self.background.stop,
+            *((self.memory.close,) if self.memory is not None else ()),
             self._remove_interrupted_saves,
             *((self.remote.close,) if self.remote is not None else ()),
         ):
@@ -300,19 +373,12 @@ class Arbiter:
         for path in remove_temporaries(self.config.checkpoint_dir, only_dead_writers=True):
             self.events.emit("checkpoint.temporary_removed", path=str(path))
 
-    def _transition(self, target: JobState) -> None:
-        self.state = check_transition(self.state, target)
-
-    def _sync_checkpointing(self) -> None:
-        if self.state in (JobState.RUNNING, JobState.CHECKPOINTING):
-            self._transition(JobState.CHECKPOINTING if self.desk.in_flight else JobState.RUNNING)
-
     def _job_alive(self) -> bool:
-        return self.trainer is not None and self.exit_status is None
+        return job_alive(self.phase)
 
     def _hang_watched(self) -> bool:
         """Hangs are watched while the job runs and no stop is under way."""
-        return self._job_alive() and self.stop is None
+        return isinstance(self.phase, Running)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -341,10 +407,8 @@ class Arbiter:
             return self._request_checkpoint(request, _waiter(request))
         if action is Action.STOP:
             already = self.stop is not None and self.stop.intent is Intent.STOP
-            if already and request.origin is Origin.SIGNAL:
-                self._stop_now(request.reason)  # a second SIGTERM/SIGINT: wait no longer
-            else:  # a stop under way takes it in (Stop.supersede)
-                self._begin_stop(request, Intent.STOP, save=request.save, waiter=_waiter(request))
+            # A stop under way takes it in (Stop.supersede); a second SIGTERM/SIGINT: at once.
+            self._begin_stop(request, Intent.STOP, save=request.save, waiter=_waiter(request))
             return {"stopping": True, "already": True} if already else {"stopping": True}
         if action is Action.RESTART:
             if self.stop is not None:
@@ -356,7 +420,7 @@ class Arbiter:
             self._begin_stop(request, Intent.RESTART)
             return {"restarting": True}
         if action is Action.STOP_NOW:
-            self._stop_now(request.reason)
+            self._advance(StopNow(request.reason, time.monotonic()))
         elif action is Action.PREEMPT:
             self._on_preemption(request)
         elif action is Action.REQUEUE:
@@ -365,16 +429,17 @@ class Arbiter:
             self._check_child()
         return None
 
-    def _request_checkpoint(self, request: Request, waiter: Waiter | None = None) -> Any:
+    def _request_checkpoint(
+        self, request: Request, waiter: Waiter | None = None, tier: str = "disk"
+    ) -> Any:
         if file_request_is_stale(self.run_dir, request):
             return None
-        if self.stop is not None or self.state is JobState.EXITED:
+        if not takes_checkpoints(self.phase):
             if request.reply_to is not None:
                 raise ReplyError("not_running", f"the job is {self.state.value}")
             return None
-        result = self.desk.request(request, self.trainer if self._job_alive() else None, waiter)
-        self._sync_checkpointing()
-        return result
+        trainer = self.trainer if self._job_alive() else None
+        return self.desk.request(request, trainer, waiter, tier)
 
     def _on_preemption(self, request: Request) -> None:
         """Take the final save as late as its measured time allows (and one at once when no
@@ -410,7 +475,7 @@ class Arbiter:
                     available=round(left, 3),
                     why="the final save and its upload may not fit before the deadline",
                 )
-        if self.stop is not None or not self._job_alive() or final_at <= time.monotonic():
+        if not isinstance(self.phase, Running) or final_at <= time.monotonic():
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
         elif first and self.timer.next_due() is None:
             # With periodic saves running, the work at risk until the final save is less
@@ -421,6 +486,8 @@ class Arbiter:
         """What a final save costs: the last save's time, plus its upload when a remote is set."""
         last = self.desk.last_commit or {}
         seconds = last.get("seconds")
+        if self.memory is not None and last.get("tier") == "memory":
+            seconds = self.memory.disk_seconds  # the final save goes to disk
         total = float(seconds) if isinstance(seconds, (int, float)) else 0.0
         size = last.get("bytes")
         if self.remote is not None and isinstance(size, int):
@@ -465,7 +532,7 @@ class Arbiter:
     def effective_config(self) -> dict[str, Any]:
         return redact_config(self.config)
 
-    # -- stopping ------------------------------------------------------------------------
+    # -- the lifecycle -------------------------------------------------------------------
 
     def _begin_stop(
         self,
@@ -476,52 +543,76 @@ class Arbiter:
         waiter: Waiter | None = None,
         deadline: float | None = None,
         requeue: bool = False,
-        signal_delay: float = 0.0,
+        why: str | None = None,
     ) -> None:
-        now = time.monotonic()
-        stop_by = min(now + self.config.grace, deadline if deadline is not None else now + 1e9)
-        if self.stop is not None:
-            before = self.stop.intent
-            if self.stop.supersede(
-                request.reason, intent, request.origin, stop_by, requeue=requeue, waiter=waiter
+        self._advance(
+            StopRequested(
+                request.reason, intent, request.origin, time.monotonic(), deadline, save,
+                requeue, why, waiter,
+            )
+        )  # fmt: skip
+
+    def _advance(self, event: Input) -> None:
+        """Move the phase on ``event`` and perform what the lifecycle answers, in order."""
+        self.phase, effects = self.lifecycle.advance(self.phase, event)
+        for effect in effects:
+            self._perform(effect)
+
+    def _perform(self, effect: Effect) -> None:
+        trainer = self.trainer
+        if isinstance(effect, Prepare):
+            self.background.submit("prepared", self.launcher.prepare)
+        elif isinstance(effect, Launch):
+            self._launch(effect.prepared)
+        elif isinstance(effect, Emit):
+            self.events.emit(effect.event, level=effect.level, **dict(effect.fields))
+        elif isinstance(effect, Announce):
+            self._announce_stop(effect.stop, effect.superseded)
+        elif isinstance(effect, PauseTimer):
+            self.timer.pause()
+        elif isinstance(effect, RequestFinal):
+            stop = effect.stop
+            wall_deadline = time.time() + (stop.deadline - time.monotonic())
+            if self.desk.request_final(
+                stop.final_id, stop.reason, effect.origin, wall_deadline, effect.save
             ):
-                self._announce_stop(self.stop, superseded=before.value)
-            return
-        stop = Stop(
-            request.reason,
-            intent,
-            stop_by,
-            {request.origin},
-            self.config.kill_timeout,
-            requeue=requeue,
-        )
-        if waiter is not None:
-            stop.waiters.append(waiter)
-        if self.trainer is None:  # starting or in backoff: nothing runs, nothing to save
-            if intent is Intent.STOP:
-                self.backoff_until = None  # no launch is prepared while the stop ends
-                self.stop = stop
-                self._announce_stop(stop)
-                self._finish_stop(None)
-            return
-        self.stop = stop
-        if self.exit_status is not None:
-            return  # the job has exited already; its cleanup ends in _after_exit
-        self._transition(JobState.STOPPING)
-        self.timer.pause()
-        self._announce_stop(stop)
-        if intent is Intent.HANG:
-            self._terminate(stop, now, "hang")
-            return
-        wall_deadline = time.time() + (stop_by - now)
-        if self.desk.request_final(
-            stop.final_id, request.reason, request.origin, wall_deadline, save
-        ):
-            stop.client_took_request()
-        else:
-            # Half the grace at most: a plain job must still get stop_signal before the deadline.
-            wait = min(self.launched + _CLIENT_WINDOW - now, (stop_by - now) / 2)
-            stop.signal_at = now + max(signal_delay, wait)
+                self._advance(FinalDelivered())
+        elif isinstance(effect, SignalMain):
+            assert trainer is not None
+            trainer.signal_main(signal.Signals[self.config.stop_signal])
+            self.events.emit(
+                "job.signalled",
+                signal=self.config.stop_signal,
+                pid=trainer.pid,
+                why="no client connected",
+            )
+        elif isinstance(effect, Terminate):
+            assert trainer is not None
+            self.events.emit(
+                "job.terminating", level="warning", reason=effect.reason, pid=trainer.pid
+            )
+            trainer.signal_tree(signal.SIGTERM)
+        elif isinstance(effect, Kill):
+            assert trainer is not None
+            self.events.emit("job.killing", level="warning", pid=trainer.pid)
+            trainer.signal_tree(signal.SIGKILL)
+        elif isinstance(effect, DumpStacks):
+            self._dump_stacks(effect.overdue)
+        elif isinstance(effect, CleanUp):
+            self._reap(effect.trainer, effect.status)
+        elif isinstance(effect, CountFailure):
+            self.restarts_without_progress = effect.restarts
+            if not effect.hang:
+                self.progress.failure()
+        elif isinstance(effect, ReportPreemption):
+            if self.preemption is not None:
+                self._report_preemption(effect.stop)
+        elif isinstance(effect, Flush):
+            self.ending.flush(effect.deadline, preempted=self.preemption is not None)
+        elif isinstance(effect, Requeue):
+            self.ending.requeue()
+        elif isinstance(effect, Conclude):
+            self._conclude_stop(effect.stop, effect.code)
 
     def _announce_stop(self, stop: Stop, superseded: str | None = None) -> None:
         if stop.intent is Intent.STOP:
@@ -537,74 +628,20 @@ class Arbiter:
             superseded=superseded,
         )
 
-    def _stop_now(self, reason: str) -> None:
-        if self.stop is not None and not self.stop.forced and self._job_alive():
-            self._terminate(self.stop, time.monotonic(), reason)
-
-    def _terminate(self, stop: Stop, now: float, reason: str) -> None:
-        assert self.trainer is not None
-        stop.force(now)
-        self.events.emit("job.terminating", level="warning", reason=reason, pid=self.trainer.pid)
-        self.trainer.signal_tree(signal.SIGTERM)
-
-    def _advance_stop(self, stop: Stop, now: float) -> None:
-        assert self.trainer is not None
-        step = stop.due(now)
-        if step is Step.SIGNAL_MAIN:
-            self.trainer.signal_main(signal.Signals[self.config.stop_signal])
-            self.events.emit(
-                "job.signalled",
-                signal=self.config.stop_signal,
-                pid=self.trainer.pid,
-                why="no client connected",
-            )
-        elif step is Step.TERMINATE:
-            self.events.emit(
-                "job.terminating", level="warning", reason="grace period over", pid=self.trainer.pid
-            )
-            self.trainer.signal_tree(signal.SIGTERM)
-        elif step is Step.KILL:
-            self.events.emit("job.killing", level="warning", pid=self.trainer.pid)
-            self.trainer.signal_tree(signal.SIGKILL)
-
-    def _finish_stop(self, status: ExitStatus | None) -> None:
-        """The job of a STOP is gone: report the preemption, then the steps that remain."""
-        stop = self.stop
-        assert stop is not None
-        stop.status = status
-        if self.preemption is not None:
-            self._report_preemption(stop)
-        self._continue_stop(stop)
-
-    def _continue_stop(self, stop: Stop) -> None:
-        """The final upload, the requeue command (each off the loop), then the end."""
-        if self.ending.advance(stop, preempted=self.preemption is not None):
-            self._conclude_stop(stop)
-
-    def _conclude_stop(self, stop: Stop) -> None:
-        self.stop = None
-        self.exit_code = stop.exit_code(stop.status, self.config.stop_signal)
-        if self.fenced:
-            self.exit_code = exit_codes.FENCED
-        elif self.diverged is not None:
-            self.exit_code = exit_codes.DIVERGED
-        why = "fenced" if self.fenced else "diverged" if self.diverged is not None else None
+    def _conclude_stop(self, stop: Stop, code: int) -> None:
         self.events.emit(
             "job.stopped",
-            why="early_stop" if self.stopped_early and why is None else why,
+            why=stop.why,
             reason=stop.reason,
             final_checkpoint=stop.committed,
             final_remote=None if self.remote is None else stop.committed and not stop.local_only,
-            exit_code=self.exit_code,
+            exit_code=code,
             request_id=stop.final_id,
-            superseded=stop.superseded or None,
+            superseded=list(stop.superseded) or None,
         )
         for waiter in stop.waiters:
-            waiter.reply(
-                {"stopped": True, "final_checkpoint": stop.committed, "exit_code": self.exit_code}
-            )
+            waiter.reply({"stopped": True, "final_checkpoint": stop.committed, "exit_code": code})
         self.run_dir.consume(STOP_FILE)  # a STOP file touched during any stop is answered by it
-        self._transition(JobState.EXITED)
 
     def _report_preemption(self, stop: Stop) -> None:
         """How much work the final checkpoint saved and how much was lost; approve the event."""
@@ -618,13 +655,7 @@ class Arbiter:
 
     # -- the job process -----------------------------------------------------------------
 
-    def _launch(self) -> None:
-        """Prepare a launch off the loop; the process starts when the preparation is back."""
-        self._transition(JobState.STARTING)
-        self.backoff_until = None
-        self.background.submit("prepared", self.launcher.prepare)
-
-    def _on_prepared(self, prepared: Prepared) -> None:
+    def _launch(self, prepared: PreparedLaunch) -> None:
         log.bind(attempt=self.attempt + 1)
         for path in prepared.removed:
             self.events.emit("checkpoint.temporary_removed", path=str(path))
@@ -650,6 +681,10 @@ class Arbiter:
             )
         if prepared.remote_error is not None:
             self.events.emit("remote.unreachable", level="warning", error=prepared.remote_error)
+        if self.memory is not None and prepared.memory is not None:
+            persisted = self.memory.report(prepared.memory, why="before the launch")
+            if persisted is not None:
+                self._prune(str(persisted.path), persisted.step)
         resume = prepared.resume
         if prepared.went_back is not None:
             went = prepared.went_back
@@ -682,22 +717,20 @@ class Arbiter:
         try:
             trainer = self.launcher.start(prepared)
         except LaunchError as exc:
-            # Not found, not executable: no restart can fix that (docs/exit-codes.md: 127).
             log.bind(attempt=self.attempt)
-            self.events.emit("job.launch_failed", level="error", error=str(exc), exit_code=127)
-            self.exit_code = exit_codes.CANNOT_EXECUTE
-            self._transition(JobState.EXITED)
+            self._advance(LaunchFailed(str(exc)))
             return
         log.bind(attempt=self.attempt)
-        self.trainer = trainer
         self.launched = time.monotonic()
+        self._advance(Launched(trainer, self.launched))
         self.progress.launched(
             self.launched,
             self.attempt,
             resume.step if resume else None,
             resume.time if resume else None,
         )
-        self._transition(JobState.RUNNING)
+        if self.memory is not None:
+            self.memory.launched(self.launched, resume.path if resume else None)
         self.notifier.ready(self._status_line())
         self.events.emit(
             "job.started",
@@ -709,28 +742,28 @@ class Arbiter:
     def _adopt(self, trainer: Trainer) -> None:
         """A job left running by a dead daemon: final checkpoint, then relaunch from it."""
         log.bind(attempt=self.attempt)
-        self.trainer = trainer
-        self._transition(JobState.RUNNING)
         self.events.emit(
             "job.adopted",
             level="warning",
             pid=trainer.pid,
             why="left running by a ckptd that died; stopping it before a new launch",
         )
-        request = Request(Action.STOP, Origin.TIMER, "orphan of an earlier ckptd")
-        self._begin_stop(request, Intent.RESTART, signal_delay=_CLIENT_WINDOW)
+        self._advance(Adopt(trainer, time.monotonic()))
 
     def _check_child(self) -> None:
         self._child_checked = time.monotonic()
         trainer = self.trainer
-        if trainer is None or self.exit_status is not None:
+        if trainer is None or not job_alive(self.phase):
             return
         status = trainer.poll()
         if status is None:
             return
         for peer, message in self.channel.receive():  # its last words (``bye``'s step) first
             self._guarded(self._on_client, peer, message)
-        self.exit_status = status
+        self._advance(JobExited(status))
+
+    def _reap(self, trainer: Trainer, status: ExitStatus) -> None:
+        """The job's main process is gone: forget its clients; clean its tree up off the loop."""
         self.events.emit(
             "job.exited",
             pid=trainer.pid,
@@ -740,97 +773,74 @@ class Arbiter:
         self.channel.forget_peers()
         self.desk.job_exited()
         self.progress.exited()
+        if self.memory is not None:
+            self.memory.exited()
         self.background.submit("cleaned", lambda: self._clean_up(trainer))
 
-    def _clean_up(self, trainer: Trainer) -> tuple[int, int | None]:
-        """On the worker: stop what is left of the tree; the newest checkpoint step on disk."""
+    def _clean_up(self, trainer: Trainer) -> tuple[int, int | None, Pickup | None]:
+        """On the worker: stop what is left of the tree; persist the newest RAM checkpoint
+        newer than the disk (so that a final upload or a relaunch finds it on disk); the
+        newest checkpoint step on disk."""
         leftovers = trainer.kill_leftovers(self.config.kill_timeout)
+        pickup = self.memory.persist_blocking() if self.memory is not None else None
         steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
-        return leftovers, max(steps) if steps else None
+        return leftovers, max(steps) if steps else None, pickup
 
     def _on_cleaned(self, finished: Finished) -> None:
-        status = self.exit_status or ExitStatus()
-        self.exit_status = None
-        self.trainer = None
+        if not isinstance(self.phase, Reaping):
+            return
         self.run_dir.record_holder(None)
         if finished.error is None:
-            leftovers, newest = finished.result
+            leftovers, newest, pickup = finished.result
             if leftovers:
                 self.events.emit("job.leftovers_killed", count=leftovers)
+            if self.memory is not None and pickup is not None:
+                persisted = self.memory.report(pickup, why="the job exited")
+                if persisted is not None:  # pruned and uploaded before a final flush
+                    self._prune(str(persisted.path), persisted.step)
             # A commit whose acknowledgement died with the job still counts as progress.
             if newest is not None and self.desk.note_progress(newest):
                 self.restarts_without_progress = 0
-        self._after_exit(status)
-
-    def _after_exit(self, status: ExitStatus) -> None:
-        stop = self.stop
-        if stop is not None and stop.intent is Intent.STOP:
-            self._finish_stop(status)
-            return
-        self.stop = None
-        if stop is not None and stop.intent is Intent.RESTART:
-            self.events.emit(
-                "job.restarting", delay=0, reason=stop.reason, final_checkpoint=stop.committed
-            )
-            self._back_off(0.0)
-            return
-        if not self.policy.wants_restart(status):
-            self.exit_code = status.shell_code
-            self.events.emit("job.finished", status=str(status), exit_code=self.exit_code)
-            self._transition(JobState.EXITED)
-            return
-        self.restarts_without_progress += 1
-        if stop is None or stop.intent is not Intent.HANG:  # a hang was counted when found
-            self.progress.failure()
-        if self.policy.exhausted(self.restarts_without_progress):
-            self.exit_code = exit_codes.GAVE_UP
-            self.events.emit(
-                "job.gave_up",
-                level="error",
-                status=str(status),
-                restarts=self.restarts_without_progress - 1,
-                why="max_restarts reached without a new checkpoint",
-            )
-            self._transition(JobState.EXITED)
-            return
-        import random
-
-        delay = self.policy.backoff(self.restarts_without_progress, random.Random())
-        self.events.emit(
-            "job.restarting", delay=round(delay, 3), status=str(status),
-            restarts_left=self.restarts_left,
-        )  # fmt: skip
-        self._back_off(delay)
-
-    def _back_off(self, delay: float) -> None:
-        self.timer.pause()
-        self._transition(JobState.BACKOFF)
-        self.backoff_until = time.monotonic() + delay
+        self._advance(Reaped(time.monotonic(), self.restarts_without_progress, random.Random()))
 
     # -- values posted back by the worker ------------------------------------------------
 
     def _on_finished(self, finished: Finished) -> None:
         if finished.tag == "prepared":
-            if self.state is not JobState.STARTING or self.stop is not None:
-                return  # stopped while preparing (its ending may still run): no launch
-            if finished.error is not None:
-                self.events.emit("job.launch_failed", level="error", error=str(finished.error))
+            if finished.error is None:
+                self._advance(Prepared(finished.result))
+            else:
                 unusable = isinstance(finished.error, (RemoteUnusable, GoBackError))
-                self.exit_code = exit_codes.USAGE if unusable else exit_codes.FAILED
-                self._transition(JobState.EXITED)
-                return
-            self._on_prepared(finished.result)
+                code = exit_codes.USAGE if unusable else exit_codes.FAILED
+                self._advance(PrepareFailed(str(finished.error), code))
         elif finished.tag == "cleaned":
             self._on_cleaned(finished)
         elif finished.tag == "stacks":
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
+        elif finished.tag in (PERSISTED, PRUNED) and self.memory is not None:
+            self._on_memory(finished)
         elif finished.tag == "signed":
             self._on_signed(finished)
-        elif finished.tag in ("flushed", "requeued") and self.stop is not None:
-            self.ending.finished(self.stop, finished)
-            self._continue_stop(self.stop)
+        elif finished.tag == "flushed" and isinstance(self.phase, (Ending, Finishing)):
+            self._advance(FlushDone(self.ending.flushed(finished)))
+        elif finished.tag == "requeued" and isinstance(self.phase, Ending):
+            self._advance(RequeueDone(self.ending.requeued(finished)))
+
+    def _on_memory(self, finished: Finished) -> None:
+        """The memory tier's work on the worker: a RAM checkpoint persisted (then pruned on
+        disk and uploaded like any commit; the ``every`` period starts again), RAM pruned."""
+        assert self.memory is not None
+        if finished.tag == PRUNED:
+            self.memory.on_pruned(finished)
+            return
+        persisted = self.memory.on_persisted(finished)
+        if persisted is not None:
+            self._prune(str(persisted.path), persisted.step)
+            self.progress.persisted(persisted.seconds)
+            if self.stop is None and self._job_alive():
+                self.timer.reset(time.monotonic())
 
     def _on_remote(self, outcome: Outcome) -> None:
         """What the uploader did, reported from its thread through the queue.
@@ -842,10 +852,9 @@ class Arbiter:
         self.events.emit(outcome.event, level=outcome.level, **outcome.fields())
         if isinstance(outcome, RemoteFenced) and not self.fenced:
             self.fenced = True
-            if self.state is not JobState.EXITED:
-                request = Request(Action.STOP, Origin.REMOTE, "fenced")
-                self._begin_stop(request, Intent.STOP)
-        elif isinstance(outcome, RemoteAhead) and self._job_alive() and self.stop is None:
+            request = Request(Action.STOP, Origin.REMOTE, "fenced")
+            self._begin_stop(request, Intent.STOP, why="fenced")
+        elif isinstance(outcome, RemoteAhead) and isinstance(self.phase, Running):
             request = Request(Action.STOP, Origin.REMOTE, "remote ahead")
             self._begin_stop(request, Intent.RESTART, save=False)
 
@@ -889,22 +898,23 @@ class Arbiter:
     def _check_clocks(self) -> None:
         """Act on what ``_next_moment`` said was due (each call consumes at least one)."""
         now = time.monotonic()
-        if self.state is JobState.BACKOFF:
-            if self.backoff_until is not None and now >= self.backoff_until:
-                self._launch()
+        self._advance(Tick(now))  # a backoff over, a stop's clocks
+        if not isinstance(self.phase, Running):
             return
-        if not self._job_alive():
-            return
-        if self.stop is not None:
-            self._advance_stop(self.stop, now)
-        elif self.preemption is not None and now >= self.preemption.final_at(self._save_seconds()):
+        if self.preemption is not None and now >= self.preemption.final_at(self._save_seconds()):
             request = Request(Action.STOP, Origin.CLOUD, self.preemption.reason)
             self._begin_stop(request, Intent.STOP, deadline=self.preemption.stop_by_monotonic())
-        elif (overdue := self.health.overdue(now)) is not None:
-            self._on_hang(overdue)
+        elif _hang_clock_on(self.phase) and (overdue := self.health.overdue(now)) is not None:
+            self._advance(HangFound(overdue))
+        elif self.memory is not None and self.memory.due(now):
+            request = Request(Action.CHECKPOINT, Origin.TIMER, "memory_every")
+            self._request_checkpoint(request, tier=self.memory.tier(group=self.desk.group.active))
         elif self.timer.is_due(now):
             self.timer.reset(now)
-            self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
+            if self.memory is not None:  # the disk tier is fed from RAM, not by the job
+                self.memory.persist()
+            else:
+                self._request_checkpoint(Request(Action.CHECKPOINT, Origin.TIMER, "every"))
 
     def _check_slow(self, now: float) -> None:
         """On a new step: has the job been straggling for long enough to say so?"""
@@ -944,8 +954,8 @@ class Arbiter:
             peer.known = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
             self.desk.client_connected(peer)
-            if self.stop is not None and self.desk.in_flight_final:
-                self.stop.client_took_request()
+            if self.desk.in_flight_final:
+                self._advance(FinalDelivered())
         guarded = self.guard is not None and self.stop is None
         if isinstance(message, messages.StepReport) and guarded:
             assert self.guard is not None
@@ -953,6 +963,8 @@ class Arbiter:
             if diverged is not None:
                 self._on_diverged(diverged)
         if isinstance(message, messages.Started):
+            if self.memory is not None:
+                self.memory.started(message)
             stall, ids = message.stall, message.ids
             self.progress.save_started(now, stall)
             fields: dict[str, Any] = {"stall": round(stall, 6)} if stall is not None else {}
@@ -969,24 +981,30 @@ class Arbiter:
         elif isinstance(message, messages.Written):
             self.desk.on_written(peer, message)
         elif isinstance(message, messages.Committed):
+            persist_now = self.desk.persist_wanted(message.ids)
             ack = self.desk.on_committed(peer, message)
+            in_ram = self.memory is not None and self.memory.committed(
+                message, persist_now=persist_now
+            )
             at = self.desk.last_commit["time"] if self.desk.last_commit else None
-            self.progress.save_ended(now, message, at)  # the metrics' age is status's
+            self.progress.save_ended(now, message, at, feeds_interval=not in_ram)
             if ack.progress:
                 self.restarts_without_progress = 0
-            if ack.final and self.stop is not None:
-                self.stop.committed = True
-            if self.stop is None:
+            if ack.final:
+                self._advance(FinalCommitted())
+            if self.stop is None and not in_ram:
                 self.timer.reset(now)
             if not message.reused:
-                self._prune(message.path, message.step)
+                if not in_ram:
+                    self._prune(message.path, message.step)
                 self._watch_metrics(message.step, message.metrics)
         elif isinstance(message, messages.Failed):
+            if self.memory is not None:
+                self.memory.failed(message)
             self.progress.save_ended(now, None)
             ack = self.desk.on_failed(message, peer)
-            if ack.final and self.stop is not None:
-                self.stop.failed = True
-        self._sync_checkpointing()
+            if ack.final:
+                self._advance(FinalFailed())
 
     def _watch_metrics(self, step: Any, metrics: Any) -> None:
         """Early stopping: after ``patience`` commits without improvement, a final save and
@@ -995,15 +1013,15 @@ class Arbiter:
         if watch is None or not isinstance(step, int) or not isinstance(metrics, dict):
             return
         decision = watch.observe(step, metrics)
-        if decision.stop and self.stop is None and self._job_alive():
-            self.stopped_early = True
+        if decision.stop and isinstance(self.phase, Running):
             self.events.emit(
                 "job.early_stop",
                 reason=decision.reason,
                 best_step=decision.state.best_step,
                 best=decision.state.best,
             )
-            self._begin_stop(Request(Action.STOP, Origin.TIMER, "early stop"), Intent.STOP)
+            request = Request(Action.STOP, Origin.TIMER, "early stop")
+            self._begin_stop(request, Intent.STOP, why="early_stop")
 
     def _on_diverged(self, divergence: Divergence) -> None:
         """Stop the job without saving its diverged state; relaunch from before it, or end."""
@@ -1018,10 +1036,9 @@ class Arbiter:
         }
         request = Request(Action.STOP, Origin.TIMER, "diverged")
         if isinstance(decision, GiveUp):
-            self.diverged = decision.reason
             self.events.emit("job.diverged", level="error", **fields, action="stop",
                              why=decision.reason)  # fmt: skip
-            self._begin_stop(request, Intent.STOP, save=False)
+            self._begin_stop(request, Intent.STOP, save=False, why="diverged")
             return
         target = self.config.checkpoint_dir / checkpoint_name(decision.resume_step or 0)
         self.launcher.go_back = target
@@ -1033,10 +1050,9 @@ class Arbiter:
         )  # fmt: skip
         self._begin_stop(request, Intent.RESTART, save=False)
 
-    def _on_hang(self, overdue: Overdue) -> None:
+    def _dump_stacks(self, overdue: Overdue) -> None:
         """Dump every thread's stack of every process of the job (off the loop), then stop it."""
         assert self.trainer is not None
-        self.health.dumping = True
         path = stacks_file(self.run_dir.path, self.attempt)
         trainer = self.trainer
         self.background.submit(
@@ -1045,7 +1061,7 @@ class Arbiter:
 
     def _on_stacks(self, finished: Finished) -> None:
         overdue, since_step, path = finished.context
-        if not self._job_alive() or self.stop is not None:
+        if not isinstance(self.phase, Running):
             return
         self.events.emit(
             "job.hung",
@@ -1091,6 +1107,11 @@ class Arbiter:
             return retention.prune(directory, rules, [*protect, *kept])
 
         self.background.submit("pruned", prune)
+
+
+def _hang_clock_on(phase: Phase) -> bool:
+    """The hang clock runs while the job runs, except while a hang found is confirmed (stacks)."""
+    return isinstance(phase, Running) and not phase.dumping
 
 
 def _waiter(request: Request) -> Waiter | None:

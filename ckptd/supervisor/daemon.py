@@ -27,6 +27,7 @@ from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.sources.posix_signals import PosixSignals
 from ckptd.sources.signal_files import SignalFiles
 from ckptd.storage.lock import CheckpointDirLock
+from ckptd.storage.memory import MemoryPlaceError
 from ckptd.storage.remote.url import RemoteUnusable
 from ckptd.supervisor.arbiter import Arbiter
 
@@ -104,7 +105,7 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
             config, run_dir, events, channel, control, sources, (wake_r, wake_w), orphan,
             metrics=metrics,
         )  # fmt: skip
-    except (RemoteUnusable, NotRegularFile) as exc:
+    except (RemoteUnusable, NotRegularFile, MemoryPlaceError) as exc:
         channel.close()
         control.close()
         if metrics is not None:
@@ -123,6 +124,11 @@ def _supervise(config: JobConfig, run_dir: RunDir, events: EventLog, orphan: Orp
         stop=f"ckptd stop --run-dir {run_dir.path}  (or: kill -TERM {os.getpid()})",
         subreaper=subreaper,
     )
+    if arbiter.memory is not None:
+        place = arbiter.memory.place
+        why = None if place.in_ram else f"{place.path} is on {place.filesystem}, not in RAM"
+        level = "info" if place.in_ram else "warning"
+        events.emit("memory.ready", level=level, why=why, **arbiter.memory.place_fields())
     if unauthenticated := config.control.unauthenticated:
         events.emit(
             "control.unauthenticated",

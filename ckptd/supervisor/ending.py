@@ -1,9 +1,8 @@
-"""After the job of a stop is gone: the final upload, then the requeue command, then the end.
+"""After the job of a stop is gone: the final upload and SLURM's requeue command, off the loop.
 
-Each step runs on the background worker, in this order and only when it applies:
-``advance()`` submits the next one and returns False, or returns True when nothing is
-left; the arbiter hands each step's :class:`~ckptd.supervisor.background.Finished` to
-``finished()`` and calls ``advance()`` again.
+The lifecycle decides which step comes next (:class:`~ckptd.supervisor.lifecycle.Ending`);
+this performs one on the background worker and reports what it achieved once its
+:class:`~ckptd.supervisor.background.Finished` is back.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from ckptd.events import EventLog
 from ckptd.supervisor.background import Background, Finished
-from ckptd.supervisor.stops import Stop
 
 if TYPE_CHECKING:
     from ckptd.supervisor.remote_copy import RemoteCopy, RemoteStatus
@@ -36,35 +34,27 @@ class StopEnding:
         self.requeue_command = requeue_command
         self.kill_timeout = kill_timeout
 
-    def advance(self, stop: Stop, preempted: bool) -> bool:
-        """Submit the next step of ``stop``'s ending; True when there is none left."""
-        if self.remote is not None and stop.committed and not stop.flushed:
-            stop.flushed = True
-            # The upload gets the stop's deadline (and, for a plain SIGTERM, the time a
-            # service manager allows beyond it); a notice's deadline is the machine's end.
-            flush_by = stop.deadline + (0.0 if preempted else self.kill_timeout)
-            remote = self.remote
-            self.background.submit(
-                "flushed", lambda: remote.flush(max(flush_by, time.monotonic() + 1.0))
-            )
-            return False
-        if stop.requeue:
-            stop.requeue = False
-            self.background.submit("requeued", self._requeue)
-            return False
-        return True
+    def flush(self, deadline: float, preempted: bool) -> None:
+        """Wait for the final checkpoint's upload on the worker; "flushed" when it is over.
 
-    def finished(self, stop: Stop, finished: Finished) -> None:
-        """Record what a step achieved in ``stop`` and report it."""
-        if finished.tag == "flushed":
-            self._flushed(stop, finished)
-        elif finished.tag == "requeued":
-            self._requeued(stop, finished)
+        The upload gets the stop's deadline (and, for a plain SIGTERM, the time a service
+        manager allows beyond it); a notice's deadline is the machine's end.
+        """
+        assert self.remote is not None
+        flush_by = deadline + (0.0 if preempted else self.kill_timeout)
+        remote = self.remote
+        self.background.submit(
+            "flushed", lambda: remote.flush(max(flush_by, time.monotonic() + 1.0))
+        )
 
-    def _flushed(self, stop: Stop, finished: Finished) -> None:
+    def requeue(self) -> None:
+        """Run the requeue command on the worker; "requeued" when it is over."""
+        self.background.submit("requeued", self._requeue)
+
+    def flushed(self, finished: Finished) -> bool:
+        """Report the final upload; whether it reached the remote."""
         assert self.remote is not None
         uploaded = finished.error is None and bool(finished.result)
-        stop.local_only = not uploaded
         status = self.remote.status()
         why = None if uploaded else self._why_local_only(status, finished.error)
         self.events.emit(
@@ -74,6 +64,7 @@ class StopEnding:
             newest_remote_step=status.newest_remote_step,
             why=why,
         )
+        return uploaded
 
     def _why_local_only(self, status: RemoteStatus, error: BaseException | None) -> str:
         assert self.remote is not None
@@ -91,7 +82,8 @@ class StopEnding:
         why = f"the final checkpoint is local only: it did not reach {status.remote} in time"
         return why + (f" ({error})" if error else "")
 
-    def _requeued(self, stop: Stop, finished: Finished) -> None:
+    def requeued(self, finished: Finished) -> bool:
+        """Report the requeue command's outcome; whether it succeeded."""
         command, code, output = finished.result if finished.error is None else ([], None, "")
         if finished.error is not None:
             output = str(finished.error)
@@ -102,8 +94,7 @@ class StopEnding:
             returncode=code,
             output=output,
         )
-        if code != 0:
-            stop.failed = True
+        return code == 0
 
     def _requeue(self) -> tuple[list[str], int | None, str]:
         """On the worker: SLURM's requeue command ($VARS expanded), bounded to a minute."""

@@ -24,7 +24,14 @@ from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
 from ckptd.storage import retention
 from ckptd.storage.branches import GoBackError, SetAside, bring_back, check_target, set_aside_newer
-from ckptd.supervisor.signatures import signature_problem, verifier_of
+from ckptd.storage.memory import drop_newer, ram_copy_of
+from ckptd.storage.persist import Pickup, persist_newest
+from ckptd.supervisor.signatures import (
+    sign_then_upload,
+    signature_problem,
+    signer_of,
+    verifier_of,
+)
 from ckptd_client import protocol
 from ckptd_client._stacks import ENV_STACKS_FILE
 from ckptd_client.manifest import ManifestError, lineage_after, new_lineage_id, remove_temporaries
@@ -61,6 +68,7 @@ class Prepared:
     remote_error: str | None = None
     lineage: str = ""  # CKPTD_LINEAGE: inherited from the resume point, or new
     went_back: WentBack | None = None  # resumed from a chosen checkpoint, not the newest
+    memory: Pickup | None = None  # the memory tier's newest, persisted before this launch
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,18 @@ class WentBack:
 
 class Launcher:
     def __init__(
-        self, config: JobConfig, run_dir: RunDir, endpoint: str, remote: RemoteCopy | None = None
+        self,
+        config: JobConfig,
+        run_dir: RunDir,
+        endpoint: str,
+        remote: RemoteCopy | None = None,
+        memory_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.endpoint = endpoint
         self.remote = remote
+        self.memory_dir = memory_dir  # the memory tier's, when it is on
         self.attempt = -1
         self.verifier = verifier_of(config.integrity)
         self.go_back: Path | None = None  # the next launch resumes from this checkpoint
@@ -99,19 +113,26 @@ class Launcher:
         removed = remove_temporaries(self.config.checkpoint_dir)
         removed += retention.sweep_pruned(self.config.checkpoint_dir)
         removed += remove_signature_temporaries(self.config.checkpoint_dir)
+        # First: a RAM checkpoint newer than the disk is persisted (a going back sets it aside).
+        pickup = self._persist_memory(removed)
         quarantined: list[Quarantined] = []
         went_back = None
         resume: Checkpoint | None
         if self.go_back is not None:
             target, self.go_back = self.go_back, None
             resume, went_back = self._go_back(target)
+            if self.memory_dir is not None:  # never persisted again past the point gone back to
+                removed += drop_newer(self.memory_dir, resume.step)
         else:
             resume = self._newest_trusted(quarantined)
         prepared = Prepared(
-            resume, removed, quarantined, strays, lineage=_lineage(resume), went_back=went_back
-        )
-        if self.remote is None:
+            resume, removed, quarantined, strays, lineage=_lineage(resume), went_back=went_back,
+            memory=pickup,
+        )  # fmt: skip
+        if went_back is not None and self.remote is None:
             return prepared
+        if self.remote is None:
+            return replace(prepared, resume=self._from_ram(resume))
         # A newer checkpoint in the bucket (a replaced VM) is downloaded and verified first.
         fetched = self.remote.prepare(self.config.checkpoint_dir, resume, self.signature_problem)
         if fetched.checkpoint is not None:
@@ -121,11 +142,33 @@ class Launcher:
         self.remote.follow(prepared.lineage, resume.step if resume else None, local)
         return replace(
             prepared,
-            resume=resume,
+            resume=resume if fetched.checkpoint or went_back else self._from_ram(resume),
             downloaded=fetched.checkpoint is not None,
             remote_rejected=fetched.rejected,
             remote_error=fetched.error,
         )
+
+    def _persist_memory(self, removed: list[Path]) -> Pickup | None:
+        """The memory tier's newest checkpoint newer than the disk's, persisted (and signed,
+        with a signing key) before a launch: a trainer died, or an earlier ckptd with it."""
+        if self.memory_dir is None:
+            return None
+        removed += remove_temporaries(self.memory_dir)  # the job is held down: none is live
+        mode = int(self.config.checkpoint_mode, 8) if self.config.checkpoint_mode else None
+        pickup = persist_newest(self.memory_dir, self.config.checkpoint_dir, mode)
+        signer = signer_of(self.config.integrity)
+        done = pickup.persisted
+        if signer is not None and done is not None and done.copied:
+            # An error leaves it unsigned: refused below with a verify key, and reported then.
+            sign_then_upload(signer, done.path, done.step, None)
+        return pickup
+
+    def _from_ram(self, resume: Checkpoint | None) -> Checkpoint | None:
+        """The resume point's RAM copy when it is the same checkpoint and verifies in full (the
+        launch reads memory, not the disk); never under a verify key (RAM holds no signature)."""
+        if resume is None or self.memory_dir is None or self.verifier is not None:
+            return resume
+        return ram_copy_of(resume, self.memory_dir) or resume
 
     def signature_problem(self, path: Path) -> str | None:
         """Why ``path`` may not be resumed under ``verify_key`` (None: it may, or no key)."""

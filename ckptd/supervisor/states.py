@@ -1,9 +1,13 @@
-"""The job's states and the transitions the arbiter may make between them.
+"""The job's public state names (``ckptd status``) and the diagram they move along.
+
+The arbiter's real phase is a :data:`~ckptd.supervisor.lifecycle.Phase`; these are its
+names as users see them (:func:`~ckptd.supervisor.lifecycle.shown`), and every transition
+of the lifecycle moves them along this diagram (tests/unit/test_lifecycle.py checks it):
 
 starting --> running <--> checkpointing
    |            |              |
    |            v              v
-   |         stopping <--------+
+   +------> stopping <---------+      (an orphan adopted at start is stopped first)
    |            |
    v            v
 backoff <-------+        (a failure, a hang or a restart)
@@ -27,7 +31,9 @@ class JobState(enum.Enum):
 
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.STARTING: frozenset({JobState.RUNNING, JobState.BACKOFF, JobState.EXITED}),
+    JobState.STARTING: frozenset(
+        {JobState.RUNNING, JobState.STOPPING, JobState.BACKOFF, JobState.EXITED}
+    ),
     JobState.RUNNING: frozenset(
         {JobState.CHECKPOINTING, JobState.STOPPING, JobState.BACKOFF, JobState.EXITED}
     ),
@@ -41,7 +47,7 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
 
 
 class TransitionError(RuntimeError):
-    """The arbiter tried a transition the state machine does not allow: a bug."""
+    """A transition the diagram does not allow: a bug in the lifecycle."""
 
 
 def check_transition(current: JobState, target: JobState) -> JobState:

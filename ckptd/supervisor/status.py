@@ -32,6 +32,10 @@ class _Remote(Protocol):  # the remote copy, whose module loads fsspec
     def status(self) -> _JsonValue: ...
 
 
+class _Memory(Protocol):  # the memory tier (supervisor.memory_copy)
+    def status(self) -> dict[str, Any]: ...
+
+
 class Observed(Protocol):
     """The arbiter as ``status`` reads it."""
 
@@ -73,6 +77,8 @@ class Observed(Protocol):
     def goodput(self) -> GoodputWatch: ...
     @property
     def remote(self) -> _Remote | None: ...
+    @property
+    def memory(self) -> _Memory | None: ...
 
 
 def status_of(arbiter: Observed) -> dict[str, Any]:
@@ -138,6 +144,7 @@ def status_of(arbiter: Observed) -> dict[str, Any]:
         "interval": _interval(arbiter),
         "goodput": arbiter.goodput.latest.to_json() if arbiter.goodput.latest else None,
         "remote": arbiter.remote.status().to_json() if arbiter.remote is not None else None,
+        "memory": arbiter.memory.status() if arbiter.memory is not None else None,
         "run_dir": str(arbiter.run_dir.path),
         "checkpoint_dir": str(arbiter.config.checkpoint_dir),
     }

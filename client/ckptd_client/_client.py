@@ -36,6 +36,7 @@ from ._decisions import (
     Send,
     State,
     decide,
+    memory_dir_for,
 )
 from ._group import Group
 from ._group_saves import GroupSaves
@@ -324,8 +325,9 @@ class Client:
         # A save of the progress made after a final answer is the final save.
         self._settle(Progressed(self._step))
         return Save.begin(
-            self.checkpoint_dir, step, self.lineage, self._settle, background=background
-        )
+            self.checkpoint_dir, step, self.lineage, self._settle, background=background,
+            memory_dir=memory_dir_for(self._state, step),
+        )  # fmt: skip
 
     def _group_due(self) -> bool:
         assert self._group is not None

@@ -63,6 +63,7 @@ class Request:
     final: bool
     at: int | None  # the step reported when it arrived: a save of this step or later answers it
     claimed: bool = False  # the save in flight answers it: no longer wanted of the loop
+    memory_dir: str | None = None  # of the memory tier: saved in RAM below this directory
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,17 @@ class Requested:
     step: int | None  # the step training had reported when the request arrived
     save: bool = True  # a final request without a save: ``ckptd stop --no-checkpoint``
     joins: str | None = None
+    memory_dir: str | None = None
 
     @classmethod
     def of(cls, message: CheckpointRequested | StopRequested, step: int | None) -> Requested:
         """The request in a message, arriving when training had reported ``step``."""
         if isinstance(message, StopRequested):
             return cls(message.id, True, message.deadline, step, message.save, message.joins)
-        return cls(message.id, False, message.deadline, step, joins=message.joins)
+        return cls(
+            message.id, False, message.deadline, step, joins=message.joins,
+            memory_dir=message.memory_dir,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,8 @@ class SaveStarted:
     step: int
     now: float
     background: bool  # a background save tells how long training waited: its snapshot
+    tier: str = "disk"  # "memory": its directory is in the memory tier's (RAM)
+    fallback: str | None = None  # why a save the memory tier asked for went to disk
 
 
 @dataclass(frozen=True)
@@ -306,13 +313,16 @@ def _requested(s: State, e: Requested) -> Transition:
             # It holds only for this step: a step trained after it must be saved too.
             s = replace(s, final_at=e.step, stop=True)
         return s, (ack,)
-    return replace(s, requests=_put(s.requests, Request(e.id, e.final, e.step))), ()
+    request = Request(e.id, e.final, e.step, memory_dir=e.memory_dir)
+    return replace(s, requests=_put(s.requests, request)), ()
 
 
 def _save_started(s: State, e: SaveStarted) -> Transition:
     claimed = _due(s.requests, e.step)
     ids = tuple(r.id for r in claimed)
     fields: dict[str, Any] = {"ids": list(ids), "step": e.step}
+    if e.tier != "disk" or e.fallback is not None:  # a disk save of a disk request: as ever
+        fields.update(tier=e.tier, **({"fallback": e.fallback} if e.fallback else {}))
     if e.background:
         # Training waited from the request it saw to here: the snapshot of its state.
         since = s.wanted_since
@@ -355,6 +365,13 @@ def _group_save_ended(s: State, e: GroupSaveEnded) -> Transition:
     if e.commit is not None:
         return state, (Send("committed", {"ids": list(e.ids), **e.commit.fields()}),)
     return state, (Send("failed", {"ids": list(e.ids), "step": e.step, "error": e.error}),)
+
+
+def memory_dir_for(s: State, step: int) -> str | None:
+    """Where a save of ``step`` goes: the memory tier's directory when every request it
+    answers asked for that tier (and one did), else None: ``checkpoint_dir``."""
+    places = {r.memory_dir for r in _due(s.requests, step)}
+    return places.pop() if len(places) == 1 else None
 
 
 def _due(requests: tuple[Request, ...], step: int) -> list[Request]:

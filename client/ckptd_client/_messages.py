@@ -24,6 +24,7 @@ class CheckpointRequested:
     reason: str
     deadline: float | None = None  # wall-clock time (time.time()) of the daemon's hard stop
     joins: str | None = None  # group: the earlier request whose agreed save answers this one too
+    memory_dir: str | None = None  # the memory tier's: saved below this directory (RAM)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def from_fields(message: dict[str, Any]) -> DaemonMessage | None:
         joins = _text_or_none(message.get("joins"))
         if message.get("final"):
             return StopRequested(rid, reason, deadline, message.get("save") is not False, joins)
-        return CheckpointRequested(rid, reason, deadline, joins)
+        return CheckpointRequested(rid, reason, deadline, joins, _memory_dir(message))
     if kind == "done":
         return Done(str(message.get("id")), _text_or_none(message.get("path")), step)
     if step is None:
@@ -119,6 +120,13 @@ def from_fields(message: dict[str, Any]) -> DaemonMessage | None:
     if kind == "aborted":
         return Aborted(step, str(message.get("error")))
     return None
+
+
+def _memory_dir(message: dict[str, Any]) -> str | None:
+    """The directory of a memory-tier request (``tier: "memory"``, an absolute ``dir``)."""
+    where = message.get("dir")
+    usable = message.get("tier") == "memory" and isinstance(where, str) and where.startswith("/")
+    return where if usable else None
 
 
 def _step_or_none(value: Any) -> int | None:

@@ -61,19 +61,30 @@ class Save:
         settle: Settle,
         *,
         background: bool,
+        memory_dir: str | None = None,
     ) -> Save:
         """Make the save's directory and claim the requests it answers.
 
-        When the directory cannot be made (a read-only or missing checkpoint directory),
-        the requests it would have answered fail, the daemon is told, and the error
-        propagates.
+        ``memory_dir``: the requests asked for the memory tier: the directory is made there
+        (RAM), or, when that fails, in ``checkpoint_dir`` with the reason told to the daemon.
+        When no directory can be made (a read-only or missing checkpoint directory), the
+        requests it would have answered fail, the daemon is told, and the error propagates.
         """
+        fallback = None
+        if memory_dir is not None:
+            try:
+                directory = manifest.new_temp_dir(Path(memory_dir), step)
+            except OSError as exc:
+                fallback = describe(exc)
+            else:
+                settle(SaveStarted(step, time.monotonic(), background, tier="memory"))
+                return cls(directory, step, lineage, settle, background)
         try:
             directory = manifest.new_temp_dir(checkpoint_dir, step)
         except BaseException as exc:
             settle(SaveFailed(step, describe(exc)))
             raise
-        settle(SaveStarted(step, time.monotonic(), background))
+        settle(SaveStarted(step, time.monotonic(), background, fallback=fallback))
         return cls(directory, step, lineage, settle, background)
 
     def fail(self, error: BaseException) -> None:

@@ -16,17 +16,20 @@ saves nothing.
 Resuming restores every variable, so the step count and the optimizer's moments go on
 from the checkpoint; like Keras' ``BackupAndRestore``, ``fit`` then starts the
 interrupted epoch again from its first batch. Retention is ckptd's (``keep_last``,
-``keep_best``). One process only for now.
+``keep_best``). One process only: Keras' distribution API (``keras.distribution``) is
+not supported, and the callback refuses to run on several ranks (``WORLD_SIZE`` > 1).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from ._client import Client
 from ._frameworks import checkpoint_file, missing_framework, numeric_metrics
 from ._frameworks import shared_client as _shared_client
+from .protocol import ENV_WORLD_SIZE
 from .store import Checkpoint
 
 try:
@@ -53,6 +56,7 @@ class CkptdCallback(keras.callbacks.Callback):
 
     def __init__(self, client: Client | None = None) -> None:
         super().__init__()
+        _one_process_only()
         # Connect now, not at fit start: ckptd knows the job is alive from here on.
         self.client = _shared_client(client)
         self._epoch = 0
@@ -81,6 +85,15 @@ class CkptdCallback(keras.callbacks.Callback):
             (directory / PROGRESS_FILE).write_text(json.dumps(progress))
 
 
+def _one_process_only() -> None:
+    world = os.environ.get(ENV_WORLD_SIZE, "1")
+    if world.strip() not in ("", "0", "1"):
+        raise RuntimeError(
+            f"ckptd_client.keras runs in one process only, not on {world} ranks (WORLD_SIZE): "
+            "Keras' distribution API is not supported"
+        )
+
+
 def restore(model: keras.Model, client: Client | None = None) -> Checkpoint | None:
     """Load the newest ckptd checkpoint that verifies into ``model``; None on a fresh start.
 
@@ -90,6 +103,7 @@ def restore(model: keras.Model, client: Client | None = None) -> Checkpoint | No
     the daemon verified before the launch (a corrupt newer one was skipped). A
     checkpoint not saved by this callback is a one-line ``ValueError``.
     """
+    _one_process_only()
     last = _shared_client(client).restore()
     if last is None:
         return None

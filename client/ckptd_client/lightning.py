@@ -12,11 +12,14 @@ save followed by ``trainer.should_stop``, so ``fit`` returns normally; a stop wi
 checkpoint (``ckptd stop --no-checkpoint``) saves nothing.
 
 Retention: ckptd's rules (``keep_last``, ``keep_best``) keep these checkpoints;
-``ModelCheckpoint``'s ``save_top_k`` governs only its own files. One process only
-for now (no DDP): ``save_checkpoint`` is a collective call that every rank would
-have to reach at the same step. Standalone (no daemon), Lightning's own SIGTERM
-handler ends ``fit`` with its ``SIGTERMException`` (exit status 0) after the step in
-which the final save was made; under ckptd the stop comes over the job channel.
+``ModelCheckpoint``'s ``save_top_k`` governs only its own files.
+
+Ranks (``strategy="ddp"`` under ``torchrun`` and ckptd): every rank takes the request at
+the one step the group agreed on and calls ``save_checkpoint`` (collective: rank 0
+writes) into the group's shared directory, committed once after every rank's block
+exited. Standalone (no daemon), Lightning's own SIGTERM handler ends ``fit`` with its
+``SIGTERMException`` (exit status 0) after the step in which the final save was made;
+under ckptd the stop comes over the job channel.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def commit(
         if (mode := checkpoint_mode()) is not None:
             _set_modes(temp_dir, mode)
         for directory in _walk_dirs(temp_dir):
-            _fsync_dir(directory)
+            fsync_dir(directory)
         final = checkpoint_dir / checkpoint_name(step)
         _move_into_place(temp_dir, final)
     except (OSError, ValueError) as exc:
@@ -411,12 +411,12 @@ def _move_into_place(temp_dir: Path, final: Path) -> None:
     parent = final.parent
     if not final.exists():
         os.rename(temp_dir, final)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         return
     trash = parent / f"{TRASH_PREFIX}{final.name}-{secrets.token_hex(4)}"
     os.rename(final, trash)
     os.rename(temp_dir, final)
-    _fsync_dir(parent)
+    fsync_dir(parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -460,7 +460,8 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or removal in ``path`` durable (the daemon's moves use it too)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -12,7 +12,10 @@ Client to daemon:
                                                seconds (0.1 when unset); none while the
                                                step stands still
   ``started``    {ids, step, stall?}           a checkpoint save began; a background save
-                                               adds how long training waited for it (s)
+                                               adds how long training waited for it (s); ``tier``:
+                                               ``memory`` (in RAM), or ``disk`` with
+                                               ``fallback``: why a memory-tier request
+                                               went to disk
   ``committed``  {ids, step, path, metrics, bytes, seconds}
   ``failed``     {ids, step, error}
   ``propose``    {id, at}                      group: the first step at which this rank can
@@ -22,10 +25,12 @@ Client to daemon:
   ``bye``        {step}                        the process is closing the channel; its last step
 
 Daemon to client:
-  ``request``    {id, reason, deadline, final, save, joins}
+  ``request``    {id, reason, deadline, final, save, joins, tier?, dir?}
                                                a checkpoint is wanted; ``final`` means stop
                                                after it; ``joins``: the earlier request of
-                                               the group whose agreed save answers it too
+                                               the group whose agreed save answers it too;
+                                               ``tier`` ``memory``: save it below ``dir``
+                                               (RAM), the daemon persists it
   ``agreed``     {id, step}                    group: every rank saves request ``id`` at ``step``
   ``commit``     {step}                        group: every rank has written ``step``; commit it
   ``aborted``    {step, error}                 group: a rank failed, ``step`` is not committed

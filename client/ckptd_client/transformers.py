@@ -12,10 +12,17 @@ committed with the last logged metrics (``loss``, ``eval_loss``, ...). A stop
 (SIGTERM, STOP, preemption) is that save followed by ``control.should_training_stop``;
 a stop without a checkpoint (``ckptd stop --no-checkpoint``) saves nothing.
 
+Ranks (``torchrun`` or ``accelerate launch`` under ckptd, DDP or FSDP): every rank
+takes the request at the one step the group agreed on, and the Trainer's save, which
+is collective (rank 0 the model and optimizer, each rank its RNG state, FSDP each its
+shard), writes straight into the group's shared directory, in a ``checkpoint-N``
+folder within it: ``output_dir`` points there for that one save, so no rank moves
+another's files. It is committed once, after every rank has written; ranks wait for
+that through ckptd, never in a collective of their own.
+
 Retention: the saves made for ckptd leave ``output_dir`` and are kept by ckptd's
 rules (``keep_last``, ``keep_best``); ``save_total_limit`` governs only the Trainer's
-own scheduled saves, which stay in ``output_dir``. One process only for now (no
-DDP / torchrun): every rank would answer the request with its own save.
+own scheduled saves, which stay in ``output_dir``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ _PREFIX = "checkpoint"
 _STATE_FILE = "trainer_state.json"
 
 
+def _save_name(step: int) -> str:
+    return f"{_PREFIX}-{step}"
+
+
 class CkptdCallback(TrainerCallback):
     """Turns ckptd requests into the Trainer's own saves, committed as ckptd checkpoints.
 
@@ -54,6 +65,7 @@ class CkptdCallback(TrainerCallback):
         self.client = _shared_client(client)
         self.metrics: dict[str, float] = {}
         self._saving = False
+        self._output_dir: str | None = None  # the user's, while a group save writes elsewhere
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -63,6 +75,9 @@ class CkptdCallback(TrainerCallback):
         if ck.should_checkpoint():
             control.should_save = True
             self._saving = True
+            if ck.in_group:  # every rank writes its part of this save into the shared directory
+                self._output_dir = args.output_dir
+                args.output_dir = str(ck.shared_directory(state.global_step))
         elif ck.should_stop():  # the final save (if one was wanted) is done: the client saw to it
             control.should_training_stop = True
 
@@ -83,9 +98,13 @@ class CkptdCallback(TrainerCallback):
         if not self._saving:
             return  # one of the Trainer's scheduled saves: it stays the Trainer's
         self._saving = False
-        saved = Path(args.output_dir) / f"{_PREFIX}-{state.global_step}"
+        saved = Path(args.output_dir) / _save_name(state.global_step)
+        in_place = self._output_dir is not None  # written into the shared directory already
+        if self._output_dir is not None:
+            args.output_dir, self._output_dir = self._output_dir, None
         with self.client.checkpoint(state.global_step, metrics=self.metrics) as directory:
-            move_into(saved, directory)
+            if not in_place:
+                move_into(saved, directory)
         if self.client.should_stop():
             control.should_training_stop = True
 
@@ -95,11 +114,16 @@ def resume_path(client: Client | None = None) -> str | None:
     takes it, or None on a fresh start.
 
     Under ckptd this is the checkpoint the daemon verified before the launch (a corrupt
-    newer one was skipped); standalone, the newest one in the checkpoint directory that
-    verifies. A checkpoint not saved by this callback is a one-line ``ValueError``.
+    newer one was skipped), the same on every rank; standalone, the newest one in the
+    checkpoint directory that verifies. A save of several ranks holds the Trainer's
+    ``checkpoint-N`` folder, which is returned. A checkpoint not saved by this callback
+    is a one-line ``ValueError``.
     """
     last = _shared_client(client).restore()
     if last is None:
         return None
+    ranks_save = last.path / _save_name(last.step)
+    if (ranks_save / _STATE_FILE).is_file():
+        return str(ranks_save)
     checkpoint_file(last.path, _STATE_FILE, "Hugging Face")
     return str(last.path)

@@ -35,6 +35,8 @@ def test_bench_quick_fills_every_row(tmp_path: Path) -> None:
         "commit of",
         "resume:",
         "save_async",
+        "memory-tier save",
+        "memory tier vs disk",
         "signing a",
     ):
         assert any(expected in figure for figure in figures), expected

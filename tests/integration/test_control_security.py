@@ -53,6 +53,7 @@ def test_loopback_tcp_without_curve_needs_the_opt_in(job: Job, tmp_path: Path) -
     job.start_fake(options=("--config", str(config)))
     warning = job.wait_event("control.unauthenticated")
     assert warning["endpoints"] == [endpoint]
+    job.wait_event("job.started")  # "starting" until the launch is prepared
     with Controller(endpoint=endpoint, timeout=30) as anyone:
         assert anyone.status()["state"] in ("running", "checkpointing")
         anyone.stop(wait=True, timeout=DEADLINE)

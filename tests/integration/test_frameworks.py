@@ -168,3 +168,22 @@ def test_missing_framework_names_the_extra(extra: str, monkeypatch: pytest.Monke
     assert str(raised.value) == (
         f"ckptd_client.{extra} needs {extra}, which is not installed: pip install 'ckptd[{extra}]'"
     )
+
+
+def test_keras_callback_refuses_several_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keras under WORLD_SIZE > 1: CkptdCallback() and restore() raise a one-line error."""
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("keras is not installed: pip install -e '.[keras]'")
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    callbacks = importlib.import_module("ckptd_client.keras")
+    expected = (
+        "ckptd_client.keras runs in one process only, not on 2 ranks (WORLD_SIZE): "
+        "Keras' distribution API is not supported"
+    )
+    with pytest.raises(RuntimeError) as raised:
+        callbacks.CkptdCallback()
+    assert str(raised.value) == expected
+    with pytest.raises(RuntimeError) as raised:
+        callbacks.restore(None)  # refused before the model is looked at
+    assert str(raised.value) == expected

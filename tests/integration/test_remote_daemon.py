@@ -52,6 +52,22 @@ def test_a_replacement_vm_resumes_from_the_bucket_bit_exact(
     assert tree(second.checkpoint_dir / local.name) == tree(local)
 
 
+def test_a_job_that_ends_on_its_own_waits_for_its_newest_upload(
+    moto: MotoServer,
+    tmp_path: Path,
+    machines: Callable[[str], Job],
+) -> None:
+    """A job that finishes by itself: ckptd exits 0 only once its newest checkpoint is up."""
+    config = storage_config(tmp_path / "storage.toml", moto.url("done"), moto.options)
+    job = machines("vm")
+    trainer = fake(job, "--steps", "41", "--save-every", "20", "--payload", "100000000")
+    job.start(trainer, "--config", str(config))
+    assert job.wait(timeout=120) == 0
+    assert job.events("checkpoint.committed")[-1]["step"] == 40
+    assert max(c.step for c in RemoteStore(moto.url("done"), moto.options).list()) == 40
+    assert job.events("remote.final")[-1]["uploaded"] is True
+
+
 def test_a_stop_whose_upload_cannot_land_exits_1_with_the_reason(
     tmp_path: Path, machines: Callable[[str], Job]
 ) -> None:

@@ -100,3 +100,13 @@ def test_a_stall_outside_zero_to_a_day_is_ignored(stall: Any) -> None:
     """A background save's stall counts only as a number of seconds in [0, a day]."""
     frame = json.dumps({"v": 1, "type": "started", "ids": [], "stall": stall}).encode()
     assert parse(frame) == Started(None, (), None)
+
+
+def test_a_started_message_says_its_tier_and_why_it_fell_back() -> None:
+    """`started` carries the memory tier's `tier` and `fallback`; other values are dropped."""
+    ram = parse(_frame("started", ids=["m"], step=5, tier="memory"))
+    assert ram == Started(5, ("m",), None, tier="memory")
+    disk = parse(_frame("started", ids=["m"], step=5, tier="disk", fallback="OSError: full"))
+    assert disk == Started(5, ("m",), None, tier="disk", fallback="OSError: full")
+    odd = parse(_frame("started", ids=["m"], step=5, tier="tape", fallback=3))
+    assert odd == Started(5, ("m",), None)

@@ -217,6 +217,40 @@ ROWS: list[tuple[str, State, Event, dict[str, Any], tuple[Effect, ...]]] = [
         (Send("started", {"ids": ["r"], "step": 5}),),
     ),
     (
+        "a memory-tier request is remembered with its directory",
+        IDLE,
+        Requested("m", False, None, 5, memory_dir="/dev/shm/j"),
+        {"requests": (Request("m", False, 5, memory_dir="/dev/shm/j"),), "wanted": True},
+        (),
+    ),
+    (
+        "a save in RAM says so when it starts",
+        State(requests=(Request("m", False, 5, memory_dir="/dev/shm/j"),)),
+        SaveStarted(5, now=11.0, background=False, tier="memory"),
+        {
+            "requests": (Request("m", False, 5, claimed=True, memory_dir="/dev/shm/j"),),
+            "saving": Saving(5, ("m",), False),
+            "wanted": False,
+        },
+        (Send("started", {"ids": ["m"], "step": 5, "tier": "memory"}),),
+    ),
+    (
+        "a memory-tier save that fell back to disk says why",
+        State(requests=(Request("m", False, 5, memory_dir="/dev/shm/j"),)),
+        SaveStarted(5, now=11.0, background=False, fallback="OSError: full"),
+        {
+            "requests": (Request("m", False, 5, claimed=True, memory_dir="/dev/shm/j"),),
+            "saving": Saving(5, ("m",), False),
+            "wanted": False,
+        },
+        (
+            Send(
+                "started",
+                {"ids": ["m"], "step": 5, "tier": "disk", "fallback": "OSError: full"},
+            ),
+        ),
+    ),
+    (
         "a background save tells how long training waited since it saw the request",
         WANTED_AT_5,
         SaveStarted(5, now=10.25, background=True),
@@ -487,3 +521,15 @@ def test_quiet_means_should_checkpoint_stays_false() -> None:
     assert IDLE.quiet and RESUMED_AT_3.quiet and SAVING_5.quiet
     assert not WANTED_AT_5.quiet and not FINAL_AT_5.quiet
     assert not replace(IDLE, error=BOOM).quiet
+
+
+def test_a_save_goes_to_ram_only_when_every_request_it_answers_asked_for_it() -> None:
+    """memory_dir_for: the memory tier's directory when all due requests name it, else None."""
+    from ckptd_client._decisions import memory_dir_for
+
+    ram = Request("m", False, 5, memory_dir="/dev/shm/j")
+    disk = Request("d", False, 5)
+    later = Request("l", False, 9)
+    assert memory_dir_for(State(requests=(ram, later)), 5) == "/dev/shm/j"
+    assert memory_dir_for(State(requests=(ram, disk)), 5) is None
+    assert memory_dir_for(State(), 5) is None

@@ -42,6 +42,17 @@ REQUEST = {"id": "r1", "reason": "timer", "deadline": None, "final": False, "sav
             CheckpointRequested("r1", "timer"),
         ),
         ("request", {**REQUEST, "deadline": True}, CheckpointRequested("r1", "timer")),
+        (
+            "request",
+            {**REQUEST, "tier": "memory", "dir": "/dev/shm/j"},
+            CheckpointRequested("r1", "timer", memory_dir="/dev/shm/j"),
+        ),
+        (
+            "request",
+            {**REQUEST, "tier": "memory", "dir": "relative/j"},
+            CheckpointRequested("r1", "timer"),
+        ),
+        ("request", {**REQUEST, "tier": "disk", "dir": "/x"}, CheckpointRequested("r1", "timer")),
         ("done", {"id": "r1", "path": "/c/step-1", "step": 1}, Done("r1", "/c/step-1", 1)),
         ("done", {"id": "r1", "path": None, "step": None}, Done("r1")),
         ("done", {"id": "r1", "path": 3, "step": -1}, Done("r1")),

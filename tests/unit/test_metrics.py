@@ -124,3 +124,14 @@ def test_metrics_table_in_the_config(tmp_path: Path) -> None:
     bad.write_text('[metrics]\nlisten = "everywhere"\n')
     with pytest.raises(config.ConfigError, match=r"^\[metrics\]\.listen: expected HOST:PORT"):
         config.load(bad, {"command": ["x"]}, base=tmp_path)
+
+
+def test_the_memory_tier_figures_are_read_at_scrape_time(metrics: Metrics) -> None:
+    """The newest RAM step and the backlog come from the memory tier's status; NaN without."""
+    address = metrics.start("127.0.0.1:0")
+    got = _scrape(address)
+    assert math.isnan(got["ckptd_memory_checkpoint_step"])
+    assert math.isnan(got["ckptd_memory_backlog_steps"])
+    metrics.read_memory(lambda: {"newest": {"step": 42}, "backlog_steps": 7})
+    got = _scrape(address)
+    assert got["ckptd_memory_checkpoint_step"] == 42 and got["ckptd_memory_backlog_steps"] == 7

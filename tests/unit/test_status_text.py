@@ -74,3 +74,24 @@ def test_remote_fields_a_daemon_does_not_send_are_skipped() -> None:
     assert lines["newest remote"] == "none" and lines["backlog"] == "nothing to upload"
     assert "fenced" not in lines
     assert "backlog" not in _lines(remote={"remote": "file:///m"})
+
+
+def test_the_memory_tier_shows_where_ram_saves_go_and_what_the_disk_holds() -> None:
+    """With a memory tier: its directory, the newest RAM step and the disk's, the last's tier."""
+    memory = {
+        "dir": "/dev/shm/ckptd-0/train-1a2b3c4d",
+        "in_ram": True,
+        "every": 5.0,
+        "newest": {"step": 118, "path": "/dev/shm/x/step-00000118", "bytes": 10, "age": 1.0},
+        "persisted_step": 100,
+        "backlog_steps": 18,
+    }
+    last = {"path": "/dev/shm/x/step-00000118", "step": 118, "age": 1.0, "tier": "memory"}
+    lines = _lines(memory=memory, last_checkpoint=last)
+    assert lines["memory tier"] == "/dev/shm/ckptd-0/train-1a2b3c4d, every 5 s"
+    assert (
+        lines["newest in RAM"].startswith("step 118")
+        and "on disk: step 100" in lines["newest in RAM"]
+    )
+    assert lines["last checkpoint"].endswith("(memory)")
+    assert "memory tier" not in _lines()

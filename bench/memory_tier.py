@@ -1,0 +1,124 @@
+"""The memory tier: what a save costs the trainer in RAM vs on disk, for the same state.
+
+Each round, interleaved: a memcpy of the state (the floor of any save), the client's commit
+of it into a tmpfs directory (what ``with ck.checkpoint(step)`` does for a request of the
+memory tier: write, hash, fsync, manifest, rename), the same commit into a disk directory,
+and the daemon's persistence of the RAM copy to disk (``ckptd.storage.persist``, off the
+trainer's path). Files go out through ``ckptd_client.create`` as a script's ``torch.save``
+into the yielded directory would write them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import ckptd_client
+from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of
+from ckptd.storage.persist import persist
+from ckptd_client import manifest
+
+from .harness import Row, Spread, median
+
+_FILES = 8
+
+
+def _state(total: int) -> list[bytearray]:
+    block = bytes(range(256)) * 4096  # 1 MiB, not all zeros (a page of zeros costs nothing)
+    size = total // _FILES
+    return [bytearray((block * (size // len(block) + 1))[:size]) for _ in range(_FILES)]
+
+
+def _save(root: Path, step: int, parts: list[bytearray]) -> float:
+    began = time.perf_counter()
+    temp = manifest.new_temp_dir(root, step)
+    for index, data in enumerate(parts):
+        with ckptd_client.create(temp / f"part{index}.bin") as handle:
+            handle.write(data)
+    manifest.commit(temp, step)
+    return time.perf_counter() - began
+
+
+def _raw_write(directory: Path, parts: list[bytearray]) -> float:
+    """The same bytes written to plain files in ``directory``: no hash, no fsync, no manifest."""
+    directory.mkdir()
+    began = time.perf_counter()
+    for index, data in enumerate(parts):
+        with open(directory / f"part{index}.bin", "wb") as handle:
+            handle.write(data)
+    elapsed = time.perf_counter() - began
+    shutil.rmtree(directory)
+    return elapsed
+
+
+def _memcpy(parts: list[bytearray], targets: list[bytearray]) -> float:
+    began = time.perf_counter()
+    for source, target in zip(parts, targets, strict=True):
+        target[:] = source
+    return time.perf_counter() - began
+
+
+def stall_rows(base: Path, total: int, rounds: int) -> list[Row]:
+    """Rows: a RAM save's stall vs a memcpy of the state, and vs a disk save of it."""
+    ram_root = Path("/dev/shm")
+    if filesystem_of(ram_root) not in RAM_FILESYSTEMS:
+        return [
+            Row("memory-tier save stall", "no tmpfs at /dev/shm", "-", None, "-", None)
+        ]  # fmt: skip
+    ram = ram_root / f"ckptd-bench-{uuid.uuid4().hex[:8]}"
+    disk = base / "disk"
+    persisted = base / "persisted"
+    parts = _state(total)
+    targets = [bytearray(len(p)) for p in parts]
+    copies, in_ram, on_disk, persists, raw = [], [], [], [], []
+    try:
+        _memcpy(parts, targets)  # fault the targets in: the floor is a copy into ready memory
+        _save(disk, 0, parts)  # warm both directories and the allocator, untimed
+        _save(ram, 0, parts)
+        for round_ in range(1, rounds + 1):
+            copies.append(_memcpy(parts, targets))
+            raw.append(_raw_write(ram / f"raw-{round_}", parts))
+            in_ram.append(_save(ram, round_, parts))
+            on_disk.append(_save(disk, round_, parts))
+            source = ram / manifest.checkpoint_name(round_)
+            persists.append(persist(source, persisted).seconds)
+            for directory in (ram, disk, persisted):  # one of each at a time, as memory_keep 1
+                shutil.rmtree(directory / manifest.checkpoint_name(round_ - 1), ignore_errors=True)
+    finally:
+        shutil.rmtree(ram, ignore_errors=True)
+        for directory in (disk, persisted):
+            shutil.rmtree(directory, ignore_errors=True)
+    gib = total / (1 << 30)
+    versus_copy = Spread.costs(in_ram, copies)
+    versus_disk = Spread.times(in_ram, on_disk)
+    data = {"memcpy": copies, "ram": in_ram, "disk": on_disk, "persist": persists, "raw": raw}
+    return [
+        Row(
+            f"trainer stall per memory-tier save, {gib:.2g} GiB ({_FILES} files) into tmpfs",
+            f"{median(in_ram):.3f} s, best {min(in_ram):.3f} s",
+            f"memcpy {median(copies):.3f} s, best {min(copies):.3f} s",
+            versus_copy.median,
+            "stall <= 1.2x memcpy",
+            versus_copy.median <= 1.2,
+            note="ratio = RAM save / memcpy into pre-faulted memory, per interleaved round; "
+            f"a plain write of the same bytes to new tmpfs files took {median(raw):.3f} s "
+            "(fresh tmpfs pages are allocated and zeroed), the save also hashes every byte",
+            data=data,
+            spread=versus_copy,
+        ),
+        Row(
+            f"trainer stall per save, memory tier vs disk, {gib:.2g} GiB",
+            f"RAM {median(in_ram):.3f} s, best {min(in_ram):.3f} s",
+            f"disk {median(on_disk):.3f} s, best {min(on_disk):.3f} s",
+            versus_disk.median,
+            "disk / RAM >= 2",
+            versus_disk.median >= 2,
+            note=f"ratio = disk save / RAM save per interleaved round; ckptd's background copy "
+            f"of the RAM save to disk (verified) took {median(persists):.3f} s, off the "
+            "trainer's path",
+            data=data,
+            spread=versus_disk,
+        ),
+    ]

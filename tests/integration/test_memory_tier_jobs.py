@@ -1,0 +1,194 @@
+"""The memory tier with real processes: saves in RAM, persisted by ckptd when the trainer dies,
+picked up by the next ckptd when both died, corrupt copies skipped, disk when RAM cannot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of
+from ckptd_client.store import inspect, scan
+
+from conftest import Job, wait_for
+
+FAST = ("--restart-delay", "0", "--kill-timeout", "1s")
+# A RAM save every second; the disk tier only from RAM, and not within the test by itself.
+MEMORY = ("--memory-every", "1s", "--every", "1h", *FAST)
+
+
+@pytest.fixture
+def ram() -> Iterator[Path]:
+    """A memory_dir on /dev/shm (tmpfs), removed after the test whatever happened."""
+    if filesystem_of(Path("/dev/shm")) not in RAM_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    path = Path("/dev/shm") / f"ckptd-test-{uuid.uuid4().hex[:12]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _memory_commits(job: Job) -> list[dict]:
+    return [e for e in job.events("checkpoint.committed") if e.get("tier") == "memory"]
+
+
+def _trainer_pid(job: Job, attempt: int = 0) -> int:
+    return int(job.wait_record("start", attempt + 1)["pid"])
+
+
+def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
+    job: Job, ram: Path
+) -> None:
+    """SIGKILL: the newest RAM checkpoint is persisted once the job is gone, before the
+    relaunch, which resumes from it; status and events name the tier; SIGTERM then saves to
+    disk, exits 0, clears RAM."""
+    job.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
+    ready = job.wait_event("memory.ready")
+    assert ready["dir"] == str(ram) and ready["in_ram"] is True
+    pid = _trainer_pid(job)
+    wait_for(lambda: len(_memory_commits(job)) >= 2, "two RAM commits")
+    assert not [c for c in scan(job.checkpoint_dir) if c.valid]  # the disk has none yet
+    status = job.status()
+    assert status["memory"]["dir"] == str(ram) and status["memory"]["newest"]["step"] >= 0
+    assert status["last_checkpoint"]["tier"] == "memory"
+    acknowledged = _memory_commits(job)[-1]["step"]
+    os.kill(pid, signal.SIGKILL)
+    started = job.wait_event("job.started", 2)
+    persisted = job.wait_event("checkpoint.persisted")
+    newest = persisted["step"]  # a commit after the one read above may have landed too
+    assert persisted["why"] == "the job exited" and newest >= acknowledged
+    assert inspect(job.checkpoint_dir / f"step-{newest:08d}", full=True).valid
+    assert started["resume_step"] == newest and started["resume_from"].startswith(str(ram))
+    assert job.wait_record("start", 2)["resume_step"] == newest
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    final = job.events("checkpoint.committed")[-1]
+    assert final["tier"] == "disk" and Path(final["path"]).parent == job.checkpoint_dir
+    assert job.events("memory.cleared") and list(ram.iterdir()) == []  # the dir was named
+
+
+def test_daemon_and_trainer_killed_the_next_run_uses_the_ram_copy(
+    make_job: Callable[..., Job], ram: Path
+) -> None:
+    """ckptd and its trainer SIGKILLed together: the next ckptd persists the RAM copy it finds
+    (same memory_dir), after verifying it, and the job resumes from it."""
+    first = make_job("first")
+    first.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
+    wait_for(lambda: len(_memory_commits(first)) >= 1, "a RAM commit")
+    first.kill()
+    newest = max(c.step for c in scan(ram) if c.valid)
+    assert not [c for c in scan(first.checkpoint_dir) if c.valid]
+    second = make_job("second")
+    second.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
+    persisted = second.wait_event("checkpoint.persisted")
+    assert persisted["step"] == newest and persisted["why"] == "before the launch"
+    assert second.wait_event("job.started", 2)["resume_step"] == newest
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+
+
+def test_a_corrupt_ram_copy_is_skipped_for_the_one_before_it(
+    make_job: Callable[..., Job], ram: Path
+) -> None:
+    """A RAM checkpoint whose bytes no longer match its manifest is never resumed from: the
+    next ckptd drops it (checkpoint.invalid, tier memory) and persists the older one."""
+    first = make_job("first")
+    first.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
+    wait_for(lambda: len([c for c in scan(ram) if c.valid]) >= 2, "two RAM checkpoints")
+    first.kill()
+    older, newer = [c for c in scan(ram) if c.valid][-2:]
+    payload = newer.path / "payload.bin"
+    data = bytearray(payload.read_bytes())
+    data[0] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    second = make_job("second")
+    second.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
+    invalid = second.wait_event("checkpoint.invalid")
+    assert invalid["tier"] == "memory" and invalid["step"] == newer.step
+    assert second.wait_event("checkpoint.persisted")["step"] == older.step
+    assert second.wait_record("start", 2)["resume_step"] == older.step
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+
+
+def test_ram_that_cannot_take_a_save_sends_it_to_disk(job: Job, tmp_path: Path) -> None:
+    """The RAM directory stops accepting saves (simulated: a file put in its place, since a
+    full tmpfs needs root to mount): the save goes to checkpoint_dir with a
+    checkpoint.tier_fallback event, and the job goes on."""
+    memory_dir = tmp_path / "ram"
+    job.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(memory_dir)))
+    ready = job.wait_event("memory.ready")
+    assert ready["explicit"] is True
+    _trainer_pid(job)
+    memory_dir.rename(tmp_path / "ram-gone")
+    memory_dir.write_text("RAM is full")
+    fallback = job.wait_event("checkpoint.tier_fallback")
+    assert str(memory_dir) in fallback["why"] and fallback["tier"] == "disk"
+    committed = wait_for(
+        lambda: [e for e in job.events("checkpoint.committed") if e["tier"] == "disk"],
+        "a commit on disk",
+    )[0]
+    assert Path(committed["path"]).parent == job.checkpoint_dir
+    assert inspect(Path(committed["path"]), full=True).valid
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+
+
+def test_without_every_each_ram_save_is_persisted_and_ram_keeps_memory_keep(
+    job: Job, ram: Path
+) -> None:
+    """No `every`: ckptd copies each RAM checkpoint to disk in the background (verified, ready
+    to upload) and RAM holds memory_keep of them; `ckptd list` shows both tiers; a `ckptd
+    checkpoint` request saves to disk."""
+    options = ("--memory-every", "1s", "--memory-keep", "1", "--memory-dir", str(ram), *FAST)
+    job.start_fake("--step-time", "0.01", options=options)
+    wait_for(lambda: len(job.events("checkpoint.persisted")) >= 2, "two persisted RAM saves")
+    for persisted in job.events("checkpoint.persisted"):
+        assert persisted["why"] == "background" and Path(persisted["source"]).parent == ram
+        assert inspect(Path(persisted["path"]), full=True).valid
+    wait_for(lambda: len([c for c in scan(ram) if c.valid]) == 1, "RAM pruned to memory_keep")
+    listed = job.cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    tiers = {(c["step"], c["tier"]) for c in json.loads(listed.stdout) if c["valid"]}
+    assert {tier for _, tier in tiers} == {"memory", "disk"}
+    assert "TIER" in job.cli("list").stdout.splitlines()[0]
+    asked = job.cli("checkpoint", "--wait", "--json")
+    assert asked.returncode == 0, asked.stderr
+    assert Path(json.loads(asked.stdout)["path"]).parent == job.checkpoint_dir
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    assert list(ram.iterdir()) == []
+
+
+def test_a_memory_dir_that_is_a_link_is_a_one_line_start_error(job: Job, tmp_path: Path) -> None:
+    """A memory_dir that is a symlink is refused before anything is launched (exit 2)."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    job.start_fake(options=("--memory-every", "5s", "--memory-dir", str(tmp_path / "link")))
+    assert job.wait() == 2
+    assert "memory_dir:" in job.log_tail() and "link is not followed" in job.log_tail()
+    assert not job.records("start")
+
+
+def test_a_hung_trainer_killed_by_ckptd_resumes_from_its_ram_checkpoint(
+    job: Job, ram: Path
+) -> None:
+    """A hang kill is a trainer death like any: the RAM checkpoint taken before the hang is
+    persisted before the relaunch and resumed from."""
+    job.start_fake(
+        "--step-time", "0.02", "--hang-at", "150", "--steps", "200",
+        options=(*MEMORY, "--memory-dir", str(ram), "--hang-timeout", "1s"),
+    )  # fmt: skip
+    job.wait_record("hang")
+    assert job.wait() == 0
+    assert job.events("job.hung")
+    persisted = [e for e in job.events("checkpoint.persisted") if e["why"] == "the job exited"]
+    starts = job.records("start")
+    assert len(starts) == 2 and persisted and starts[1]["resume_step"] == persisted[0]["step"]
+    assert 0 < persisted[0]["step"] < 150
+    assert job.records("done")

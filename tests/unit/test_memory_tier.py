@@ -1,0 +1,298 @@
+"""The memory tier's pieces: its keys, its RAM directory, persistence to disk, pruning, room."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+import ckptd_client
+from ckptd.config import ConfigError, load
+from ckptd.storage import memory
+from ckptd.storage.persist import PersistError, persist, persist_newest
+from ckptd_client import manifest, protocol
+from ckptd_client.store import inspect, scan
+
+from conftest import wait_for
+from stand_in_daemon import receive, stand_in_daemon
+
+SHM = Path("/dev/shm")
+needs_shm = pytest.mark.skipif(
+    memory.filesystem_of(SHM) not in memory.RAM_FILESYSTEMS, reason="no tmpfs at /dev/shm"
+)
+
+
+def _commit(directory: Path, step: int, payload: bytes = b"weights") -> Path:
+    temp = manifest.new_temp_dir(directory, step)
+    (temp / "model.pt").write_bytes(payload + str(step).encode())
+    (temp / "sub").mkdir()
+    (temp / "sub" / "opt.pt").write_bytes(b"optimizer" * 100)
+    path, _ = manifest.commit(temp, step, {"loss": 1.0})
+    return path
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def test_memory_keys_parse_from_file_and_flags(tmp_path: Path) -> None:
+    """memory_every takes a duration or "auto", memory_dir a path, memory_keep a count >= 1."""
+    path = tmp_path / "c.toml"
+    path.write_text('[job]\ncommand = ["x"]\nmemory_every = "5s"\nmemory_dir = "ram"\n')
+    config = load(path, {"memory_keep": 3}, base=tmp_path)
+    assert (config.memory_every, config.memory_dir) == (5.0, tmp_path / "ram")
+    assert config.memory_keep == 3
+    auto = load(None, {"command": ["x"], "memory_every": "auto"}, base=tmp_path)
+    assert auto.memory_every == "auto" and auto.memory_dir is None and auto.memory_keep == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('memory_every = "10ms"', "[job].memory_every: must be at least 1s"),
+        ("memory_keep = 0", "[job].memory_keep: expected a positive integer"),
+        ('memory_dir = "/x"', "memory_dir: needs memory_every"),
+    ],
+)
+def test_bad_memory_keys_name_the_key(tmp_path: Path, body: str, message: str) -> None:
+    """A bad memory-tier value is a one-line error naming its key."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[job]\ncommand = ["x"]\n{body}\n')
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load(path, {}, base=tmp_path)
+
+
+# -- the RAM directory -----------------------------------------------------------------
+
+
+@needs_shm
+def test_default_place_is_private_on_tmpfs_and_the_same_for_the_next_run(tmp_path: Path) -> None:
+    """Without memory_dir, a 0700 per-job directory on /dev/shm, named the same by the next run."""
+    first = memory.find_place("job", tmp_path / "ck", None)
+    try:
+        again = memory.find_place("job", tmp_path / "ck", None)
+        other = memory.find_place("job", tmp_path / "elsewhere", None)
+        assert first.in_ram and not first.explicit and first.path == again.path
+        assert first.path.is_relative_to(SHM) and other.path != first.path
+        assert os.stat(first.path).st_mode & 0o777 == 0o700
+        memory.clear(other)
+    finally:
+        memory.clear(first)
+    assert not first.path.exists()
+
+
+def test_no_ram_filesystem_is_a_start_error_naming_memory_dir(tmp_path: Path) -> None:
+    """ckptd never picks a disk-backed directory itself: without tmpfs, memory_dir is asked for."""
+    if memory.filesystem_of(tmp_path) in memory.RAM_FILESYSTEMS:
+        pytest.skip("the temporary directory is on tmpfs itself")
+    with pytest.raises(memory.MemoryPlaceError, match="memory_dir: no RAM-backed filesystem"):
+        memory.find_place("job", tmp_path / "ck", None, roots=[tmp_path])
+
+
+def test_an_explicit_disk_directory_is_used_as_told_and_said_to_be_on_disk(tmp_path: Path) -> None:
+    """A memory_dir the user chose is used whatever it is on; the place says it is not RAM."""
+    place = memory.find_place("job", tmp_path / "ck", tmp_path / "a" / "ram")
+    assert place.explicit and place.path.is_dir()
+    assert place.in_ram is (memory.filesystem_of(tmp_path) in memory.RAM_FILESYSTEMS)
+
+
+def test_a_linked_or_shared_memory_dir_is_refused(tmp_path: Path) -> None:
+    """A memory_dir that is a symlink, or writable by others, is refused, never followed."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(memory.MemoryPlaceError, match="not a directory"):
+        memory.find_place("job", tmp_path, tmp_path / "link")
+    (tmp_path / "open").mkdir(mode=0o777)
+    os.chmod(tmp_path / "open", 0o777)
+    with pytest.raises(memory.MemoryPlaceError, match="writable by others"):
+        memory.find_place("job", tmp_path, tmp_path / "open")
+
+
+# -- persistence -----------------------------------------------------------------------
+
+
+def test_persist_copies_a_memory_checkpoint_verified_and_atomically(tmp_path: Path) -> None:
+    """The copy verifies in full, has the same bytes and manifest, and no .tmp- is left."""
+    source = _commit(tmp_path / "ram", 12)
+    done = persist(source, tmp_path / "disk", mode=0o700)
+    assert done.copied and done.step == 12 and done.path == tmp_path / "disk" / "step-00000012"
+    assert inspect(done.path, full=True).valid
+    for name in ("model.pt", "sub/opt.pt", "ckptd.json"):
+        assert (done.path / name).read_bytes() == (source / name).read_bytes()
+    assert os.stat(done.path).st_mode & 0o777 == 0o700
+    assert os.stat(done.path / "model.pt").st_mode & 0o777 == 0o600
+    assert [p.name for p in (tmp_path / "disk").iterdir()] == ["step-00000012"]
+    again = persist(source, tmp_path / "disk")
+    assert not again.copied and again.path == done.path
+
+
+def test_a_corrupt_memory_checkpoint_is_not_persisted(tmp_path: Path) -> None:
+    """A flipped byte in RAM: PersistError(corrupt), and nothing at all on disk."""
+    source = _commit(tmp_path / "ram", 3)
+    data = bytearray((source / "model.pt").read_bytes())
+    data[0] ^= 0xFF
+    (source / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(PersistError, match="mismatch") as raised:
+        persist(source, tmp_path / "disk")
+    assert raised.value.corrupt
+    assert list((tmp_path / "disk").iterdir()) == []
+
+
+def test_persist_never_follows_a_symlink_in_the_source(tmp_path: Path) -> None:
+    """A file of the memory checkpoint swapped for a link is refused, the target never read."""
+    source = _commit(tmp_path / "ram", 4)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours")
+    (source / "model.pt").unlink()
+    (source / "model.pt").symlink_to(secret)
+    with pytest.raises(PersistError) as raised:
+        persist(source, tmp_path / "disk")
+    assert raised.value.corrupt
+    assert not any((tmp_path / "disk").rglob("*")) if (tmp_path / "disk").exists() else True
+
+
+def test_persist_newest_skips_a_corrupt_copy_and_stops_at_the_disk(tmp_path: Path) -> None:
+    """Newest RAM copy newer than the disk's: a corrupt one is skipped and removed from RAM."""
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    _commit(disk, 5)
+    _commit(ram, 4)
+    _commit(ram, 6)
+    bad = _commit(ram, 7)
+    (bad / "model.pt").write_bytes(b"torn")
+    pickup = persist_newest(ram, disk)
+    assert pickup.persisted is not None and pickup.persisted.step == 6
+    assert [(s.step, s.path.exists()) for s in pickup.skipped] == [(7, False)]
+    assert [c.step for c in scan(disk) if c.valid] == [5, 6]
+    assert persist_newest(ram, disk).persisted is None  # nothing newer than the disk now
+
+
+def test_a_failing_destination_keeps_the_ram_copy(tmp_path: Path) -> None:
+    """When the disk cannot take it, the attempt reports why and the RAM copy stays."""
+    ram = tmp_path / "ram"
+    source = _commit(ram, 9)
+    (tmp_path / "disk").write_text("a file where the checkpoint directory should be")
+    pickup = persist_newest(ram, tmp_path / "disk")
+    assert pickup.persisted is None and pickup.error and source.is_dir()
+
+
+# -- what RAM keeps --------------------------------------------------------------------
+
+
+def test_prune_keeps_the_newest_memory_keep_and_what_is_protected(tmp_path: Path) -> None:
+    """memory_keep bounds the valid checkpoints in RAM; invalid ones and protected ones aside."""
+    ram = tmp_path / "ram"
+    paths = [_commit(ram, step) for step in (1, 2, 3, 4)]
+    (ram / "step-00000009").mkdir()  # no manifest: not a checkpoint
+    removed = memory.prune(ram, 2, protect=[paths[0]])
+    assert sorted(p.name for p in removed) == ["step-00000002", "step-00000009"]
+    assert [c.step for c in scan(ram)] == [1, 3, 4]
+
+
+def test_room_for_counts_free_space_and_mem_available(tmp_path: Path) -> None:
+    """A save fits only with its size plus headroom free on the filesystem and in MemAvailable."""
+    assert memory.room_for(tmp_path, 1 << 20, available=lambda: 8 << 30) is None
+    assert "MemAvailable" in (memory.room_for(tmp_path, 1 << 20, available=lambda: 32 << 20) or "")
+    assert "free" in (memory.room_for(tmp_path, 1 << 62, available=lambda: None) or "")
+    assert "No such file" in (memory.room_for(tmp_path / "gone", 1) or "")
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def daemon_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[zmq.Socket]:
+    with stand_in_daemon(tmp_path, monkeypatch) as router:
+        yield router
+
+
+def _memory_request(router: zmq.Socket, identity: bytes, rid: str, where: Path) -> None:
+    message = protocol.encode(
+        "request", id=rid, reason="memory_every", deadline=None, final=False, tier="memory",
+        dir=str(where),
+    )  # fmt: skip
+    router.send_multipart([identity, message])
+
+
+def test_a_memory_request_is_committed_in_the_memory_directory(
+    daemon_socket: zmq.Socket, tmp_path: Path
+) -> None:
+    """The script's unchanged checkpoint() block lands in the request's RAM directory."""
+    ram = tmp_path / "ram"
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = receive(daemon_socket, "hello")
+        ck.step(3)
+        _memory_request(daemon_socket, identity, "m1", ram)
+
+        wait_for(ck.should_checkpoint, "the flag")
+        with ck.checkpoint(3) as directory:
+            (directory / "w").write_bytes(b"w")
+        _, started = receive(daemon_socket, "started")
+        _, committed = receive(daemon_socket, "committed")
+        assert started["tier"] == "memory" and "fallback" not in started
+        assert committed["path"] == str(ram / "step-00000003")
+        assert inspect(ram / "step-00000003").valid
+    finally:
+        ck.close()
+
+
+def test_a_memory_directory_that_cannot_be_written_falls_back_to_disk(
+    daemon_socket: zmq.Socket, tmp_path: Path
+) -> None:
+    """When RAM cannot take the save, it goes to checkpoint_dir and says why: nothing is lost."""
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("x")
+    ck = ckptd_client.connect()
+    try:
+        identity, _ = receive(daemon_socket, "hello")
+        ck.step(4)
+        _memory_request(daemon_socket, identity, "m1", blocked / "ram")
+
+        wait_for(ck.should_checkpoint, "the flag")
+        with ck.checkpoint(4) as directory:
+            (directory / "w").write_bytes(b"w")
+        _, started = receive(daemon_socket, "started")
+        _, committed = receive(daemon_socket, "committed")
+        assert started["tier"] == "disk" and "NotADirectoryError" in started["fallback"]
+        assert Path(committed["path"]).parent == ck.checkpoint_dir
+    finally:
+        ck.close()
+
+
+def test_memory_every_auto_follows_the_measured_ram_stall(tmp_path: Path) -> None:
+    """memory_every = "auto": 1s until a RAM save is measured, then Young/Daly within
+    [1s, every_min]."""
+    from ckptd.progress.memory_interval import MemoryInterval
+
+    config = load(None, {"command": ["x"], "memory_every": "auto"}, base=tmp_path)
+    interval = MemoryInterval(config)
+    assert interval.every == 1.0
+    assert interval.saved(0.01, 0.01) is not None
+    assert interval.every == pytest.approx((2 * 0.01 * config.mtbf) ** 0.5, rel=0.01)
+    interval.saved(30.0, 1.0)
+    interval.saved(30.0, 1.0)
+    assert interval.every == config.every_min
+
+
+def test_going_back_drops_the_ram_checkpoints_past_the_point(tmp_path: Path) -> None:
+    """drop_newer: RAM copies newer than the step gone back to go, never to be persisted."""
+    ram = tmp_path / "ram"
+    for step in (3, 5, 8):
+        _commit(ram, step)
+    gone = memory.drop_newer(ram, 5)
+    assert [p.name for p in gone] == ["step-00000008"]
+    assert [c.step for c in scan(ram)] == [3, 5]
+
+
+def test_the_ram_copy_of_a_resume_point_is_used_only_when_it_is_the_same(tmp_path: Path) -> None:
+    """ram_copy_of: the RAM checkpoint of the resume point's step, when its manifest is the
+    same bytes and it verifies in full; a different or torn copy is not used."""
+    ram = _commit(tmp_path / "ram", 6)
+    disk = persist(ram, tmp_path / "disk").path
+    assert memory.ram_copy_of(inspect(disk), tmp_path / "ram").path == ram
+    other = _commit(tmp_path / "other", 6, payload=b"another history")
+    assert memory.ram_copy_of(inspect(other), tmp_path / "ram") is None
+    (ram / "model.pt").write_bytes(b"torn!!!" + b"6")  # same size, other bytes
+    assert memory.ram_copy_of(inspect(disk), tmp_path / "ram") is None
