@@ -70,7 +70,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume-from",
         metavar="STEP|PATH",
         help="start from this checkpoint (verified) instead of the newest; newer ones are set "
-        "aside under checkpoint_dir/.branches/<time>/ (a branch's checkpoint is brought back)",
+        "aside under checkpoint_dir/.branches/<time>/, and the remote's under its .branches/ "
+        "(a branch's checkpoint is brought back)",
     )
     for option in config_module.JOB_OPTIONS:
         if option.key == "command":
@@ -123,11 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _with_resume_from(job: config_module.JobConfig, value: str) -> config_module.JobConfig:
     """The job with ``--resume-from`` resolved to a checkpoint path that exists (else exit 2)."""
-    if job.storage.remote is not None:
-        raise CommandError(
-            "--resume-from: not supported with [storage] remote yet (the bucket's newer "
-            "checkpoints would be resumed again)"
-        )
     target = branches.target_of(job.checkpoint_dir, value)
     try:
         branches.check_target(target)
@@ -158,27 +154,36 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all",
         action="store_true",
-        help="also the checkpoints set aside by --resume-from and rollback (.branches/)",
+        help="also the checkpoints set aside by --resume-from and rollback (.branches/, in a "
+        "remote store too)",
     )
 
 
 @command("list", "checkpoints: name, step, time, size, metrics, valid", _list_arguments)
 def list_checkpoints(args: argparse.Namespace) -> int:
+    verifier = _verifier(args)
+    verdicts: dict[Path, Any] = {}
     tiers: dict[Path, str] = {}  # with a memory tier: which tier each checkpoint is in
     if remote_listing.is_remote(args.dir):
-        _local_only_key(args)
-        directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, args.verify)
+        judge = _judge(verifier, verdicts)
+        full = args.verify or verifier is not None  # a signature is checked on a download
+        directory, found = args.dir, _remote(remote_listing.scan_remote, args.dir, full, judge)
+        aside: list[tuple[str, Any]] = []
+        if args.all:
+            aside = _remote(remote_listing.scan_remote_branches, args.dir, full, judge)
     else:
         run_dir = None if args.dir else find_run_dir(args.run_dir)
         directory = Path(args.dir) if run_dir is None else checkpoint_dir_of(run_dir)
         found = scan(directory, full=args.verify)
         if run_dir is not None and (ram := memory_dir_of(run_dir, directory)) is not None:
             found, tiers = _with_memory_tier(found, scan(ram, full=args.verify))
-    aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
+        aside = branches.branch_checkpoints(directory, full=args.verify) if args.all else []
     branch_of = {c.path: name for name, c in aside}
     found += [c for _, c in aside]
-    verifier = _verifier(args)
-    verdicts = {c.path: verifier.check(c.path) for c in found} if verifier else {}
+    if verifier is not None and remote_listing.is_remote(args.dir):
+        verdicts = {c.path: verdicts.get(c.path) or _not_downloaded(c) for c in found}
+    elif verifier is not None:
+        verdicts = {c.path: verifier.check(c.path) for c in found}
     parts = {} if remote_listing.is_remote(args.dir) else {c.path: part_of(c) for c in found}
     if args.json:
         tier_of = (lambda c: {"tier": tiers.get(c.path, "disk")}) if tiers else (lambda c: {})
@@ -263,13 +268,18 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
     _verify_arguments,
 )
 def verify(args: argparse.Namespace) -> int:
+    verifier = _verifier(args)
+    verdicts: dict[Path, Any] = {}
     if remote_listing.is_remote(args.path):
-        _local_only_key(args)
-        checked = _remote(remote_listing.inspect_remote, args.path)
+        judge = _judge(verifier, verdicts)
+        checked = _remote(remote_listing.inspect_remote, args.path, judge)
     else:
         checked = inspect(Path(args.path), full=True)
-    verifier = _verifier(args)
-    verdict = verifier.check(checked.path) if verifier else None
+    verdict = None
+    if verifier is not None and remote_listing.is_remote(args.path):
+        verdict = verdicts.get(checked.path) or _not_downloaded(checked)
+    elif verifier is not None:
+        verdict = verifier.check(checked.path)
     good = checked.valid and (verdict is None or verdict.ok)
     if args.json:
         strict_json.print_json(_with_signature(checked.to_json(), verdict))
@@ -288,7 +298,7 @@ def _key_argument(parser: argparse.ArgumentParser) -> None:
         "--key",
         metavar="PUB",
         help="also check each checkpoint's model.sig against this PEM public key "
-        "(signed-ok, unsigned, mismatch)",
+        "(signed-ok, unsigned, mismatch; a remote one is downloaded to a temporary directory)",
     )
 
 
@@ -304,12 +314,23 @@ def _verifier(args: argparse.Namespace) -> Any:
         raise CommandError(f"--key: {exc}") from None
 
 
-def _local_only_key(args: argparse.Namespace) -> None:
-    if args.key:
-        raise CommandError(
-            "--key checks local checkpoints; download the remote one first "
-            "(ckptd run resumes only signed ones with [integrity] verify_key)"
-        )
+def _judge(verifier: Any, verdicts: dict[Path, Any]) -> Callable[[Path, Path], None] | None:
+    """What checks each downloaded remote copy's signature into ``verdicts`` (by remote path)."""
+    if verifier is None:
+        return None
+
+    def judge(where: Path, copy: Path) -> None:
+        verdicts[where] = verifier.check(copy)
+
+    return judge
+
+
+def _not_downloaded(checkpoint: Any) -> Any:
+    """The signature verdict on a remote checkpoint that did not verify (never downloaded)."""
+    from ckptd import integrity
+
+    reason = f"checkpoint: {checkpoint.reason or 'not checked'}"
+    return integrity.Verdict(integrity.SignatureStatus.MISMATCH, reason)
 
 
 def _with_branch(record: dict[str, Any], branch_of: dict[Path, str], c: Any) -> dict[str, Any]:

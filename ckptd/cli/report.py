@@ -40,7 +40,8 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "report",
-    "write one self-contained HTML page: timeline of attempts, checkpoints, lost work, goodput",
+    "write one self-contained HTML page: timeline of attempts, checkpoints, lost work, "
+    "goodput, the loss and checkpoint metrics over steps",
     _report_arguments,
 )
 def report(args: argparse.Namespace) -> int:
@@ -56,10 +57,11 @@ def report(args: argparse.Namespace) -> int:
     accounting = account(records, now if _daemon_alive(run_dir) else None)
     recorded = _job_record(run_dir)
     job = _job_name(run_dir, recorded, records)
+    best = _ranking(recorded)
     if args.json:
         strict_json.print_json({"job": job, **accounting.goodput.to_json()})
         return exit_codes.OK
-    page = render(accounting, job, generated=now, every=recorded.get("every"))
+    page = render(accounting, job, generated=now, every=recorded.get("every"), best=best)
     output = args.output or f"{job}-report.html"
     if output == "-":
         sys.stdout.write(page)
@@ -94,6 +96,19 @@ def _job_record(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError):
         return {}
     return recorded if isinstance(recorded, dict) else {}
+
+
+def _ranking(recorded: dict[str, Any]) -> tuple[str, str] | None:
+    """The ``(metric, mode)`` that ranks checkpoints: ``best_metric``, else ``[guard] monitor``."""
+    guard = recorded.get("guard")
+    guard = guard if isinstance(guard, dict) else {}
+    for metric, mode in (
+        (recorded.get("best_metric"), recorded.get("best_mode")),
+        (guard.get("monitor"), guard.get("mode")),
+    ):
+        if isinstance(metric, str) and metric:
+            return metric, mode if mode in ("min", "max") else "min"
+    return None
 
 
 def _job_name(run_dir: Path, recorded: dict[str, Any], records: list[dict[str, Any]]) -> str:

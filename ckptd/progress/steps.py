@@ -2,12 +2,14 @@
 
 Owns the step, the save in flight, the hang clocks (:class:`~ckptd.progress.health.HangWatch`),
 the periodic-checkpoint timer and, with ``every = "auto"``, its interval; updates the
-metrics and now and then records ``job.progress`` (goodput's step timing). The arbiter
+metrics and now and then records ``job.progress`` (goodput's step timing, and the newest
+loss the job reported since the last one: the report's loss curve). The arbiter
 feeds it what the job says and asks it what is due; it never touches a process.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Protocol
@@ -53,6 +55,8 @@ class Progress:
         self._snapshot: float | None = None
         self._saving_step: int | None = None
         self._noted = 0.0
+        self._loss: tuple[int, float] | None = None  # reported since the last job.progress
+        self._loss_noted = False
 
     def set_step(self, step: int | None) -> None:
         """The step every log line and event carries from now on."""
@@ -66,6 +70,8 @@ class Progress:
         self.set_step(resume_step)
         self._saving_since = self._saving_step = self._snapshot = None
         self._noted = 0.0  # the first step of an attempt is recorded at once (goodput)
+        self._loss = None
+        self._loss_noted = False  # the first loss of an attempt is recorded at once too
         self.health.launched(now)
         self.timer.reset(now)
         if self.metrics is not None:
@@ -79,13 +85,19 @@ class Progress:
             self.metrics.job_exited()
             self._publish_budgets()
 
-    def reported(self, step: int | None, now: float, training_at: bool = True) -> bool:
+    def reported(
+        self, step: int | None, now: float, training_at: bool = True, loss: float | None = None
+    ) -> bool:
         """Any message of a client: it is alive; a new ``step`` is progress (returns True).
 
         ``training_at`` False: the message names a checkpoint's step (a commit), which
-        only tells where training is when it is ahead of what was reported.
+        only tells where training is when it is ahead of what was reported. ``loss``: the
+        loss reported with ``step``; the newest one rides on the next ``job.progress``, so
+        the event history holds one loss sample per ``job.progress`` at most.
         """
         self.health.reported(now)
+        if loss is not None and step is not None:
+            self._loss = (step, loss)
         if step is None or step == self.step:
             return False
         if not training_at and self.step is not None and step < self.step:
@@ -97,10 +109,24 @@ class Progress:
         if self.metrics is not None:
             self.metrics.stepped(step)
             self._publish_budgets()  # a step can raise what the job is known to need
-        if now - self._noted >= _PROGRESS_EVERY:
+        first_loss = self._loss is not None and not self._loss_noted
+        if now - self._noted >= _PROGRESS_EVERY or first_loss:
             self._noted = now
-            self.events.emit("job.progress", level="debug")
+            self._loss_noted = self._loss_noted or self._loss is not None
+            self.events.emit("job.progress", level="debug", **self._loss_fields())
         return True
+
+    def _loss_fields(self) -> dict[str, float | str | int]:
+        """``loss`` (``"nan"``, ``"inf"`` when not finite) and, when it was reported with
+        another step than the current one, ``loss_step``; nothing without a new loss."""
+        if self._loss is None:
+            return {}
+        step, loss = self._loss
+        self._loss = None
+        fields: dict[str, float | str | int] = {"loss": loss if math.isfinite(loss) else str(loss)}
+        if step != self.step:
+            fields["loss_step"] = step
+        return fields
 
     def save_started(self, now: float, stall: float | None = None) -> None:
         """A save began; ``stall``: what a background save's snapshot held training up."""

@@ -125,6 +125,7 @@ class Attempt:
     progress_events: bool = False
     connected: float | None = None
     hung: bool = False
+    stopping: bool = False  # a job.stopping was seen: a save after it answers the stop
     stopped_on_request: bool = False  # a stop or restart was asked for, not a failure
     finished_ok: bool = False  # the job completed on its own (exit 0): its result is kept
     live: bool = False  # still running at the end of the log
@@ -275,6 +276,7 @@ def _add_record(attempt: Attempt, record: Record) -> None:
     elif event == "job.hung":
         attempt.hung = True
     elif event == "job.stopping":
+        attempt.stopping = True
         if record.get("kind") in ("stop", "restart"):
             attempt.stopped_on_request = True
         attempt.hung = attempt.hung or record.get("kind") == "hang"
@@ -316,7 +318,7 @@ def _end_save(attempt: Attempt, record: Record) -> None:
         stall = 0.0  # a background save that did not say what it stalled
     else:
         stall = now - started
-    final = any(r["event"] == "job.stopping" for r in attempt.records)
+    final = attempt.stopping
     save = Save(
         started,
         now,
@@ -336,7 +338,12 @@ def _end_save(attempt: Attempt, record: Record) -> None:
 def _trained_during(attempt: Attempt, start: float, end: float, step: Any) -> bool:
     if not isinstance(step, int):
         return False
-    return any(start < t <= end and s > step for t, s in attempt.samples)
+    for t, s in reversed(attempt.samples):  # in log order: only the save's own are read
+        if t <= start:
+            return False
+        if t <= end and s > step:
+            return True
+    return False
 
 
 def _close_open_save(attempt: Attempt) -> None:

@@ -2,7 +2,8 @@
 
 Inline CSS and SVG only: no script runs, nothing is fetched, so the page opens the same
 from a laptop, a mail attachment or an air-gapped cluster. The numbers are also embedded
-as JSON (``<script type="application/json" id="goodput">``) for tools.
+as JSON (``<script type="application/json" id="goodput">``) for tools, the metric curves
+(``curves``: :mod:`ckptd.reporting.curves`) included.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 from ckptd import strict_json
 from ckptd.reporting.attempts import attempt_json, attempt_table
+from ckptd.reporting.curve_chart import metric_section
+from ckptd.reporting.curves import curves_of
 from ckptd.reporting.goodput import KINDS, Accounting
 from ckptd.reporting.markers import legend
 from ckptd.reporting.style import COLORS, LABELS, STYLE, clock, duration, escape
@@ -21,21 +24,28 @@ __all__ = ["render"]
 
 
 def render(
-    accounting: Accounting, job: str, generated: float | None = None, every: Any = None
+    accounting: Accounting,
+    job: str,
+    generated: float | None = None,
+    every: Any = None,
+    best: tuple[str, str] | None = None,
 ) -> str:
     """The page for ``accounting`` (see :func:`ckptd.reporting.goodput.account`) of job ``job``.
 
     ``every``: the job's ``every`` setting as ``job.json`` recorded it (the advice does
-    not recommend ``"auto"`` to a job that uses it).
+    not recommend ``"auto"`` to a job that uses it). ``best``: the ``(metric, mode)`` that
+    ranks checkpoints (see :func:`ckptd.reporting.curves.curves_of`).
     """
     g = accounting.goodput
     generated = time.time() if generated is None else generated
     attempts = [attempt_json(a, accounting.spans) for a in accounting.history.attempts]
+    curves = curves_of((r for run in accounting.history.runs for r in run.records), best)
     data = {
         "job": job,
         "generated": round(generated, 3),
         "goodput": g.to_json(),
         "attempts": attempts,
+        "curves": curves.to_json(),
     }
     # No "<" at all inside the script element: nothing in the log can end it or open a comment.
     embedded = strict_json.dumps(data, indent=1).replace("<", "\\u003c").replace(">", "\\u003e")
@@ -59,6 +69,7 @@ def render(
             timeline(accounting),
             legend(),
             "</section>",
+            metric_section(curves),
             attempt_table(attempts),
             f'<script type="application/json" id="goodput">{embedded}</script>',
             "</body></html>",

@@ -87,6 +87,18 @@ svg .lane-column rect { shape-rendering: crispEdges; }
 .legend svg.sym { width: 16px; height: 18px; vertical-align: middle; margin-right: 4px; }
 .attempts-summary { margin: 0 0 10px; color: var(--muted); }
 tr.skipped td { color: var(--muted); font-style: italic; text-align: center; }
+svg.curve { width: 100%; height: auto; display: block; margin-bottom: 6px; }
+svg .curve { fill: none; stroke: #3b7dd8; stroke-width: 1.6; stroke-linejoin: round; }
+svg .curve.superseded { stroke: #a9c3ea; stroke-dasharray: 4 3; }
+svg .metric-dot { fill: #3b7dd8; } svg .best { fill: none; stroke: #23804a; stroke-width: 2.5; }
+svg .rollback { stroke: #3b5bd8; stroke-width: 1.5; stroke-dasharray: 6 3; }
+svg .diverged { stroke: #c53030; stroke-width: 1.5; } svg .nonfinite { fill: #c53030; }
+svg .ax.name { fill: var(--ink); font-weight: 600; }
+.legend .line-curve, .legend .line-rollback, .legend .line-diverged { display: inline-block;
+  width: 22px; vertical-align: 3px; border-top: 2px solid #3b7dd8; }
+.legend .line-curve.superseded { border-top: 2px dashed #a9c3ea; }
+.legend .line-rollback { border-top: 2px dashed #3b5bd8; }
+.legend .line-diverged { border-top: 2px solid #c53030; }
 .legend .line-lost { display: inline-block; width: 22px; border-top: 2px dashed #d64545;
   vertical-align: 3px; }
 """

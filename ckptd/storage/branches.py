@@ -49,14 +49,15 @@ def check_target(path: Path) -> None:
         raise GoBackError(f"{path} is not a checkpoint directory (step-NNNNNNNN)")
 
 
-def set_aside_newer(checkpoint_dir: Path, step: int) -> SetAside:
-    """Move every ``step-N`` with N above ``step`` into a new ``.branches/<time>/``."""
+def set_aside_newer(checkpoint_dir: Path, step: int, stamp: str | None = None) -> SetAside:
+    """Move every ``step-N`` with N above ``step`` into a new ``.branches/<stamp>/`` (default:
+    the UTC time; a suffix when that exists)."""
     newer = [
         c.path for c in scan(checkpoint_dir) if c.step > step or _named_step(c.path.name) > step
     ]
     if not newer:
         return SetAside()
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     branch = checkpoint_dir / BRANCHES_DIR / stamp
     suffix = 1
     while branch.exists():

@@ -508,8 +508,6 @@ class Arbiter:
     def control_rollback(self, step: int) -> Any:
         """Final save of the current state, then a relaunch from checkpoint ``step``; the newer
         checkpoints (that final save included) are set aside, not deleted."""
-        if self.remote is not None:
-            raise ReplyError("bad_arguments", "rollback is not supported with a remote store yet")
         if self.stop is not None:
             raise ReplyError("not_running", f"a {self.stop.intent.value} is already in progress")
         if not self._job_alive():
@@ -693,6 +691,10 @@ class Arbiter:
         if prepared.went_back is not None:
             went = prepared.went_back
             self.pinned = went.path
+            remote: dict[str, Any] = {}
+            if self.remote is not None:
+                moved = [checkpoint_name(s) for s in went.remote_set_aside]
+                remote = {"remote_branch": went.remote_branch, "remote_set_aside": moved}
             self.events.emit(
                 "job.rolled_back",
                 step=went.step,
@@ -700,6 +702,7 @@ class Arbiter:
                 chosen=str(went.chosen),
                 branch=str(went.set_aside.branch) if went.set_aside.branch else None,
                 set_aside=[p.name for p in went.set_aside.moved],
+                **remote,
             )
         if prepared.downloaded and resume is not None:
             self.events.emit("remote.downloaded", step=resume.step, path=str(resume.path))
@@ -946,7 +949,8 @@ class Arbiter:
     def _on_client(self, peer: Peer, message: messages.ClientMessage) -> None:
         now = time.monotonic()
         training_at = isinstance(message, _TRAINING_AT)
-        if self.progress.reported(message.step, now, training_at=training_at):
+        loss = message.loss if isinstance(message, messages.StepReport) else None
+        if self.progress.reported(message.step, now, training_at=training_at, loss=loss):
             self._check_slow(now)
         if not peer.known and not isinstance(message, messages.Bye):
             peer.known = True
@@ -1034,7 +1038,7 @@ class Arbiter:
         """Stop the job without saving its diverged state; relaunch from before it, or end."""
         assert self.guard is not None
         steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
-        decision = self.guard.decide(divergence, steps, self.remote is not None)
+        decision = self.guard.decide(divergence, steps)
         fields: dict[str, Any] = {
             "step": divergence.step,
             "loss": loss_field(divergence.loss),

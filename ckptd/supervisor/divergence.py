@@ -51,14 +51,10 @@ class DivergenceGuard:
             return None
         return self.watch.observe(step, float(loss))
 
-    def decide(
-        self, divergence: Divergence, steps: list[int], remote: bool
-    ) -> RollbackPlan | GiveUp:
+    def decide(self, divergence: Divergence, steps: list[int]) -> RollbackPlan | GiveUp:
         """Where to go back to, or why the job stops instead."""
         if divergence.rule == NONFINITE and self.config.nonfinite == "stop":
             return GiveUp(f'{divergence.detail} (nonfinite = "stop")')
-        if remote:
-            return GiveUp(f"{divergence.detail}; going back is not supported with a remote yet")
         plan = plan_rollback(
             steps,
             divergence.step,

@@ -47,8 +47,9 @@ from ckptd_client.skip_steps import ENV_SKIP_STEPS
 from ckptd_client.store import Checkpoint, inspect, newest_valid, scan
 
 if TYPE_CHECKING:
-    from ckptd.supervisor.remote_copy import (
-        RemoteCopy,  # imported (with fsspec) only when a remote is set
+    from ckptd.supervisor.remote_copy import (  # imported (with fsspec) only with a remote
+        RemoteCopy,
+        RemoteSetAside,
     )
 
 _SYSTEMD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})  # not the job's
@@ -86,6 +87,8 @@ class WentBack:
     path: Path
     chosen: Path  # as named (a branch's path when it was brought back)
     set_aside: SetAside
+    remote_branch: str | None = None  # where the remote's newer checkpoints went
+    remote_set_aside: list[int] = field(default_factory=list)  # their steps
 
 
 class Launcher:
@@ -137,7 +140,7 @@ class Launcher:
             resume, removed, quarantined, strays,
             lineage=_lineage(resume, self.fresh_lineage), went_back=went_back, memory=pickup,
         )  # fmt: skip
-        if went_back is not None:
+        if went_back is not None and self.remote is None:
             return prepared
         if self.remote is None:
             return replace(prepared, resume=self._from_ram(resume))
@@ -155,7 +158,7 @@ class Launcher:
         self.remote.follow(prepared.lineage, resume.step if resume else None, local)
         return replace(
             prepared,
-            resume=resume if downloaded else self._from_ram(resume),
+            resume=resume if downloaded or went_back else self._from_ram(resume),
             downloaded=downloaded,
             remote_rejected=fetched.rejected,
             remote_error=fetched.error,
@@ -196,9 +199,30 @@ class Launcher:
             raise GoBackError(f"{target} does not verify: {checked.reason}")
         if (problem := self.signature_problem(target)) is not None:
             raise GoBackError(f"{target}: {problem}")
-        aside = set_aside_newer(self.config.checkpoint_dir, checked.step)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        # The bucket first: a remote that cannot be reached refuses the launch, nothing moved.
+        remote = self._set_aside_remote(checked.step, stamp)
+        aside = set_aside_newer(self.config.checkpoint_dir, checked.step, stamp)
         home = bring_back(target, self.config.checkpoint_dir)
-        return replace(checked, path=home), WentBack(checked.step, home, target, aside)
+        if remote is not None:  # an upload that began before the local renames: it goes too
+            late = self._set_aside_remote(checked.step, stamp)
+            assert late is not None
+            remote = replace(remote, branch=remote.branch or late.branch,
+                             steps=sorted({*remote.steps, *late.steps}))  # fmt: skip
+        went = WentBack(
+            checked.step,
+            home,
+            target,
+            aside,
+            remote.branch if remote is not None else None,
+            remote.steps if remote is not None else [],
+        )
+        return replace(checked, path=home), went
+
+    def _set_aside_remote(self, step: int, stamp: str) -> RemoteSetAside | None:
+        """The bucket's checkpoints above ``step`` to its ``.branches/<stamp>/`` (None: no
+        remote). GoBackError when the remote cannot be reached or another daemon leases it."""
+        return None if self.remote is None else self.remote.set_aside_newer(step, stamp)
 
     def _newest_trusted(self, quarantined: list[Quarantined]) -> Checkpoint | None:
         """The newest checkpoint that verifies in full, and whose signature verifies when

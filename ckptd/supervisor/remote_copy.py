@@ -1,7 +1,8 @@
 """The remote copy of one job's checkpoints: the part the arbiter owns when a remote is set.
 
 One object wires the store, the lease and the uploader from ``[storage]``: ``prepare()``
-then ``follow()`` at each launch (on the background worker: it may download),
+then ``follow()`` at each launch (on the background worker: it may download), before them
+``set_aside_newer()`` when the launch goes back to an older checkpoint,
 ``submit()`` after each local commit, ``status()`` for ``ckptd status``, ``protected()``
 for local retention, and ``flush(deadline)`` then ``close()`` at a stop.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ckptd.config import StorageConfig
+from ckptd.storage.branches import GoBackError
+from ckptd.storage.remote.branches import RemoteSetAside, set_aside_newer_remote
 from ckptd.storage.remote.lease import Fenced, Lease
 from ckptd.storage.remote.resume import RemoteResume, RemoteUnusable, fetch_newer
 from ckptd.storage.remote.store import RemoteEntry, RemoteError, RemoteStore, RemoteTimeout
@@ -23,7 +26,7 @@ from ckptd.storage.remote.url import redact
 from ckptd.storage.retention import RetentionRules
 from ckptd_client.store import Checkpoint
 
-__all__ = ["RemoteCopy", "RemoteStatus"]
+__all__ = ["RemoteCopy", "RemoteSetAside", "RemoteStatus"]
 
 _PROBE_TIMEOUT = 10.0  # listing and the lease at launch: a remote that is down costs this much
 
@@ -139,6 +142,28 @@ class RemoteCopy:
         )
         self._catalog = result.catalog if result.error is None else None
         return result
+
+    def set_aside_newer(self, step: int, stamp: str | None = None) -> RemoteSetAside:
+        """Going back to ``step``: once no upload of a newer step is in flight (waited for up
+        to ``upload_timeout``), every remote checkpoint above it moves to ``.branches/``
+        (:mod:`ckptd.storage.remote.branches`), and the next ``prepare()`` lists the remote
+        again. Blocking. Raises GoBackError when the remote cannot be reached, or another
+        daemon holds its lease (what was moved stays moved; the next call finishes)."""
+        try:
+            if self.lease.generation is None:
+                self.lease.take()
+            else:
+                self.lease.check()
+            give_up = time.monotonic() + self.storage.upload_timeout
+            while (flying := self.uploader.in_flight) is not None and flying > step:
+                if time.monotonic() > give_up:
+                    raise RemoteTimeout(f"the upload of step {flying} did not end")
+                time.sleep(0.05)
+            aside = set_aside_newer_remote(self.store, step, self.storage.upload_timeout, stamp)
+        except (RemoteError, Fenced) as exc:
+            raise GoBackError(f"cannot set the remote's newer checkpoints aside: {exc}") from None
+        self._prepared = False
+        return aside
 
     def follow(self, lineage: str, resume_step: int | None, local: Iterable[Checkpoint]) -> None:
         """After ``prepare()``: the launch's lineage and resume step; after a launch that

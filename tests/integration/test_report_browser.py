@@ -232,3 +232,55 @@ def test_the_busy_page_screenshot_shows_the_aggregated_lane(tmp_path: Path, brow
     _, _, pixels = _read_png(shot)
     assert _count(pixels, bytes.fromhex(COLORS["productive"][1:])) >= 20000
     assert _count(pixels, bytes.fromhex(COLORS["lost"][1:])) >= 300
+
+
+CURVES_MEASURE = """<script>
+const extent = (e) => { const b = e.getBBox(); return [b.x, b.x + b.width, b.height]; };
+const charts = [...document.querySelectorAll("svg.curve")].map((svg) => ({
+  metric: svg.dataset.metric,
+  lines: [...svg.querySelectorAll("polyline")].map(extent),
+  labels: [...svg.querySelectorAll("text")].map(extent),
+  marks: [...svg.querySelectorAll("line.rollback, line.diverged, circle.best, path.nonfinite")]
+    .map((e) => [e.getAttribute("class"), ...extent(e)]),
+}));
+const out = document.createElement("pre");
+out.id = "measured";
+out.textContent = JSON.stringify(charts);
+document.body.appendChild(out);
+</script>"""
+
+
+def test_the_metric_charts_are_drawn_with_their_marks(tmp_path: Path, browse) -> None:
+    """Chromium lays out a chart per curve: lines across the plot, labels inside it, the
+    rollback, the divergence, the NaN and the best checkpoint drawn, no console error."""
+    records: list[dict[str, object]] = [
+        {"time": 0, "event": "job.started", "attempt": 0, "resume_step": None},
+    ]
+    for step in range(400):
+        records.append({"time": 1 + step, "event": "job.progress", "attempt": 0, "step": step,
+                        "loss": "nan" if step == 390 else 1.0 / (step + 1)})  # fmt: skip
+        if step % 50 == 49:
+            records.append({"time": 1.5 + step, "event": "checkpoint.committed", "attempt": 0,
+                            "step": step, "metrics": {"val_loss": 2.0 / step}})  # fmt: skip
+    records += [
+        {"time": 500, "event": "job.diverged", "attempt": 0, "step": 390, "loss": "nan",
+         "rule": "nonfinite", "action": "rollback", "resume_step": 349},
+        {"time": 510, "event": "job.rolled_back", "attempt": 1, "step": 349, "chosen": "x"},
+    ]  # fmt: skip
+    page = tmp_path / "curves.html"
+    html = render(account(records), "train", generated=0.0)
+    page.write_text(html.replace("</body>", CURVES_MEASURE + "</body>"))
+    shown = browse(page, "--dump-dom")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert _console(shown.stderr) == []
+    found = re.search(r'<pre id="measured">(.*?)</pre>', shown.stdout, re.S)
+    assert found, "the measuring script did not run"
+    charts = json.loads(found.group(1))
+    assert [c["metric"] for c in charts] == ["loss", "val_loss"]
+    for chart in charts:
+        assert chart["lines"] and max(right - left for left, right, _ in chart["lines"]) > 800
+        assert all(left >= 0 and right <= 1100 for left, right, _ in chart["labels"]), chart
+        drawn = {kind for kind, _, _, height in chart["marks"] if height > 4}
+        assert {"rollback", "diverged"} <= drawn, chart
+    assert "nonfinite" in {m[0] for m in charts[0]["marks"]}
+    assert "best" in {m[0] for m in charts[1]["marks"]}

@@ -42,3 +42,30 @@ def test_report_of_a_real_run_counts_what_happened(job: Job) -> None:
     assert found["productive"] > 0 and found["saving"] > 0 and found["restarting"] > 0
     assert 0 < found["ratio"] <= 1
     assert found == {"job": "trainer", **goodput_of(records).to_json()}
+
+
+def test_report_draws_the_loss_a_real_job_reported(job: Job) -> None:
+    """The loss of ck.step(n, loss=...) is sampled onto job.progress; the report's curves
+    hold it and every checkpoint's metrics, and the page draws a chart for each."""
+    job.start_fake("--step-time", "0.01", "--save-every", "20")
+    job.wait_event("checkpoint.committed", 2)
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    sampled = [r for r in job.events("job.progress") if "loss" in r]
+    assert sampled, job.events("job.progress")  # the first loss is recorded at once
+    step = sampled[0].get("loss_step", sampled[0]["step"])
+    assert sampled[0]["loss"] == pytest.approx(1.0 / (step + 1))
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptd", "report", "--run-dir", str(job.run_dir), "-o", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    page = done.stdout
+    assert "data-metric='loss'" in page and "loss (checkpoints)" in page
+    block = page.split('id="goodput">', 1)[1].split("</script>", 1)[0]
+    curves = json.loads(block)["curves"]
+    commits = [r for r in job.events("checkpoint.committed") if not r.get("reused")]
+    assert [p[0] for p in curves["metrics"]["loss"]] == [r["step"] for r in commits]
+    assert curves["best"]["metric"] == "loss" and curves["best"]["step"] == commits[-1]["step"]

@@ -110,6 +110,7 @@ class UploadQueue:
             self._held = None
             self._pending.clear()
             self._attempts.clear()
+            self._newest_submitted = None  # what is queued below is (a launch may go back)
             floor = -1
             if catalog is not None:
                 found = reconcile(catalog, lineage, -1)
