@@ -463,7 +463,8 @@ def test_a_stop_gives_the_upload_in_flight_the_whole_deadline(
         moto.thaw()
         uploader.close()
     assert flushed == [True]
-    assert outcomes.of(UploadFailed) == []
+    # Step 1 is the set-up: on a loaded machine its 1 s attempts may be cut and retried.
+    assert [o for o in outcomes.of(UploadFailed) if o.step == 2] == []
     assert [o.step for o in outcomes.of(Uploaded)] == [1, 2]
 
 
