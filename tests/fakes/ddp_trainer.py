@@ -5,7 +5,9 @@ says so (``--format files``: each rank writes ``rank-<r>.pt``; ``dcp``/``dcp-asy
 sharded DCP save) and records what it saw in a JSONL file, one object per line with
 ``rank``: ``start`` {pid, resume_step}, ``saved`` {step}, ``save_failed`` {step, error},
 ``stop`` {step}, ``done`` {step, digest} (the final weights). ``--save-every K`` also saves
-every K steps unasked; ``--fail-rank R`` makes rank R's first save raise after writing.
+every K steps unasked; ``--fail-rank R`` makes rank R's first save raise after writing;
+``--stall-commit DIR:STEP`` makes a rank hang in its commit of STEP into checkpoint directory
+DIR (recording ``committing`` {step}), for a test to SIGKILL that node there.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.nn.parallel import DistributedDataParallel
 
 import ckptd_client
+import ckptd_client.manifest
 import ckptd_client.torch as ckpt_torch
 
 
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--format", choices=("files", "dcp", "dcp-async"), default="files")
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--stall-commit", default="")
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -42,6 +47,10 @@ def main() -> None:
 
     def record(event: str, **fields: Any) -> None:
         log.write(json.dumps({"event": event, "rank": rank, **fields}) + "\n")
+
+    if args.stall_commit:
+        directory, _, at = args.stall_commit.rpartition(":")
+        stall_commit(Path(directory), int(at), record)
 
     torch.manual_seed(0)
     model = DistributedDataParallel(torch.nn.Linear(8, 4))
@@ -106,6 +115,21 @@ def save(ck: Any, step: int, fmt: str, model: Any, optimizer: Any, rank: int, fa
         ckpt_torch.save_sharded(ck, step, state)
     else:
         ckpt_torch.save_sharded_async(ck, step, state)
+
+
+def stall_commit(directory: Path, step: int, record: Any) -> None:
+    """Hang in the commit of ``step`` into ``directory``: after every node wrote, before this
+    node's rename (the client calls ``manifest.commit`` through the module)."""
+    original = ckptd_client.manifest.commit
+
+    def commit(temp_dir: Path, at: int, *args: Any, **kwargs: Any) -> Any:
+        if at == step and Path(temp_dir).parent.resolve() == directory.resolve():
+            record("committing", step=at)
+            while True:
+                time.sleep(1)
+        return original(temp_dir, at, *args, **kwargs)
+
+    ckptd_client.manifest.commit = commit
 
 
 def digest(module: torch.nn.Module) -> str:

@@ -145,3 +145,33 @@ def test_two_ranks_on_each_of_two_nodes_commit_one_shared_step_and_stop_together
         assert len([e for n in (a, b) for e in n.events("checkpoint.committed")]) == 4
     finally:
         nodes.kill()
+
+
+@pytest.mark.torch
+def test_a_node_killed_between_the_two_nodes_commits_never_gives_a_mixed_resume(
+    local_nodes: Nodes, tmp_path: Path
+) -> None:
+    """A directory per node; node b hangs in its commit of step 19 after node a committed it,
+    then b's ckptd and trainer are SIGKILLed (and a's, the job relaunched): every rank
+    resumes from the same step, the older one both nodes have, bit-exact."""
+    a, b = local_nodes.nodes
+    stall = f"{b.checkpoint_dir}:19"
+    local_nodes.start("--save-every", "10", "--sleep", "0", "--stall-commit", stall)
+    wait_for(lambda: b.records("committing"), "node b inside its commit of step 19")
+    wait_for(lambda: (a.checkpoint_dir / "step-00000019").is_dir(), "node a committed step 19")
+    b.kill()
+    a.kill()
+    before = ranks_by_node(local_nodes, 0)
+    assert (b.checkpoint_dir / "step-00000009").is_dir()
+    assert not (b.checkpoint_dir / "step-00000019").exists()
+
+    local_nodes.start("--steps", "40", "--sleep", "0")
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    after = ranks_by_node(local_nodes, 1)
+    expected = None if after != before else 9  # ranks moved: no node holds its ranks' parts
+    assert [node.records("start")[1]["resume_step"] for node in (a, b)] == [expected, expected]
+    for node in (a, b):
+        lines = node.events("checkpoint.incomplete")
+        assert [(line["step"], line["resume_step"]) for line in lines] == [(19, expected)]
+    done = {row["rank"]: row["digest"] for row in (node.records("done")[-1] for node in (a, b))}
+    assert done == reference_digests(tmp_path / "reference", 40)

@@ -66,3 +66,32 @@ def test_nodes_share_one_prefix_and_a_wiped_node_resumes_from_the_bucket(
     assert [node.records("start")[1]["resume_step"] for node in (a, b)] == [final, final]
     done = {row["rank"]: row["digest"] for row in (node.records("done")[-1] for node in (a, b))}
     assert done == reference_digests(tmp_path / "reference", steps)
+
+
+@pytest.mark.torch
+def test_both_nodes_wiped_resume_from_the_bucket_at_the_final_step_bit_exact(
+    bucket_nodes: Nodes, moto: MotoServer, tmp_path: Path
+) -> None:
+    """Both nodes' disks wiped after a stop (two new VMs): both download the final step from
+    the bucket, every rank resumes at the step after it, and the result is bit-exact."""
+    a, b = bucket_nodes.nodes
+    remote = RemoteStore(moto.url("nodes"), moto.options)
+    bucket_nodes.start()
+    bucket_nodes.wait_connected()
+    a.signal(signal.SIGTERM)
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    stops = {row["rank"]: row["step"] for row in bucket_nodes.records("stop")}
+    assert set(stops) == {0, 1} and len(set(stops.values())) == 1, stops
+    final = stops[0]
+    whole = remote.manifest(final)
+    assert (list(whole.ranks or ()), whole.world_size) == ([0, 1], 2)
+
+    for node in (a, b):
+        shutil.rmtree(node.checkpoint_dir)
+    steps = final + 20
+    bucket_nodes.start("--steps", str(steps), "--sleep", "0")
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    assert [node.events("remote.downloaded")[0]["step"] for node in (a, b)] == [final, final]
+    assert [node.records("start")[1]["resume_step"] for node in (a, b)] == [final, final]
+    done = {row["rank"]: row["digest"] for row in (node.records("done")[-1] for node in (a, b))}
+    assert done == reference_digests(tmp_path / "reference", steps)
