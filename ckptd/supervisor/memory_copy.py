@@ -24,9 +24,11 @@ from ckptd.sources.timer import PeriodicTimer
 from ckptd.storage.memory import MemoryPlace, clear, find_place, prune, room_for
 from ckptd.storage.persist import Persisted, Pickup, persist_newest
 from ckptd.supervisor.background import Background, Finished
+from ckptd_client.store import scan
 
 PERSISTED = "memory_persisted"  # Background tags whose Finished values come back here
 PRUNED = "memory_pruned"
+FINAL = "memory_final"  # the final checkpoint of a stop, persisted in the Ending
 
 
 @dataclass
@@ -226,6 +228,22 @@ class MemoryCopy:
         (it reads only what is fixed at start), for after the job exited."""
         return persist_newest(self.path, self.config.checkpoint_dir, self.mode)
 
+    def persist_final(self) -> None:
+        """The job of a stop is gone: persist its final RAM checkpoint on the worker (FINAL)."""
+        place, disk, mode = self.path, self.config.checkpoint_dir, self.mode
+        step = self.newest.step if self.newest is not None else None
+        self.background.submit(FINAL, lambda: _persist_final(place, disk, mode, step))
+
+    def on_final_persisted(self, finished: Finished) -> tuple[Persisted | None, bool]:
+        """The final's persistence ended: the new disk checkpoint, and whether the disk now
+        holds the final step (copied now or earlier)."""
+        if finished.error is not None:
+            pickup = Pickup(error=f"{type(finished.error).__name__}: {finished.error}")
+            on_disk = False
+        else:
+            pickup, on_disk = finished.result
+        return self.report(pickup, why="the final save"), pickup.error is None and on_disk
+
     def close(self) -> None:
         """At exit, the job gone: persist what RAM holds newer than the disk, then clear RAM.
 
@@ -278,3 +296,12 @@ class MemoryCopy:
             "checkpoint.tier_fallback", level="warning", request_id=request_id, step=step,
             why=why, tier="disk",
         )  # fmt: skip
+
+
+def _persist_final(
+    place: Path, disk: Path, mode: int | None, step: int | None
+) -> tuple[Pickup, bool]:
+    """On the worker: the newest RAM checkpoint persisted; whether the disk holds ``step``."""
+    pickup = persist_newest(place, disk, mode)
+    steps = [c.step for c in scan(disk) if c.valid]
+    return pickup, step is None or (bool(steps) and max(steps) >= step)
