@@ -46,7 +46,7 @@ def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
 ) -> None:
     """SIGKILL: the newest RAM checkpoint is persisted once the job is gone, before the
     relaunch, which resumes from it; status and events name the tier; SIGTERM then saves to
-    disk, exits 0, clears RAM."""
+    RAM, persisted before the exit 0, and clears RAM."""
     job.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
     ready = job.wait_event("memory.ready")
     assert ready["dir"] == str(ram) and ready["in_ram"] is True
@@ -68,8 +68,35 @@ def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
     final = job.events("checkpoint.committed")[-1]
-    assert final["tier"] == "disk" and Path(final["path"]).parent == job.checkpoint_dir
+    assert final["tier"] == "memory" and Path(final["path"]).parent == ram
     assert job.events("memory.cleared") and list(ram.iterdir()) == []  # the dir was named
+
+
+def test_sigterm_saves_the_final_checkpoint_to_ram_then_persists_it_before_the_exit(
+    job: Job, ram: Path
+) -> None:
+    """SIGTERM with the memory tier: the final save commits in RAM, ckptd persists it to
+    checkpoint_dir (checkpoint.persisted before ckptd.exiting), exits 0 and leaves RAM empty."""
+    job.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
+    _trainer_pid(job)
+    wait_for(lambda: _memory_commits(job), "a RAM commit")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    events = job.events()
+    names = [e["event"] for e in events]
+    # The final save (or, when it reused a RAM checkpoint, the step trained after it)
+    final_at = len(names) - 1 - names[::-1].index("checkpoint.committed")
+    final = events[final_at]
+    assert final_at > names.index("job.stopping")
+    assert final["tier"] == "memory" and Path(final["path"]).parent == ram
+    persisted_at = names.index("checkpoint.persisted", final_at)
+    persisted = events[persisted_at]
+    assert persisted["step"] == final["step"] and persisted["why"] == "the final save"
+    assert persisted_at < names.index("ckptd.exiting")
+    on_disk = job.checkpoint_dir / f"step-{final['step']:08d}"
+    assert inspect(on_disk, full=True).valid
+    assert job.events("job.stopped")[-1]["final_checkpoint"] is True
+    assert list(ram.iterdir()) == []
 
 
 def test_daemon_and_trainer_killed_the_next_run_uses_the_ram_copy(
