@@ -21,6 +21,7 @@ from ckptd.config import JobConfig
 from ckptd.events import EventLog
 from ckptd.progress.memory_interval import MemoryInterval
 from ckptd.sources.timer import PeriodicTimer
+from ckptd.storage.job_identity import node_group
 from ckptd.storage.memory import MemoryPlace, clear, find_place, prune, room_for
 from ckptd.storage.persist import Persisted, Pickup, persist_newest
 from ckptd.supervisor.background import Background, Finished
@@ -57,6 +58,7 @@ class MemoryCopy:
         fixed = config.memory_every if isinstance(config.memory_every, float) else None
         self.timer = PeriodicTimer(self.auto.every if self.auto else fixed)
         self.each_commit = config.every is None  # no disk interval: persist every RAM save
+        self.several_nodes = node_group(config.job_id, config.command) is not None
         self.mode = int(config.checkpoint_mode, 8) if config.checkpoint_mode else None
         self.newest: _Newest | None = None
         self.persisted_step: int | None = None
@@ -109,12 +111,12 @@ class MemoryCopy:
     def tier(self, *, group: bool = False) -> str:
         """The tier of the next memory-timer request: ``memory``, or ``disk`` with an event.
 
-        ``group``: the ranks of a torchrun group share one directory on disk; the memory
-        tier is for single-process jobs so far.
+        ``group``: the ranks of a torchrun group share one step directory, in the node's RAM
+        when they all run on this node; the ranks of several nodes save to disk.
         """
         why = None
-        if group:
-            why = "the ranks of a torchrun group save to disk (memory tier: one process only)"
+        if group and self.several_nodes:
+            why = "the ranks of several nodes save to disk (memory tier: one node only)"
         elif self._failed_save is not None:
             why = f"the last memory save failed: {self._failed_save}"
             self._failed_save = None  # RAM is tried again after this one

@@ -237,6 +237,7 @@ class JoinRound:
     final: bool
     save: bool
     joins: str | None
+    memory_dir: str | None = None  # the memory tier's: the shared directory goes below it
 
 
 Effect = Send | JoinRound
@@ -304,7 +305,7 @@ def _requested(s: State, e: Requested) -> Transition:
     if e.deadline is not None:
         s = replace(s, deadline=e.deadline if s.deadline is None else min(s.deadline, e.deadline))
     if s.group:
-        return s, (JoinRound(e.id, e.final, e.save, e.joins),)
+        return s, (JoinRound(e.id, e.final, e.save, e.joins, e.memory_dir),)
     if e.final and not e.save:
         # A stop without a final checkpoint saves nothing more, not even a request that is
         # still pending; a background save already under way completes.

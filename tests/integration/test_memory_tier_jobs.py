@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of
 from ckptd_client.store import inspect, scan
 
-from conftest import Job, wait_for
+from conftest import FAKES, Job, wait_for
 
 FAST = ("--restart-delay", "0", "--kill-timeout", "1s")
 # A RAM save every second; the disk tier only from RAM, and not within the test by itself.
@@ -219,3 +220,38 @@ def test_a_hung_trainer_killed_by_ckptd_resumes_from_its_ram_checkpoint(
     assert len(starts) == 2 and persisted and starts[1]["resume_step"] == persisted[0]["step"]
     assert 0 < persisted[0]["step"] < 150
     assert job.records("done")
+
+
+@pytest.mark.torch
+def test_the_ranks_of_one_node_save_one_ram_step_persisted_and_resumed_after_a_kill(
+    job: Job, ram: Path
+) -> None:
+    """torchrun, two ranks on one node: a memory request makes one RAM step with both ranks'
+    files, committed once; SIGKILL of a rank persists it and the group resumes from it."""
+    pytest.importorskip("torch", reason="the ranks run under torchrun, which needs torch")
+    trainer = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "--max-restarts=0", str(FAKES / "ddp_trainer.py"), "--record", str(job.record),
+    ]  # fmt: skip
+    job.start(trainer, *MEMORY, "--grace", "60s", "--memory-dir", str(ram))
+    committed = wait_for(lambda: _memory_commits(job), "a RAM commit of the group")[0]
+    assert Path(committed["path"]).parent == ram
+    assert (
+        len([e for e in job.events("checkpoint.committed") if e["step"] == committed["step"]]) == 1
+    )
+    assert not job.events("checkpoint.tier_fallback")
+    victim = next(r["pid"] for r in job.records("start") if r["rank"] == 1)
+    os.kill(victim, signal.SIGKILL)
+    persisted = job.wait_event("checkpoint.persisted")
+    step = persisted["step"]
+    assert persisted["why"] == "the job exited" and step >= committed["step"]
+    on_disk = inspect(job.checkpoint_dir / f"step-{step:08d}", full=True)
+    assert on_disk.valid, on_disk.reason
+    listed = json.loads((on_disk.path / "ckptd.json").read_text())["files"]
+    assert {entry["path"] for entry in listed} == {"rank-0.pt", "rank-1.pt"}
+    assert job.wait_event("job.started", 2)["resume_step"] == step
+    wait_for(lambda: len(job.records("start")) >= 4, "both ranks relaunched")
+    assert {r["resume_step"] for r in job.records("start")[2:]} == {step}
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    assert list(ram.iterdir()) == []
