@@ -133,8 +133,7 @@ class Rounds:
         with self._cond:
             current = self.current
             if current is not None and (rid in current.ids or joins in current.ids):
-                if rid not in current.ids and current.memory_dir != memory_dir:
-                    current.memory_dir = None  # a disk request joined it
+                # A request joining a round keeps its directory: ranks may be writing there.
                 current.ids.add(rid)
                 current.final = current.final or final
                 self._send("propose", id=rid, at=current.proposed)
