@@ -124,10 +124,18 @@ class CheckpointDesk:
         return {"request_id": request.id, "coalesced_into": None}
 
     def request_final(
-        self, rid: str, reason: str, origin: Origin, deadline: float, save: bool
+        self,
+        rid: str,
+        reason: str,
+        origin: Origin,
+        deadline: float,
+        save: bool,
+        tier: str = "disk",
     ) -> bool:
         """Replace the outstanding request by a final one; return whether a client got it."""
-        final = Outstanding(rid, reason, {origin}, final=True, save=save, deadline=deadline)
+        final = Outstanding(
+            rid, reason, {origin}, final=True, save=save, deadline=deadline, tier=tier
+        )
         earlier = self.outstanding
         if earlier is not None:
             final.origins |= earlier.origins

@@ -61,6 +61,7 @@ from ckptd.supervisor.effects import (
     Kill,
     Launch,
     PauseTimer,
+    Persist,
     Prepare,
     ReportPreemption,
     RequestFinal,
@@ -80,6 +81,7 @@ from ckptd.supervisor.inputs import (
     JobExited,
     Launched,
     LaunchFailed,
+    PersistDone,
     Prepared,
     PrepareFailed,
     Reaped,
@@ -106,7 +108,7 @@ from ckptd.supervisor.lifecycle import (
     takes_checkpoints,
     trainer_of,
 )
-from ckptd.supervisor.memory_copy import PERSISTED, PRUNED, MemoryCopy
+from ckptd.supervisor.memory_copy import FINAL, PERSISTED, PRUNED, MemoryCopy
 from ckptd.supervisor.preemption import Preemption
 from ckptd.supervisor.signatures import Signed, sign_then_upload, signer_of
 from ckptd.supervisor.states import JobState
@@ -489,7 +491,7 @@ class Arbiter:
         last = self.desk.last_commit or {}
         seconds = last.get("seconds")
         if self.memory is not None and last.get("tier") == "memory":
-            seconds = self.memory.disk_seconds  # the final save goes to disk
+            seconds = self.memory.disk_seconds  # a final save in RAM is persisted before the exit
         total = float(seconds) if isinstance(seconds, (int, float)) else 0.0
         size = last.get("bytes")
         if self.remote is not None and isinstance(size, int):
@@ -575,8 +577,11 @@ class Arbiter:
         elif isinstance(effect, RequestFinal):
             stop = effect.stop
             wall_deadline = time.time() + (stop.deadline - time.monotonic())
+            tier = "disk"
+            if self.memory is not None and effect.save:  # RAM first, then persisted (Ending)
+                tier = self.memory.tier(group=self.desk.group.active)
             if self.desk.request_final(
-                stop.final_id, stop.reason, effect.origin, wall_deadline, effect.save
+                stop.final_id, stop.reason, effect.origin, wall_deadline, effect.save, tier
             ):
                 self._advance(FinalDelivered())
         elif isinstance(effect, SignalMain):
@@ -609,6 +614,9 @@ class Arbiter:
         elif isinstance(effect, ReportPreemption):
             if self.preemption is not None:
                 self._report_preemption(effect.stop)
+        elif isinstance(effect, Persist):
+            assert self.memory is not None
+            self.memory.persist_final()
         elif isinstance(effect, Flush):
             self.ending.flush(effect.deadline, preempted=self.preemption is not None)
         elif isinstance(effect, Requeue):
@@ -777,14 +785,17 @@ class Arbiter:
         self.progress.exited()
         if self.memory is not None:
             self.memory.exited()
-        self.background.submit("cleaned", lambda: self._clean_up(trainer))
+        stop = self.stop
+        final_in_ram = stop is not None and stop.intent is Intent.STOP and stop.in_ram
+        persist = self.memory is not None and not final_in_ram  # else the Ending's Persist
+        self.background.submit("cleaned", lambda: self._clean_up(trainer, persist))
 
-    def _clean_up(self, trainer: Trainer) -> tuple[int, int | None, Pickup | None]:
+    def _clean_up(self, trainer: Trainer, persist: bool) -> tuple[int, int | None, Pickup | None]:
         """On the worker: stop what is left of the tree; persist the newest RAM checkpoint
         newer than the disk (so that a final upload or a relaunch finds it on disk); the
         newest checkpoint step on disk."""
         leftovers = trainer.kill_leftovers(self.config.kill_timeout)
-        pickup = self.memory.persist_blocking() if self.memory is not None else None
+        pickup = self.memory.persist_blocking() if self.memory is not None and persist else None
         steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
         return leftovers, max(steps) if steps else None, pickup
 
@@ -821,6 +832,11 @@ class Arbiter:
             self._on_stacks(finished)
         elif finished.tag == "pruned":
             self._on_pruned(finished)
+        elif finished.tag == FINAL and self.memory is not None:
+            persisted, ok = self.memory.on_final_persisted(finished)
+            if persisted is not None:  # pruned and uploaded before the final flush
+                self._prune(str(persisted.path), persisted.step)
+            self._advance(PersistDone(ok))
         elif finished.tag in (PERSISTED, PRUNED) and self.memory is not None:
             self._on_memory(finished)
         elif finished.tag == "signed":
@@ -993,7 +1009,7 @@ class Arbiter:
             if ack.progress:
                 self.restarts_without_progress = 0
             if ack.final:
-                self._advance(FinalCommitted())
+                self._advance(FinalCommitted(in_ram=in_ram))
             if self.stop is None and not in_ram:
                 self.timer.reset(now)
             if not message.reused:

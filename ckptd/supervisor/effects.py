@@ -115,6 +115,13 @@ class ReportPreemption:
 
 
 @dataclass(frozen=True)
+class Persist:
+    """Copy the final checkpoint from RAM to ``checkpoint_dir`` off the loop; PersistDone."""
+
+    deadline: float
+
+
+@dataclass(frozen=True)
 class Flush:
     """Wait (off the loop) for the final checkpoint's upload; FlushDone when it is over."""
 
@@ -148,6 +155,7 @@ Effect = (
     | CleanUp
     | CountFailure
     | ReportPreemption
+    | Persist
     | Flush
     | Requeue
     | Conclude

@@ -99,7 +99,9 @@ class FinalDelivered:
 
 @dataclass(frozen=True)
 class FinalCommitted:
-    """The final checkpoint committed."""
+    """The final checkpoint committed (``in_ram``: in the memory tier, still to persist)."""
+
+    in_ram: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,13 @@ class FlushDone:
 
 
 @dataclass(frozen=True)
+class PersistDone:
+    """The final checkpoint's copy from RAM to ``checkpoint_dir`` is over: whether it is there."""
+
+    ok: bool
+
+
+@dataclass(frozen=True)
 class RequeueDone:
     """The requeue command is over: whether it succeeded."""
 
@@ -152,6 +161,7 @@ Input = (
     | FinalFailed
     | JobExited
     | Reaped
+    | PersistDone
     | FlushDone
     | RequeueDone
 )

@@ -11,7 +11,7 @@ of a table (tests/unit/test_lifecycle.py). Each phase carries exactly the data v
     Running, Stopping, Adopting --JobExited--> Reaping --Reaped--> Backoff | Exited | Ending
     Reaping --Reaped (done, or given up), with a remote--> Finishing --FlushDone--> Exited
     Starting, Backoff --StopRequested(intent stop)--> Ending   (nothing runs, nothing to save)
-    Ending --FlushDone, RequeueDone--> ... --> Exited
+    Ending --PersistDone, FlushDone, RequeueDone--> ... --> Exited   (a final in RAM: Persist)
     Backoff --Tick(until)--> Starting [Prepare]
 
 A later stop request never starts a second stop: :meth:`Stop.supersede` merges it into the
@@ -38,6 +38,7 @@ from ckptd.supervisor.effects import (
     Kill,
     Launch,
     PauseTimer,
+    Persist,
     Prepare,
     ReportPreemption,
     RequestFinal,
@@ -57,6 +58,7 @@ from ckptd.supervisor.inputs import (
     JobExited,
     Launched,
     LaunchFailed,
+    PersistDone,
     Prepared,
     PrepareFailed,
     Reaped,
@@ -114,11 +116,13 @@ class Reaping:
 
 @dataclass(frozen=True)
 class Ending:
-    """The job of a stop is gone: the final upload, then the requeue command, then the exit."""
+    """The job of a stop is gone: the final checkpoint persisted from RAM (if it is there), its
+    upload, then the requeue command, then the exit."""
 
     stop: Stop
     status: ExitStatus | None  # None: the stop came while nothing ran
     shown: JobState  # what ``ckptd status`` says meanwhile
+    persisted: bool = False  # the final checkpoint's copy from RAM to disk was started
     flushed: bool = False  # the final upload was started
     requeued: bool = False  # the requeue command was started
 
@@ -215,7 +219,7 @@ class Lifecycle:
             return phase, []
         if isinstance(event, Reaped):
             return self._reaped(phase, event) if isinstance(phase, Reaping) else (phase, [])
-        if isinstance(event, (FlushDone, RequeueDone)):
+        if isinstance(event, (PersistDone, FlushDone, RequeueDone)):
             return self._ending_step_done(phase, event)
         if not isinstance(phase, Starting):
             return phase, []  # a preparation outlived by a stop: no launch
@@ -348,6 +352,8 @@ class Lifecycle:
 
     def _next_ending_step(self, ending: Ending) -> tuple[Phase, Effects]:
         stop = ending.stop
+        if stop.committed and stop.in_ram and not ending.persisted:
+            return replace(ending, persisted=True), [Persist(stop.deadline)]
         if self.remote and stop.committed and not ending.flushed:
             return replace(ending, flushed=True), [Flush(stop.deadline)]
         if stop.requeue and not ending.requeued:
@@ -356,14 +362,16 @@ class Lifecycle:
         return Exited(code), [Conclude(stop, code)]
 
     def _ending_step_done(
-        self, phase: Phase, event: FlushDone | RequeueDone
+        self, phase: Phase, event: PersistDone | FlushDone | RequeueDone
     ) -> tuple[Phase, Effects]:
         if isinstance(phase, Finishing) and isinstance(event, FlushDone):
             ok = event.uploaded or phase.code != exit_codes.OK
             return Exited(phase.code if ok else exit_codes.FAILED), []
         if not isinstance(phase, Ending):
             return phase, []
-        if isinstance(event, FlushDone):
+        if isinstance(event, PersistDone):
+            stop = replace(phase.stop, unpersisted=not event.ok)
+        elif isinstance(event, FlushDone):
             stop = replace(phase.stop, local_only=not event.uploaded)
         else:
             stop = phase.stop if event.ok else replace(phase.stop, failed=True)
@@ -384,7 +392,7 @@ def _stop_changed(
     if isinstance(event, FinalDelivered):
         stop = stop.client_took_request()
     elif isinstance(event, FinalCommitted):
-        stop = replace(stop, committed=True)
+        stop = replace(stop, committed=True, in_ram=event.in_ram)
     else:
         stop = replace(stop, failed=True)
     return _with_stop(phase, stop), []

@@ -21,12 +21,15 @@ from ckptd.config import JobConfig
 from ckptd.events import EventLog
 from ckptd.progress.memory_interval import MemoryInterval
 from ckptd.sources.timer import PeriodicTimer
+from ckptd.storage.job_identity import node_group
 from ckptd.storage.memory import MemoryPlace, clear, find_place, prune, room_for
 from ckptd.storage.persist import Persisted, Pickup, persist_newest
 from ckptd.supervisor.background import Background, Finished
+from ckptd_client.store import scan
 
 PERSISTED = "memory_persisted"  # Background tags whose Finished values come back here
 PRUNED = "memory_pruned"
+FINAL = "memory_final"  # the final checkpoint of a stop, persisted in the Ending
 
 
 @dataclass
@@ -55,6 +58,7 @@ class MemoryCopy:
         fixed = config.memory_every if isinstance(config.memory_every, float) else None
         self.timer = PeriodicTimer(self.auto.every if self.auto else fixed)
         self.each_commit = config.every is None  # no disk interval: persist every RAM save
+        self.several_nodes = node_group(config.job_id, config.command) is not None
         self.mode = int(config.checkpoint_mode, 8) if config.checkpoint_mode else None
         self.newest: _Newest | None = None
         self.persisted_step: int | None = None
@@ -107,12 +111,12 @@ class MemoryCopy:
     def tier(self, *, group: bool = False) -> str:
         """The tier of the next memory-timer request: ``memory``, or ``disk`` with an event.
 
-        ``group``: the ranks of a torchrun group share one directory on disk; the memory
-        tier is for single-process jobs so far.
+        ``group``: the ranks of a torchrun group share one step directory, in the node's RAM
+        when they all run on this node; the ranks of several nodes save to disk.
         """
         why = None
-        if group:
-            why = "the ranks of a torchrun group save to disk (memory tier: one process only)"
+        if group and self.several_nodes:
+            why = "the ranks of several nodes save to disk (memory tier: one node only)"
         elif self._failed_save is not None:
             why = f"the last memory save failed: {self._failed_save}"
             self._failed_save = None  # RAM is tried again after this one
@@ -226,6 +230,22 @@ class MemoryCopy:
         (it reads only what is fixed at start), for after the job exited."""
         return persist_newest(self.path, self.config.checkpoint_dir, self.mode)
 
+    def persist_final(self) -> None:
+        """The job of a stop is gone: persist its final RAM checkpoint on the worker (FINAL)."""
+        place, disk, mode = self.path, self.config.checkpoint_dir, self.mode
+        step = self.newest.step if self.newest is not None else None
+        self.background.submit(FINAL, lambda: _persist_final(place, disk, mode, step))
+
+    def on_final_persisted(self, finished: Finished) -> tuple[Persisted | None, bool]:
+        """The final's persistence ended: the new disk checkpoint, and whether the disk now
+        holds the final step (copied now or earlier)."""
+        if finished.error is not None:
+            pickup = Pickup(error=f"{type(finished.error).__name__}: {finished.error}")
+            on_disk = False
+        else:
+            pickup, on_disk = finished.result
+        return self.report(pickup, why="the final save"), pickup.error is None and on_disk
+
     def close(self) -> None:
         """At exit, the job gone: persist what RAM holds newer than the disk, then clear RAM.
 
@@ -278,3 +298,12 @@ class MemoryCopy:
             "checkpoint.tier_fallback", level="warning", request_id=request_id, step=step,
             why=why, tier="disk",
         )  # fmt: skip
+
+
+def _persist_final(
+    place: Path, disk: Path, mode: int | None, step: int | None
+) -> tuple[Pickup, bool]:
+    """On the worker: the newest RAM checkpoint persisted; whether the disk holds ``step``."""
+    pickup = persist_newest(place, disk, mode)
+    steps = [c.step for c in scan(disk) if c.valid]
+    return pickup, step is None or (bool(steps) and max(steps) >= step)

@@ -56,12 +56,14 @@ class Stop:
     why: str | None = None  # "fenced" (exit FENCED), "diverged" (exit DIVERGED), "early_stop"
     signal_at: float | None = None  # when to send stop_signal unless a client took the request
     committed: bool = False  # the final checkpoint committed
+    in_ram: bool = False  # ... in the memory tier: it is persisted once the job is gone
     failed: bool = False  # ... or failed (or the requeue command did)
     forced: bool = False  # the tree was signalled: no more waiting for the final save
     kill_at: float | None = None
     superseded: tuple[str, ...] = ()
     waiters: tuple[Waiter, ...] = ()  # control clients told when the stop ends
     local_only: bool = False  # the final checkpoint did not reach the remote in time
+    unpersisted: bool = False  # the final checkpoint committed in RAM did not reach the disk
 
     def supersede(
         self,
@@ -119,8 +121,8 @@ class Stop:
             return exit_codes.FENCED
         if self.why == "diverged":
             return exit_codes.DIVERGED
-        if self.local_only:
-            return exit_codes.FAILED  # the machine's disk may not outlive it
+        if self.local_only or self.unpersisted:
+            return exit_codes.FAILED  # the machine's disk (or its RAM) may not outlive it
         if self.committed and not self.failed:
             return exit_codes.OK
         if self.failed or self.forced:

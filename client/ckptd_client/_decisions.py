@@ -85,6 +85,7 @@ class State:
     deadline: float | None = None  # the earliest hard stop announced (time.time())
     stop: bool = False  # should_stop() says yes
     final_at: int | None = None  # a final request was answered for this step only
+    final_dir: str | None = None  # ... and asked for the memory tier's directory
     last: Commit | None = None  # what a request arriving with no progress since is answered by
     wanted_since: float | None = None  # when should_checkpoint() first said yes (monotonic)
     error: BaseException | None = None  # a background save's failure, not yet raised
@@ -122,7 +123,10 @@ class Requested:
     def of(cls, message: CheckpointRequested | StopRequested, step: int | None) -> Requested:
         """The request in a message, arriving when training had reported ``step``."""
         if isinstance(message, StopRequested):
-            return cls(message.id, True, message.deadline, step, message.save, message.joins)
+            return cls(
+                message.id, True, message.deadline, step, message.save, message.joins,
+                message.memory_dir,
+            )  # fmt: skip
         return cls(
             message.id, False, message.deadline, step, joins=message.joins,
             memory_dir=message.memory_dir,
@@ -233,6 +237,7 @@ class JoinRound:
     final: bool
     save: bool
     joins: str | None
+    memory_dir: str | None = None  # the memory tier's: the shared directory goes below it
 
 
 Effect = Send | JoinRound
@@ -255,7 +260,7 @@ def _transition(s: State, event: Event) -> Transition:
             if s.final_at is None or step is None or step <= s.final_at:
                 return s, ()
             # Training went past the step a final answer held for: that progress is saved too.
-            request = Request(f"progress-{step}", final=True, at=step)
+            request = Request(f"progress-{step}", final=True, at=step, memory_dir=s.final_dir)
             return replace(s, requests=_put(s.requests, request), final_at=None, stop=False), ()
         case Seen(now):
             return (replace(s, wanted_since=now) if s.wanted_since is None else s), ()
@@ -300,7 +305,7 @@ def _requested(s: State, e: Requested) -> Transition:
     if e.deadline is not None:
         s = replace(s, deadline=e.deadline if s.deadline is None else min(s.deadline, e.deadline))
     if s.group:
-        return s, (JoinRound(e.id, e.final, e.save, e.joins),)
+        return s, (JoinRound(e.id, e.final, e.save, e.joins, e.memory_dir),)
     if e.final and not e.save:
         # A stop without a final checkpoint saves nothing more, not even a request that is
         # still pending; a background save already under way completes.
@@ -311,7 +316,7 @@ def _requested(s: State, e: Requested) -> Transition:
         ack = Send("committed", {"ids": [e.id], **s.last.fields(reused=True)})
         if e.final:
             # It holds only for this step: a step trained after it must be saved too.
-            s = replace(s, final_at=e.step, stop=True)
+            s = replace(s, final_at=e.step, final_dir=e.memory_dir, stop=True)
         return s, (ack,)
     request = Request(e.id, e.final, e.step, memory_dir=e.memory_dir)
     return replace(s, requests=_put(s.requests, request)), ()
@@ -338,6 +343,7 @@ def _save_started(s: State, e: SaveStarted) -> Transition:
 
 def _save_committed(s: State, commit: Commit) -> Transition:
     done = _due(s.requests, commit.step)
+    late = [r for r in done if r.final and not r.claimed]
     state = replace(
         s,
         requests=tuple(r for r in s.requests if r not in done),
@@ -346,7 +352,8 @@ def _save_committed(s: State, commit: Commit) -> Transition:
         stop=s.stop or any(r.final for r in done),
         # A final request that came after this save's snapshot: like a reused answer, it
         # holds only for this step; a step trained since must be saved too.
-        final_at=commit.step if any(r.final and not r.claimed for r in done) else s.final_at,
+        final_at=commit.step if late else s.final_at,
+        final_dir=late[0].memory_dir if late else s.final_dir,
     )
     # Unsolicited saves are reported too, so the daemon sees every commit.
     return state, (Send("committed", {"ids": [r.id for r in done], **commit.fields()}),)

@@ -68,6 +68,7 @@ class Round:
     save: bool
     agreed: int | None = None
     claimed: bool = False  # a save of it has begun: no longer due on any later step
+    memory_dir: str | None = None  # every request of it asked for the memory tier (one node)
 
 
 @dataclass(frozen=True)
@@ -119,23 +120,37 @@ class Rounds:
 
     # -- the channel thread ------------------------------------------------------------
 
-    def on_request(self, rid: str, final: bool, save: bool, joins: str | None) -> bool:
-        """Take a request; return True when it is answered already (stop now, if final)."""
+    def on_request(
+        self, rid: str, final: bool, save: bool, joins: str | None, memory_dir: str | None = None
+    ) -> bool:
+        """Take a request; return True when it is answered already (stop now, if final).
+
+        A request of the memory tier puts the shared directory below ``memory_dir`` (the
+        node's RAM) when the group runs on one node; the ranks of several nodes save to disk.
+        """
+        if self.group.nodes:
+            memory_dir = None
         with self._cond:
             current = self.current
             if current is not None and (rid in current.ids or joins in current.ids):
+                # A request joining a round keeps its directory: ranks may be writing there.
                 current.ids.add(rid)
                 current.final = current.final or final
                 self._send("propose", id=rid, at=current.proposed)
                 return False
             if joins is not None and joins in self._completed:
                 return True  # the save that answers it has committed (or failed) here already
-            current = Round({rid}, -1, final, save)
+            current = Round({rid}, -1, final, save, memory_dir=memory_dir)
             self.current = current  # before the step is read: see the class docstring
             step = self._step()
             current.proposed = self.earliest(step)
             self._send("propose", id=rid, at=current.proposed)
             return False
+
+    def memory_dir(self) -> str | None:
+        """The memory directory of the round under way, if it saves to RAM."""
+        with self._cond:
+            return self.current.memory_dir if self.current is not None else None
 
     def on_agreed(self, rid: str, step: int) -> None:
         with self._cond:

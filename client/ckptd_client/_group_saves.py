@@ -61,7 +61,9 @@ class GroupSaves:
 
     def join(self, request: JoinRound) -> bool:
         """Take a request into a round; True when a save here has answered it already."""
-        return self.rounds.on_request(request.id, request.final, request.save, request.joins)
+        return self.rounds.on_request(
+            request.id, request.final, request.save, request.joins, request.memory_dir
+        )
 
     def hear(self, message: DaemonMessage) -> bool:
         """Take the daemon's word on a round; True when that ended a final round."""
@@ -92,7 +94,9 @@ class GroupSaves:
 
     def shared_directory(self, step: int) -> Path:
         """The directory every rank of the group gets from ``checkpoint(step)``, created now."""
-        return self.rounds.group.shared_dir(self._checkpoint_dir, step)
+        memory_dir = self.rounds.memory_dir()
+        base = Path(memory_dir) if memory_dir is not None else self._checkpoint_dir
+        return self.rounds.group.shared_dir(base, step)
 
     def begin(self, step: int, *, background: bool) -> GroupSave:
         """Claim the round due at ``step`` and make its shared directory; when this rank

@@ -52,7 +52,10 @@ class StoreRounds(Rounds):
 
     # -- the channel thread ------------------------------------------------------------
 
-    def on_request(self, rid: str, final: bool, save: bool, joins: str | None) -> bool:
+    def on_request(
+        self, rid: str, final: bool, save: bool, joins: str | None, memory_dir: str | None = None
+    ) -> bool:
+        # Several nodes: their rounds save to disk (``memory_dir`` is not taken).
         if self.group.local_rank == 0:  # one publisher per node: the daemon asked every rank
             with self._cond:
                 self._to_publish.append({"id": rid, "final": final, "save": save})

@@ -36,6 +36,7 @@ class StopRequested:
     deadline: float | None = None
     save: bool = True  # false: ``ckptd stop --no-checkpoint``, nothing more is saved
     joins: str | None = None
+    memory_dir: str | None = None  # the final save goes to RAM first (the daemon persists it)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def from_fields(message: dict[str, Any]) -> DaemonMessage | None:
         deadline = _number_or_none(message.get("deadline"))
         joins = _text_or_none(message.get("joins"))
         if message.get("final"):
-            return StopRequested(rid, reason, deadline, message.get("save") is not False, joins)
+            save = message.get("save") is not False
+            return StopRequested(rid, reason, deadline, save, joins, _memory_dir(message))
         return CheckpointRequested(rid, reason, deadline, joins, _memory_dir(message))
     if kind == "done":
         return Done(str(message.get("id")), _text_or_none(message.get("path")), step)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of
 from ckptd_client.store import inspect, scan
 
-from conftest import Job, wait_for
+from conftest import FAKES, Job, wait_for
 
 FAST = ("--restart-delay", "0", "--kill-timeout", "1s")
 # A RAM save every second; the disk tier only from RAM, and not within the test by itself.
@@ -46,7 +47,7 @@ def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
 ) -> None:
     """SIGKILL: the newest RAM checkpoint is persisted once the job is gone, before the
     relaunch, which resumes from it; status and events name the tier; SIGTERM then saves to
-    disk, exits 0, clears RAM."""
+    RAM, persisted before the exit 0, and clears RAM."""
     job.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
     ready = job.wait_event("memory.ready")
     assert ready["dir"] == str(ram) and ready["in_ram"] is True
@@ -68,8 +69,35 @@ def test_a_killed_trainer_resumes_from_the_ram_checkpoint_newer_than_the_disk(
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
     final = job.events("checkpoint.committed")[-1]
-    assert final["tier"] == "disk" and Path(final["path"]).parent == job.checkpoint_dir
+    assert final["tier"] == "memory" and Path(final["path"]).parent == ram
     assert job.events("memory.cleared") and list(ram.iterdir()) == []  # the dir was named
+
+
+def test_sigterm_saves_the_final_checkpoint_to_ram_then_persists_it_before_the_exit(
+    job: Job, ram: Path
+) -> None:
+    """SIGTERM with the memory tier: the final save commits in RAM, ckptd persists it to
+    checkpoint_dir (checkpoint.persisted before ckptd.exiting), exits 0 and leaves RAM empty."""
+    job.start_fake("--step-time", "0.01", options=(*MEMORY, "--memory-dir", str(ram)))
+    _trainer_pid(job)
+    wait_for(lambda: _memory_commits(job), "a RAM commit")
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    events = job.events()
+    names = [e["event"] for e in events]
+    # The final save (or, when it reused a RAM checkpoint, the step trained after it)
+    final_at = len(names) - 1 - names[::-1].index("checkpoint.committed")
+    final = events[final_at]
+    assert final_at > names.index("job.stopping")
+    assert final["tier"] == "memory" and Path(final["path"]).parent == ram
+    persisted_at = names.index("checkpoint.persisted", final_at)
+    persisted = events[persisted_at]
+    assert persisted["step"] == final["step"] and persisted["why"] == "the final save"
+    assert persisted_at < names.index("ckptd.exiting")
+    on_disk = job.checkpoint_dir / f"step-{final['step']:08d}"
+    assert inspect(on_disk, full=True).valid
+    assert job.events("job.stopped")[-1]["final_checkpoint"] is True
+    assert list(ram.iterdir()) == []
 
 
 def test_daemon_and_trainer_killed_the_next_run_uses_the_ram_copy(
@@ -192,3 +220,38 @@ def test_a_hung_trainer_killed_by_ckptd_resumes_from_its_ram_checkpoint(
     assert len(starts) == 2 and persisted and starts[1]["resume_step"] == persisted[0]["step"]
     assert 0 < persisted[0]["step"] < 150
     assert job.records("done")
+
+
+@pytest.mark.torch
+def test_the_ranks_of_one_node_save_one_ram_step_persisted_and_resumed_after_a_kill(
+    job: Job, ram: Path
+) -> None:
+    """torchrun, two ranks on one node: a memory request makes one RAM step with both ranks'
+    files, committed once; SIGKILL of a rank persists it and the group resumes from it."""
+    pytest.importorskip("torch", reason="the ranks run under torchrun, which needs torch")
+    trainer = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "--max-restarts=0", str(FAKES / "ddp_trainer.py"), "--record", str(job.record),
+    ]  # fmt: skip
+    job.start(trainer, *MEMORY, "--grace", "60s", "--memory-dir", str(ram))
+    committed = wait_for(lambda: _memory_commits(job), "a RAM commit of the group")[0]
+    assert Path(committed["path"]).parent == ram
+    assert (
+        len([e for e in job.events("checkpoint.committed") if e["step"] == committed["step"]]) == 1
+    )
+    assert not job.events("checkpoint.tier_fallback")
+    victim = next(r["pid"] for r in job.records("start") if r["rank"] == 1)
+    os.kill(victim, signal.SIGKILL)
+    persisted = job.wait_event("checkpoint.persisted")
+    step = persisted["step"]
+    assert persisted["why"] == "the job exited" and step >= committed["step"]
+    on_disk = inspect(job.checkpoint_dir / f"step-{step:08d}", full=True)
+    assert on_disk.valid, on_disk.reason
+    listed = json.loads((on_disk.path / "ckptd.json").read_text())["files"]
+    assert {entry["path"] for entry in listed} == {"rank-0.pt", "rank-1.pt"}
+    assert job.wait_event("job.started", 2)["resume_step"] == step
+    wait_for(lambda: len(job.records("start")) >= 4, "both ranks relaunched")
+    assert {r["resume_step"] for r in job.records("start")[2:]} == {step}
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
+    assert list(ram.iterdir()) == []

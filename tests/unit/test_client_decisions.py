@@ -533,3 +533,17 @@ def test_a_save_goes_to_ram_only_when_every_request_it_answers_asked_for_it() ->
     assert memory_dir_for(State(requests=(ram, later)), 5) == "/dev/shm/j"
     assert memory_dir_for(State(requests=(ram, disk)), 5) is None
     assert memory_dir_for(State(), 5) is None
+
+
+def test_a_final_request_of_the_memory_tier_saves_to_ram_and_so_does_the_step_after_it() -> None:
+    """A final request naming the memory directory saves there; a reused answer followed by
+    progress saves the new step there too."""
+    from ckptd_client._decisions import memory_dir_for
+
+    final = Requested.of(StopRequested("f", "SIGTERM", memory_dir="/dev/shm/j"), 7)
+    state, _ = _run(RESUMED_AT_3, final)
+    assert memory_dir_for(state, 7) == "/dev/shm/j"
+    state, _ = _run(replace(IDLE, last=C5), Requested.of(StopRequested("g", "SIGTERM",
+                    memory_dir="/dev/shm/j"), 5), Progressed(6))  # fmt: skip
+    assert state.requests == (Request("progress-6", True, 6, memory_dir="/dev/shm/j"),)
+    assert memory_dir_for(state, 6) == "/dev/shm/j"

@@ -58,6 +58,10 @@ VARIANTS: dict[str, lc.Phase] = {
     "reaping(restart)": lc.Reaping(T, SUCCESS, _stop(Intent.RESTART, "restart")),
     "reaping(hang)": lc.Reaping(T, FAILURE, _stop(Intent.HANG, "hang")),
     "reaping(success)": lc.Reaping(T, SUCCESS, None),
+    "reaping(stop, in ram)": lc.Reaping(T, SUCCESS, _stop(committed=True, in_ram=True)),
+    "ending(persisting)": lc.Ending(
+        _stop(committed=True, in_ram=True), SUCCESS, JobState.STOPPING, persisted=True
+    ),
     "ending(requeueing)": lc.Ending(_stop(requeue=True), None, JobState.BACKOFF, requeued=True),
 }
 INPUTS: dict[str, ev.Input] = {
@@ -77,9 +81,11 @@ INPUTS: dict[str, ev.Input] = {
     "tick-late": ev.Tick(NOW + 31),
     "delivered": ev.FinalDelivered(),
     "committed": ev.FinalCommitted(),
+    "committed-ram": ev.FinalCommitted(in_ram=True),
     "failed": ev.FinalFailed(),
     "job-exited": ev.JobExited(FAILURE),
     "reaped": ev.Reaped(NOW, restarts=0, rng=random.Random(0)),
+    "persisted": ev.PersistDone(ok=True),
     "flushed": ev.FlushDone(uploaded=True),
     "requeued": ev.RequeueDone(ok=True),
     "prepared": ev.Prepared("prepared"),
@@ -88,7 +94,7 @@ INPUTS: dict[str, ev.Input] = {
     "launch-failed": ev.LaunchFailed("no such file"),
     "adopt": ev.Adopt(T, NOW),
 }
-_FLAGS = ("committed", "failed", "forced", "local_only")
+_FLAGS = ("committed", "in_ram", "failed", "forced", "local_only", "unpersisted")
 
 
 def describe(phase: lc.Phase) -> str:
@@ -112,7 +118,7 @@ def describe(phase: lc.Phase) -> str:
             words.append(f"deadline@+{stop.deadline - NOW:g}s")
     if isinstance(phase, lc.Ending):
         words.append(f"shown={phase.shown.value}")
-        words += [step for step in ("flushed", "requeued") if getattr(phase, step)]
+        words += [step for step in ("persisted", "flushed", "requeued") if getattr(phase, step)]
     return " ".join(words)
 
 
@@ -432,6 +438,31 @@ ending(requeueing)| restart       | Ending stop requeue shown=backoff requeued| 
 ending(requeueing)| committed     | Ending stop requeue committed shown=backoff requeued| -
 ending(requeueing)| failed        | Ending stop requeue failed shown=backoff requeued| -
 ending(requeueing)| flushed       | Exited 0                                | Conclude(0)
+
+starting          | committed-ram | =                                       | -
+starting          | persisted     | =                                       | -
+running           | committed-ram | =                                       | -
+running           | persisted     | =                                       | -
+adopting          | committed-ram | Adopting restart committed in_ram signal@+3s| -
+adopting          | persisted     | =                                       | -
+stopping          | committed-ram | Stopping stop committed in_ram signal@+15s| -
+stopping          | persisted     | =                                       | -
+reaping           | committed-ram | =                                       | -
+reaping           | persisted     | =                                       | -
+ending            | committed-ram | Ending stop committed in_ram shown=stopping flushed| -
+ending            | persisted     | Exited 0                                | Conclude(0)
+backoff           | committed-ram | =                                       | -
+backoff           | persisted     | =                                       | -
+finishing         | committed-ram | =                                       | -
+finishing         | persisted     | =                                       | -
+exited            | committed-ram | =                                       | -
+exited            | persisted     | =                                       | -
+
+stopping(committed)| committed-ram | Stopping stop committed in_ram          | -
+reaping(stop, in ram)| reaped        | Ending stop committed in_ram shown=stopping persisted| ReportPreemption, Persist
+reaping(stop, in ram)| failed        | Reaping stop committed in_ram failed    | -
+ending(persisting)| persisted     | Ending stop committed in_ram shown=stopping persisted flushed| Flush
+ending(persisting)| committed     | Ending stop committed shown=stopping persisted| -
 """  # noqa: E501 - one row a line reads best
 
 
@@ -505,6 +536,22 @@ def test_the_ending_uploads_then_requeues_then_exits_with_the_outcome() -> None:
     local = dataclasses.replace(RULES, remote=False)
     ending, effects = local.advance(reaping, INPUTS["reaped"])
     assert [type(e) for e in effects] == [fx.ReportPreemption, fx.Requeue]
+
+
+def test_a_final_checkpoint_in_ram_is_persisted_before_its_upload() -> None:
+    """Persist, then Flush; a final left in RAM only exits FAILED (after its upload too)."""
+    reaping = lc.Reaping(T, SUCCESS, _stop(committed=True, in_ram=True))
+    ending, effects = RULES.advance(reaping, INPUTS["reaped"])
+    assert [type(e) for e in effects] == [fx.ReportPreemption, fx.Persist]
+    persisted, effects = RULES.advance(ending, ev.PersistDone(ok=True))
+    assert effects == [fx.Flush(NOW + 30)]
+    assert RULES.advance(persisted, INPUTS["flushed"]) == (lc.Exited(0), [fx.Conclude(
+        dataclasses.replace(persisted.stop, local_only=False), 0)])  # fmt: skip
+    lost, _ = RULES.advance(ending, ev.PersistDone(ok=False))
+    assert RULES.advance(lost, INPUTS["flushed"])[0] == lc.Exited(exit_codes.FAILED)
+    local = dataclasses.replace(RULES, remote=False)
+    assert local.advance(ending, ev.PersistDone(ok=True))[0] == lc.Exited(0)
+    assert local.advance(ending, ev.PersistDone(ok=False))[0] == lc.Exited(exit_codes.FAILED)
 
 
 def test_restarts_without_progress_run_out() -> None:
