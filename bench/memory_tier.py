@@ -15,12 +15,12 @@ import time
 import uuid
 from pathlib import Path
 
-import ckptd_client
 from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of
 from ckptd.storage.persist import persist
 from ckptd_client import manifest
 
 from .harness import Row, Spread, median
+from .storage import ckptd_commit
 
 _FILES = 8
 
@@ -29,16 +29,6 @@ def _state(total: int) -> list[bytearray]:
     block = bytes(range(256)) * 4096  # 1 MiB, not all zeros (a page of zeros costs nothing)
     size = total // _FILES
     return [bytearray((block * (size // len(block) + 1))[:size]) for _ in range(_FILES)]
-
-
-def _save(root: Path, step: int, parts: list[bytearray]) -> float:
-    began = time.perf_counter()
-    temp = manifest.new_temp_dir(root, step)
-    for index, data in enumerate(parts):
-        with ckptd_client.create(temp / f"part{index}.bin") as handle:
-            handle.write(data)
-    manifest.commit(temp, step)
-    return time.perf_counter() - began
 
 
 def _raw_write(directory: Path, parts: list[bytearray]) -> float:
@@ -75,13 +65,13 @@ def stall_rows(base: Path, total: int, rounds: int) -> list[Row]:
     copies, in_ram, on_disk, persists, raw = [], [], [], [], []
     try:
         _memcpy(parts, targets)  # fault the targets in: the floor is a copy into ready memory
-        _save(disk, 0, parts)  # warm both directories and the allocator, untimed
-        _save(ram, 0, parts)
+        ckptd_commit(disk, 0, parts)  # warm both directories and the allocator, untimed
+        ckptd_commit(ram, 0, parts)
         for round_ in range(1, rounds + 1):
             copies.append(_memcpy(parts, targets))
             raw.append(_raw_write(ram / f"raw-{round_}", parts))
-            in_ram.append(_save(ram, round_, parts))
-            on_disk.append(_save(disk, round_, parts))
+            in_ram.append(ckptd_commit(ram, round_, parts))
+            on_disk.append(ckptd_commit(disk, round_, parts))
             source = ram / manifest.checkpoint_name(round_)
             persists.append(persist(source, persisted).seconds)
             for directory in (ram, disk, persisted):  # one of each at a time, as memory_keep 1

@@ -11,7 +11,7 @@ from pathlib import Path
 from ckptd_client import manifest
 
 from .harness import Row, Spread, median
-from .storage import _FILES, _ckptd_commit, _payload
+from .storage import _FILES, _payload, ckptd_commit
 
 _GOAL = "sign <= 1.5x commit"
 
@@ -52,7 +52,7 @@ def signing_row(base: Path, total: int, rounds: int) -> Row:
     commits, signs, checks = [], [], []
     for round_ in range(rounds):
         step = round_ + 1
-        commits.append(_ckptd_commit(base / "ckpt", step, parts))
+        commits.append(ckptd_commit(base / "ckpt", step, parts))
         path = base / "ckpt" / manifest.checkpoint_name(step)
         began = time.perf_counter()
         signer.sign(path)

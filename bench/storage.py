@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import ckptd_client
@@ -37,7 +38,8 @@ def _raw_write(directory: Path, parts: list[bytes]) -> float:
     return time.perf_counter() - began
 
 
-def _ckptd_commit(root: Path, step: int, parts: list[bytes]) -> float:
+def ckptd_commit(root: Path, step: int, parts: Sequence[bytes | bytearray]) -> float:
+    """One checkpoint of ``parts`` through ckptd_client (write, hash, fsync, manifest, rename)."""
     began = time.perf_counter()
     temp = manifest.new_temp_dir(root, step)
     for index, data in enumerate(parts):
@@ -57,7 +59,7 @@ def commit_and_resume_rows(base: Path, total: int, rounds: int) -> list[Row]:
     for round_ in range(rounds):  # alternate, so that neither always runs on a warmer disk
         raw.append(_raw_write(base / f"raw{round_}", parts))
         shutil.rmtree(base / f"raw{round_}")
-        ours.append(_ckptd_commit(base / "ckpt", round_ + 1, parts))
+        ours.append(ckptd_commit(base / "ckpt", round_ + 1, parts))
         if round_ + 1 < rounds:
             shutil.rmtree(base / "ckpt" / manifest.checkpoint_name(round_ + 1))
     gib = total / (1 << 30)

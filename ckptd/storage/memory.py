@@ -79,8 +79,12 @@ def find_place(
     searched = list(roots if roots is not None else default_roots())
     path = expected_path(name, checkpoint_dir, None, searched)
     if path is not None:
-        _private_dir(path.parent)
-        _private_dir(path)
+        try:
+            _private_dir(path.parent)
+            _private_dir(path)
+        except MemoryPlaceError:  # the per-user directory went with another job's clear()
+            _private_dir(path.parent)
+            _private_dir(path)
         return MemoryPlace(path, filesystem_of(path), explicit=False)
     where = ", ".join(str(root) for root in searched) or "nowhere"
     raise MemoryPlaceError(
@@ -212,11 +216,12 @@ def clear(place: MemoryPlace) -> None:
             continue
         if is_checkpoint_name(entry.name) or entry.name.startswith(TMP_PREFIX):
             shutil.rmtree(entry.path, ignore_errors=True)
-    if not place.explicit:
-        try:
-            os.rmdir(place.path)
-        except OSError:
-            pass  # something of the user's is in it: left alone
+    if not place.explicit:  # its directory, then the per-user one when no other job uses it
+        for directory in (place.path, place.path.parent):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return  # something of the user's (or another job) is in it: left alone
 
 
 def room_for(

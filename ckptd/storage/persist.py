@@ -26,6 +26,7 @@ from ckptd_client.manifest import (
     Manifest,
     ManifestError,
     checkpoint_name,
+    fsync_dir,
     new_temp_dir,
     read_manifest_bytes,
     verify,
@@ -114,9 +115,9 @@ def persist(source: Path, checkpoint_dir: Path, mode: int | None = None) -> Pers
                 raise PersistError(why, corrupt=True)
         _write_new(temp / MANIFEST_NAME, raw, mode)
         for directory in _directories(temp):
-            _fsync_dir(directory)
+            fsync_dir(directory)
         os.rename(temp, final)  # refuses to replace a non-empty step-N that appeared meanwhile
-        _fsync_dir(checkpoint_dir)
+        fsync_dir(checkpoint_dir)
     except PersistError:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -225,11 +226,3 @@ def _directories(root: Path) -> list[Path]:
         if entry.is_dir(follow_symlinks=False):
             found += _directories(Path(entry.path))
     return found
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -106,6 +106,7 @@ class Client:
         self._inert = False
         self._closed = False
         self._loss: tuple[int, float] | None = None
+        self._skip_steps: SkipSteps | None = None  # parsed at the first call, not each step
         _live_clients.add(self)
         turn = self._group.rounds.poll if self._group is not None else _nothing
         channel.start(Inbox(self._receive, lambda: self._step, turn, lambda: self._loss))
@@ -136,7 +137,9 @@ class Client:
         ``step in ck.skip_steps()`` is True for a step whose data led to it; empty on a
         normal launch. ValueError (naming the variable) when it is malformed.
         """
-        return from_environment()
+        if self._skip_steps is None:
+            self._skip_steps = from_environment()
+        return self._skip_steps
 
     def should_checkpoint(self) -> bool:
         """True when someone asked for a checkpoint that this process has not saved yet."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,23 @@ def test_default_place_is_private_on_tmpfs_and_the_same_for_the_next_run(tmp_pat
     finally:
         memory.clear(first)
     assert not first.path.exists()
+
+
+@needs_shm
+def test_clear_takes_the_per_user_directory_with_the_last_job() -> None:
+    """The per-user directory goes with the last job's clear(), not while another job uses it."""
+    root = SHM / f"ckptd-test-{os.getpid()}-{id(object())}"
+    root.mkdir(mode=0o700)
+    try:
+        first = memory.find_place("one", root / "ck", None, roots=[root])
+        second = memory.find_place("two", root / "ck", None, roots=[root])
+        assert first.path.parent == second.path.parent
+        memory.clear(first)
+        assert not first.path.exists() and second.path.is_dir()
+        memory.clear(second)
+        assert list(root.iterdir()) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_no_ram_filesystem_is_a_start_error_naming_memory_dir(tmp_path: Path) -> None:
