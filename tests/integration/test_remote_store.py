@@ -144,6 +144,23 @@ def test_files_without_a_manifest_are_not_a_checkpoint(moto: MotoServer, tmp_pat
     assert store.list() == [] and store.step_dirs() == []
 
 
+
+def test_a_step_another_writer_completes_after_a_listing_is_seen(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """A step listed half-uploaded, then completed by another process (another node): the
+    next listing reads its manifest from the store, never from a listing cached before."""
+    import s3fs
+
+    store = _store(moto)
+    other = s3fs.S3FileSystem(skip_instance_cache=True, **moto.options)  # another process's view
+    local = make_checkpoint(tmp_path / "a", 3)
+    other.put_file(str(local / "model.pt"), store.path_of(3, "model.pt"))
+    assert store.list() == []
+    other.put(str(local) + "/", store.path_of(3), recursive=True)
+    assert [(c.step, c.valid, c.reason) for c in store.list()] == [(3, True, "")]
+    assert store.manifest(3).step == 3
+
 def test_server_killed_during_an_upload(moto: MotoServer, tmp_path: Path) -> None:
     """The server dies mid-multipart: attempts fail with backoff, then succeed once it is back."""
     outcomes = Outcomes()

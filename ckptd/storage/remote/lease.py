@@ -246,7 +246,6 @@ class Lease:
             if _lost_race(exc.__cause__):
                 return False
             raise
-        fs.invalidate_cache(self.path)
         return True
 
     def _raise_if_bucket_gone(self, exc: RemoteError) -> None:

@@ -145,7 +145,6 @@ def _gather(store: RemoteStore, step: int, deadline: Deadline) -> tuple[Manifest
     """Every part of ``step`` uploaded so far, merged (None while some rank's is missing),
     and the ranks whose parts are missing."""
     directory = store.path_of(step, PARTS_DIR)
-    store.fs.invalidate_cache(directory)  # another node's part may have come up since
     names = store.transport.call("ls", directory, detail=False, deadline=deadline)
     contents = store.transport.call("cat", list(names), on_error="raise", deadline=deadline)
     try:

@@ -110,7 +110,11 @@ class RemoteStore:
         self, url: str, options: dict[str, Any] | None = None, *, part_size: int | None = None
     ) -> None:
         self.url = url.rstrip("/")
-        self.fs, root = fsspec.url_to_fs(self.url, **(options or {}))
+        # Other nodes and daemons write the same prefix: a cached listing would hide their
+        # objects (s3fs answers ``cat`` of a file missing from a cached listing with
+        # FileNotFoundError, without asking the store), so nothing is listed from a cache.
+        options = {**(options or {}), "use_listings_cache": False}
+        self.fs, root = fsspec.url_to_fs(self.url, **options)
         self.root = root.rstrip("/")
         protocol = self.fs.protocol
         self.protocols = {protocol} if isinstance(protocol, str) else set(protocol)
