@@ -144,7 +144,6 @@ def test_files_without_a_manifest_are_not_a_checkpoint(moto: MotoServer, tmp_pat
     assert store.list() == [] and store.step_dirs() == []
 
 
-
 def test_a_step_another_writer_completes_after_a_listing_is_seen(
     moto: MotoServer, tmp_path: Path
 ) -> None:
@@ -160,6 +159,7 @@ def test_a_step_another_writer_completes_after_a_listing_is_seen(
     other.put(str(local) + "/", store.path_of(3), recursive=True)
     assert [(c.step, c.valid, c.reason) for c in store.list()] == [(3, True, "")]
     assert store.manifest(3).step == 3
+
 
 def test_server_killed_during_an_upload(moto: MotoServer, tmp_path: Path) -> None:
     """The server dies mid-multipart: attempts fail with backoff, then succeed once it is back."""
