@@ -202,6 +202,7 @@ class Arbiter:
         self.restarts_without_progress = 0
         self.resumed_from: Checkpoint | None = None
         self.newest_verified: Path | None = None
+        self.instrumented = False  # a client connected (a stop waits longer for a relaunch's)
         self.started = self.launched = time.monotonic()
         self.wakeups = 0  # turns of the loop (``ckptd status``: is the daemon idle when idle?)
         self._child_checked = self.started
@@ -732,7 +733,7 @@ class Arbiter:
             return
         log.bind(attempt=self.attempt)
         self.launched = time.monotonic()
-        self._advance(Launched(trainer, self.launched))
+        self._advance(Launched(trainer, self.launched, instrumented=self.instrumented))
         self.progress.launched(
             self.launched,
             self.attempt,
@@ -970,6 +971,7 @@ class Arbiter:
             self._check_slow(now)
         if not peer.known and not isinstance(message, messages.Bye):
             peer.known = True
+            self.instrumented = True
             self.events.emit("client.connected", pid=peer.pid, rank=peer.rank)
             self.desk.client_connected(peer)
             if self.desk.in_flight_final:

@@ -42,10 +42,11 @@ class PrepareFailed:
 
 @dataclass(frozen=True)
 class Launched:
-    """The job's process is started."""
+    """The job's process is started; ``instrumented``: a client connected to an earlier launch."""
 
     trainer: Trainer
     now: float
+    instrumented: bool = False
 
 
 @dataclass(frozen=True)

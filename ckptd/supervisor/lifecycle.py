@@ -72,7 +72,9 @@ from ckptd.supervisor.stops import Intent, Step, Stop
 
 # How long a client gets to connect (after a launch) or reconnect (an adopted orphan) before
 # a stop falls back to stop_signal: a stop right after a launch must not kill a job whose
-# client is still importing its way to connect().
+# client is still importing its way to connect(). A job whose client connected to an earlier
+# launch (a relaunch: torchrun and torch imports can take longer than that on a busy machine)
+# gets half the grace period after its launch.
 CLIENT_WINDOW = 3.0
 ORPHAN = "orphan of an earlier ckptd"
 
@@ -89,6 +91,7 @@ class Running:
     trainer: Trainer
     launched: float  # monotonic
     dumping: bool = False  # a hang was found: its stacks are being dumped, then it is stopped
+    instrumented: bool = False  # a client connected to an earlier launch: it is waited for
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,7 @@ class Lifecycle:
         if isinstance(event, PrepareFailed):
             return Exited(event.code), [emit("job.launch_failed", "error", error=event.error)]
         if isinstance(event, Launched):
-            return Running(event.trainer, event.now), []
+            return Running(event.trainer, event.now, instrumented=event.instrumented), []
         if isinstance(event, LaunchFailed):
             # Not found, not executable: no restart can fix that (docs/exit-codes.md: 127).
             code = exit_codes.CANNOT_EXECUTE
@@ -295,7 +298,8 @@ class Lifecycle:
         if stop.intent is Intent.HANG:
             return Stopping(phase.trainer, stop.force(now)), [*effects, Terminate("hang")]
         # Half the grace at most: a plain job must still get stop_signal before the deadline.
-        wait = min(phase.launched + CLIENT_WINDOW - now, (stop.deadline - now) / 2)
+        window = max(CLIENT_WINDOW, self.grace / 2) if phase.instrumented else CLIENT_WINDOW
+        wait = min(phase.launched + window - now, (stop.deadline - now) / 2)
         stop = replace(stop, signal_at=now + max(signal_delay, wait))
         return Stopping(phase.trainer, stop), [*effects, RequestFinal(stop, r.save, r.origin)]
 

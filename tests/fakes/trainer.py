@@ -54,6 +54,9 @@ def main() -> None:
         default=None,
         help="training on this step's data makes the loss NaN from then on (unless skipped)",
     )
+    parser.add_argument(
+        "--connect-after", help="a relaunch connects to ckptd only once this file exists"
+    )
     args = parser.parse_args()
 
     attempt = int(os.environ.get("CKPTD_ATTEMPT", "0") or 0)
@@ -64,6 +67,8 @@ def main() -> None:
             json.dumps({"event": event, "pid": os.getpid(), "attempt": attempt, **fields}) + "\n"
         )
 
+    while args.connect_after and attempt > 0 and not os.path.exists(args.connect_after):
+        time.sleep(0.01)
     ck = ckptd_client.connect()
     for _ in range(args.workers):
         if os.fork() == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -129,3 +130,23 @@ def test_workers_of_the_job_are_not_signalled_before_the_final_save(job: Job) ->
     assert len(terms) == 2, "the leftover workers are stopped once the job has exited"
     assert all(t["t"] >= stop["t"] for t in terms), "a worker was signalled before the final save"
     assert not job.records("worker_saw_flag")
+
+
+def test_a_stop_during_a_slow_relaunch_waits_for_its_client(job: Job, tmp_path: Path) -> None:
+    """The trainer dies, its relaunch takes longer than CLIENT_WINDOW to connect (torchrun on a
+    busy machine), SIGTERM meanwhile: ckptd waits for the client, which saves; exit 0."""
+    from ckptd.supervisor.lifecycle import CLIENT_WINDOW
+
+    go = tmp_path / "connect"
+    job.start_fake("--connect-after", str(go), options=("--restart-delay", "0", "--grace", "60s"))
+    job.wait_record("step", count=5)
+    os.kill(job.records("start")[0]["pid"], signal.SIGKILL)
+    relaunched = job.wait_event("job.started", 2)
+    job.signal(signal.SIGTERM)
+    job.wait_event("job.stopping")
+    wait_for(lambda: time.time() > relaunched["time"] + CLIENT_WINDOW + 1, "the window's end")
+    assert not job.events("job.signalled")
+    go.touch()
+    assert job.wait() == 0
+    assert job.events("job.stopped")[0]["final_checkpoint"] is True
+    assert job.records("stop")[0]["attempt"] == 1

@@ -517,6 +517,20 @@ def test_a_stop_right_after_a_launch_waits_for_the_client_to_connect() -> None:
     assert isinstance(stopping, lc.Stopping) and stopping.stop.signal_at == NOW + 1.0
 
 
+def test_a_relaunch_of_a_job_with_the_client_gets_half_the_grace_to_connect() -> None:
+    """A job whose client connected to an earlier launch: a stop in the first half of the grace
+    after the relaunch waits until then for the client; later ones signal at once, as before."""
+    stopping, _ = RULES.advance(RULES.advance(lc.Starting(), ev.Launched(T, NOW - 4, True))[0],
+                                INPUTS["sigterm"])  # fmt: skip
+    assert isinstance(stopping, lc.Stopping) and stopping.stop.signal_at == NOW - 4 + 15
+    late = lc.Running(T, launched=NOW - 20, instrumented=True)
+    stopping, _ = RULES.advance(late, INPUTS["sigterm"])
+    assert isinstance(stopping, lc.Stopping) and stopping.stop.signal_at == NOW
+    plain = lc.Running(T, launched=NOW - 4)
+    stopping, _ = RULES.advance(plain, INPUTS["sigterm"])
+    assert isinstance(stopping, lc.Stopping) and stopping.stop.signal_at == NOW
+
+
 def test_the_ending_uploads_then_requeues_then_exits_with_the_outcome() -> None:
     """Upload, then requeue, once each; left local or a failed requeue exits FAILED."""
     reaping = lc.Reaping(T, SUCCESS, _stop(committed=True, requeue=True))
