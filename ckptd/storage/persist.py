@@ -16,7 +16,6 @@ import errno
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,11 +78,15 @@ class Pickup:
     error: str | None = None  # the destination failed: the RAM copy is kept for a retry
 
 
-def persist(source: Path, checkpoint_dir: Path, mode: int | None = None) -> Persisted:
+def persist(
+    source: Path, checkpoint_dir: Path, mode: int | None = None, deadline: float | None = None
+) -> Persisted:
     """Copy memory checkpoint ``source`` to ``checkpoint_dir/step-N``; raise PersistError.
 
     ``mode``: the mode of the new directory (its files: without the x bits); None keeps
     the umask's. A valid checkpoint of the same step already on disk is left as it is.
+    ``deadline`` (monotonic): a copy still going then is given up (PersistError, not
+    ``corrupt``: the RAM copy stays for a later run).
     """
     began = time.monotonic()
     try:
@@ -109,7 +112,7 @@ def persist(source: Path, checkpoint_dir: Path, mode: int | None = None) -> Pers
         if mode is not None:
             os.chmod(temp, mode)
         for entry in manifest.files:
-            digest = _copy_file(source, temp, entry.path, manifest.hash, mode)
+            digest = _copy_file(source, temp, entry.path, manifest.hash, mode, deadline)
             if digest != entry.digest:
                 why = f"{source}: {entry.path}: {manifest.hash} mismatch"
                 raise PersistError(why, corrupt=True)
@@ -132,8 +135,7 @@ def persist_newest(
     memory_dir: Path,
     checkpoint_dir: Path,
     mode: int | None = None,
-    *,
-    persist_one: Callable[[Path, Path, int | None], Persisted] = persist,
+    deadline: float | None = None,
 ) -> Pickup:
     """Persist the newest memory checkpoint newer than every valid one on disk.
 
@@ -151,7 +153,7 @@ def persist_newest(
             skipped.append(_discard(candidate, candidate.reason))
             continue
         try:
-            return Pickup(persist_one(candidate.path, checkpoint_dir, mode), skipped)
+            return Pickup(persist(candidate.path, checkpoint_dir, mode, deadline), skipped)
         except PersistError as exc:
             if not exc.corrupt:
                 return Pickup(None, skipped, str(exc))
@@ -179,7 +181,14 @@ def _open_below(root: Path, relative: str) -> int:
         os.close(fd)
 
 
-def _copy_file(source: Path, temp: Path, relative: str, algorithm: str, mode: int | None) -> str:
+def _copy_file(
+    source: Path,
+    temp: Path,
+    relative: str,
+    algorithm: str,
+    mode: int | None,
+    deadline: float | None,
+) -> str:
     """Copy one file, hashing what was read; return its digest."""
     target = temp / relative
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if mode is None else mode)
@@ -189,6 +198,8 @@ def _copy_file(source: Path, temp: Path, relative: str, algorithm: str, mode: in
         dst = os.open(target, _NEW_FILE, _file_mode(mode))
         try:
             while chunk := os.read(src, _CHUNK):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise PersistError("the deadline passed before the copy to disk ended")
                 hasher.update(chunk)
                 view = memoryview(chunk)
                 while view:

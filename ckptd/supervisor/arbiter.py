@@ -617,7 +617,7 @@ class Arbiter:
                 self._report_preemption(effect.stop)
         elif isinstance(effect, Persist):
             assert self.memory is not None
-            self.memory.persist_final()
+            self.memory.persist_final(effect.deadline)
         elif isinstance(effect, Flush):
             self.ending.flush(effect.deadline, preempted=self.preemption is not None)
         elif isinstance(effect, Requeue):

@@ -70,6 +70,7 @@ class MemoryCopy:
         self._failed_save: str | None = None
         self.fallbacks = 0
         self.disk_seconds: float | None = None  # the last save to disk (or copy): a final's cost
+        self.deadline: float | None = None  # a stop's: no copy to disk goes on past it
 
     @property
     def path(self) -> Path:
@@ -230,11 +231,13 @@ class MemoryCopy:
         (it reads only what is fixed at start), for after the job exited."""
         return persist_newest(self.path, self.config.checkpoint_dir, self.mode)
 
-    def persist_final(self) -> None:
-        """The job of a stop is gone: persist its final RAM checkpoint on the worker (FINAL)."""
+    def persist_final(self, deadline: float) -> None:
+        """The job of a stop is gone: persist its final RAM checkpoint on the worker (FINAL),
+        given up at ``deadline`` (monotonic; the RAM copy is then kept for the next run)."""
         place, disk, mode = self.path, self.config.checkpoint_dir, self.mode
         step = self.newest.step if self.newest is not None else None
-        self.background.submit(FINAL, lambda: _persist_final(place, disk, mode, step))
+        self.deadline = deadline
+        self.background.submit(FINAL, lambda: _persist_final(place, disk, mode, step, deadline))
 
     def on_final_persisted(self, finished: Finished) -> tuple[Persisted | None, bool]:
         """The final's persistence ended: the new disk checkpoint, and whether the disk now
@@ -251,7 +254,7 @@ class MemoryCopy:
 
         RAM is kept (with a warning) when that persistence failed: the next run picks it up.
         """
-        pickup = persist_newest(self.path, self.config.checkpoint_dir, self.mode)
+        pickup = persist_newest(self.path, self.config.checkpoint_dir, self.mode, self.deadline)
         self.report(pickup, why="at exit")
         if pickup.error is not None:
             self.events.emit(
@@ -301,9 +304,9 @@ class MemoryCopy:
 
 
 def _persist_final(
-    place: Path, disk: Path, mode: int | None, step: int | None
+    place: Path, disk: Path, mode: int | None, step: int | None, deadline: float
 ) -> tuple[Pickup, bool]:
     """On the worker: the newest RAM checkpoint persisted; whether the disk holds ``step``."""
-    pickup = persist_newest(place, disk, mode)
+    pickup = persist_newest(place, disk, mode, deadline)
     steps = [c.step for c in scan(disk) if c.valid]
     return pickup, step is None or (bool(steps) and max(steps) >= step)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,6 +194,21 @@ def test_a_failing_destination_keeps_the_ram_copy(tmp_path: Path) -> None:
     (tmp_path / "disk").write_text("a file where the checkpoint directory should be")
     pickup = persist_newest(ram, tmp_path / "disk")
     assert pickup.persisted is None and pickup.error and source.is_dir()
+
+
+def test_a_copy_past_its_deadline_is_given_up_and_the_ram_copy_kept(tmp_path: Path) -> None:
+    """A stop's deadline passes during the copy: nothing is left on disk, RAM keeps the
+    checkpoint (not corrupt: a later run persists it), and without a deadline it persists."""
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    source = _commit(ram, 9)
+    with pytest.raises(PersistError, match="deadline") as raised:
+        persist(source, disk, deadline=time.monotonic() - 1)
+    assert not raised.value.corrupt
+    assert scan(disk) == [] and [p.name for p in disk.iterdir()] == []
+    pickup = persist_newest(ram, disk, deadline=time.monotonic() - 1)
+    assert pickup.persisted is None and "deadline" in str(pickup.error) and source.is_dir()
+    assert persist(source, disk, deadline=time.monotonic() + 60).step == 9
+    assert inspect(disk / "step-00000009", full=True).valid
 
 
 # -- what RAM keeps --------------------------------------------------------------------
