@@ -29,6 +29,7 @@ def attempt_json(attempt: Attempt, spans: tuple[Span, ...]) -> dict[str, Any]:
         "resume_step": attempt.resume_step,
         "last_step": max(steps) if steps else None,
         "checkpoints": sum(1 for s in attempt.saves if s.committed),
+        "in_ram": sum(1 for s in attempt.saves if s.committed and s.tier == "memory"),
         "ended": ending(attempt),
         **{kind: round(sum(s.seconds for s in mine if s.kind == kind), 3) for kind in KINDS},
     }
@@ -81,10 +82,15 @@ def _row(a: dict[str, Any]) -> str:
         f"<tr><td>{a['index']}</td><td>{clock(a['launched'], True)}</td>"
         f"<td class='r'>{'fresh' if a['resume_step'] is None else a['resume_step']}</td>"
         f"<td class='r'>{'-' if a['last_step'] is None else a['last_step']}</td>"
-        f"<td class='r'>{a['checkpoints']}</td><td>{escape(a['ended'])}</td>"
+        f"<td class='r'>{_saves(a)}</td><td>{escape(a['ended'])}</td>"
         f"<td class='r'>{duration(a['productive'])}</td>"
         f"<td class='r{' bad' if lost > 0 else ''}'>{duration(lost)}</td></tr>"
     )
+
+
+def _saves(a: dict[str, Any]) -> str:
+    in_ram = a.get("in_ram", 0)
+    return f"{a['checkpoints']} ({in_ram} in RAM)" if in_ram else str(a["checkpoints"])
 
 
 def _summary_row(hidden: list[dict[str, Any]]) -> str:

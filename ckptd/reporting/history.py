@@ -105,6 +105,7 @@ class Save:
     seconds: float | None  # the save's own duration as the client measured it
     final: bool  # it answered the final request of a stop
     background: bool = False  # announced with its snapshot's stall: training went on
+    tier: str = "disk"  # "memory": committed in RAM, persisted to disk by ckptd afterwards
 
 
 @dataclass
@@ -328,6 +329,7 @@ def _end_save(attempt: Attempt, record: Record) -> None:
         seconds,
         final,
         background,
+        "memory" if record.get("tier") == "memory" else "disk",
     )
     if open_save is not None:
         attempt.saves[-1] = save

@@ -133,7 +133,17 @@ def _advice(accounting: Accounting, every: Any) -> str:
             "failure rate measured here."
         )
     each = duration(g.saving / max(len(committed), 1))
-    if committed and all(s.background for s in committed):
+    in_ram = [s for s in committed if s.tier == "memory"]
+    if in_ram:
+        on_disk = [s for s in committed if s.tier != "memory"]
+        ram_each = duration(sum(s.stall for s in in_ram) / len(in_ram))
+        disk_each = duration(sum(s.stall for s in on_disk) / max(len(on_disk), 1))
+        saving = (
+            f"Saves stalled training for {duration(g.saving)}: {len(in_ram)} in RAM (memory "
+            f"tier, {ram_each} each, persisted to disk by ckptd) and {len(on_disk)} to disk"
+            + (f" ({disk_each} each)." if on_disk else ".")
+        )
+    elif committed and all(s.background for s in committed):
         saving = (
             f"Saves stalled training for {duration(g.saving)} ({each} each) although they "
             "run in the background: the snapshot taken before training resumes is the cost."

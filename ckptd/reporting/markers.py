@@ -27,7 +27,7 @@ Scale = Callable[[float], float]
 
 def _shape(kind: str, x: float, y: float) -> tuple[str, str]:
     """The element and its geometry for a marker of ``kind``."""
-    if kind in ("ckpt", "ckpt-failed"):
+    if kind in ("ckpt", "ckpt-ram", "ckpt-failed"):
         return "circle", f"cx='{x:.1f}' cy='{y:.1f}' r='3.2'"
     paths = {
         "request": f"M{x - 4:.1f},{y - 3.5:.1f} h8 l-4,7 z",
@@ -86,18 +86,33 @@ def binned(marks: Iterable[Mark], width: float) -> list[str]:
 
 
 def dot_marks(accounting: Accounting, x: Scale, y: Scale) -> Iterable[Mark]:
-    """Saves, on the progress line."""
+    """Saves, on the progress line; those of the memory tier say when ckptd persisted them."""
+    persisted = {
+        record.get("step"): record["time"]
+        for attempt in accounting.history.attempts
+        for record in attempt.records
+        if record["event"] == "checkpoint.persisted"
+    }
     for attempt in accounting.history.attempts:
         for save in attempt.saves:
             if save.ended is None:
                 continue
-            what = "checkpoint" if save.committed else "failed save"
+            in_ram = save.committed and save.tier == "memory"
+            what = "checkpoint in RAM" if in_ram else "checkpoint"
+            what = what if save.committed else "failed save"
             title = (
                 f"{what} step {save.step} at {clock(save.ended)}, "
                 f"{duration(save.ended - save.started)}"
             )
+            if in_ram:
+                copied = persisted.get(save.step)
+                title += (
+                    f", persisted to disk at {clock(copied)}"
+                    if copied is not None
+                    else ", not persisted to disk"
+                )
             step = save.step if save.step is not None else 0
-            kind = "ckpt" if save.committed else "ckpt-failed"
+            kind = ("ckpt-ram" if in_ram else "ckpt") if save.committed else "ckpt-failed"
             yield Mark(kind, x(save.ended), y(step), save.ended, title, what, 0, save.step)
 
 
@@ -148,6 +163,7 @@ def legend() -> str:
     items += [
         "<span><span class='swatch offline'></span>offline</span>",
         f"<span>{symbol('ckpt')}checkpoint</span>",
+        f"<span>{symbol('ckpt-ram')}checkpoint in RAM (memory tier)</span>",
         f"<span>{symbol('ckpt-failed')}failed save</span>",
         f"<span>{symbol('request')}request</span>",
         f"<span>{symbol('preempt')}preemption notice</span>",

@@ -73,6 +73,7 @@ svg .progress.kept { stroke: #2e9d5b; }
 svg .progress.lost { stroke: #d64545; stroke-dasharray: 5 3; }
 svg .progress.unsaved { stroke: #e98a8a; stroke-dasharray: 2 3; }
 svg .ckpt { fill: #1f6f43; stroke: #fff; stroke-width: 1; }
+svg .ckpt-ram { fill: #8fd3b0; stroke: #1f6f43; stroke-width: 1.5; }
 svg .ckpt-failed { fill: #fff; stroke: #d64545; stroke-width: 2; }
 svg .request { fill: #8a94a0; } svg .preempt { fill: #e07b00; }
 svg .crash { stroke: #c53030; stroke-width: 2.5; fill: none; }

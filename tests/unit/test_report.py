@@ -156,3 +156,27 @@ def test_report_skips_lines_with_impossible_numbers(tmp_path: Path) -> None:
         pages.append(_embedded((run_dir.parent / "page.html").read_text()))
     assert pages[1]["attempts"] == pages[0]["attempts"]
     assert pages[1]["goodput"] == pages[0]["goodput"]
+
+
+def test_the_memory_tier_s_saves_are_told_apart_from_the_disk_s() -> None:
+    """A save to RAM has its own marker, saying when ckptd persisted it (or that it did not);
+    the attempts table counts them and the advice gives each tier's stall."""
+    started = {"event": "job.started", "attempt": 0, "step": None, "resume_step": None}
+    records: list[dict[str, object]] = [{"time": 0.0, **started}]
+    for t, step, tier in ((10.0, 100, "memory"), (20.0, 200, "disk"), (30.0, 300, "memory")):
+        records += [
+            {"time": t, "event": "job.progress", "attempt": 0, "step": step},
+            {"time": t, "event": "checkpoint.started", "attempt": 0, "step": step},
+            {"time": t + 0.5, "event": "checkpoint.committed", "attempt": 0, "step": step,
+             "seconds": 0.5, "tier": tier},
+        ]  # fmt: skip
+    records.insert(4, {"time": 12.0, "event": "checkpoint.persisted", "attempt": 0, "step": 100})
+    page = _page(records)
+    ram = re.findall(r"<circle class='ckpt-ram'[^>]*><title>([^<]*)</title>", page)
+    assert len(ram) == 2, ram
+    assert "checkpoint in RAM step 100" in ram[0] and "persisted to disk at" in ram[0]
+    assert "checkpoint in RAM step 300" in ram[1] and "not persisted to disk" in ram[1]
+    assert len(re.findall(r"<circle class='ckpt' [^>]*><title>", page)) == 1
+    assert "checkpoint in RAM (memory tier)" in page  # the legend
+    assert "<td class='r'>3 (2 in RAM)</td>" in page
+    assert "2 in RAM (memory tier, 0.5 s each" in page and "1 to disk (0.5 s each)" in page
