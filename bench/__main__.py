@@ -16,7 +16,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import latency, memory_tier, overhead, remote, report, restarts, signing, storage
+from . import (
+    latency,
+    memory_resume,
+    memory_tier,
+    overhead,
+    remote,
+    report,
+    restarts,
+    signing,
+    storage,
+)
 from .harness import Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +51,7 @@ def main() -> int:
     try:
         for name in (
             "requests", "sigterm", "restarts", "cpu", "throughput", "storage", "async", "remote",
-            "memory", "signing",
+            "memory", "resume", "signing",
         ):  # fmt: skip
             (work / name).mkdir()
         steps = [
@@ -65,6 +75,10 @@ def main() -> int:
             ),
             ("save_async", lambda: [storage.async_row(work / "async", size, async_rounds)]),
             ("memory tier", lambda: memory_tier.stall_rows(work / "memory", size, rounds)),
+            (
+                "memory tier resume",
+                lambda: [memory_resume.resume_row(work / "resume", size, 1 if quick else 4)],
+            ),
             ("remote store", lambda: remote.remote_rows(work / "remote", size, remote_rounds)),
             (
                 "signing",

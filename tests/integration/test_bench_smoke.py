@@ -37,6 +37,7 @@ def test_bench_quick_fills_every_row(tmp_path: Path) -> None:
         "save_async",
         "memory-tier save",
         "memory tier vs disk",
+        "first step again",
         "signing a",
     ):
         assert any(expected in figure for figure in figures), expected
