@@ -31,6 +31,7 @@ class Origin(enum.Enum):
     CONTROL = "control"
     CLOUD = "cloud"
     REMOTE = "remote"  # the remote store: fenced by another daemon, or ahead of the job
+    GROUP = "group"  # another node of a torchrun job: its stop reached this node's ranks
 
 
 class Reply(Protocol):

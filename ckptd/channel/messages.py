@@ -69,6 +69,7 @@ class Committed:
     bytes: int | None
     seconds: float | None
     reused: bool
+    final: bool = False  # a group save of a final round (the stop may be another node's)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def _committed(raw: dict[str, Any], step: int | None, ids: Ids) -> Committed:
         bytes=_count(raw.get("bytes")),
         seconds=_seconds(raw.get("seconds")),
         reused=bool(raw.get("reused")),
+        final=raw.get("final") is True,
     )
 
 

@@ -1012,6 +1012,14 @@ class Arbiter:
                 self.restarts_without_progress = 0
             if ack.final:
                 self._advance(FinalCommitted(in_ram=in_ram))
+            elif message.final and self.stop is None and isinstance(self.phase, Running):
+                # Another node's stop, taken by this node's ranks too: they end on their own,
+                # and however their processes exit, this is a stop with its final checkpoint.
+                self._advance(
+                    StopRequested(
+                        "a stop on another node", Intent.STOP, Origin.GROUP, now, answered=True
+                    )
+                )
             if self.stop is None and not in_ram:
                 self.timer.reset(now)
             if not message.reused:

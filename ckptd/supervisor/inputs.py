@@ -69,6 +69,7 @@ class StopRequested:
     requeue: bool = False
     why: str | None = None  # a stop for good that job.stopped names: fenced, diverged, early_stop
     waiter: Waiter | None = None
+    answered: bool = False  # its final checkpoint is committed already (another node's stop)
 
 
 @dataclass(frozen=True)

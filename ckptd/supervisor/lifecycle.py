@@ -297,6 +297,8 @@ class Lifecycle:
         effects: Effects = [PauseTimer(), Announce(stop)]
         if stop.intent is Intent.HANG:
             return Stopping(phase.trainer, stop.force(now)), [*effects, Terminate("hang")]
+        if r.answered:  # the ranks took another node's stop: they end on their own
+            return Stopping(phase.trainer, replace(stop, committed=True)), effects
         # Half the grace at most: a plain job must still get stop_signal before the deadline.
         window = max(CLIENT_WINDOW, self.grace / 2) if phase.instrumented else CLIENT_WINDOW
         wait = min(phase.launched + window - now, (stop.deadline - now) / 2)

@@ -370,7 +370,8 @@ def _group_save_ended(s: State, e: GroupSaveEnded) -> Transition:
     if not e.report:
         return state, ()
     if e.commit is not None:
-        return state, (Send("committed", {"ids": list(e.ids), **e.commit.fields()}),)
+        final = {"final": True} if e.final else {}  # the daemon may not know: another node's stop
+        return state, (Send("committed", {"ids": list(e.ids), **e.commit.fields(), **final}),)
     return state, (Send("failed", {"ids": list(e.ids), "step": e.step, "error": e.error}),)
 
 

@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--stall-commit", default="")
+    parser.add_argument(
+        "--exit-after-stop", type=int, default=None, help="end so after a stop (a teardown abort)"
+    )
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -93,6 +96,9 @@ def main() -> None:
             args.fail_rank = -1
         if ck.should_stop():
             record("stop", step=step)
+            if args.exit_after_stop is not None:
+                ck.close()
+                os._exit(args.exit_after_stop)
             break
     else:
         ck.wait()

@@ -86,6 +86,27 @@ def ranks_by_node(nodes: Nodes, launch: int) -> list[int]:
     return [node.records("start")[launch]["rank"] for node in nodes.nodes]
 
 
+def test_a_node_whose_ranks_took_another_node_s_stop_stops_however_they_exit(
+    local_nodes: Nodes,
+) -> None:
+    """SIGTERM to node a; node b's rank takes the stop at the same step, then its process ends
+    with status 1 (gloo aborting in the teardown does that): b's ckptd counts a stop with its
+    final checkpoint (exit 0), never a crash to relaunch into a rendezvous nobody joins."""
+    a, b = local_nodes.nodes
+    local_nodes.start("--exit-after-stop", "1")
+    local_nodes.wait_connected()
+    a.signal(signal.SIGTERM)
+    assert [node.wait() for node in (a, b)] == [0, 0]
+    stops = {row["rank"]: row["step"] for row in local_nodes.records("stop")}
+    assert set(stops) == {0, 1} and len(set(stops.values())) == 1, stops
+    stopping = b.events("job.stopping")
+    assert [e["reason"] for e in stopping] == ["a stop on another node"]
+    assert b.events("job.exited")[0]["exit_code"] == 1
+    stopped = b.events("job.stopped")[0]
+    assert stopped["final_checkpoint"] is True and stopped["exit_code"] == 0
+    assert len(b.events("job.started")) == 1 and not b.events("job.restarting")
+
+
 def test_node_local_directories_resume_at_the_newest_step_every_rank_has(
     local_nodes: Nodes, tmp_path: Path
 ) -> None:

@@ -42,6 +42,9 @@ def test_every_client_type_parses_into_its_frozen_value() -> None:
         5, ("a", "b"), path="/c/step-5", metrics={"loss": 0.5}, bytes=10, seconds=1.0,
         reused=False,
     )  # fmt: skip
+    final = _frame("committed", ids=["a"], step=5, reused=False, final=True)
+    assert parse(final).final is True  # a group save of a final round (maybe another node's)
+    assert parse(_frame("committed", ids=["a"], step=5, final=1)).final is False
     assert parse(_frame("failed", ids=["a"], step=5, error="disk full")) == Failed(
         5, ("a",), "disk full"
     )

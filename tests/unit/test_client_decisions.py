@@ -390,7 +390,7 @@ ROWS: list[tuple[str, State, Event, dict[str, Any], tuple[Effect, ...]]] = [
         replace(GROUP, saving=Saving(5, ("f",), True)),
         GroupSaveEnded(5, ("f",), True, C5),
         {"saving": None, "stop": True, "last": C5},
-        (_committed(["f"], C5),),
+        (Send("committed", {"ids": ["f"], **C5.fields(), "final": True}),),
     ),
     (
         "group: another rank committed; the daemon knows, nothing is said",

@@ -629,3 +629,18 @@ def test_the_strongest_reason_to_end_for_good_names_the_exit_status() -> None:
     assert stop.why == "fenced" and stop.exit_code(SUCCESS, "SIGTERM") == exit_codes.FENCED
     stop, _ = stop.supersede("early", Intent.STOP, Origin.TIMER, NOW + 30, why="early_stop")
     assert stop.why == "fenced"
+
+
+def test_another_node_s_stop_is_a_stop_with_its_final_committed_however_the_job_exits() -> None:
+    """The ranks took another node's stop and committed its final save: no final request,
+    no stop_signal; the job's exit (status 1: gloo aborting in the teardown) ends in exit 0."""
+    taken = ev.StopRequested(
+        "a stop on another node", Intent.STOP, Origin.GROUP, NOW, answered=True
+    )
+    stopping, effects = RULES.advance(lc.Running(T, launched=NOW - 60), taken)
+    assert isinstance(stopping, lc.Stopping)
+    assert stopping.stop.committed and stopping.stop.signal_at is None
+    assert [type(e) for e in effects] == [fx.PauseTimer, fx.Announce]
+    reaping, _ = RULES.advance(stopping, ev.JobExited(FAILURE))
+    ending, _ = dataclasses.replace(RULES, remote=False).advance(reaping, INPUTS["reaped"])
+    assert isinstance(ending, lc.Exited) and ending.code == 0
