@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,8 +81,8 @@ def _one(base: Path, size: int, memory: bool) -> tuple[float, float, float]:
     record = base / "record.jsonl"
     command = [sys.executable, str(script), str(record), str(size)]
     options = ["--restart-delay", "0", "--grace", "120s"]
+    ram = Path("/dev/shm") / f"ckptd-bench-resume-{os.getpid()}-{base.name}"
     if memory:
-        ram = Path("/dev/shm") / f"ckptd-bench-resume-{os.getpid()}-{base.name}"
         options += ["--memory-every", "2s", "--every", "1h", "--memory-dir", str(ram)]
         options += ["--memory-keep", "1"]
     daemon = start_ckptd(base, command, *options)
@@ -121,6 +122,7 @@ def _one(base: Path, size: int, memory: bool) -> tuple[float, float, float]:
         return again["t"] - killed, started["time"] - killed, again["load"]
     finally:
         stop(daemon)
+        shutil.rmtree(ram, ignore_errors=True)  # a named memory_dir is emptied, not removed
 
 
 def resume_row(base: Path, size: int, rounds: int) -> Row:

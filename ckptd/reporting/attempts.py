@@ -89,7 +89,7 @@ def _row(a: dict[str, Any]) -> str:
 
 
 def _saves(a: dict[str, Any]) -> str:
-    in_ram = a.get("in_ram", 0)
+    in_ram = a["in_ram"]
     return f"{a['checkpoints']} ({in_ram} in RAM)" if in_ram else str(a["checkpoints"])
 
 

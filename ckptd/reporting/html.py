@@ -16,6 +16,7 @@ from ckptd.reporting.attempts import attempt_json, attempt_table
 from ckptd.reporting.curve_chart import metric_section
 from ckptd.reporting.curves import curves_of
 from ckptd.reporting.goodput import KINDS, Accounting
+from ckptd.reporting.history import Save
 from ckptd.reporting.markers import legend
 from ckptd.reporting.style import COLORS, LABELS, STYLE, clock, duration, escape
 from ckptd.reporting.timeline import timeline
@@ -136,12 +137,14 @@ def _advice(accounting: Accounting, every: Any) -> str:
     in_ram = [s for s in committed if s.tier == "memory"]
     if in_ram:
         on_disk = [s for s in committed if s.tier != "memory"]
-        ram_each = duration(sum(s.stall for s in in_ram) / len(in_ram))
-        disk_each = duration(sum(s.stall for s in on_disk) / max(len(on_disk), 1))
+
+        def each_of(saves: list[Save]) -> str:
+            return duration(sum(s.stall for s in saves) / len(saves))
+
         saving = (
             f"Saves stalled training for {duration(g.saving)}: {len(in_ram)} in RAM (memory "
-            f"tier, {ram_each} each, persisted to disk by ckptd) and {len(on_disk)} to disk"
-            + (f" ({disk_each} each)." if on_disk else ".")
+            f"tier, {each_of(in_ram)} each, persisted to disk by ckptd) and {len(on_disk)} to "
+            "disk" + (f" ({each_of(on_disk)} each)." if on_disk else ".")
         )
     elif committed and all(s.background for s in committed):
         saving = (

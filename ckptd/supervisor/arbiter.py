@@ -1012,7 +1012,7 @@ class Arbiter:
                 self.restarts_without_progress = 0
             if ack.final:
                 self._advance(FinalCommitted(in_ram=in_ram))
-            elif message.final and self.stop is None and isinstance(self.phase, Running):
+            elif message.final and isinstance(self.phase, Running):
                 # Another node's stop, taken by this node's ranks too: they end on their own,
                 # and however their processes exit, this is a stop with its final checkpoint.
                 self._advance(
