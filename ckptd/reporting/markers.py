@@ -87,10 +87,10 @@ def binned(marks: Iterable[Mark], width: float) -> list[str]:
 
 def dot_marks(accounting: Accounting, x: Scale, y: Scale) -> Iterable[Mark]:
     """Saves, on the progress line; those of the memory tier say when ckptd persisted them."""
-    persisted = {
+    persisted = {  # from the whole log: a copy made once the job is gone is in no attempt
         record.get("step"): record["time"]
-        for attempt in accounting.history.attempts
-        for record in attempt.records
+        for run in accounting.history.runs
+        for record in run.records
         if record["event"] == "checkpoint.persisted"
     }
     for attempt in accounting.history.attempts:

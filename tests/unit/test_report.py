@@ -180,3 +180,22 @@ def test_the_memory_tier_s_saves_are_told_apart_from_the_disk_s() -> None:
     assert "checkpoint in RAM (memory tier)" in page  # the legend
     assert "<td class='r'>3 (2 in RAM)</td>" in page
     assert "2 in RAM (memory tier, 0.5 s each" in page and "1 to disk (0.5 s each)" in page
+
+
+def test_a_ram_save_persisted_after_its_job_ended_is_shown_persisted() -> None:
+    """The final save of a stop in RAM is persisted once the job is gone (after job.exited):
+    its marker still says when."""
+    records: list[dict[str, object]] = [
+        {"time": 0.0, "event": "job.started", "attempt": 0, "step": None, "resume_step": None},
+        {"time": 10.0, "event": "job.progress", "attempt": 0, "step": 100},
+        {"time": 10.0, "event": "job.stopping", "attempt": 0, "step": 100, "kind": "stop"},
+        {"time": 10.0, "event": "checkpoint.started", "attempt": 0, "step": 100},
+        {"time": 10.5, "event": "checkpoint.committed", "attempt": 0, "step": 100,
+         "seconds": 0.5, "tier": "memory"},
+        {"time": 11.0, "event": "job.exited", "attempt": 0, "step": 100, "status": "exit code 0"},
+        {"time": 11.5, "event": "checkpoint.persisted", "attempt": 0, "step": 100},
+        {"time": 12.0, "event": "ckptd.exiting", "attempt": 0, "step": 100, "exit_code": 0},
+    ]  # fmt: skip
+    page = _page(records)
+    ram = re.findall(r"<circle class='ckpt-ram'[^>]*><title>([^<]*)</title>", page)
+    assert len(ram) == 1 and "persisted to disk at" in ram[0], ram
