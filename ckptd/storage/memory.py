@@ -9,7 +9,8 @@ picks a disk-backed directory by itself: without a RAM filesystem and without
 on the job's name and its ``checkpoint_dir``, so that the next ``ckptd run`` of the same job
 (after a daemon crash) finds the same copies.
 
-The rest (:func:`prune`, :func:`clear`, :func:`room_for`) runs on the background worker.
+The rest (:func:`prune`, :func:`clear`) runs on the background worker; whether a save still
+fits in RAM is :func:`ckptd_client.ram.room_for`.
 Nothing here follows a symlink: a directory in the way that is a link, or not ours, is an
 error.
 """
@@ -20,10 +21,11 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ckptd_client._group_parts import DIRECTORY_ID
 from ckptd_client.manifest import (
     TMP_PREFIX,
     ManifestError,
@@ -35,7 +37,6 @@ from ckptd_client.store import Checkpoint, inspect, is_checkpoint_name, scan
 
 RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 _ROOT_DIR = "ckptd-{uid}"  # below a world-writable RAM root: one private directory per user
-_HEADROOM = 64 << 20  # a RAM save must leave this much of the filesystem and of MemAvailable
 
 
 class MemoryPlaceError(ValueError):
@@ -212,6 +213,8 @@ def clear(place: MemoryPlace) -> None:
     except OSError:
         return
     for entry in entries:
+        if entry.name == DIRECTORY_ID and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)  # the ranks of several nodes name the directory so
         if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
             continue
         if is_checkpoint_name(entry.name) or entry.name.startswith(TMP_PREFIX):
@@ -222,39 +225,3 @@ def clear(place: MemoryPlace) -> None:
                 os.rmdir(directory)
             except OSError:
                 return  # something of the user's (or another job) is in it: left alone
-
-
-def room_for(
-    memory_dir: Path,
-    size: int,
-    available: Callable[[], int | None] | None = None,
-) -> str | None:
-    """None when a checkpoint of ``size`` bytes fits in RAM; else why it does not.
-
-    Counts the free space of ``memory_dir``'s filesystem and ``MemAvailable`` (a tmpfs is
-    paid for in memory), each less a headroom, so that a save never fills ``/dev/shm`` nor
-    drives the machine into the OOM killer.
-    """
-    try:
-        info = os.statvfs(memory_dir)
-    except OSError as exc:
-        return f"{memory_dir}: {exc.strerror}"
-    free = info.f_bavail * info.f_frsize
-    if free - _HEADROOM < size:
-        return f"{memory_dir} has {free >> 20} MiB free, the last checkpoint took {size >> 20} MiB"
-    memory = (available or mem_available)()
-    if memory is not None and memory - _HEADROOM < size:
-        return f"MemAvailable is {memory >> 20} MiB, the last checkpoint took {size >> 20} MiB"
-    return None
-
-
-def mem_available() -> int | None:
-    """``MemAvailable`` of /proc/meminfo in bytes; None where it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None

@@ -26,6 +26,7 @@ from ckptd_client.manifest import (
     ManifestError,
     checkpoint_name,
     fsync_dir,
+    move_into_place,
     new_temp_dir,
     read_manifest_bytes,
     verify,
@@ -69,13 +70,14 @@ class Skipped:
     why: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Pickup:
     """What persisting the newest memory checkpoint newer than the disk's found and did."""
 
     persisted: Persisted | None = None
     skipped: list[Skipped] = field(default_factory=list)
     error: str | None = None  # the destination failed: the RAM copy is kept for a retry
+    older: list[Persisted] = field(default_factory=list)  # with ``every_newer``, newest first
 
 
 def persist(
@@ -84,7 +86,9 @@ def persist(
     """Copy memory checkpoint ``source`` to ``checkpoint_dir/step-N``; raise PersistError.
 
     ``mode``: the mode of the new directory (its files: without the x bits); None keeps
-    the umask's. A valid checkpoint of the same step already on disk is left as it is.
+    the umask's. The same checkpoint already on disk (its manifest byte for byte) is left
+    as it is; another one of that step (a step the nodes passed over, saved again since)
+    is replaced.
     ``deadline`` (monotonic): a copy still going then is given up (PersistError, not
     ``corrupt``: the RAM copy stays for a later run).
     """
@@ -101,9 +105,10 @@ def persist(
         raise PersistError(f"{source}: cannot check {manifest.hash} here", corrupt=True)
     final = checkpoint_dir / checkpoint_name(manifest.step)
     if os.path.lexists(final):
-        if verify(final, full=False).ok:
+        if os.path.islink(final) or not os.path.isdir(final):
+            raise PersistError(f"{final} exists and is not a checkpoint directory")
+        if _same_manifest(final, raw) and verify(final, full=False).ok:
             return Persisted(manifest.step, source, final, manifest.size, 0.0, copied=False)
-        raise PersistError(f"{final} exists and is not a valid checkpoint")
     try:
         temp = new_temp_dir(checkpoint_dir, manifest.step)
     except OSError as exc:
@@ -119,8 +124,7 @@ def persist(
         _write_new(temp / MANIFEST_NAME, raw, mode)
         for directory in _directories(temp):
             fsync_dir(directory)
-        os.rename(temp, final)  # refuses to replace a non-empty step-N that appeared meanwhile
-        fsync_dir(checkpoint_dir)
+        move_into_place(temp, final)
     except PersistError:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -136,29 +140,48 @@ def persist_newest(
     checkpoint_dir: Path,
     mode: int | None = None,
     deadline: float | None = None,
+    *,
+    every_newer: bool = False,
 ) -> Pickup:
     """Persist the newest memory checkpoint newer than every valid one on disk.
 
     Newest first: one that does not verify is skipped (and removed from RAM: it can never
     be used) and the next older one tried, down to the newest on disk. A destination
     failure ends the attempt with ``error`` and leaves the RAM copies as they are.
+    ``every_newer``: the older ones newer than the disk's go too (``older``): a node of
+    several, whose newest part another node may lack, resumes from an older step.
     """
     on_disk = [c.step for c in scan(checkpoint_dir) if c.valid]
     floor = max(on_disk) if on_disk else -1
-    skipped: list[Skipped] = []
+    pickup = Pickup()
     for candidate in reversed(scan(memory_dir)):
         if candidate.step <= floor:
             break
         if not candidate.valid:
-            skipped.append(_discard(candidate, candidate.reason))
+            pickup.skipped.append(_discard(candidate, candidate.reason))
             continue
         try:
-            return Pickup(persist(candidate.path, checkpoint_dir, mode, deadline), skipped)
+            done = persist(candidate.path, checkpoint_dir, mode, deadline)
         except PersistError as exc:
             if not exc.corrupt:
-                return Pickup(None, skipped, str(exc))
-            skipped.append(_discard(candidate, str(exc)))
-    return Pickup(None, skipped)
+                pickup.error = str(exc)
+                return pickup
+            pickup.skipped.append(_discard(candidate, str(exc)))
+            continue
+        if pickup.persisted is None:
+            pickup.persisted = done
+        else:
+            pickup.older.append(done)
+        if not every_newer:
+            break
+    return pickup
+
+
+def _same_manifest(path: Path, raw: bytes) -> bool:
+    try:
+        return read_manifest_bytes(path) == raw
+    except (OSError, ManifestError):
+        return False
 
 
 def _discard(candidate: Checkpoint, why: str) -> Skipped:

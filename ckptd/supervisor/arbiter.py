@@ -580,7 +580,7 @@ class Arbiter:
             wall_deadline = time.time() + (stop.deadline - time.monotonic())
             tier = "disk"
             if self.memory is not None and effect.save:  # RAM first, then persisted (Ending)
-                tier = self.memory.tier(group=self.desk.group.active)
+                tier = self.memory.tier()
             if self.desk.request_final(
                 stop.final_id, stop.reason, effect.origin, wall_deadline, effect.save, tier
             ):
@@ -927,7 +927,7 @@ class Arbiter:
             self._advance(HangFound(overdue))
         elif self.memory is not None and self.memory.due(now):
             request = Request(Action.CHECKPOINT, Origin.TIMER, "memory_every")
-            self._request_checkpoint(request, tier=self.memory.tier(group=self.desk.group.active))
+            self._request_checkpoint(request, tier=self.memory.tier())
         elif self.timer.is_due(now):
             self.timer.reset(now)
             if self.memory is not None:  # the disk tier is fed from RAM, not by the job

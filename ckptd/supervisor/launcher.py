@@ -171,12 +171,15 @@ class Launcher:
             return None
         removed += remove_temporaries(self.memory_dir)  # the job is held down: none is live
         mode = int(self.config.checkpoint_mode, 8) if self.config.checkpoint_mode else None
-        pickup = persist_newest(self.memory_dir, self.config.checkpoint_dir, mode)
+        several = node_group(self.config.job_id, self.config.command) is not None
+        pickup = persist_newest(
+            self.memory_dir, self.config.checkpoint_dir, mode, every_newer=several
+        )
         signer = signer_of(self.config.integrity)
-        done = pickup.persisted
-        if signer is not None and done is not None and done.copied:
-            # An error leaves it unsigned: refused below with a verify key, and reported then.
-            sign_then_upload(signer, done.path, done.step, None)
+        for done in [pickup.persisted, *pickup.older]:
+            if signer is not None and done is not None and done.copied:
+                # An error leaves it unsigned: refused below with a verify key, reported then.
+                sign_then_upload(signer, done.path, done.step, None)
         return pickup
 
     def _from_ram(self, resume: Checkpoint | None) -> Checkpoint | None:
@@ -276,6 +279,7 @@ class Launcher:
             protocol.ENV_CHECKPOINT_MODE: self.config.checkpoint_mode or "",
             protocol.ENV_REPORT_EVERY: f"{report_interval(self.config):g}",
             protocol.ENV_LINEAGE: lineage or new_lineage_id(),
+            protocol.ENV_MEMORY_DIR: str(self.memory_dir) if self.memory_dir is not None else "",
             ENV_SKIP_STEPS: self.skip_steps or self.config.env.get(ENV_SKIP_STEPS, ""),
             ENV_STACKS_FILE: str(stacks_file(self.run_dir.path, self.attempt)),
         }

@@ -22,9 +22,10 @@ from ckptd.events import EventLog
 from ckptd.progress.memory_interval import MemoryInterval
 from ckptd.sources.timer import PeriodicTimer
 from ckptd.storage.job_identity import node_group
-from ckptd.storage.memory import MemoryPlace, clear, find_place, prune, room_for
+from ckptd.storage.memory import MemoryPlace, clear, find_place, prune
 from ckptd.storage.persist import Persisted, Pickup, persist_newest
 from ckptd.supervisor.background import Background, Finished
+from ckptd_client.ram import room_for
 from ckptd_client.store import scan
 
 PERSISTED = "memory_persisted"  # Background tags whose Finished values come back here
@@ -58,7 +59,9 @@ class MemoryCopy:
         fixed = config.memory_every if isinstance(config.memory_every, float) else None
         self.timer = PeriodicTimer(self.auto.every if self.auto else fixed)
         self.each_commit = config.every is None  # no disk interval: persist every RAM save
-        self.several_nodes = node_group(config.job_id, config.command) is not None
+        # A node of several persists every RAM step newer than its disk before a relaunch:
+        # the other nodes may lack its newest, and the ranks resume from a step all have.
+        self.every_newer = node_group(config.job_id, config.command) is not None
         self.mode = int(config.checkpoint_mode, 8) if config.checkpoint_mode else None
         self.newest: _Newest | None = None
         self.persisted_step: int | None = None
@@ -109,16 +112,14 @@ class MemoryCopy:
         self.timer.reset(now)
         return True
 
-    def tier(self, *, group: bool = False) -> str:
+    def tier(self) -> str:
         """The tier of the next memory-timer request: ``memory``, or ``disk`` with an event.
 
-        ``group``: the ranks of a torchrun group share one step directory, in the node's RAM
-        when they all run on this node; the ranks of several nodes save to disk.
+        The ranks of several nodes check their own node's RAM again (a round may be another
+        node's), and save to disk when the nodes share ``checkpoint_dir``.
         """
         why = None
-        if group and self.several_nodes:
-            why = "the ranks of several nodes save to disk (memory tier: one node only)"
-        elif self._failed_save is not None:
+        if self._failed_save is not None:
             why = f"the last memory save failed: {self._failed_save}"
             self._failed_save = None  # RAM is tried again after this one
         elif self.newest is not None:
@@ -213,23 +214,31 @@ class MemoryCopy:
             )  # fmt: skip
         if pickup.error is not None:
             self.events.emit("checkpoint.persist_failed", level="error", error=pickup.error)
+        for older in pickup.older:
+            self._persisted(older, why)
         done = pickup.persisted
         if done is None or not done.copied:
             if done is not None:
                 self._note_on_disk(done.step)
             return None
-        self._note_on_disk(done.step)
         self.disk_seconds = done.seconds if self.disk_seconds is None else self.disk_seconds
-        self.events.emit(
-            "checkpoint.persisted", step=done.step, path=str(done.path), source=str(done.source),
-            bytes=done.bytes, seconds=round(done.seconds, 6), tier="disk", why=why,
-        )  # fmt: skip
+        self._persisted(done, why)
         return done
+
+    def _persisted(self, done: Persisted, why: str) -> None:
+        self._note_on_disk(done.step)
+        if done.copied:
+            self.events.emit(
+                "checkpoint.persisted", step=done.step, path=str(done.path),
+                source=str(done.source), bytes=done.bytes, seconds=round(done.seconds, 6),
+                tier="disk", why=why,
+            )  # fmt: skip
 
     def persist_blocking(self) -> Pickup:
         """The newest RAM checkpoint newer than the disk's, persisted now; safe on the worker
         (it reads only what is fixed at start), for after the job exited."""
-        return persist_newest(self.path, self.config.checkpoint_dir, self.mode)
+        disk, every_newer = self.config.checkpoint_dir, self.every_newer
+        return persist_newest(self.path, disk, self.mode, every_newer=every_newer)
 
     def persist_final(self, deadline: float) -> None:
         """The job of a stop is gone: persist its final RAM checkpoint on the worker (FINAL),

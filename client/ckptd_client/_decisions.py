@@ -174,6 +174,7 @@ class GroupSaveStarted:
     step: int
     ids: tuple[str, ...]
     final: bool
+    fallback: str | None = None  # why this node's part of a memory round went to disk
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,10 @@ def _transition(s: State, event: Event) -> Transition:
                 requests=tuple(r for r in s.requests if r.id != rid),
                 stop=s.stop or any(r.final for r in answered),
             ), ()
-        case GroupSaveStarted(step, ids, final):
+        case GroupSaveStarted(step, ids, final, fallback):
+            where = {"tier": "disk", "fallback": fallback} if fallback else {}
             return replace(s, saving=Saving(step, ids, final)), (
-                Send("started", {"ids": list(ids), "step": step}),
+                Send("started", {"ids": list(ids), "step": step, **where}),
             )
         case GroupSaveEnded():
             return _group_save_ended(s, event)

@@ -68,7 +68,8 @@ class Round:
     save: bool
     agreed: int | None = None
     claimed: bool = False  # a save of it has begun: no longer due on any later step
-    memory_dir: str | None = None  # every request of it asked for the memory tier (one node)
+    memory_dir: str | None = None  # where this node's part goes when it is saved in RAM
+    fallback: str | None = None  # why this node's part of a memory round goes to disk
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,8 @@ class Rounds:
         """Take a request; return True when it is answered already (stop now, if final).
 
         A request of the memory tier puts the shared directory below ``memory_dir`` (the
-        node's RAM) when the group runs on one node; the ranks of several nodes save to disk.
+        node's RAM).
         """
-        if self.group.nodes:
-            memory_dir = None
         with self._cond:
             current = self.current
             if current is not None and (rid in current.ids or joins in current.ids):
@@ -151,6 +150,11 @@ class Rounds:
         """The memory directory of the round under way, if it saves to RAM."""
         with self._cond:
             return self.current.memory_dir if self.current is not None else None
+
+    def fallback(self) -> str | None:
+        """Why the round under way saves this node's part to disk, though asked for RAM."""
+        with self._cond:
+            return self.current.fallback if self.current is not None else None
 
     def on_agreed(self, rid: str, step: int) -> None:
         with self._cond:

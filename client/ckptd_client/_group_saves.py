@@ -40,8 +40,11 @@ class GroupSaves:
         settle: Settle,
     ) -> GroupSaves:
         """The saves of ``group``'s rank; ranks on several nodes agree through the store."""
-        kind = StoreRounds if group.nodes else Rounds
-        return cls(kind(group, send, step), send, checkpoint_dir, lineage, settle)
+        if group.nodes:
+            rounds: Rounds = StoreRounds(group, send, step, checkpoint_dir=checkpoint_dir)
+        else:
+            rounds = Rounds(group, send, step)
+        return cls(rounds, send, checkpoint_dir, lineage, settle)
 
     def __init__(
         self,
@@ -111,7 +114,9 @@ class GroupSaves:
         except BaseException as exc:
             save.fail(exc)
             raise
-        self._settle(GroupSaveStarted(step, save.ids, final))
+        # The node's LOCAL_RANK 0 says why its part of a memory round is on disk (once a node).
+        fallback = self.rounds.fallback() if self.rounds.group.local_rank == 0 else None
+        self._settle(GroupSaveStarted(step, save.ids, final, fallback))
         return save
 
     def close(self) -> None:

@@ -9,6 +9,10 @@ step are one save. Store traffic never runs inside training's calls: a request i
 by the channel thread as it arrives, and each rank's watcher thread blocks in the store
 (``wait``) until the next request, then until every rank's proposal, so a request costs a few
 round trips and an idle job none; only while torch is imported by the script already.
+A request of the memory tier (``memory``) puts each node's part in that node's RAM
+(``CKPTD_MEMORY_DIR``), where the node commits it with its own ranks and its daemon persists
+it to the node's checkpoint directory: the node's ``LOCAL_RANK`` 0 decides, once for all its
+ranks, RAM or disk (nodes sharing a checkpoint directory, or RAM short: see ``_place``).
 Each checkpoint directory is committed once every node's ranks have written their parts
 (the node's committer counts them in the store; a node whose part failed says so there, and
 no other node commits): by its lowest node when nodes share it, else by each node for its
@@ -29,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _group_parts as parts
-from . import manifest
+from . import manifest, protocol
 from ._group import Group, Round, Rounds
+from .ram import newest_size, room_for
 
 POLL = 0.05
 _CONNECT_TIMEOUT = timedelta(seconds=2)
@@ -38,8 +43,11 @@ _FOREVER = timedelta(days=7)
 
 
 class StoreRounds(Rounds):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, checkpoint_dir: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._checkpoint_dir = checkpoint_dir
+        self._ram = os.environ.get(protocol.ENV_MEMORY_DIR) or None  # this node's memory tier
+        self._shared_disk: bool | None = None  # learnt in the store at the first memory round
         self._entries: dict[int, Round] = {}  # by sequence number in the store
         self._to_publish: list[dict[str, Any]] = []
         self._next = 1
@@ -55,10 +63,11 @@ class StoreRounds(Rounds):
     def on_request(
         self, rid: str, final: bool, save: bool, joins: str | None, memory_dir: str | None = None
     ) -> bool:
-        # Several nodes: their rounds save to disk (``memory_dir`` is not taken).
+        # Every node saves its part of a memory round in its own RAM: only the tier is told.
         if self.group.local_rank == 0:  # one publisher per node: the daemon asked every rank
+            request = {"id": rid, "final": final, "save": save, "memory": memory_dir is not None}
             with self._cond:
-                self._to_publish.append({"id": rid, "final": final, "save": save})
+                self._to_publish.append(request)
             self._publish()  # at once: every rank's watcher wakes on it
         return False
 
@@ -120,7 +129,10 @@ class StoreRounds(Rounds):
                 store.wait([f"request/{seq}"])
                 entry = self._entries.get(seq)
                 if entry is None:
-                    entry = self._open(seq, json.loads(store.get(f"request/{seq}")))
+                    request = json.loads(store.get(f"request/{seq}"))
+                    entry = self._open(seq, request)
+                    if request.get("memory"):
+                        self._place(store, seq, entry)
                 store.set(f"proposal/{seq}/{self.group.rank}", str(entry.proposed))
                 keys = [f"proposal/{seq}/{rank}" for rank in range(self.group.world_size)]
                 store.wait(keys)
@@ -142,6 +154,39 @@ class StoreRounds(Rounds):
             step = self._step()
             entry.proposed = self.earliest(step)
             return entry
+
+    def _place(self, store: Any, seq: int, entry: Round) -> None:
+        """Where this node's part of memory round ``seq`` goes, the same for all its ranks:
+        its RAM, or its checkpoint directory with the reason (LOCAL_RANK 0 decides)."""
+        key = f"tier/{seq}/{parts.node_index(self.group)}"
+        if self.group.local_rank == 0:
+            memory_dir, why = self._ram_or_why(store)
+            store.set(key, json.dumps({"dir": memory_dir, "why": why}))
+        store.wait([key])
+        said = json.loads(store.get(key))
+        with self._cond:
+            entry.memory_dir, entry.fallback = said["dir"], said["why"]
+
+    def _ram_or_why(self, store: Any) -> tuple[str | None, str | None]:
+        if self._shared_disk is None:  # every node's LOCAL_RANK 0 takes part, with RAM or not
+            me = parts.node_index(self.group)
+            mine = parts.directory_id(self._checkpoint_dir)
+            store.set(f"disk/{me}", mine)
+            keys = [f"disk/{node}" for node in range(parts.node_count(self.group))]
+            store.wait(keys)
+            ids = [bytes(value).decode() for value in store.multi_get(keys)]
+            self._shared_disk = ids.count(mine) > 1
+        if self._ram is None:
+            return None, "this node's ckptd has no memory tier"
+        if self._shared_disk:
+            return None, (
+                f"the nodes share checkpoint directory {self._checkpoint_dir}: one step there "
+                "holds every node's part, which no node's RAM has (memory tier: a directory "
+                "per node)"
+            )
+        ram = Path(self._ram)
+        why = room_for(ram, newest_size(ram))
+        return (None, why) if why is not None else (self._ram, None)
 
     def _connect(self) -> Any:
         if self._store is None:

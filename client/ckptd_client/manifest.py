@@ -274,7 +274,7 @@ def commit(
         for directory in _walk_dirs(temp_dir):
             fsync_dir(directory)
         final = checkpoint_dir / checkpoint_name(step)
-        _move_into_place(temp_dir, final)
+        move_into_place(temp_dir, final)
     except (OSError, ValueError) as exc:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise CommitError(f"checkpoint of step {step} not committed: {exc}") from exc
@@ -437,7 +437,8 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
-def _move_into_place(temp_dir: Path, final: Path) -> None:
+def move_into_place(temp_dir: Path, final: Path) -> None:
+    """Rename ``temp_dir`` to ``final``; a ``final`` already there goes through ``.trash-``."""
     parent = final.parent
     if not final.exists():
         os.rename(temp_dir, final)

@@ -54,6 +54,7 @@ ENV_JOB = "CKPTD_JOB"
 ENV_CHECKPOINT_MODE = "CKPTD_CHECKPOINT_MODE"  # octal, e.g. "0700"; empty: the umask decides
 ENV_REPORT_EVERY = "CKPTD_REPORT_EVERY"  # seconds between step reports the daemon needs
 ENV_LINEAGE = "CKPTD_LINEAGE"  # the lineage id every manifest of this run records
+ENV_MEMORY_DIR = "CKPTD_MEMORY_DIR"  # the node's memory tier directory; empty without one
 
 # Set by torchrun (torch.distributed.elastic) for each worker; a rank group when WORLD_SIZE > 1.
 ENV_RANK = "RANK"

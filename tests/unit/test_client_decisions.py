@@ -386,6 +386,23 @@ ROWS: list[tuple[str, State, Event, dict[str, Any], tuple[Effect, ...]]] = [
         (Send("started", {"ids": ["f"], "step": 5}),),
     ),
     (
+        "group: this node's part of a memory round went to disk: the daemon is told why",
+        GROUP,
+        GroupSaveStarted(6, ("m",), False, "the nodes share checkpoint directory /ck"),
+        {"saving": Saving(6, ("m",), False)},
+        (
+            Send(
+                "started",
+                {
+                    "ids": ["m"],
+                    "step": 6,
+                    "tier": "disk",
+                    "fallback": "the nodes share checkpoint directory /ck",
+                },
+            ),
+        ),
+    ),
+    (
         "group: this rank committed the final round",
         replace(GROUP, saving=Saving(5, ("f",), True)),
         GroupSaveEnded(5, ("f",), True, C5),

@@ -15,7 +15,7 @@ import ckptd_client
 from ckptd.config import ConfigError, load
 from ckptd.storage import memory
 from ckptd.storage.persist import PersistError, persist, persist_newest
-from ckptd_client import manifest, protocol
+from ckptd_client import manifest, protocol, ram
 from ckptd_client.store import inspect, scan
 
 from conftest import wait_for
@@ -187,6 +187,51 @@ def test_persist_newest_skips_a_corrupt_copy_and_stops_at_the_disk(tmp_path: Pat
     assert persist_newest(ram, disk).persisted is None  # nothing newer than the disk now
 
 
+def test_a_node_persists_every_ram_step_newer_than_its_disk_when_asked(tmp_path: Path) -> None:
+    """``every_newer`` (a node of several): the older RAM steps newer than the disk go too,
+    so that the ranks can resume from a step another node has when it lacks the newest."""
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    _commit(disk, 5)
+    _commit(ram, 4)
+    _commit(ram, 6)
+    _commit(ram, 7)
+    pickup = persist_newest(ram, disk, every_newer=True)
+    assert pickup.persisted is not None and pickup.persisted.step == 7
+    assert [done.step for done in pickup.older] == [6]
+    assert [c.step for c in scan(disk) if c.valid] == [5, 6, 7]
+
+
+def test_another_checkpoint_of_the_same_step_on_disk_is_replaced(tmp_path: Path) -> None:
+    """A step the nodes passed over, saved again since: the disk's older save of that step
+    (another history) gives way to the RAM one; the same checkpoint is left alone."""
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    _commit(disk, 8, payload=b"an earlier history")
+    source = _commit(ram, 8, payload=b"this history")
+    done = persist(source, disk)
+    assert done.copied
+    assert (disk / "step-00000008" / "ckptd.json").read_bytes() == (
+        source / "ckptd.json"
+    ).read_bytes()
+    assert inspect(done.path, full=True).valid
+    assert [p.name for p in disk.iterdir()] == ["step-00000008"]
+    assert not persist(source, disk).copied
+
+
+def test_clear_removes_the_directory_id_the_ranks_of_several_nodes_wrote() -> None:
+    """The ranks of several nodes name each RAM directory (``.ckptd-directory-id``): a clear
+    takes that file too, so the job's directory goes."""
+    root = SHM / f"ckptd-test-{os.getpid()}-{id(object())}"
+    root.mkdir(mode=0o700)
+    try:
+        place = memory.find_place("nodes", root / "ck", None, roots=[root])
+        _commit(place.path, 3)
+        (place.path / ".ckptd-directory-id").write_text("0123")
+        memory.clear(place)
+        assert list(root.iterdir()) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_failing_destination_keeps_the_ram_copy(tmp_path: Path) -> None:
     """When the disk cannot take it, the attempt reports why and the RAM copy stays."""
     ram = tmp_path / "ram"
@@ -226,10 +271,19 @@ def test_prune_keeps_the_newest_memory_keep_and_what_is_protected(tmp_path: Path
 
 def test_room_for_counts_free_space_and_mem_available(tmp_path: Path) -> None:
     """A save fits only with its size plus headroom free on the filesystem and in MemAvailable."""
-    assert memory.room_for(tmp_path, 1 << 20, available=lambda: 8 << 30) is None
-    assert "MemAvailable" in (memory.room_for(tmp_path, 1 << 20, available=lambda: 32 << 20) or "")
-    assert "free" in (memory.room_for(tmp_path, 1 << 62, available=lambda: None) or "")
-    assert "No such file" in (memory.room_for(tmp_path / "gone", 1) or "")
+    assert ram.room_for(tmp_path, 1 << 20, available=lambda: 8 << 30) is None
+    assert "MemAvailable" in (ram.room_for(tmp_path, 1 << 20, available=lambda: 32 << 20) or "")
+    assert "free" in (ram.room_for(tmp_path, 1 << 62, available=lambda: None) or "")
+    assert "No such file" in (ram.room_for(tmp_path / "gone", 1) or "")
+
+
+def test_newest_size_is_the_newest_valid_checkpoint_s_bytes(tmp_path: Path) -> None:
+    """The size a ranks' RAM save is checked against: the newest valid checkpoint's."""
+    assert ram.newest_size(tmp_path) == 0
+    _commit(tmp_path, 1)
+    newest = _commit(tmp_path, 2)
+    (tmp_path / "step-00000003").mkdir()  # no manifest: not counted
+    assert ram.newest_size(tmp_path) == inspect(newest).bytes > 0
 
 
 # -- the client ------------------------------------------------------------------------
