@@ -130,7 +130,8 @@ def resume_row(base: Path, size: int, rounds: int) -> Row:
     try:
         import torch  # noqa: F401
     except ImportError:
-        return Row("resume after a SIGKILL, RAM vs disk", "needs torch", "-", None, "-", None)
+        figure = "trainer SIGKILL -> first step again, from RAM vs a cold disk"
+        return Row(figure, "needs torch (pip install -e '.[torch]')", "-", None, "-", None)
     ram_times, disk_times, ram_launch, disk_launch, ram_load, disk_load = [], [], [], [], [], []
     for round_ in range(rounds):
         for memory in (round_ % 2 == 0, round_ % 2 == 1):  # the first side alternates
