@@ -4,20 +4,22 @@ Each round, interleaved: a memcpy of the state (the floor of any save), the clie
 of it into a tmpfs directory (what ``with ck.checkpoint(step)`` does for a request of the
 memory tier: write, hash, fsync, manifest, rename), the same commit into a disk directory,
 and the daemon's persistence of the RAM copy to disk (``ckptd.storage.persist``, off the
-trainer's path). Files go out through ``ckptd_client.create`` as a script's ``torch.save``
-into the yielded directory would write them.
+trainer's path). Files go out through ``ckptd_client.create`` as the torch helpers write
+them; RAM is pruned as ckptd prunes it (``memory_keep`` 1), so each RAM save after the first
+writes over the spare pages of the checkpoint pruned before it (``ckptd_client.ram``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
 from pathlib import Path
 
-from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of
+from ckptd.storage.memory import RAM_FILESYSTEMS, filesystem_of, prune
 from ckptd.storage.persist import persist
-from ckptd_client import manifest
+from ckptd_client import manifest, protocol
 
 from .harness import Row, Spread, median
 from .storage import ckptd_commit
@@ -63,20 +65,29 @@ def stall_rows(base: Path, total: int, rounds: int) -> list[Row]:
     parts = _state(total)
     targets = [bytearray(len(p)) for p in parts]
     copies, in_ram, on_disk, persists, raw = [], [], [], [], []
+    was = os.environ.get(protocol.ENV_MEMORY_DIR)
+    os.environ[protocol.ENV_MEMORY_DIR] = str(ram)  # as ckptd tells its job
     try:
         _memcpy(parts, targets)  # fault the targets in: the floor is a copy into ready memory
         ckptd_commit(disk, 0, parts)  # warm both directories and the allocator, untimed
         ckptd_commit(ram, 0, parts)
+        ckptd_commit(ram, 1, parts)  # and a RAM checkpoint to prune: its pages become spares
+        prune(ram, 1)
         for round_ in range(1, rounds + 1):
+            step = round_ + 1  # RAM's, past the warm-up steps
             copies.append(_memcpy(parts, targets))
             raw.append(_raw_write(ram / f"raw-{round_}", parts))
-            in_ram.append(ckptd_commit(ram, round_, parts))
+            in_ram.append(ckptd_commit(ram, step, parts))
             on_disk.append(ckptd_commit(disk, round_, parts))
-            source = ram / manifest.checkpoint_name(round_)
-            persists.append(persist(source, persisted).seconds)
-            for directory in (ram, disk, persisted):  # one of each at a time, as memory_keep 1
-                shutil.rmtree(directory / manifest.checkpoint_name(round_ - 1), ignore_errors=True)
+            persists.append(persist(ram / manifest.checkpoint_name(step), persisted).seconds)
+            prune(ram, 1)  # as ckptd with memory_keep 1: the pruned files become spares
+            shutil.rmtree(disk / manifest.checkpoint_name(round_ - 1), ignore_errors=True)
+            shutil.rmtree(persisted / manifest.checkpoint_name(step - 1), ignore_errors=True)
     finally:
+        if was is None:
+            os.environ.pop(protocol.ENV_MEMORY_DIR, None)
+        else:
+            os.environ[protocol.ENV_MEMORY_DIR] = was
         shutil.rmtree(ram, ignore_errors=True)
         for directory in (disk, persisted):
             shutil.rmtree(directory, ignore_errors=True)
@@ -93,8 +104,9 @@ def stall_rows(base: Path, total: int, rounds: int) -> list[Row]:
             "stall <= 1.2x memcpy",
             versus_copy.median <= 1.2,
             note="ratio = RAM save / memcpy into pre-faulted memory, per interleaved round; "
-            f"a plain write of the same bytes to new tmpfs files took {median(raw):.3f} s "
-            "(fresh tmpfs pages are allocated and zeroed), the save also hashes every byte",
+            "the save writes over the pruned checkpoint's pages and hashes every byte; a "
+            f"plain write of the same bytes to new tmpfs files took {median(raw):.3f} s "
+            "(fresh tmpfs pages are allocated and zeroed)",
             data=data,
             spread=versus_copy,
         ),

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptd_client._group_parts import DIRECTORY_ID
+from ckptd_client._spare import SPARE_DIR, spare_name
 from ckptd_client.manifest import (
+    MANIFEST_NAME,
     TMP_PREFIX,
     ManifestError,
     checkpoint_name,
@@ -177,10 +179,34 @@ def prune(memory_dir: Path, keep: int, protect: Iterable[Path] = ()) -> list[Pat
     valid = [c for c in found if c.valid]
     kept.update(c.path for c in valid[-keep:] if keep > 0)
     removed = [c.path for c in found if c.path not in kept]
+    recycled = [c.path for c in valid if c.path not in kept][-1:]  # the newest of them
+    for path in recycled:
+        _recycle(memory_dir, path)
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     removed += remove_temporaries(memory_dir, only_dead_writers=True)
     return removed
+
+
+def _recycle(memory_dir: Path, checkpoint: Path) -> None:
+    """The files of ``checkpoint`` (about to be removed) become the spare pool, in place of
+    the pool's files: a later RAM save writes over their pages (see ``ckptd_client.ram``)."""
+    pool = memory_dir / SPARE_DIR
+    shutil.rmtree(pool, ignore_errors=True)
+    try:
+        os.mkdir(pool, 0o700)
+    except OSError:
+        return
+    for root, _, files in os.walk(checkpoint):  # never into a linked directory
+        for name in files:
+            source = os.path.join(root, name)
+            relative = os.path.relpath(source, checkpoint).replace(os.sep, "/")
+            if relative == MANIFEST_NAME or not stat.S_ISREG(os.lstat(source).st_mode):
+                continue
+            try:
+                os.rename(source, pool / spare_name(relative))
+            except OSError:
+                return
 
 
 def drop_newer(memory_dir: Path, step: int) -> list[Path]:
@@ -217,7 +243,8 @@ def clear(place: MemoryPlace) -> None:
             os.unlink(entry.path)  # the ranks of several nodes name the directory so
         if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
             continue
-        if is_checkpoint_name(entry.name) or entry.name.startswith(TMP_PREFIX):
+        ours = entry.name.startswith(TMP_PREFIX) or entry.name == SPARE_DIR
+        if is_checkpoint_name(entry.name) or ours:
             shutil.rmtree(entry.path, ignore_errors=True)
     if not place.explicit:  # its directory, then the per-user one when no other job uses it
         for directory in (place.path, place.path.parent):

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ._spare import take_spare
+
 xxhash: Any = importlib.import_module("xxhash") if importlib.util.find_spec("xxhash") else None
 
 CHUNK = 1 << 20
@@ -105,7 +107,9 @@ class HashingWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close()
+        fd = take_spare(self.path)  # a file of a RAM save: written over a spare's pages
+        self._recycled = fd is not None
+        self._file = open(self.path, "xb") if fd is None else os.fdopen(fd, "wb")  # noqa: SIM115
         self._algorithm = default_algorithm()
         self._hasher = new_hasher(self._algorithm)
         self._size = 0
@@ -123,6 +127,8 @@ class HashingWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.flush()
+            if self._recycled:  # the spare may have been longer
+                os.ftruncate(self._file.fileno(), self._size)
             start_writeback(self._file.fileno())
             info = os.fstat(self._file.fileno())
             self._file.close()

@@ -39,7 +39,7 @@ MANIFEST_NAME = "ckptd.json"
 # model-signing format); verification ignores it unless the script wrote one itself.
 SIGNATURE_NAME = "model.sig"
 FORMAT_VERSION = 2  # 1: entries carry "sha256"; 2: "digest", with the algorithm in "hash"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = protocol.TMP_PREFIX
 TRASH_PREFIX = ".trash-"
 NAME_PREFIX = "step-"
 

@@ -44,6 +44,8 @@ from typing import Any
 
 VERSION = 1
 
+TMP_PREFIX = ".tmp-"  # a checkpoint directory being written: ``.tmp-step-N-...``
+
 ENV_ENDPOINT = "CKPTD_ENDPOINT"
 ENV_CHECKPOINT_DIR = "CKPTD_CHECKPOINT_DIR"
 ENV_RESUME_FROM = "CKPTD_RESUME_FROM"

@@ -1,7 +1,8 @@
 """Whether a checkpoint still fits in RAM: the memory tier's check before each save.
 
 Used by the daemon before it asks for a RAM save, and by the ranks of several nodes, whose
-node's part of a round another node's daemon asked for.
+node's part of a round another node's daemon asked for. The spare pool (``_spare``) counts
+as free room: the next save writes over it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ._spare import spare_bytes
 from .store import scan
 
 _HEADROOM = 64 << 20  # a RAM save must leave this much of the filesystem and of MemAvailable
@@ -30,11 +32,12 @@ def room_for(
         info = os.statvfs(memory_dir)
     except OSError as exc:
         return f"{memory_dir}: {exc.strerror}"
-    free = info.f_bavail * info.f_frsize
+    spare = spare_bytes(memory_dir)  # the next save writes over these pages
+    free = info.f_bavail * info.f_frsize + spare
     if free - _HEADROOM < size:
         return f"{memory_dir} has {free >> 20} MiB free, the last checkpoint took {size >> 20} MiB"
     memory = (available or mem_available)()
-    if memory is not None and memory - _HEADROOM < size:
+    if memory is not None and memory + spare - _HEADROOM < size:
         return f"MemAvailable is {memory >> 20} MiB, the last checkpoint took {size >> 20} MiB"
     return None
 

@@ -15,7 +15,8 @@ import ckptd_client
 from ckptd.config import ConfigError, load
 from ckptd.storage import memory
 from ckptd.storage.persist import PersistError, persist, persist_newest
-from ckptd_client import manifest, protocol, ram
+from ckptd_client import _spare, manifest, protocol
+from ckptd_client import ram as ram_module
 from ckptd_client.store import inspect, scan
 
 from conftest import wait_for
@@ -217,15 +218,17 @@ def test_another_checkpoint_of_the_same_step_on_disk_is_replaced(tmp_path: Path)
     assert not persist(source, disk).copied
 
 
-def test_clear_removes_the_directory_id_the_ranks_of_several_nodes_wrote() -> None:
-    """The ranks of several nodes name each RAM directory (``.ckptd-directory-id``): a clear
-    takes that file too, so the job's directory goes."""
+def test_clear_removes_the_directory_id_and_the_spare_pool() -> None:
+    """The ranks of several nodes name each RAM directory (``.ckptd-directory-id``), prune
+    leaves spares: a clear takes both, so the job's directory goes."""
     root = SHM / f"ckptd-test-{os.getpid()}-{id(object())}"
     root.mkdir(mode=0o700)
     try:
         place = memory.find_place("nodes", root / "ck", None, roots=[root])
         _commit(place.path, 3)
         (place.path / ".ckptd-directory-id").write_text("0123")
+        (place.path / _spare.SPARE_DIR).mkdir()
+        (place.path / _spare.SPARE_DIR / "model.pt").write_bytes(b"spare pages")
         memory.clear(place)
         assert list(root.iterdir()) == []
     finally:
@@ -269,21 +272,86 @@ def test_prune_keeps_the_newest_memory_keep_and_what_is_protected(tmp_path: Path
     assert [c.step for c in scan(ram)] == [1, 3, 4]
 
 
+def test_a_pruned_checkpoint_s_pages_are_reused_by_the_next_ram_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune keeps the files of the checkpoint it removes as spares; ``ckptd_client.create``
+    of a RAM save takes the spare of the same name (the same inode: no fresh pages), writes
+    over it and cuts it to its size; the commit verifies; a name without a spare is new."""
+    ram = tmp_path / "ram"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    old = _commit(ram, 1, payload=b"x" * 5000)
+    _commit(ram, 2)
+    inode = os.stat(old / "model.pt").st_ino
+    assert memory.prune(ram, 1) == [old]
+    pool = ram / _spare.SPARE_DIR
+    assert sorted(p.name for p in pool.iterdir()) == ["model.pt", "sub%2Fopt.pt"]
+    assert _spare.spare_bytes(ram) == 5001 + 900
+
+    temp = manifest.new_temp_dir(ram, 3)
+    with ckptd_client.create(temp / "model.pt") as handle:
+        handle.write(b"short")
+    (temp / "sub").mkdir()
+    with ckptd_client.create(temp / "sub" / "opt.pt") as handle:
+        handle.write(b"o" * 2000)
+    with ckptd_client.create(temp / "extra.pt") as handle:
+        handle.write(b"new")
+    assert os.stat(temp / "model.pt").st_ino == inode
+    assert (temp / "model.pt").read_bytes() == b"short"
+    assert (temp / "sub" / "opt.pt").read_bytes() == b"o" * 2000
+    path, _ = manifest.commit(temp, 3)
+    assert inspect(path, full=True).valid
+    assert list(pool.iterdir()) == []
+
+
+def test_a_spare_that_is_a_link_is_never_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link planted in the spare pool is moved, found to be a link, removed; the save makes
+    a fresh file and the link's target is untouched."""
+    ram = tmp_path / "ram"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (ram / _spare.SPARE_DIR).mkdir(parents=True)
+    (ram / _spare.SPARE_DIR / "model.pt").symlink_to(victim)
+    temp = manifest.new_temp_dir(ram, 1)
+    with ckptd_client.create(temp / "model.pt") as handle:
+        handle.write(b"weights")
+    assert not (temp / "model.pt").is_symlink()
+    assert (temp / "model.pt").read_bytes() == b"weights"
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_a_disk_save_never_takes_a_spare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only files of a RAM save (below CKPTD_MEMORY_DIR's .tmp- directories) take spares."""
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    _commit(ram, 1)
+    _commit(ram, 2)
+    memory.prune(ram, 1)
+    temp = manifest.new_temp_dir(disk, 5)
+    with ckptd_client.create(temp / "model.pt") as handle:
+        handle.write(b"on disk")
+    assert (ram / _spare.SPARE_DIR / "model.pt").exists()
+
+
 def test_room_for_counts_free_space_and_mem_available(tmp_path: Path) -> None:
     """A save fits only with its size plus headroom free on the filesystem and in MemAvailable."""
-    assert ram.room_for(tmp_path, 1 << 20, available=lambda: 8 << 30) is None
-    assert "MemAvailable" in (ram.room_for(tmp_path, 1 << 20, available=lambda: 32 << 20) or "")
-    assert "free" in (ram.room_for(tmp_path, 1 << 62, available=lambda: None) or "")
-    assert "No such file" in (ram.room_for(tmp_path / "gone", 1) or "")
+    assert ram_module.room_for(tmp_path, 1 << 20, available=lambda: 8 << 30) is None
+    short = ram_module.room_for(tmp_path, 1 << 20, available=lambda: 32 << 20)
+    assert "MemAvailable" in (short or "")
+    assert "free" in (ram_module.room_for(tmp_path, 1 << 62, available=lambda: None) or "")
+    assert "No such file" in (ram_module.room_for(tmp_path / "gone", 1) or "")
 
 
 def test_newest_size_is_the_newest_valid_checkpoint_s_bytes(tmp_path: Path) -> None:
     """The size a ranks' RAM save is checked against: the newest valid checkpoint's."""
-    assert ram.newest_size(tmp_path) == 0
+    assert ram_module.newest_size(tmp_path) == 0
     _commit(tmp_path, 1)
     newest = _commit(tmp_path, 2)
     (tmp_path / "step-00000003").mkdir()  # no manifest: not counted
-    assert ram.newest_size(tmp_path) == inspect(newest).bytes > 0
+    assert ram_module.newest_size(tmp_path) == inspect(newest).bytes > 0
 
 
 # -- the client ------------------------------------------------------------------------
