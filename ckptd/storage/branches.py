@@ -49,11 +49,17 @@ def check_target(path: Path) -> None:
         raise GoBackError(f"{path} is not a checkpoint directory (step-NNNNNNNN)")
 
 
-def set_aside_newer(checkpoint_dir: Path, step: int, stamp: str | None = None) -> SetAside:
+def set_aside_newer(
+    checkpoint_dir: Path, step: int, stamp: str | None = None, before: float | None = None
+) -> SetAside:
     """Move every ``step-N`` with N above ``step`` into a new ``.branches/<stamp>/`` (default:
-    the UTC time; a suffix when that exists)."""
+    the UTC time; a suffix when that exists). ``before`` (wall clock): only those committed
+    earlier (a manifest without a time counts as earlier)."""
     newer = [
-        c.path for c in scan(checkpoint_dir) if c.step > step or _named_step(c.path.name) > step
+        c.path
+        for c in scan(checkpoint_dir)
+        if (c.step > step or _named_step(c.path.name) > step)
+        and (before is None or c.time is None or c.time < before)
     ]
     if not newer:
         return SetAside()

@@ -209,9 +209,14 @@ def _recycle(memory_dir: Path, checkpoint: Path) -> None:
                 return
 
 
-def drop_newer(memory_dir: Path, step: int) -> list[Path]:
-    """Remove the RAM checkpoints newer than ``step`` (the job went back to it); return them."""
-    gone = [c.path for c in scan(memory_dir) if c.step > step]
+def drop_newer(memory_dir: Path, step: int, before: float | None = None) -> list[Path]:
+    """Remove the RAM checkpoints newer than ``step`` (the job went back to it; ``before``:
+    only those committed earlier, wall clock); return them."""
+    gone = [
+        c.path
+        for c in scan(memory_dir)
+        if c.step > step and (before is None or c.time is None or c.time < before)
+    ]
     for path in gone:
         shutil.rmtree(path, ignore_errors=True)
     return gone

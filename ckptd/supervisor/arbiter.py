@@ -42,8 +42,15 @@ from ckptd.run_dir import STOP_FILE, Orphan, RunDir
 from ckptd.sources import RequestSource
 from ckptd.sources.cloud_notices import CloudNotices
 from ckptd.storage import retention
-from ckptd.storage.branches import GoBackError, check_target, target_of
+from ckptd.storage.branches import (
+    GoBackError,
+    SetAside,
+    check_target,
+    set_aside_newer,
+    target_of,
+)
 from ckptd.storage.job_identity import node_group
+from ckptd.storage.memory import drop_newer
 from ckptd.storage.persist import Pickup
 from ckptd.storage.remote.outcomes import RemoteAhead, RemoteFenced
 from ckptd.storage.remote.url import RemoteUnusable
@@ -204,6 +211,7 @@ class Arbiter:
         self.newest_verified: Path | None = None
         self.instrumented = False  # a client connected (a stop waits longer for a relaunch's)
         self.started = self.launched = time.monotonic()
+        self.launched_wall = time.time()  # checkpoints committed before it are an earlier run's
         self.wakeups = 0  # turns of the loop (``ckptd status``: is the daemon idle when idle?)
         self._child_checked = self.started
         self.fenced = False  # another daemon took the remote's lease: this job stops for good
@@ -732,7 +740,7 @@ class Arbiter:
             self._advance(LaunchFailed(str(exc)))
             return
         log.bind(attempt=self.attempt)
-        self.launched = time.monotonic()
+        self.launched, self.launched_wall = time.monotonic(), time.time()
         self._advance(Launched(trainer, self.launched, instrumented=self.instrumented))
         self.progress.launched(
             self.launched,
@@ -842,10 +850,41 @@ class Arbiter:
             self._on_memory(finished)
         elif finished.tag == "signed":
             self._on_signed(finished)
+        elif finished.tag == "passed_over":
+            self._on_passed_over(finished)
         elif finished.tag == "flushed" and isinstance(self.phase, (Ending, Finishing)):
             self._advance(FlushDone(self.ending.flushed(finished)))
         elif finished.tag == "requeued" and isinstance(self.phase, Ending):
             self._advance(RequeueDone(self.ending.requeued(finished)))
+
+    def _set_aside_passed_over(self, resume_step: int | None) -> None:
+        """The ranks of several nodes resumed below steps this node holds: those steps, of an
+        earlier run, go to a branch (RAM copies: removed), so that a later save of the same
+        step number on another node never makes a step with this one's (a mixed resume)."""
+        disk, before = self.config.checkpoint_dir, self.launched_wall
+        floor = resume_step if resume_step is not None else -1
+        ram = self.memory.path if self.memory is not None else None
+
+        def set_aside() -> tuple[SetAside, list[Path]]:
+            dropped = drop_newer(ram, floor, before) if ram is not None else []
+            return set_aside_newer(disk, floor, before=before), dropped
+
+        self.background.submit("passed_over", set_aside)
+
+    def _on_passed_over(self, finished: Finished) -> None:
+        if finished.error is not None:
+            self.events.emit(
+                "checkpoint.set_aside_failed", level="error", error=str(finished.error)
+            )  # fmt: skip
+            return
+        aside, dropped = finished.result
+        if aside.moved or dropped:
+            self.events.emit(
+                "checkpoint.passed_over", level="warning",
+                branch=str(aside.branch) if aside.branch else None,
+                moved=[str(path) for path in aside.moved],
+                removed_from_ram=[str(path) for path in dropped],
+            )  # fmt: skip
 
     def _on_memory(self, finished: Finished) -> None:
         """The memory tier's work on the worker: a RAM checkpoint persisted (then pruned on
@@ -1035,6 +1074,7 @@ class Arbiter:
                 missing=list(message.missing),
                 resume_step=message.resume_step,
             )
+            self._set_aside_passed_over(message.resume_step)
         elif isinstance(message, messages.Failed):
             if self.memory is not None:
                 self.memory.failed(message)

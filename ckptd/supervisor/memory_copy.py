@@ -246,7 +246,10 @@ class MemoryCopy:
         place, disk, mode = self.path, self.config.checkpoint_dir, self.mode
         step = self.newest.step if self.newest is not None else None
         self.deadline = deadline
-        self.background.submit(FINAL, lambda: _persist_final(place, disk, mode, step, deadline))
+        every = self.every_newer
+        self.background.submit(
+            FINAL, lambda: _persist_final(place, disk, mode, step, deadline, every)
+        )
 
     def on_final_persisted(self, finished: Finished) -> tuple[Persisted | None, bool]:
         """The final's persistence ended: the new disk checkpoint, and whether the disk now
@@ -263,7 +266,10 @@ class MemoryCopy:
 
         RAM is kept (with a warning) when that persistence failed: the next run picks it up.
         """
-        pickup = persist_newest(self.path, self.config.checkpoint_dir, self.mode, self.deadline)
+        pickup = persist_newest(
+            self.path, self.config.checkpoint_dir, self.mode, self.deadline,
+            every_newer=self.every_newer,
+        )  # fmt: skip
         self.report(pickup, why="at exit")
         if pickup.error is not None:
             self.events.emit(
@@ -313,9 +319,10 @@ class MemoryCopy:
 
 
 def _persist_final(
-    place: Path, disk: Path, mode: int | None, step: int | None, deadline: float
+    place: Path, disk: Path, mode: int | None, step: int | None, deadline: float, every: bool
 ) -> tuple[Pickup, bool]:
-    """On the worker: the newest RAM checkpoint persisted; whether the disk holds ``step``."""
-    pickup = persist_newest(place, disk, mode, deadline)
+    """On the worker: the newest RAM checkpoint persisted (with ``every``, the older ones newer
+    than the disk too); whether the disk holds ``step``."""
+    pickup = persist_newest(place, disk, mode, deadline, every_newer=every)
     steps = [c.step for c in scan(disk) if c.valid]
     return pickup, step is None or (bool(steps) and max(steps) >= step)

@@ -70,6 +70,7 @@ class Round:
     claimed: bool = False  # a save of it has begun: no longer due on any later step
     memory_dir: str | None = None  # where this node's part goes when it is saved in RAM
     fallback: str | None = None  # why this node's part of a memory round goes to disk
+    placing: bool = False  # several nodes: RAM was asked for, this node's place is not known yet
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -40,6 +41,8 @@ from .ram import newest_size, room_for
 POLL = 0.05
 _CONNECT_TIMEOUT = timedelta(seconds=2)
 _FOREVER = timedelta(days=7)
+_PATIENCE = timedelta(seconds=0.5)  # between looks for a closed rank, while a round waits
+NEVER = 1 << 62  # the agreed step of a round some rank will never take: nobody saves it
 
 
 class StoreRounds(Rounds):
@@ -129,14 +132,14 @@ class StoreRounds(Rounds):
                 store.wait([f"request/{seq}"])
                 entry = self._entries.get(seq)
                 if entry is None:
-                    request = json.loads(store.get(f"request/{seq}"))
-                    entry = self._open(seq, request)
-                    if request.get("memory"):
-                        self._place(store, seq, entry)
+                    entry = self._open(seq, json.loads(store.get(f"request/{seq}")))
+                if entry.placing:  # also after a restart of this watcher
+                    self._place(store, seq, entry)
                 store.set(f"proposal/{seq}/{self.group.rank}", str(entry.proposed))
                 keys = [f"proposal/{seq}/{rank}" for rank in range(self.group.world_size)]
-                store.wait(keys)
-                agreed = max(int(value) for value in store.multi_get(keys))
+                agreed = NEVER
+                if self._wait_unless_closed(store, keys):
+                    agreed = max(int(value) for value in store.multi_get(keys))
                 with self._cond:
                     entry.agreed = agreed
                     self._cond.notify_all()
@@ -146,9 +149,35 @@ class StoreRounds(Rounds):
             if not self.closed:
                 self._warn(f"the rendezvous store failed: {exc}")
 
+    def _wait_unless_closed(self, store: Any, keys: list[str]) -> bool:
+        """Until every key is set (True), or some rank has closed its client (False): a rank
+        past its last step never answers again (its process may be gone), so a round waiting
+        for it would hold the others at their last step, and torchrun's exit barrier too."""
+        while True:
+            try:
+                store.wait(keys, _PATIENCE)
+                return True
+            except Exception:
+                if store.check(keys):  # a store that is gone raises here: the watcher ends
+                    return True
+                if int(store.add("closed", 0)) > 0:
+                    return False
+
+    def close(self) -> None:
+        """Say in the store that this rank takes no more rounds, then stop."""
+        super().close()
+        store = self._saving_store or self._open_store()
+        if store is None:
+            return
+        try:
+            store.add("closed", 1)
+        except Exception:
+            pass  # the store is gone, and the other ranks' rounds with it
+
     def _open(self, seq: int, request: dict[str, Any]) -> Round:
         with self._cond:
             entry = Round({str(request["id"])}, -1, bool(request["final"]), bool(request["save"]))
+            entry.placing = bool(request.get("memory"))
             self._entries[seq] = entry
             self.current = self.current or entry  # before the step is read (see Rounds)
             step = self._step()
@@ -159,21 +188,32 @@ class StoreRounds(Rounds):
         """Where this node's part of memory round ``seq`` goes, the same for all its ranks:
         its RAM, or its checkpoint directory with the reason (LOCAL_RANK 0 decides)."""
         key = f"tier/{seq}/{parts.node_index(self.group)}"
-        if self.group.local_rank == 0:
-            memory_dir, why = self._ram_or_why(store)
-            store.set(key, json.dumps({"dir": memory_dir, "why": why}))
-        store.wait([key])
-        said = json.loads(store.get(key))
+        if self.group.local_rank == 0 and not store.check([key]):
+            try:
+                memory_dir, why = self._ram_or_why(store)
+            except OSError as exc:  # the node's directories: its part goes to disk, said why
+                memory_dir, why = None, f"{type(exc).__name__}: {exc}"
+            decision = json.dumps({"dir": memory_dir, "why": why})
+            store.compare_set(key, "", decision)  # a retry keeps the first answer
+        if self._wait_unless_closed(store, [key]):
+            said = json.loads(store.get(key))
+        else:  # the round can never complete: it is agreed at NEVER
+            said = {"dir": None, "why": "a rank has ended"}
         with self._cond:
             entry.memory_dir, entry.fallback = said["dir"], said["why"]
+            entry.placing = False
 
     def _ram_or_why(self, store: Any) -> tuple[str | None, str | None]:
         if self._shared_disk is None:  # every node's LOCAL_RANK 0 takes part, with RAM or not
             me = parts.node_index(self.group)
-            mine = parts.directory_id(self._checkpoint_dir)
+            try:
+                mine = parts.directory_id(self._checkpoint_dir)
+            except OSError:  # said all the same, so that no node waits for this one
+                mine = f"unreadable-{secrets.token_hex(8)}"
             store.set(f"disk/{me}", mine)
             keys = [f"disk/{node}" for node in range(parts.node_count(self.group))]
-            store.wait(keys)
+            if not self._wait_unless_closed(store, keys):
+                return None, "a rank of another node has ended"
             ids = [bytes(value).decode() for value in store.multi_get(keys)]
             self._shared_disk = ids.count(mine) > 1
         if self._ram is None:

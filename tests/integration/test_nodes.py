@@ -194,5 +194,12 @@ def test_a_node_killed_between_the_two_nodes_commits_never_gives_a_mixed_resume(
     for node in (a, b):
         lines = node.events("checkpoint.incomplete")
         assert [(line["step"], line["resume_step"]) for line in lines] == [(19, expected)]
+    # Passed over: node a's step 19 (and every step, when the ranks moved) goes to a branch,
+    # so that a later save of step 19 on node b never makes a step 19 with a's old one.
+    moved = a.wait_event("checkpoint.passed_over")["moved"]
+    assert any(path.endswith("step-00000019") for path in moved), moved
+    for node in (a, b):
+        left = [int(path.name[5:]) for path in node.checkpoint_dir.glob("step-*")]
+        assert all(expected is not None and step <= expected for step in left), left
     done = {row["rank"]: row["digest"] for row in (node.records("done")[-1] for node in (a, b))}
     assert done == reference_digests(tmp_path / "reference", 40)

@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
-from ckptd_client import _group_parts, _group_resume
+from ckptd_client import _group_parts, _group_resume, _group_store, protocol
 from ckptd_client._group import Group
+from ckptd_client._group_store import NEVER, StoreRounds
 from ckptd_client.manifest import commit, new_temp_dir
 from ckptd_client.store import inspect
+
+from conftest import wait_for
 
 torch = pytest.importorskip("torch", reason="the rendezvous store is torch.distributed's")
 
@@ -126,3 +129,79 @@ def test_a_nodes_part_of_a_sharded_checkpoint_is_no_resume_point(tmp_path: Path)
     commit(temp, 3, ranks=[0, 1], world_size=2)
     offered = inspect(tmp_path / "step-00000004")
     assert _group_resume.usable_steps(tmp_path, offered, 0) == ([3], [4, 3])
+
+
+def test_a_round_some_rank_will_never_answer_holds_nobody(store: Any, tmp_path: Path) -> None:
+    """Rank 1 has closed its client (its loop is over; its process may be gone, and its
+    watcher with it) when rank 0's daemon asks for a checkpoint: the round is agreed at
+    NEVER at once, so rank 0 is not held at its last step (nor torchrun's exit barrier)."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    ranks = [
+        StoreRounds(rank(r), lambda kind, **fields: sent.append((kind, fields)), lambda: 5,
+                    checkpoint_dir=dirs[r])
+        for r in (0, 1)
+    ]  # fmt: skip
+    ranks[1].close()  # never polled: no watcher, as when its process has exited
+    first = ranks[0]
+    try:
+        first.on_request("r1", final=False, save=True, joins=None, memory_dir=None)
+        first.poll()  # starts the watcher, as training's next call would
+        wait_for(lambda: first._entries, "rank 0's watcher took the request")
+        answer: list[tuple[bool, bool]] = []
+        waiting = threading.Thread(target=lambda: answer.append(first.due(6)))
+        waiting.start()
+        waiting.join(20)
+        assert answer == [(False, False)], "rank 0 was held by a round rank 1 cannot join"
+        assert [entry.agreed for entry in first._entries.values()] == [NEVER]
+    finally:
+        first.close()
+        # A closed client's watcher ends at the next request (the store has no "any key" wait).
+        run = torch.distributed.PrefixStore("ckptd/r/0/", store)  # as open_store names it
+        run.set("request/2", '{"id": "r2", "final": false, "save": true}')
+        wait_for(lambda: not first._watcher or not first._watcher.is_alive(), "watcher ended")
+
+
+def test_a_node_that_cannot_look_at_its_ram_saves_its_part_to_disk_and_nobody_waits(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 0's LOCAL_RANK 0 cannot read its RAM directory when a memory round opens: node 0's
+    part goes to its checkpoint directory with the reason, node 1's to its RAM, and the round
+    is agreed on both (before, the watcher died there and every rank waited for ever)."""
+    rams = [tmp_path / "ram0", tmp_path / "ram1"]
+
+    def newest_size(path: Path) -> int:
+        if path == rams[0]:
+            raise PermissionError(13, "Permission denied", str(path))
+        return 0
+
+    monkeypatch.setattr(_group_store, "newest_size", newest_size)
+    ranks = []
+    for index in (0, 1):
+        rams[index].mkdir()
+        (tmp_path / f"ck{index}").mkdir()
+        monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(rams[index]))  # as each node's ckptd
+        ranks.append(
+            StoreRounds(rank(index), lambda kind, **fields: None, lambda: 5,
+                        checkpoint_dir=tmp_path / f"ck{index}")
+        )  # fmt: skip
+    try:
+        ranks[0].on_request("m1", final=False, save=True, joins=None, memory_dir=str(rams[0]))
+        for rounds in ranks:
+            rounds.poll()
+        wait_for(
+            lambda: all(
+                r._entries and all(e.agreed is not None for e in r._entries.values()) for r in ranks
+            ),
+            "the memory round agreed on both nodes",
+        )
+        first, second = (next(iter(r._entries.values())) for r in ranks)
+        assert first.memory_dir is None and "Permission denied" in (first.fallback or "")
+        assert (second.memory_dir, second.fallback) == (str(rams[1]), None)
+    finally:
+        for rounds in ranks:
+            rounds.close()
+        run = torch.distributed.PrefixStore("ckptd/r/0/", store)
+        run.set("request/2", '{"id": "r2", "final": false, "save": true}')
+        for rounds in ranks:
+            wait_for(lambda r=rounds: not r._watcher or not r._watcher.is_alive(), "watcher ended")

@@ -14,6 +14,7 @@ import zmq
 import ckptd_client
 from ckptd.config import ConfigError, load
 from ckptd.storage import memory
+from ckptd.storage.branches import set_aside_newer
 from ckptd.storage.persist import PersistError, persist, persist_newest
 from ckptd_client import _spare, manifest, protocol
 from ckptd_client import ram as ram_module
@@ -233,6 +234,27 @@ def test_clear_removes_the_directory_id_and_the_spare_pool() -> None:
         assert list(root.iterdir()) == []
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_steps_passed_over_go_aside_but_not_this_run_s(tmp_path: Path) -> None:
+    """The ranks resumed from step 5: disk steps above it committed before this run's launch
+    go to a branch, RAM's are removed; a step 7 committed since the launch stays."""
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    for step in (5, 6, 8):
+        _commit(disk, step)
+        _commit(ram, step)
+    launched = time.time() + 0.01
+    wait_for(lambda: time.time() > launched, "the clock past the launch")
+    _commit(disk, 7)
+    _commit(ram, 7)
+    aside = set_aside_newer(disk, 5, before=launched)
+    assert sorted(p.name for p in aside.moved) == ["step-00000006", "step-00000008"]
+    assert [c.step for c in scan(disk)] == [5, 7]
+    assert sorted(p.name for p in memory.drop_newer(ram, 5, launched)) == [
+        "step-00000006",
+        "step-00000008",
+    ]
+    assert [c.step for c in scan(ram)] == [5, 7]
 
 
 def test_a_failing_destination_keeps_the_ram_copy(tmp_path: Path) -> None:
