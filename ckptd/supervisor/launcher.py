@@ -25,7 +25,7 @@ from ckptd.progress.health import report_interval, stacks_file
 from ckptd.run_dir import Orphan, RunDir, RunDirError
 from ckptd.storage import retention
 from ckptd.storage.branches import GoBackError, SetAside, bring_back, check_target, set_aside_newer
-from ckptd.storage.job_identity import node_group
+from ckptd.storage.job_identity import multi_node, node_group
 from ckptd.storage.memory import drop_newer, ram_copy_of
 from ckptd.storage.persist import Pickup, persist_newest
 from ckptd.supervisor.signatures import (
@@ -171,7 +171,7 @@ class Launcher:
             return None
         removed += remove_temporaries(self.memory_dir)  # the job is held down: none is live
         mode = int(self.config.checkpoint_mode, 8) if self.config.checkpoint_mode else None
-        several = node_group(self.config.job_id, self.config.command) is not None
+        several = multi_node(self.config.job_id, self.config.command)
         pickup = persist_newest(
             self.memory_dir, self.config.checkpoint_dir, mode, every_newer=several
         )

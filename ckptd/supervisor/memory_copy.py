@@ -21,7 +21,7 @@ from ckptd.config import JobConfig
 from ckptd.events import EventLog
 from ckptd.progress.memory_interval import MemoryInterval
 from ckptd.sources.timer import PeriodicTimer
-from ckptd.storage.job_identity import node_group
+from ckptd.storage.job_identity import multi_node
 from ckptd.storage.memory import MemoryPlace, clear, find_place, prune
 from ckptd.storage.persist import Persisted, Pickup, persist_newest
 from ckptd.supervisor.background import Background, Finished
@@ -61,7 +61,7 @@ class MemoryCopy:
         self.each_commit = config.every is None  # no disk interval: persist every RAM save
         # A node of several persists every RAM step newer than its disk before a relaunch:
         # the other nodes may lack its newest, and the ranks resume from a step all have.
-        self.every_newer = node_group(config.job_id, config.command) is not None
+        self.every_newer = multi_node(config.job_id, config.command)
         self.mode = int(config.checkpoint_mode, 8) if config.checkpoint_mode else None
         self.newest: _Newest | None = None
         self.persisted_step: int | None = None
@@ -234,22 +234,18 @@ class MemoryCopy:
                 tier="disk", why=why,
             )  # fmt: skip
 
-    def persist_blocking(self) -> Pickup:
-        """The newest RAM checkpoint newer than the disk's, persisted now; safe on the worker
-        (it reads only what is fixed at start), for after the job exited."""
-        disk, every_newer = self.config.checkpoint_dir, self.every_newer
-        return persist_newest(self.path, disk, self.mode, every_newer=every_newer)
+    def persist_blocking(self, deadline: float | None = None) -> Pickup:
+        """The newest RAM checkpoint newer than the disk's (a node of several: every one),
+        persisted now; safe on the worker (it reads only what is fixed at start)."""
+        disk = self.config.checkpoint_dir
+        return persist_newest(self.path, disk, self.mode, deadline, every_newer=self.every_newer)
 
     def persist_final(self, deadline: float) -> None:
         """The job of a stop is gone: persist its final RAM checkpoint on the worker (FINAL),
         given up at ``deadline`` (monotonic; the RAM copy is then kept for the next run)."""
-        place, disk, mode = self.path, self.config.checkpoint_dir, self.mode
         step = self.newest.step if self.newest is not None else None
         self.deadline = deadline
-        every = self.every_newer
-        self.background.submit(
-            FINAL, lambda: _persist_final(place, disk, mode, step, deadline, every)
-        )
+        self.background.submit(FINAL, lambda: self._persist_final(step, deadline))
 
     def on_final_persisted(self, finished: Finished) -> tuple[Persisted | None, bool]:
         """The final's persistence ended: the new disk checkpoint, and whether the disk now
@@ -266,10 +262,7 @@ class MemoryCopy:
 
         RAM is kept (with a warning) when that persistence failed: the next run picks it up.
         """
-        pickup = persist_newest(
-            self.path, self.config.checkpoint_dir, self.mode, self.deadline,
-            every_newer=self.every_newer,
-        )  # fmt: skip
+        pickup = self.persist_blocking(self.deadline)
         self.report(pickup, why="at exit")
         if pickup.error is not None:
             self.events.emit(
@@ -303,6 +296,12 @@ class MemoryCopy:
             else round(max(0.0, (self.timer.next_due() or 0.0) - time.monotonic()), 3),
         }
 
+    def _persist_final(self, step: int | None, deadline: float) -> tuple[Pickup, bool]:
+        """On the worker: the final persisted; whether the disk now holds ``step``."""
+        pickup = self.persist_blocking(deadline)
+        steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
+        return pickup, step is None or (bool(steps) and max(steps) >= step)
+
     def _note_on_disk(self, step: int) -> None:
         if self.persisted_step is None or step > self.persisted_step:
             self.persisted_step = step
@@ -316,13 +315,3 @@ class MemoryCopy:
             "checkpoint.tier_fallback", level="warning", request_id=request_id, step=step,
             why=why, tier="disk",
         )  # fmt: skip
-
-
-def _persist_final(
-    place: Path, disk: Path, mode: int | None, step: int | None, deadline: float, every: bool
-) -> tuple[Pickup, bool]:
-    """On the worker: the newest RAM checkpoint persisted (with ``every``, the older ones newer
-    than the disk too); whether the disk holds ``step``."""
-    pickup = persist_newest(place, disk, mode, deadline, every_newer=every)
-    steps = [c.step for c in scan(disk) if c.valid]
-    return pickup, step is None or (bool(steps) and max(steps) >= step)
