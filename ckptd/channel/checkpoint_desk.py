@@ -55,6 +55,9 @@ class Acknowledged:
 
     final: bool = False  # it answered the final request of a stop
     progress: bool = False  # a checkpoint newer than any before committed
+    persist: bool = False  # a RAM commit a disk request wants on disk at once
+    # ... and the waiters of that disk request with their answer: they get it once on disk
+    held: tuple[list[Waiter], dict[str, Any]] | None = None
 
 
 class CheckpointDesk:
@@ -208,13 +211,14 @@ class CheckpointDesk:
             and self.outstanding.final
             and self.outstanding.answers(ids)
         )
+        persist, held = self._wanted_on_disk(ids, message.path)
         if peer.in_group:
             self.group.committed(peer, step, self._primary(ids), message.path)
         for rid in ids:
             if not peer.in_group:
                 self.channel.broadcast("done", skip=peer, id=rid, path=message.path, step=step)
             self._finish(rid, result={"request_id": rid, **self.last_commit})
-        return Acknowledged(final=final, progress=progress)
+        return Acknowledged(final=final, progress=progress, persist=persist, held=held)
 
     def on_failed(self, message: Failed, peer: Peer | None = None) -> Acknowledged:
         ids, error, step = message.ids, message.error, message.step
@@ -244,15 +248,6 @@ class CheckpointDesk:
             return "disk"
         return "memory" if Path(path).parent == self.memory_dir else "disk"
 
-    def persist_wanted(self, ids: Ids) -> bool:
-        """Whether a commit answering ``ids`` must be persisted at once when it is in RAM: a
-        disk request joined its memory save, or a disk request was answered by reusing a RAM
-        checkpoint. Called before :meth:`on_committed` forgets the request."""
-        current = self.outstanding
-        if current is None or not current.answers(ids):
-            return False
-        return current.persist or current.tier == "disk"
-
     def note_progress(self, step: int) -> bool:
         """A checkpoint of ``step`` exists (found on disk); return whether it is newer."""
         if self.newest_step is None or step > self.newest_step:
@@ -266,6 +261,22 @@ class CheckpointDesk:
             for waiter in self.outstanding.waiters:
                 waiter.fail(code, message)
             self.outstanding.waiters.clear()
+
+    def _wanted_on_disk(
+        self, ids: Ids, path: str | None
+    ) -> tuple[bool, tuple[list[Waiter], dict[str, Any]] | None]:
+        """For a RAM commit answering a disk request (it joined the memory save, or the save
+        reused a RAM checkpoint): persist it at once, and take its waiters, who asked for a
+        checkpoint on disk, off the commit's answer (ckptd answers them once persisted)."""
+        current = self.outstanding
+        if current is None or not current.answers(ids) or self.tier_of(path) != "memory":
+            return False, None
+        if not (current.persist or current.tier == "disk"):
+            return False, None
+        if not current.waiters:
+            return True, None
+        waiters, current.waiters = current.waiters, []
+        return True, (waiters, {"request_id": current.id, **(self.last_commit or {})})
 
     def _deliver(self, outstanding: Outstanding, trainer: Trainer | None) -> bool:
         if self.channel.broadcast("request", **self._fields(outstanding)):

@@ -1040,11 +1040,12 @@ class Arbiter:
         elif isinstance(message, messages.Written):
             self.desk.on_written(peer, message)
         elif isinstance(message, messages.Committed):
-            persist_now = self.desk.persist_wanted(message.ids)
             ack = self.desk.on_committed(peer, message)
             in_ram = self.memory is not None and self.memory.committed(
-                message, persist_now=persist_now
+                message, persist_now=ack.persist
             )
+            if ack.held is not None and self.memory is not None and message.step is not None:
+                self.memory.await_disk(message.step, *ack.held)
             at = self.desk.last_commit["time"] if self.desk.last_commit else None
             self.progress.save_ended(now, message, at, feeds_interval=not in_ram)
             if ack.progress:

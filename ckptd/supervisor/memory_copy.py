@@ -18,6 +18,7 @@ from typing import Any
 
 from ckptd.channel.messages import Committed, Failed, Started
 from ckptd.config import JobConfig
+from ckptd.control.server import Waiter
 from ckptd.events import EventLog
 from ckptd.progress.memory_interval import MemoryInterval
 from ckptd.sources.timer import PeriodicTimer
@@ -31,6 +32,15 @@ from ckptd_client.store import scan
 PERSISTED = "memory_persisted"  # Background tags whose Finished values come back here
 PRUNED = "memory_pruned"
 FINAL = "memory_final"  # the final checkpoint of a stop, persisted in the Ending
+
+
+@dataclass
+class _Awaiting:
+    """Waiters of a disk request that a RAM commit of ``step`` answered: answered when on disk."""
+
+    step: int
+    waiters: list[Waiter]
+    answer: dict[str, Any]
 
 
 @dataclass
@@ -64,7 +74,8 @@ class MemoryCopy:
         self.every_newer = multi_node(config.job_id, config.command)
         self.mode = int(config.checkpoint_mode, 8) if config.checkpoint_mode else None
         self.newest: _Newest | None = None
-        self.persisted_step: int | None = None
+        self._on_disk: tuple[int, str] | None = None  # the newest step known on disk, its path
+        self._awaiting: list[_Awaiting] = []
         self.resumed: Path | None = None  # a RAM resume point: never pruned while in use
         self.persisting = False
         self._again = False
@@ -78,6 +89,10 @@ class MemoryCopy:
     @property
     def path(self) -> Path:
         return self.place.path
+
+    @property
+    def persisted_step(self) -> int | None:
+        return self._on_disk[0] if self._on_disk is not None else None
 
     def place_fields(self) -> dict[str, Any]:
         """The ``memory.ready`` event: where the tier lives and whether that is RAM."""
@@ -153,7 +168,7 @@ class MemoryCopy:
         path, step = message.path, message.step
         if path is None or step is None or Path(path).parent != self.path:
             if path is not None and step is not None:
-                self._note_on_disk(step)
+                self._note_on_disk(step, path)
                 if message.seconds is not None and not message.reused:
                     self.disk_seconds = message.seconds
             return False
@@ -212,21 +227,23 @@ class MemoryCopy:
                 "checkpoint.invalid", level="warning", path=str(bad.path), step=bad.step,
                 why=bad.why, moved_to=None, tier="memory",
             )  # fmt: skip
+            self._fail_awaiting(f"the RAM checkpoint did not verify: {bad.why}", step=bad.step)
         if pickup.error is not None:
             self.events.emit("checkpoint.persist_failed", level="error", error=pickup.error)
+            self._fail_awaiting(f"persisting the RAM checkpoint to disk failed: {pickup.error}")
         for older in pickup.older:
             self._persisted(older, why)
         done = pickup.persisted
         if done is None or not done.copied:
             if done is not None:
-                self._note_on_disk(done.step)
+                self._note_on_disk(done.step, str(done.path))
             return None
         self.disk_seconds = done.seconds if self.disk_seconds is None else self.disk_seconds
         self._persisted(done, why)
         return done
 
     def _persisted(self, done: Persisted, why: str) -> None:
-        self._note_on_disk(done.step)
+        self._note_on_disk(done.step, str(done.path))
         if done.copied:
             self.events.emit(
                 "checkpoint.persisted", step=done.step, path=str(done.path),
@@ -264,6 +281,7 @@ class MemoryCopy:
         """
         pickup = self.persist_blocking(self.deadline)
         self.report(pickup, why="at exit")
+        self._fail_awaiting("ckptd is exiting and the RAM checkpoint is not on disk")
         if pickup.error is not None:
             self.events.emit(
                 "memory.kept", level="warning", dir=str(self.path), why=pickup.error
@@ -302,9 +320,41 @@ class MemoryCopy:
         steps = [c.step for c in scan(self.config.checkpoint_dir) if c.valid]
         return pickup, step is None or (bool(steps) and max(steps) >= step)
 
-    def _note_on_disk(self, step: int) -> None:
-        if self.persisted_step is None or step > self.persisted_step:
-            self.persisted_step = step
+    def await_disk(self, step: int, waiters: list[Waiter], answer: dict[str, Any]) -> None:
+        """Answer ``waiters`` (of a disk request a RAM commit of ``step`` answered) once a
+        checkpoint of ``step`` or newer is on disk, with that checkpoint's path and step."""
+        self._awaiting.append(_Awaiting(step, waiters, answer))
+        self._answer_awaiting()
+
+    def _note_on_disk(self, step: int, path: str) -> None:
+        if self._on_disk is None or step >= self._on_disk[0]:
+            self._on_disk = (step, path)
+        self._answer_awaiting()
+
+    def _answer_awaiting(self) -> None:
+        if self._on_disk is None:
+            return
+        step, path = self._on_disk
+        still = []
+        for awaiting in self._awaiting:
+            if awaiting.step > step:
+                still.append(awaiting)
+                continue
+            answer = {**awaiting.answer, "path": path, "step": step, "tier": "disk"}
+            answer["memory_path"] = awaiting.answer.get("path")
+            if step != awaiting.step:  # a newer step was persisted in its place
+                answer.update(metrics=None, bytes=None, seconds=None)
+            for waiter in awaiting.waiters:
+                waiter.reply(answer)
+        self._awaiting = still
+
+    def _fail_awaiting(self, why: str, step: int | None = None) -> None:
+        """Fail the waiters for a disk copy of ``step`` (None: of every step)."""
+        failing = [a for a in self._awaiting if step is None or a.step == step]
+        for awaiting in failing:
+            for waiter in awaiting.waiters:
+                waiter.fail("checkpoint_failed", why)
+        self._awaiting = [a for a in self._awaiting if a not in failing]
 
     def _protected(self) -> list[Path]:
         return [self.resumed] if self.resumed is not None else []

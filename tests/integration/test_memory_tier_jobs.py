@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -191,6 +192,45 @@ def test_without_every_each_ram_save_is_persisted_and_ram_keeps_memory_keep(
     job.signal(signal.SIGTERM)
     assert job.wait() == 0
     assert list(ram.iterdir()) == []
+
+
+def test_a_waited_request_that_joins_a_ram_save_is_answered_with_its_disk_copy(
+    job: Job, ram: Path, tmp_path: Path
+) -> None:
+    """`ckptd checkpoint --wait` arriving while a RAM save is under way joins it; the answer
+    comes once that step is persisted, with the disk copy's path (a checkpoint on disk, as the
+    request asked), not the RAM one that a crash of the machine would take with it."""
+    release = tmp_path / "release-the-save"
+    options = (*MEMORY, "--memory-dir", str(ram))
+    job.start_fake("--step-time", "0.01", "--save-until", str(release), options=options)
+    started = job.wait_event("checkpoint.started")
+    requested = job.events("checkpoint.requested")[0]
+    assert requested["request_id"] == started["request_id"] and requested["tier"] == "memory"
+    command = [sys.executable, "-m", "ckptd", "checkpoint", "--wait", "--json"]
+    waiting = subprocess.Popen(
+        [*command, "--run-dir", str(job.run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        joined = wait_for(
+            lambda: [e for e in job.events("checkpoint.requested") if e.get("coalesced_into")],
+            "the waited request to join the RAM save",
+        )[0]
+        assert joined["coalesced_into"] == started["request_id"] and joined["tier"] == "disk"
+        release.touch()
+        out, _ = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert waiting.returncode == 0
+    answer = json.loads(out)
+    committed = _memory_commits(job)[0]
+    assert answer["tier"] == "disk" and Path(answer["memory_path"]) == Path(committed["path"])
+    assert Path(answer["path"]).parent == job.checkpoint_dir and answer["step"] == committed["step"]
+    assert inspect(Path(answer["path"]), full=True).valid
+    persisted = [e for e in job.events("checkpoint.persisted") if e["step"] == answer["step"]]
+    assert persisted and persisted[0]["path"] == answer["path"]
+    job.signal(signal.SIGTERM)
+    assert job.wait() == 0
 
 
 def test_a_memory_dir_that_is_a_link_is_a_one_line_start_error(job: Job, tmp_path: Path) -> None:
