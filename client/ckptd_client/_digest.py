@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ._mapped import PIECE, cut, view_of, write_hashed
 from ._spare import take_spare
 
 xxhash: Any = importlib.import_module("xxhash") if importlib.util.find_spec("xxhash") else None
@@ -110,16 +111,32 @@ class HashingWriter:
         fd = take_spare(self.path)  # a file of a RAM save: written over a spare's pages
         self._recycled = fd is not None
         self._file = open(self.path, "xb") if fd is None else os.fdopen(fd, "wb")  # noqa: SIM115
+        self._mapped = view_of(fd) if fd is not None else None  # ... at memcpy speed
         self._algorithm = default_algorithm()
         self._hasher = new_hasher(self._algorithm)
         self._size = 0
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        written = self._file.write(view)
-        self._hasher.update(view[:written])
+        mapped = self._mapped
+        fits = min(len(view), len(mapped) - self._size) if mapped is not None else 0
+        if fits > 0:
+            assert mapped is not None
+            write_hashed(mapped, self._size, view[:fits], self._hasher)
+            self._size += fits
+            view = view[fits:]
+        if not view:
+            return fits
+        if fits > 0 or (mapped is not None and self._file.tell() != self._size):
+            self._file.seek(self._size)  # past the mapped part: on with write()
+        written = 0
+        while written < len(view):
+            piece = view[written : written + PIECE]
+            count = self._file.write(piece)
+            self._hasher.update(piece[:count])
+            written += count
         self._size += written
-        return written
+        return fits + written
 
     def flush(self) -> None:
         self._file.flush()
@@ -128,7 +145,8 @@ class HashingWriter:
         if not self._file.closed:
             self._file.flush()
             if self._recycled:  # the spare may have been longer
-                os.ftruncate(self._file.fileno(), self._size)
+                self._mapped = None
+                cut(self._file.fileno(), self._size)
             start_writeback(self._file.fileno())
             info = os.fstat(self._file.fileno())
             self._file.close()

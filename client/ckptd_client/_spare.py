@@ -38,9 +38,10 @@ def spare_bytes(memory_dir: Path) -> int:
 
 
 def take_spare(path: Path) -> int | None:
-    """A write descriptor of ``path``, a new file of a RAM save under ``CKPTD_MEMORY_DIR``,
-    made by moving the pool's spare of the same name there (its pages are reused: the caller
-    writes from offset 0 and cuts the file to its size); None when there is none to take."""
+    """A read-write descriptor of ``path``, a new file of a RAM save under
+    ``CKPTD_MEMORY_DIR``, made by moving the pool's spare of the same name there (its pages are
+    reused: the caller writes from offset 0, through a kept mapping where it can, and cuts the
+    file to its size); None when there is none to take."""
     ram = os.environ.get(protocol.ENV_MEMORY_DIR)
     if not ram:
         return None
@@ -55,7 +56,7 @@ def take_spare(path: Path) -> int | None:
     except OSError:
         return None
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         os.unlink(target)  # not a file ckptd put there (a link): gone, and a fresh file made
         return None

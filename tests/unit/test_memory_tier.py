@@ -16,7 +16,7 @@ from ckptd.config import ConfigError, load
 from ckptd.storage import memory
 from ckptd.storage.branches import set_aside_newer
 from ckptd.storage.persist import PersistError, persist, persist_newest
-from ckptd_client import _spare, manifest, protocol
+from ckptd_client import _mapped, _spare, manifest, protocol
 from ckptd_client import ram as ram_module
 from ckptd_client.store import inspect, scan
 
@@ -324,6 +324,86 @@ def test_a_pruned_checkpoint_s_pages_are_reused_by_the_next_ram_save(
     path, _ = manifest.commit(temp, 3)
     assert inspect(path, full=True).valid
     assert list(pool.iterdir()) == []
+
+
+def _ram_save(ram: Path, step: int, parts: dict[str, bytes], pieces: int = 1) -> Path:
+    """A RAM save through ckptd_client.create, each file written in ``pieces`` writes."""
+    temp = manifest.new_temp_dir(ram, step)
+    for name, data in parts.items():
+        with ckptd_client.create(temp / name) as handle:
+            size = -(-len(data) // pieces)
+            for start in range(0, len(data), size):
+                assert handle.write(data[start : start + size]) == len(data[start : start + size])
+    path, _ = manifest.commit(temp, step)
+    return path
+
+
+@pytest.fixture
+def fresh_mappings() -> Iterator[None]:
+    _mapped.forget_all()
+    yield
+    _mapped.forget_all()
+
+
+@needs_shm
+def test_a_spare_written_again_goes_through_the_mapping_kept_for_its_inode(
+    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
+) -> None:
+    """The second time an inode comes back as a spare, its save is copied into the mapping
+    the first time kept (no new one); writes that outgrow it go on with write(), a shorter
+    save cuts the file; every commit verifies with the bytes written, and a later mapping
+    never reaches past the file."""
+    ram = SHM / f"ckptd-test-{os.getpid()}-mapped"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    sizes = [3 << 20, 3 << 20, (3 << 20) + 12345, 2 << 20, 3 << 20]
+    try:
+        for step, size in enumerate(sizes, start=1):
+            data = os.urandom(size)
+            path = _ram_save(ram, step, {"model.pt": data, "small.pt": b"s" * 100}, pieces=3)
+            assert (path / "model.pt").read_bytes() == data
+            assert inspect(path, full=True).valid
+            inode = os.stat(path / "model.pt").st_ino
+            if step == 3:  # step 1's file came back as a spare: mapped, and the mapping kept
+                assert _mapped.kept_count() == 1
+                first = next(iter(_mapped._kept.items()))
+                assert first[0][1] == inode
+            if step == 5:  # the same inode again (step 3's): the same mapping, none new
+                assert inode == first[0][1] and _mapped._kept[first[0]] is first[1]
+            memory.prune(ram, 1)
+        # Two inodes alternate; step 4 cut the other one shorter than its mapping, dropped then.
+        assert _mapped.kept_count() == 1
+        for kept in _mapped._kept.values():
+            assert len(kept.view) <= os.fstat(kept.fd).st_size
+    finally:
+        shutil.rmtree(ram, ignore_errors=True)
+
+
+@needs_shm
+def test_no_mapping_for_a_file_with_holes_and_none_kept_for_an_unlinked_one(
+    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
+) -> None:
+    """A spare with holes is written with write() (a write through a mapping would allocate,
+    and a full tmpfs answers SIGBUS); the mapping of a spare later deleted (a pool cleared)
+    is dropped, so it pins no RAM."""
+    ram = SHM / f"ckptd-test-{os.getpid()}-holes"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    try:
+        pool = ram / _spare.SPARE_DIR
+        pool.mkdir(parents=True)
+        with open(pool / "model.pt", "wb") as handle:
+            handle.truncate(4 << 20)  # all hole
+        data = os.urandom(4 << 20)
+        path = _ram_save(ram, 1, {"model.pt": data})
+        assert _mapped.kept_count() == 0 and (path / "model.pt").read_bytes() == data
+        _ram_save(ram, 2, {"model.pt": data})
+        memory.prune(ram, 1)  # step 1's file is whole now: the next save maps it
+        _ram_save(ram, 3, {"model.pt": data})
+        assert _mapped.kept_count() == 1
+        shutil.rmtree(ram)
+        _mapped.drop_unlinked()
+        assert _mapped.kept_count() == 0
+    finally:
+        shutil.rmtree(ram, ignore_errors=True)
 
 
 def test_a_spare_that_is_a_link_is_never_written_through(

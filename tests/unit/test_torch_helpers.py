@@ -92,3 +92,40 @@ def test_snapshot_memory_is_reused_without_touching_committed_saves(
     one = torch.load(tmp_path / "checkpoints" / "step-00000001" / "w.pt", weights_only=True)
     two = torch.load(tmp_path / "checkpoints" / "step-00000002" / "w.pt", weights_only=True)
     assert float(one.sum()) == 0.0 and float(two.sum()) == 1000.0
+
+
+def test_saves_skip_torch_s_crc32_and_put_the_setting_back(
+    tmp_path: Path, connect, torch_module
+) -> None:
+    """The helpers write without torch's per-record CRC32 (the manifest digests every byte);
+    the file loads; torch's setting is what it was after saves in two threads at once."""
+    import threading
+    import zipfile
+
+    from torch.utils.serialization import config
+
+    torch, helpers = torch_module
+    ck = connect()
+    weights = {"w": torch.arange(1 << 16, dtype=torch.float32)}
+    assert config.save.compute_crc32 is True
+    helpers.save(ck, 1, {"model": weights})
+    path = tmp_path / "checkpoints" / "step-00000001" / "model.pt"
+    with zipfile.ZipFile(path) as archive:
+        data = [i for i in archive.infolist() if i.filename.rsplit("/", 2)[-2] == "data"]
+        assert data and all(i.CRC == 0 for i in data)
+    assert torch.equal(helpers.load(connect())["model"]["w"], weights["w"])
+
+    started = threading.Barrier(2)
+
+    def write(index: int) -> None:
+        started.wait()
+        for _ in range(20):
+            with helpers._without_crc32:
+                torch.save(weights, tmp_path / f"t{index}.pt")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert config.save.compute_crc32 is True
