@@ -143,6 +143,8 @@ class CheckpointDesk:
         if earlier is not None:
             final.origins |= earlier.origins
             final.waiters += earlier.waiters  # answered by the final save
+            # ... once on disk, for waiters of a disk request, when the final goes to RAM
+            final.persist = bool(earlier.waiters) and (earlier.persist or earlier.tier == "disk")
             if earlier.delivered and self.group.active:
                 # Ranks may be saving it at its agreed step already: the final joins that save.
                 final.agreement, final.joins = earlier.agreement, earlier.id

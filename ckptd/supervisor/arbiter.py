@@ -878,6 +878,8 @@ class Arbiter:
             )  # fmt: skip
             return
         aside, dropped = finished.result
+        if self.memory is not None and aside.moved:
+            self.memory.rescan_disk()
         if aside.moved or dropped:
             self.events.emit(
                 "checkpoint.passed_over", level="warning",
@@ -1044,8 +1046,13 @@ class Arbiter:
             in_ram = self.memory is not None and self.memory.committed(
                 message, persist_now=ack.persist
             )
-            if ack.held is not None and self.memory is not None and message.step is not None:
-                self.memory.await_disk(message.step, *ack.held)
+            if ack.held is not None:
+                waiters, answer = ack.held
+                if self.memory is not None and message.step is not None:
+                    self.memory.await_disk(message.step, waiters, answer)
+                else:
+                    for waiter in waiters:
+                        waiter.reply(answer)
             at = self.desk.last_commit["time"] if self.desk.last_commit else None
             self.progress.save_ended(now, message, at, feeds_interval=not in_ram)
             if ack.progress:

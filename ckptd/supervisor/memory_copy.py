@@ -111,6 +111,14 @@ class MemoryCopy:
         self.timer.reset(now)
         self.resumed = resume if resume is not None and resume.parent == self.path else None
         self._saving_tier = None
+        self.rescan_disk()  # a rollback or a set-aside may have taken the newest away
+
+    def rescan_disk(self) -> None:
+        """What the disk holds now, for the status and the waiters (never the max of what
+        it once held: steps go aside)."""
+        valid = [c for c in scan(self.config.checkpoint_dir) if c.valid]
+        self._on_disk = (valid[-1].step, str(valid[-1].path)) if valid else None
+        self._answer_awaiting()
 
     def exited(self) -> None:
         self.timer.pause()
@@ -281,7 +289,9 @@ class MemoryCopy:
         """
         pickup = self.persist_blocking(self.deadline)
         self.report(pickup, why="at exit")
-        self._fail_awaiting("ckptd is exiting and the RAM checkpoint is not on disk")
+        if self._awaiting:
+            self.rescan_disk()
+            self._fail_awaiting("ckptd is exiting and the RAM checkpoint is not on disk")
         if pickup.error is not None:
             self.events.emit(
                 "memory.kept", level="warning", dir=str(self.path), why=pickup.error

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import protocol
 from ._group import Group
+from ._mapped import sweep
 from ._messages import CheckpointRequested, Inbox, StopRequested, parse
 
 HEARTBEAT_INTERVAL = 0.1  # between step reports, unless the daemon says (CKPTD_REPORT_EVERY)
@@ -169,6 +170,7 @@ class DaemonChannel:
                 if self._closing:
                     return
                 inbox.turn()
+                sweep()  # mappings of RAM files ckptd removed: their pages go back
                 step, now = inbox.progress(), time.monotonic()
                 if step != sent_step and now - sent_at >= self.report_every:
                     loss = inbox.loss()  # one read: the training thread replaces the tuple

@@ -40,6 +40,7 @@ from ._decisions import (
 )
 from ._group import Group
 from ._group_saves import GroupSaves
+from ._mapped import forget_all
 from ._messages import CheckpointRequested, DaemonMessage, Done, Inbox, StopRequested
 from ._save import Save, Underway, write_and_commit
 from .skip_steps import SkipSteps, from_environment
@@ -242,6 +243,7 @@ class Client:
         if self._group is not None:
             self._group.close()
         self._channel.close()
+        forget_all()  # the mappings of its RAM saves' files: their pages are not pinned on
 
     def __enter__(self) -> Client:
         return self

@@ -119,7 +119,7 @@ class HashingWriter:
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         mapped = self._mapped
-        fits = min(len(view), len(mapped) - self._size) if mapped is not None else 0
+        fits = max(0, min(len(view), len(mapped) - self._size)) if mapped is not None else 0
         if fits > 0:
             assert mapped is not None
             write_hashed(mapped, self._size, view[:fits], self._hasher)
@@ -127,8 +127,9 @@ class HashingWriter:
             view = view[fits:]
         if not view:
             return fits
-        if fits > 0 or (mapped is not None and self._file.tell() != self._size):
-            self._file.seek(self._size)  # past the mapped part: on with write()
+        if mapped is not None:  # past the mapped part: on with write()
+            self._mapped = None
+            self._file.seek(self._size)
         written = 0
         while written < len(view):
             piece = view[written : written + PIECE]

@@ -8,12 +8,15 @@ file is a plain copy into pages that are already mapped. The writer hashes each 
 after copying it, while it is still in the CPU cache.
 
 Bounds, because a mapping pins its pages and a fault through it can kill the process:
-- Only whole files are kept: a file with holes would allocate a page on a write through
-  the mapping, and a full tmpfs answers that with SIGBUS.
-- A mapping never reaches past the file's end: one that would after a save cut the file
+- Only whole files on a RAM filesystem (tmpfs) are mapped: a write through a mapping into a
+  hole, or into a file of a disk filesystem, allocates, and a full filesystem answers with
+  SIGBUS instead of an error.
+- A mapping never reaches past its file's end: one that would after a save cuts the file
   shorter is dropped first.
-- Mappings of files no longer linked anywhere (pruned, cleared) are dropped at the next
-  take, so they pin nothing the daemon's room check cannot see for longer than one save.
+- Mappings of files no longer linked anywhere (pruned, cleared) are dropped by a sweep that
+  the client's thread runs every second or so and each mapped take runs, so they pin no RAM
+  the daemon's room check cannot see for long. Client.close drops them all.
+- A forked process (a data-loader worker) drops its copies of the mappings at once.
 - Files below ``MIN_BYTES`` are not kept, and no more than ``MAX_KEPT`` at once: a
   descriptor stays open for each.
 """
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import time
 from dataclasses import dataclass
 
 PIECE = 256 << 10  # copied then hashed while it sits in the CPU cache
 MIN_BYTES = 1 << 20
 MAX_KEPT = 256
+RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 _SWEEP_SECONDS = 1.0
 
 
@@ -39,6 +44,8 @@ class _Kept:
 
 
 _kept: dict[tuple[int, int], _Kept] = {}
+_in_ram: dict[int, bool] = {}  # st_dev -> on a RAM filesystem
+_lock = threading.Lock()
 _swept = 0.0
 
 
@@ -46,30 +53,34 @@ def view_of(fd: int) -> memoryview | None:
     """A writable view of the file of ``fd`` (a spare taken for a RAM save, opened for
     reading and writing), no longer than the file, from a mapping kept for its inode; None
     when the file must be written with ``write()``."""
-    global _swept
-    now = time.monotonic()
-    if now - _swept >= _SWEEP_SECONDS:
-        _swept = now
-        drop_unlinked()
+    sweep(0.0)
     info = os.fstat(fd)
     if info.st_size < MIN_BYTES or info.st_blocks * 512 < info.st_size:
         return None
+    if not _on_ram_filesystem(info.st_dev):
+        return None
     key = (info.st_dev, info.st_ino)
-    kept = _kept.get(key)
-    if kept is not None and len(kept.view) <= info.st_size:
+    with _lock:
+        kept = _kept.get(key)
+        if kept is not None and len(kept.view) <= info.st_size:
+            return kept.view
+        if kept is not None and not _forget(key):
+            return None
+        if len(_kept) >= MAX_KEPT:
+            return None
+        try:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mapping = mmap.mmap(fd, info.st_size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError):
+            return None
+        try:
+            held = os.dup(fd)
+        except OSError:  # out of descriptors: this save writes the plain way
+            mapping.close()
+            return None
+        kept = _Kept(held, mapping, memoryview(mapping))
+        _kept[key] = kept
         return kept.view
-    if kept is not None:
-        _forget(key)
-    if len(_kept) >= MAX_KEPT:
-        return None
-    try:
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        mapping = mmap.mmap(fd, info.st_size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
-    except (OSError, ValueError):
-        return None
-    kept = _Kept(os.dup(fd), mapping, memoryview(mapping))
-    _kept[key] = kept
-    return kept.view
 
 
 def write_hashed(view: memoryview, offset: int, data: memoryview, hasher: object) -> None:
@@ -82,25 +93,35 @@ def write_hashed(view: memoryview, offset: int, data: memoryview, hasher: object
         update(view[at : at + len(piece)])
 
 
-def drop_unlinked() -> None:
-    """Forget the mappings of files no longer linked anywhere: their pages go back to RAM."""
-    for key, kept in list(_kept.items()):
-        try:
-            gone = os.fstat(kept.fd).st_nlink == 0
-        except OSError:
-            gone = True
-        if gone:
-            _forget(key)
-
-
 def cut(fd: int, size: int) -> None:
     """Cut the file of ``fd`` to ``size``, first dropping a kept mapping that would then reach
     past its end (a touch there is SIGBUS)."""
     info = os.fstat(fd)
-    kept = _kept.get((info.st_dev, info.st_ino))
-    if kept is not None and len(kept.view) > size:
-        _forget((info.st_dev, info.st_ino))
+    key = (info.st_dev, info.st_ino)
+    with _lock:
+        kept = _kept.get(key)
+        if kept is not None and len(kept.view) > size and not _forget(key):
+            raise OSError(f"a mapping of {fd} is still in use; not cut under it")
     os.ftruncate(fd, size)
+
+
+def sweep(every: float = _SWEEP_SECONDS) -> None:
+    """Drop the mappings of files no longer linked anywhere (at most once per ``every``)."""
+    global _swept
+    if not _kept:
+        return
+    now = time.monotonic()
+    if now - _swept < every:
+        return
+    _swept = now
+    with _lock:
+        for key, kept in list(_kept.items()):
+            try:
+                gone = os.fstat(kept.fd).st_nlink == 0
+            except OSError:
+                gone = True
+            if gone:
+                _forget(key)
 
 
 def kept_count() -> int:
@@ -108,15 +129,61 @@ def kept_count() -> int:
 
 
 def forget_all() -> None:
-    for key in list(_kept):
-        _forget(key)
+    with _lock:
+        for key in list(_kept):
+            _forget(key)
 
 
-def _forget(key: tuple[int, int]) -> None:
-    kept = _kept.pop(key)
-    kept.view.release()
-    kept.mapping.close()
+def _forget(key: tuple[int, int]) -> bool:
+    """Unmap and close one; False (kept for a later sweep) while a writer still uses it."""
+    kept = _kept[key]
+    try:
+        kept.view.release()
+        kept.mapping.close()
+    except BufferError:
+        return False
+    del _kept[key]
     os.close(kept.fd)
+    return True
 
 
-os.register_at_fork(after_in_child=forget_all)  # a forked worker writes no RAM save
+def _on_ram_filesystem(device: int) -> bool:
+    known = _in_ram.get(device)
+    if known is None:
+        known = _in_ram[device] = _filesystem(device) in RAM_FILESYSTEMS
+    return known
+
+
+def _filesystem(device: int) -> str:
+    """The type of the filesystem mounted from ``device`` (/proc/self/mountinfo), or "?"."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split(" ")
+                if len(fields) > 2 and fields[2] == wanted and "-" in fields:
+                    return fields[fields.index("-") + 1]
+    except OSError:
+        pass
+    return "?"
+
+
+def _after_fork_in_child() -> None:
+    """A forked process (a data-loader worker) writes no RAM save: its copies of the mappings
+    go, with their descriptors. One a thread of the parent was writing through at the fork
+    cannot be unmapped (that thread's views live on, frozen): it stays, without its
+    descriptor, until the child ends."""
+    global _lock
+    _lock = threading.Lock()
+    for kept in _kept.values():
+        try:
+            kept.view.release()
+            kept.mapping.close()
+        except BufferError:
+            _frozen.append(kept)
+        os.close(kept.fd)
+    _kept.clear()
+
+
+_frozen: list[_Kept] = []
+os.register_at_fork(after_in_child=_after_fork_in_child)

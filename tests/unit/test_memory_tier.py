@@ -400,10 +400,83 @@ def test_no_mapping_for_a_file_with_holes_and_none_kept_for_an_unlinked_one(
         _ram_save(ram, 3, {"model.pt": data})
         assert _mapped.kept_count() == 1
         shutil.rmtree(ram)
-        _mapped.drop_unlinked()
+        _mapped.sweep(0.0)
         assert _mapped.kept_count() == 0
     finally:
         shutil.rmtree(ram, ignore_errors=True)
+
+
+@needs_shm
+def test_writes_that_outgrow_the_mapping_each_return_their_length(
+    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
+) -> None:
+    """A write-all loop that trusts write()'s count gets every byte once, whether the bytes
+    went into the mapping, across its end or past it (the file grows)."""
+    ram = SHM / f"ckptd-test-{os.getpid()}-outgrow"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    try:
+        _ram_save(ram, 1, {"model.pt": os.urandom(2 << 20)})
+        _ram_save(ram, 2, {"model.pt": os.urandom(2 << 20)})
+        memory.prune(ram, 1)  # step 1's 2 MiB file is a spare: mapped when taken
+        data = os.urandom((4 << 20) + 777)
+        temp = manifest.new_temp_dir(ram, 3)
+        with ckptd_client.create(temp / "model.pt") as handle:
+            view, done = memoryview(data), 0
+            while done < len(data):
+                count = handle.write(view[done : done + (300 << 10)])
+                assert count == len(view[done : done + (300 << 10)])
+                done += count
+        assert _mapped.kept_count() == 1
+        path, _ = manifest.commit(temp, 3)
+        assert (path / "model.pt").read_bytes() == data
+        assert inspect(path, full=True).valid
+    finally:
+        shutil.rmtree(ram, ignore_errors=True)
+
+
+@needs_shm
+def test_a_forked_child_drops_its_copies_of_the_mappings(
+    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
+) -> None:
+    """A data-loader worker forked from the trainer keeps no mapping (nor its descriptor)
+    of the trainer's RAM files; the trainer keeps its own."""
+    ram = SHM / f"ckptd-test-{os.getpid()}-fork"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    try:
+        for step in (1, 2, 3):
+            _ram_save(ram, step, {"model.pt": os.urandom(2 << 20)})
+            memory.prune(ram, 1)
+        assert _mapped.kept_count() == 1
+        fd = next(iter(_mapped._kept.values())).fd
+        child = os.fork()
+        if child == 0:
+            try:
+                os.fstat(fd)
+                os._exit(3)  # the descriptor is still open in the child
+            except OSError:
+                os._exit(_mapped.kept_count())
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _mapped.kept_count() == 1 and os.fstat(fd).st_nlink == 1
+    finally:
+        shutil.rmtree(ram, ignore_errors=True)
+
+
+def test_a_spare_on_a_disk_filesystem_is_written_without_a_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
+) -> None:
+    """A memory_dir on a disk filesystem (as told): no mapping, whose write into a full disk
+    would be SIGBUS instead of an error."""
+    if memory.filesystem_of(tmp_path) in memory.RAM_FILESYSTEMS:
+        pytest.skip("the test's directory is on a RAM filesystem here")
+    ram = tmp_path / "ram"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    for step in (1, 2, 3):
+        data = os.urandom(2 << 20)
+        path = _ram_save(ram, step, {"model.pt": data})
+        memory.prune(ram, 1)
+    assert _mapped.kept_count() == 0
+    assert (path / "model.pt").read_bytes() == data
 
 
 def test_a_spare_that_is_a_link_is_never_written_through(

@@ -115,17 +115,21 @@ def test_saves_skip_torch_s_crc32_and_put_the_setting_back(
         assert data and all(i.CRC == 0 for i in data)
     assert torch.equal(helpers.load(connect())["model"]["w"], weights["w"])
 
+    seen: dict[str, list[bool]] = {}
     started = threading.Barrier(2)
 
-    def write(index: int) -> None:
+    def write(name: str, rounds: int) -> None:
         started.wait()
-        for _ in range(20):
-            with helpers._without_crc32:
-                torch.save(weights, tmp_path / f"t{index}.pt")
+        for _ in range(rounds):
+            with helpers._without_crc32():
+                seen.setdefault(name, []).append(config.save.compute_crc32)
+                torch.save(weights, tmp_path / f"{name}.pt")
+        seen[name].append(config.save.compute_crc32)  # after its saves: as it was
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=write, args=(n, r)) for n, r in (("a", 2), ("b", 30))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert seen == {"a": [False, False, True], "b": [False] * 30 + [True]}
     assert config.save.compute_crc32 is True
