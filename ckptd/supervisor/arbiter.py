@@ -1044,7 +1044,7 @@ class Arbiter:
         elif isinstance(message, messages.Committed):
             ack = self.desk.on_committed(peer, message)
             in_ram = self.memory is not None and self.memory.committed(
-                message, persist_now=ack.persist
+                message, persist_now=ack.persist, final=ack.final
             )
             if ack.held is not None:
                 waiters, answer = ack.held

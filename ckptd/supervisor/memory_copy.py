@@ -116,7 +116,11 @@ class MemoryCopy:
     def rescan_disk(self) -> None:
         """What the disk holds now, for the status and the waiters (never the max of what
         it once held: steps go aside)."""
-        valid = [c for c in scan(self.config.checkpoint_dir) if c.valid]
+        try:
+            valid = [c for c in scan(self.config.checkpoint_dir) if c.valid]
+        except OSError as exc:  # what was known stands; the next persistence tells more
+            self.events.emit("memory.disk_unreadable", level="warning", error=str(exc))
+            return
         self._on_disk = (valid[-1].step, str(valid[-1].path)) if valid else None
         self._answer_awaiting()
 
@@ -166,11 +170,12 @@ class MemoryCopy:
             self._failed_save = message.error
         self._saving_tier = None
 
-    def committed(self, message: Committed, *, persist_now: bool) -> bool:
+    def committed(self, message: Committed, *, persist_now: bool, final: bool = False) -> bool:
         """A commit was acknowledged; True when it is in RAM (then it is no disk commit).
 
         A RAM commit is persisted at once without ``every`` or when a disk request joined it
-        (``persist_now``), and RAM is pruned to ``memory_keep``.
+        (``persist_now``), except a stop's ``final`` (the Ending's, bounded by the stop's
+        deadline), and RAM is pruned to ``memory_keep``.
         """
         self._saving_tier = None
         path, step = message.path, message.step
@@ -192,7 +197,7 @@ class MemoryCopy:
             if choice is not None:
                 self.timer.retime(self.auto.every, time.monotonic())
                 self.events.emit("memory.interval", **choice.to_json())
-        if self.each_commit or persist_now:
+        if (self.each_commit or persist_now) and not final:
             self.persist()
         place, keep, protect = self.path, self.config.memory_keep, self._protected()
         self.background.submit(PRUNED, lambda: prune(place, keep, protect))
@@ -287,10 +292,12 @@ class MemoryCopy:
 
         RAM is kept (with a warning) when that persistence failed: the next run picks it up.
         """
-        pickup = self.persist_blocking(self.deadline)
-        self.report(pickup, why="at exit")
-        if self._awaiting:
-            self.rescan_disk()
+        try:
+            pickup = self.persist_blocking(self.deadline)
+            self.report(pickup, why="at exit")
+            if self._awaiting:
+                self.rescan_disk()
+        finally:
             self._fail_awaiting("ckptd is exiting and the RAM checkpoint is not on disk")
         if pickup.error is not None:
             self.events.emit(

@@ -7,6 +7,7 @@ the training thread only ever reads flags.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -170,7 +171,8 @@ class DaemonChannel:
                 if self._closing:
                     return
                 inbox.turn()
-                sweep()  # mappings of RAM files ckptd removed: their pages go back
+                with contextlib.suppress(OSError):
+                    sweep()  # mappings of RAM files ckptd removed: their pages go back
                 step, now = inbox.progress(), time.monotonic()
                 if step != sent_step and now - sent_at >= self.report_every:
                     loss = inbox.loss()  # one read: the training thread replaces the tuple

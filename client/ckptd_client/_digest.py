@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ._mapped import PIECE, cut, view_of, write_hashed
+from ._mapped import PIECE, cut, lease, write_hashed
 from ._spare import take_spare
 
 xxhash: Any = importlib.import_module("xxhash") if importlib.util.find_spec("xxhash") else None
@@ -111,24 +111,24 @@ class HashingWriter:
         fd = take_spare(self.path)  # a file of a RAM save: written over a spare's pages
         self._recycled = fd is not None
         self._file = open(self.path, "xb") if fd is None else os.fdopen(fd, "wb")  # noqa: SIM115
-        self._mapped = view_of(fd) if fd is not None else None  # ... at memcpy speed
+        self._lease = lease(fd) if fd is not None else None  # ... at memcpy speed
         self._algorithm = default_algorithm()
         self._hasher = new_hasher(self._algorithm)
         self._size = 0
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        mapped = self._mapped
-        fits = max(0, min(len(view), len(mapped) - self._size)) if mapped is not None else 0
+        held = self._lease
+        fits = max(0, min(len(view), len(held.view) - self._size)) if held is not None else 0
         if fits > 0:
-            assert mapped is not None
-            write_hashed(mapped, self._size, view[:fits], self._hasher)
+            assert held is not None
+            write_hashed(held.view, self._size, view[:fits], self._hasher)
             self._size += fits
             view = view[fits:]
         if not view:
             return fits
-        if mapped is not None:  # past the mapped part: on with write()
-            self._mapped = None
+        if held is not None:  # past the mapped part: on with write()
+            self._give_back()
             self._file.seek(self._size)
         written = 0
         while written < len(view):
@@ -139,14 +139,19 @@ class HashingWriter:
         self._size += written
         return fits + written
 
+    def _give_back(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
     def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
         if not self._file.closed:
             self._file.flush()
+            self._give_back()
             if self._recycled:  # the spare may have been longer
-                self._mapped = None
                 cut(self._file.fileno(), self._size)
             start_writeback(self._file.fileno())
             info = os.fstat(self._file.fileno())

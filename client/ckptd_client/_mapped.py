@@ -40,7 +40,20 @@ _SWEEP_SECONDS = 1.0
 class _Kept:
     fd: int  # keeps the inode's identity (and its link count) in reach
     mapping: mmap.mmap
-    view: memoryview
+    busy: bool = False  # a writer holds a lease on it: never unmapped under it
+
+
+class Lease:
+    """One writer's use of a kept mapping: its own view, given back by :meth:`release`."""
+
+    def __init__(self, kept: _Kept, length: int) -> None:
+        self._kept = kept
+        self.view = memoryview(kept.mapping)[:length]
+
+    def release(self) -> None:
+        if self._kept.busy:
+            self.view.release()
+            self._kept.busy = False
 
 
 _kept: dict[tuple[int, int], _Kept] = {}
@@ -49,11 +62,11 @@ _lock = threading.Lock()
 _swept = 0.0
 
 
-def view_of(fd: int) -> memoryview | None:
-    """A writable view of the file of ``fd`` (a spare taken for a RAM save, opened for
-    reading and writing), no longer than the file, from a mapping kept for its inode; None
-    when the file must be written with ``write()``."""
-    sweep(0.0)
+def lease(fd: int) -> Lease | None:
+    """A lease on the mapping kept for the file of ``fd`` (a spare taken for a RAM save,
+    opened for reading and writing), made now if there is none; its view is no longer than
+    the file. None when the file must be written with ``write()``."""
+    sweep()
     info = os.fstat(fd)
     if info.st_size < MIN_BYTES or info.st_blocks * 512 < info.st_size:
         return None
@@ -62,25 +75,33 @@ def view_of(fd: int) -> memoryview | None:
     key = (info.st_dev, info.st_ino)
     with _lock:
         kept = _kept.get(key)
-        if kept is not None and len(kept.view) <= info.st_size:
-            return kept.view
-        if kept is not None and not _forget(key):
-            return None
+        if kept is not None and (kept.busy or len(kept.mapping) > info.st_size):
+            if not _forget(key):
+                return None
+            kept = None
+        if kept is not None:
+            kept.busy = True
+            return Lease(kept, len(kept.mapping))
         if len(_kept) >= MAX_KEPT:
             return None
-        try:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            mapping = mmap.mmap(fd, info.st_size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
-        except (OSError, ValueError):
+    try:  # outside the lock: filling the page tables of a large file takes a while
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapping = mmap.mmap(fd, info.st_size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError):
+        return None
+    try:
+        held = os.dup(fd)
+    except OSError:  # out of descriptors: this save writes the plain way
+        mapping.close()
+        return None
+    kept = _Kept(held, mapping, busy=True)
+    with _lock:
+        if key in _kept and not _forget(key):
+            kept.busy = False
+            _close(kept)
             return None
-        try:
-            held = os.dup(fd)
-        except OSError:  # out of descriptors: this save writes the plain way
-            mapping.close()
-            return None
-        kept = _Kept(held, mapping, memoryview(mapping))
         _kept[key] = kept
-        return kept.view
+    return Lease(kept, info.st_size)
 
 
 def write_hashed(view: memoryview, offset: int, data: memoryview, hasher: object) -> None:
@@ -94,27 +115,28 @@ def write_hashed(view: memoryview, offset: int, data: memoryview, hasher: object
 
 
 def cut(fd: int, size: int) -> None:
-    """Cut the file of ``fd`` to ``size``, first dropping a kept mapping that would then reach
-    past its end (a touch there is SIGBUS)."""
+    """Cut the file of ``fd`` to ``size`` (its writer's lease given back), first dropping a
+    kept mapping that would then reach past its end (a touch there is SIGBUS)."""
     info = os.fstat(fd)
     key = (info.st_dev, info.st_ino)
     with _lock:
         kept = _kept.get(key)
-        if kept is not None and len(kept.view) > size and not _forget(key):
-            raise OSError(f"a mapping of {fd} is still in use; not cut under it")
+        if kept is not None and len(kept.mapping) > size and not _forget(key):
+            raise OSError(f"the mapping of {fd} is leased; the file is not cut under it")
     os.ftruncate(fd, size)
 
 
 def sweep(every: float = _SWEEP_SECONDS) -> None:
-    """Drop the mappings of files no longer linked anywhere (at most once per ``every``)."""
+    """Drop the mappings of files no longer linked anywhere (at most once per ``every``;
+    never waits for the lock: a writer may hold it)."""
     global _swept
     if not _kept:
         return
     now = time.monotonic()
-    if now - _swept < every:
+    if now - _swept < every or not _lock.acquire(blocking=False):
         return
     _swept = now
-    with _lock:
+    try:
         for key, kept in list(_kept.items()):
             try:
                 gone = os.fstat(kept.fd).st_nlink == 0
@@ -122,6 +144,8 @@ def sweep(every: float = _SWEEP_SECONDS) -> None:
                 gone = True
             if gone:
                 _forget(key)
+    finally:
+        _lock.release()
 
 
 def kept_count() -> int:
@@ -135,15 +159,23 @@ def forget_all() -> None:
 
 
 def _forget(key: tuple[int, int]) -> bool:
-    """Unmap and close one; False (kept for a later sweep) while a writer still uses it."""
+    """Unmap and close one; False (kept for a later sweep) while a writer holds it."""
     kept = _kept[key]
-    try:
-        kept.view.release()
-        kept.mapping.close()
-    except BufferError:
+    if kept.busy or not _close(kept):
         return False
     del _kept[key]
-    os.close(kept.fd)
+    return True
+
+
+def _close(kept: _Kept) -> bool:
+    try:
+        kept.mapping.close()
+    except BufferError:  # a view of it is still alive somewhere
+        return False
+    try:
+        os.close(kept.fd)
+    except OSError:
+        pass
     return True
 
 
@@ -176,12 +208,12 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     for kept in _kept.values():
-        try:
-            kept.view.release()
-            kept.mapping.close()
-        except BufferError:
+        if not _close(kept):  # a view of the parent's writer thread lives on here
             _frozen.append(kept)
-        os.close(kept.fd)
+            try:
+                os.close(kept.fd)
+            except OSError:
+                pass
     _kept.clear()
 
 

@@ -373,7 +373,7 @@ def test_a_spare_written_again_goes_through_the_mapping_kept_for_its_inode(
         # Two inodes alternate; step 4 cut the other one shorter than its mapping, dropped then.
         assert _mapped.kept_count() == 1
         for kept in _mapped._kept.values():
-            assert len(kept.view) <= os.fstat(kept.fd).st_size
+            assert len(kept.mapping) <= os.fstat(kept.fd).st_size
     finally:
         shutil.rmtree(ram, ignore_errors=True)
 
@@ -458,6 +458,41 @@ def test_a_forked_child_drops_its_copies_of_the_mappings(
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert _mapped.kept_count() == 1 and os.fstat(fd).st_nlink == 1
+    finally:
+        shutil.rmtree(ram, ignore_errors=True)
+
+
+@needs_shm
+def test_mappings_dropped_during_a_save_leave_its_writer_alone(
+    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
+) -> None:
+    """A sweep or a client's close (another thread) while a writer holds its mapping keeps
+    that mapping until the writer is done; the save is whole, and the next one of that file
+    maps it again."""
+    ram = SHM / f"ckptd-test-{os.getpid()}-leased"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    try:
+        for step in (1, 2):
+            _ram_save(ram, step, {"model.pt": os.urandom(2 << 20)})
+            memory.prune(ram, 1)
+        data = os.urandom(2 << 20)
+        temp = manifest.new_temp_dir(ram, 3)
+        with ckptd_client.create(temp / "model.pt") as handle:
+            handle.write(data[: 1 << 20])
+            assert _mapped.kept_count() == 1
+            _mapped.forget_all()  # as Client.close on another thread
+            _mapped.sweep(0.0)
+            assert _mapped.kept_count() == 1  # leased: not unmapped under the writer
+            handle.write(data[1 << 20 :])
+        path, _ = manifest.commit(temp, 3)
+        assert (path / "model.pt").read_bytes() == data and inspect(path, full=True).valid
+        _mapped.forget_all()
+        assert _mapped.kept_count() == 0  # given back: now it goes
+        memory.prune(ram, 1)
+        for step in (4, 5):
+            _ram_save(ram, step, {"model.pt": data})
+            memory.prune(ram, 1)
+        assert _mapped.kept_count() == 2
     finally:
         shutil.rmtree(ram, ignore_errors=True)
 

@@ -84,7 +84,7 @@ class _Tier:
         """The arbiter's handling of a ``committed`` message."""
         message = Committed(step, tuple(ids), str(path), None, 10, 0.01, False)
         ack = self.desk.on_committed(Peer(b"rank0", 1, 0), message)
-        self.memory.committed(message, persist_now=ack.persist)
+        self.memory.committed(message, persist_now=ack.persist, final=ack.final)
         if ack.held is not None:
             self.memory.await_disk(step, *ack.held)
 
@@ -139,8 +139,11 @@ def test_a_stop_that_takes_over_a_disk_request_answers_it_once_on_disk(tmp_path:
     tier.desk.request(asked, None, waiter, tier="disk")  # type: ignore[arg-type]
     tier.desk.request_final("final-1", "stop", Origin.SIGNAL, time.time() + 60, True, "memory")
     tier.committed(["final-1"], 700, tier.checkpoint(tier.ram, 700))
-    assert waiter.got is None
-    tier.run_persistence()
+    # no copy outside the stop's deadline (RAM is pruned, as ever)
+    assert waiter.got is None and [tag for tag, _ in tier.jobs] == ["memory_pruned"]
+    tier.memory.persist_final(time.monotonic() + 60)  # the Ending's, bounded
+    (tag, call), = tier.jobs[1:]
+    assert tier.memory.on_final_persisted(Finished(tag, call(), None))[1]
     assert waiter.got is not None and waiter.got[1]["path"] == str(tier.disk / "step-00000700")
 
 
