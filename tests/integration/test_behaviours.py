@@ -115,7 +115,12 @@ def test_atexit_flushes_the_last_acknowledgement(job: Job) -> None:
 
 def test_sighup_is_a_final_checkpoint_and_a_stop(job: Job) -> None:
     """SIGHUP to ckptd: a final checkpoint at the current step, the job stops, exit 0."""
-    job.start_fake()
+    # Under nohup (SIGHUP ignored, and inherited so) ckptd rightly keeps ignoring hangups.
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        job.start_fake()
+    finally:
+        signal.signal(signal.SIGHUP, ignored)
     job.wait_record("step", count=10)
     job.signal(signal.SIGHUP)
     assert job.wait() == 0
