@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -345,156 +346,132 @@ def fresh_mappings() -> Iterator[None]:
     _mapped.forget_all()
 
 
-@needs_shm
-def test_a_spare_written_again_goes_through_the_mapping_kept_for_its_inode(
-    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
-) -> None:
+@pytest.fixture
+def shm_ram(monkeypatch: pytest.MonkeyPatch, fresh_mappings: None) -> Iterator[Path]:
+    """A memory directory on /dev/shm, told to the client as ckptd tells its job; removed."""
+    if memory.filesystem_of(SHM) not in memory.RAM_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    ram = SHM / f"ckptd-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    yield ram
+    shutil.rmtree(ram, ignore_errors=True)
+
+
+def test_a_spare_written_again_goes_through_the_mapping_kept_for_its_inode(shm_ram: Path) -> None:
     """The second time an inode comes back as a spare, its save is copied into the mapping
     the first time kept (no new one); writes that outgrow it go on with write(), a shorter
     save cuts the file; every commit verifies with the bytes written, and a later mapping
     never reaches past the file."""
-    ram = SHM / f"ckptd-test-{os.getpid()}-mapped"
-    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
+    ram = shm_ram
     sizes = [3 << 20, 3 << 20, (3 << 20) + 12345, 2 << 20, 3 << 20]
-    try:
-        for step, size in enumerate(sizes, start=1):
-            data = os.urandom(size)
-            path = _ram_save(ram, step, {"model.pt": data, "small.pt": b"s" * 100}, pieces=3)
-            assert (path / "model.pt").read_bytes() == data
-            assert inspect(path, full=True).valid
-            inode = os.stat(path / "model.pt").st_ino
-            if step == 3:  # step 1's file came back as a spare: mapped, and the mapping kept
-                assert _mapped.kept_count() == 1
-                first = next(iter(_mapped._kept.items()))
-                assert first[0][1] == inode
-            if step == 5:  # the same inode again (step 3's): the same mapping, none new
-                assert inode == first[0][1] and _mapped._kept[first[0]] is first[1]
-            memory.prune(ram, 1)
-        # Two inodes alternate; step 4 cut the other one shorter than its mapping, dropped then.
-        assert _mapped.kept_count() == 1
-        for kept in _mapped._kept.values():
-            assert len(kept.mapping) <= os.fstat(kept.fd).st_size
-    finally:
-        shutil.rmtree(ram, ignore_errors=True)
+    for step, size in enumerate(sizes, start=1):
+        data = os.urandom(size)
+        path = _ram_save(ram, step, {"model.pt": data, "small.pt": b"s" * 100}, pieces=3)
+        assert (path / "model.pt").read_bytes() == data
+        assert inspect(path, full=True).valid
+        inode = os.stat(path / "model.pt").st_ino
+        if step == 3:  # step 1's file came back as a spare: mapped, and the mapping kept
+            assert _mapped.kept_count() == 1
+            first = next(iter(_mapped._kept.items()))
+            assert first[0][1] == inode
+        if step == 5:  # the same inode again (step 3's): the same mapping, none new
+            assert inode == first[0][1] and _mapped._kept[first[0]] is first[1]
+        memory.prune(ram, 1)
+    # Two inodes alternate; step 4 cut the other one shorter than its mapping, dropped then.
+    assert _mapped.kept_count() == 1
+    for kept in _mapped._kept.values():
+        assert len(kept.mapping) <= os.fstat(kept.fd).st_size
 
 
-@needs_shm
-def test_no_mapping_for_a_file_with_holes_and_none_kept_for_an_unlinked_one(
-    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
-) -> None:
+def test_no_mapping_for_a_file_with_holes_and_none_kept_for_an_unlinked_one(shm_ram: Path) -> None:
     """A spare with holes is written with write() (a write through a mapping would allocate,
     and a full tmpfs answers SIGBUS); the mapping of a spare later deleted (a pool cleared)
     is dropped, so it pins no RAM."""
-    ram = SHM / f"ckptd-test-{os.getpid()}-holes"
-    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
-    try:
-        pool = ram / _spare.SPARE_DIR
-        pool.mkdir(parents=True)
-        with open(pool / "model.pt", "wb") as handle:
-            handle.truncate(4 << 20)  # all hole
-        data = os.urandom(4 << 20)
-        path = _ram_save(ram, 1, {"model.pt": data})
-        assert _mapped.kept_count() == 0 and (path / "model.pt").read_bytes() == data
-        _ram_save(ram, 2, {"model.pt": data})
-        memory.prune(ram, 1)  # step 1's file is whole now: the next save maps it
-        _ram_save(ram, 3, {"model.pt": data})
-        assert _mapped.kept_count() == 1
-        shutil.rmtree(ram)
-        _mapped.sweep(0.0)
-        assert _mapped.kept_count() == 0
-    finally:
-        shutil.rmtree(ram, ignore_errors=True)
+    ram = shm_ram
+    pool = ram / _spare.SPARE_DIR
+    pool.mkdir(parents=True)
+    with open(pool / "model.pt", "wb") as handle:
+        handle.truncate(4 << 20)  # all hole
+    data = os.urandom(4 << 20)
+    path = _ram_save(ram, 1, {"model.pt": data})
+    assert _mapped.kept_count() == 0 and (path / "model.pt").read_bytes() == data
+    _ram_save(ram, 2, {"model.pt": data})
+    memory.prune(ram, 1)  # step 1's file is whole now: the next save maps it
+    _ram_save(ram, 3, {"model.pt": data})
+    assert _mapped.kept_count() == 1
+    shutil.rmtree(ram)
+    _mapped.sweep(0.0)
+    assert _mapped.kept_count() == 0
 
 
-@needs_shm
-def test_writes_that_outgrow_the_mapping_each_return_their_length(
-    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
-) -> None:
+def test_writes_that_outgrow_the_mapping_each_return_their_length(shm_ram: Path) -> None:
     """A write-all loop that trusts write()'s count gets every byte once, whether the bytes
     went into the mapping, across its end or past it (the file grows)."""
-    ram = SHM / f"ckptd-test-{os.getpid()}-outgrow"
-    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
-    try:
-        _ram_save(ram, 1, {"model.pt": os.urandom(2 << 20)})
-        _ram_save(ram, 2, {"model.pt": os.urandom(2 << 20)})
-        memory.prune(ram, 1)  # step 1's 2 MiB file is a spare: mapped when taken
-        data = os.urandom((4 << 20) + 777)
-        temp = manifest.new_temp_dir(ram, 3)
-        with ckptd_client.create(temp / "model.pt") as handle:
-            view, done = memoryview(data), 0
-            while done < len(data):
-                count = handle.write(view[done : done + (300 << 10)])
-                assert count == len(view[done : done + (300 << 10)])
-                done += count
-        assert _mapped.kept_count() == 1
-        path, _ = manifest.commit(temp, 3)
-        assert (path / "model.pt").read_bytes() == data
-        assert inspect(path, full=True).valid
-    finally:
-        shutil.rmtree(ram, ignore_errors=True)
+    ram = shm_ram
+    _ram_save(ram, 1, {"model.pt": os.urandom(2 << 20)})
+    _ram_save(ram, 2, {"model.pt": os.urandom(2 << 20)})
+    memory.prune(ram, 1)  # step 1's 2 MiB file is a spare: mapped when taken
+    data = os.urandom((4 << 20) + 777)
+    temp = manifest.new_temp_dir(ram, 3)
+    with ckptd_client.create(temp / "model.pt") as handle:
+        view, done = memoryview(data), 0
+        while done < len(data):
+            count = handle.write(view[done : done + (300 << 10)])
+            assert count == len(view[done : done + (300 << 10)])
+            done += count
+    assert _mapped.kept_count() == 1
+    path, _ = manifest.commit(temp, 3)
+    assert (path / "model.pt").read_bytes() == data
+    assert inspect(path, full=True).valid
 
 
-@needs_shm
-def test_a_forked_child_drops_its_copies_of_the_mappings(
-    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
-) -> None:
+def test_a_forked_child_drops_its_copies_of_the_mappings(shm_ram: Path) -> None:
     """A data-loader worker forked from the trainer keeps no mapping (nor its descriptor)
     of the trainer's RAM files; the trainer keeps its own."""
-    ram = SHM / f"ckptd-test-{os.getpid()}-fork"
-    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
-    try:
-        for step in (1, 2, 3):
-            _ram_save(ram, step, {"model.pt": os.urandom(2 << 20)})
-            memory.prune(ram, 1)
-        assert _mapped.kept_count() == 1
-        fd = next(iter(_mapped._kept.values())).fd
-        child = os.fork()
-        if child == 0:
-            try:
-                os.fstat(fd)
-                os._exit(3)  # the descriptor is still open in the child
-            except OSError:
-                os._exit(_mapped.kept_count())
-        _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert _mapped.kept_count() == 1 and os.fstat(fd).st_nlink == 1
-    finally:
-        shutil.rmtree(ram, ignore_errors=True)
+    ram = shm_ram
+    for step in (1, 2, 3):
+        _ram_save(ram, step, {"model.pt": os.urandom(2 << 20)})
+        memory.prune(ram, 1)
+    assert _mapped.kept_count() == 1
+    fd = next(iter(_mapped._kept.values())).fd
+    child = os.fork()
+    if child == 0:
+        try:
+            os.fstat(fd)
+            os._exit(3)  # the descriptor is still open in the child
+        except OSError:
+            os._exit(_mapped.kept_count())
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _mapped.kept_count() == 1 and os.fstat(fd).st_nlink == 1
 
 
-@needs_shm
-def test_mappings_dropped_during_a_save_leave_its_writer_alone(
-    monkeypatch: pytest.MonkeyPatch, fresh_mappings: None
-) -> None:
+def test_mappings_dropped_during_a_save_leave_its_writer_alone(shm_ram: Path) -> None:
     """A sweep or a client's close (another thread) while a writer holds its mapping keeps
     that mapping until the writer is done; the save is whole, and the next one of that file
     maps it again."""
-    ram = SHM / f"ckptd-test-{os.getpid()}-leased"
-    monkeypatch.setenv(protocol.ENV_MEMORY_DIR, str(ram))
-    try:
-        for step in (1, 2):
-            _ram_save(ram, step, {"model.pt": os.urandom(2 << 20)})
-            memory.prune(ram, 1)
-        data = os.urandom(2 << 20)
-        temp = manifest.new_temp_dir(ram, 3)
-        with ckptd_client.create(temp / "model.pt") as handle:
-            handle.write(data[: 1 << 20])
-            assert _mapped.kept_count() == 1
-            _mapped.forget_all()  # as Client.close on another thread
-            _mapped.sweep(0.0)
-            assert _mapped.kept_count() == 1  # leased: not unmapped under the writer
-            handle.write(data[1 << 20 :])
-        path, _ = manifest.commit(temp, 3)
-        assert (path / "model.pt").read_bytes() == data and inspect(path, full=True).valid
-        _mapped.forget_all()
-        assert _mapped.kept_count() == 0  # given back: now it goes
+    ram = shm_ram
+    for step in (1, 2):
+        _ram_save(ram, step, {"model.pt": os.urandom(2 << 20)})
         memory.prune(ram, 1)
-        for step in (4, 5):
-            _ram_save(ram, step, {"model.pt": data})
-            memory.prune(ram, 1)
-        assert _mapped.kept_count() == 2
-    finally:
-        shutil.rmtree(ram, ignore_errors=True)
+    data = os.urandom(2 << 20)
+    temp = manifest.new_temp_dir(ram, 3)
+    with ckptd_client.create(temp / "model.pt") as handle:
+        handle.write(data[: 1 << 20])
+        assert _mapped.kept_count() == 1
+        _mapped.forget_all()  # as Client.close on another thread
+        _mapped.sweep(0.0)
+        assert _mapped.kept_count() == 1  # leased: not unmapped under the writer
+        handle.write(data[1 << 20 :])
+    path, _ = manifest.commit(temp, 3)
+    assert (path / "model.pt").read_bytes() == data and inspect(path, full=True).valid
+    _mapped.forget_all()
+    assert _mapped.kept_count() == 0  # given back: now it goes
+    memory.prune(ram, 1)
+    for step in (4, 5):
+        _ram_save(ram, step, {"model.pt": data})
+        memory.prune(ram, 1)
+    assert _mapped.kept_count() == 2
 
 
 def test_a_spare_on_a_disk_filesystem_is_written_without_a_mapping(
