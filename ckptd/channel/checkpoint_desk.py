@@ -142,9 +142,7 @@ class CheckpointDesk:
         earlier = self.outstanding
         if earlier is not None:
             final.origins |= earlier.origins
-            final.waiters += earlier.waiters  # answered by the final save
-            # ... once on disk, for waiters of a disk request, when the final goes to RAM
-            final.persist = bool(earlier.waiters) and (earlier.persist or earlier.tier == "disk")
+            final.waiters += earlier.waiters  # answered by the final save (once on disk)
             if earlier.delivered and self.group.active:
                 # Ranks may be saving it at its agreed step already: the final joins that save.
                 final.agreement, final.joins = earlier.agreement, earlier.id
@@ -267,18 +265,18 @@ class CheckpointDesk:
     def _wanted_on_disk(
         self, ids: Ids, path: str | None
     ) -> tuple[bool, tuple[list[Waiter], dict[str, Any]] | None]:
-        """For a RAM commit answering a disk request (it joined the memory save, or the save
-        reused a RAM checkpoint): persist it at once, and take its waiters, who asked for a
-        checkpoint on disk, off the commit's answer (ckptd answers them once persisted)."""
+        """For a RAM commit answering the outstanding request: whether to persist it at once
+        (a disk request joined the memory save, or the save reused a RAM checkpoint), and its
+        waiters, taken off the commit's answer: a waiter (``ckptd checkpoint --wait``) asked
+        for a checkpoint on disk, and ckptd answers it once this one is there."""
         current = self.outstanding
         if current is None or not current.answers(ids) or self.tier_of(path) != "memory":
             return False, None
-        if not (current.persist or current.tier == "disk"):
-            return False, None
+        persist = current.persist or current.tier == "disk"
         if not current.waiters:
-            return True, None
+            return persist, None
         waiters, current.waiters = current.waiters, []
-        return True, (waiters, {"request_id": current.id, **(self.last_commit or {})})
+        return persist, (waiters, {"request_id": current.id, **(self.last_commit or {})})
 
     def _deliver(self, outstanding: Outstanding, trainer: Trainer | None) -> bool:
         if self.channel.broadcast("request", **self._fields(outstanding)):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptd_client._group_parts import DIRECTORY_ID
+from ckptd_client._mapped import RAM_FILESYSTEMS
 from ckptd_client._spare import SPARE_DIR, spare_name
 from ckptd_client.manifest import (
     MANIFEST_NAME,
@@ -37,7 +38,6 @@ from ckptd_client.manifest import (
 )
 from ckptd_client.store import Checkpoint, inspect, is_checkpoint_name, scan
 
-RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 _ROOT_DIR = "ckptd-{uid}"  # below a world-writable RAM root: one private directory per user
 
 

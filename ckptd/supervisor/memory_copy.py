@@ -367,11 +367,14 @@ class MemoryCopy:
 
     def _fail_awaiting(self, why: str, step: int | None = None) -> None:
         """Fail the waiters for a disk copy of ``step`` (None: of every step)."""
-        failing = [a for a in self._awaiting if step is None or a.step == step]
-        for awaiting in failing:
+        still = []
+        for awaiting in self._awaiting:
+            if step is not None and awaiting.step != step:
+                still.append(awaiting)
+                continue
             for waiter in awaiting.waiters:
                 waiter.fail("checkpoint_failed", why)
-        self._awaiting = [a for a in self._awaiting if a not in failing]
+        self._awaiting = still
 
     def _protected(self) -> list[Path]:
         return [self.resumed] if self.resumed is not None else []
